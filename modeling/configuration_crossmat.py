@@ -1,0 +1,110 @@
+"""``CrossMatConfig``: hyper-parameters of the CrossMat formula encoder and its heads.
+
+Travels as Hub remote code: imports transformers only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PretrainedConfig
+
+ALIGNMENT_LOSSES = ("cosine", "mse", "infonce")
+REGRESSION_LOSSES = ("l1", "mse", "huber")
+POOLINGS = ("cls", "mean", "fraction_weighted")
+
+
+class CrossMatConfig(PretrainedConfig):
+    """Configuration of a CrossMat chemical language model.
+
+    The token-id layout (``digit_token_start`` ... ``num_elements``) must match the tokenizer: the
+    model reads element amounts back from the digit tokens. Property heads store
+    ``target_mean``/``target_std`` (one value per label) so regression outputs are in physical units,
+    plus ``target_names``/``target_units`` for display.
+    """
+
+    model_type = "crossmat"
+
+    def __init__(
+        self,
+        vocab_size: int = 136,
+        hidden_size: int = 256,
+        num_hidden_layers: int = 4,
+        num_attention_heads: int = 8,
+        intermediate_size: int = 1024,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.1,
+        attention_probs_dropout_prob: float = 0.0,
+        layer_norm_eps: float = 1e-5,
+        initializer_range: float = 0.02,
+        fraction_frequencies: int = 16,
+        pooling: str = "cls",
+        max_position_embeddings: int = 256,
+        pad_token_id: int = 0,
+        unk_token_id: int = 1,
+        cls_token_id: int = 2,
+        sep_token_id: int = 3,
+        mask_token_id: int = 4,
+        digit_token_start: int = 5,
+        decimal_token_id: int = 15,
+        group_open_token_id: int = 16,
+        group_close_token_id: int = 17,
+        element_token_start: int = 18,
+        num_elements: int = 118,
+        structure_embedding_dim: int = 64,
+        alignment_loss: str = "cosine",
+        mlm_loss_weight: float = 1.0,
+        alignment_loss_weight: float = 1.0,
+        infonce_temperature: float = 0.1,
+        regression_loss: str = "l1",
+        classifier_dropout: float | None = None,
+        target_mean: list[float] | None = None,
+        target_std: list[float] | None = None,
+        target_names: list[str] | None = None,
+        target_units: list[str] | None = None,
+        tie_word_embeddings: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if alignment_loss not in ALIGNMENT_LOSSES:
+            raise ValueError(f"alignment_loss must be one of {ALIGNMENT_LOSSES}, got {alignment_loss!r}")
+        if regression_loss not in REGRESSION_LOSSES:
+            raise ValueError(f"regression_loss must be one of {REGRESSION_LOSSES}, got {regression_loss!r}")
+        if hidden_size % num_attention_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}")
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.fraction_frequencies = fraction_frequencies
+        self.pooling = pooling
+        self.max_position_embeddings = max_position_embeddings
+        self.unk_token_id = unk_token_id
+        self.cls_token_id = cls_token_id
+        self.sep_token_id = sep_token_id
+        self.mask_token_id = mask_token_id
+        self.digit_token_start = digit_token_start
+        self.decimal_token_id = decimal_token_id
+        self.group_open_token_id = group_open_token_id
+        self.group_close_token_id = group_close_token_id
+        self.element_token_start = element_token_start
+        self.num_elements = num_elements
+        self.structure_embedding_dim = structure_embedding_dim
+        self.alignment_loss = alignment_loss
+        self.mlm_loss_weight = mlm_loss_weight
+        self.alignment_loss_weight = alignment_loss_weight
+        self.infonce_temperature = infonce_temperature
+        self.regression_loss = regression_loss
+        self.classifier_dropout = classifier_dropout
+        self.target_mean = target_mean
+        self.target_std = target_std
+        self.target_names = target_names
+        self.target_units = target_units
+        super().__init__(pad_token_id=pad_token_id, tie_word_embeddings=tie_word_embeddings, **kwargs)

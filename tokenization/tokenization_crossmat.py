@@ -1,0 +1,104 @@
+"""``CrossMatTokenizerFast``: a formula tokenizer backed by a ``tokenizers`` WordLevel model.
+
+Amount representation: every element is one token; its amount follows as **digit tokens** with a
+``.`` token for the decimal point (``Fe0.62C0.000953`` -> ``Fe 0 . 6 2 C 0 . 0 0 0 9 5 3``), so any
+amount, including 6-digit steel fractions, is represented exactly and decoding returns the same
+string. Grouping symbols ``(`` ``)`` are tokens (``[ ] { }`` are normalised to them) and whitespace is
+removed, so the bare ``tokenizer.json`` handles ``(NH4)2SO4`` on its own; the model turns the digit
+tokens back into exact element fractions (see ``modeling``).
+
+With this class (the package installed) every input is validated first: strings already in simple
+form (elements and positive numbers, each element once, all known) pass straight to the Rust
+tokenizer; anything else (groups, hydrates, repeated elements, ``D``) is rewritten to its canonical
+formula by :func:`tokenization.formula.canonical_formula`, and invalid input raises
+:class:`FormulaError` naming the row. ``AutoTokenizer.from_pretrained(folder)`` without the package
+loads the same ``tokenizer.json`` as a plain ``PreTrainedTokenizerFast``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import WordLevel
+from transformers import PreTrainedTokenizerFast
+
+from .formula import FormulaError, canonical_formula
+from .vocabulary import ELEMENTS, TOKEN_TO_ID
+
+__all__ = ["CrossMatTokenizerFast", "build_backend_tokenizer"]
+
+_SIMPLE = re.compile(r"(?:[A-Z][a-z]?(?:\d+(?:\.\d+)?)?)+")
+_SYMBOLS = re.compile(r"[A-Z][a-z]?")
+_ZERO = re.compile(r"(?<![\d.])0+(?:\.0+)?(?![\d.])")
+_ELEMENT_SET = frozenset(ELEMENTS)
+
+
+def build_backend_tokenizer() -> Tokenizer:
+    """The Rust tokenizer: normaliser, pre-tokeniser (element | digit | '.' | group | other char)."""
+    tok = Tokenizer(WordLevel(vocab=dict(TOKEN_TO_ID), unk_token="[UNK]"))
+    tok.normalizer = normalizers.Sequence(
+        [
+            normalizers.Replace(Regex(r"\s+"), ""),
+            normalizers.Replace(Regex(r"[\[{]"), "("),
+            normalizers.Replace(Regex(r"[\]}]"), ")"),
+        ]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[A-Z][a-z]?|[0-9]|\.|[()]|."), behavior="isolated")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", TOKEN_TO_ID["[CLS]"]), ("[SEP]", TOKEN_TO_ID["[SEP]"])],
+    )
+    tok.decoder = decoders.Fuse()
+    return tok
+
+
+def _is_simple(text: str) -> bool:
+    if not _SIMPLE.fullmatch(text) or _ZERO.search(text):
+        return False
+    symbols = _SYMBOLS.findall(text)
+    return len(set(symbols)) == len(symbols) and _ELEMENT_SET.issuperset(symbols)
+
+
+class CrossMatTokenizerFast(PreTrainedTokenizerFast):
+    """Formula tokenizer; validates and canonicalises formulas before the Rust tokenizer runs."""
+
+    vocab_files_names = {"tokenizer_file": "tokenizer.json"}
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if "tokenizer_object" not in kwargs and "tokenizer_file" not in kwargs:
+            kwargs["tokenizer_object"] = build_backend_tokenizer()
+        kwargs.setdefault("model_max_length", 256)
+        for name in ("pad", "unk", "cls", "sep", "mask"):
+            kwargs.setdefault(f"{name}_token", f"[{name.upper()}]")
+        kwargs.setdefault("validate_formulas", True)
+        self.validate_formulas = bool(kwargs["validate_formulas"])
+        super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def prepare_formula(text: object, row: int | None = None) -> str:
+        """Return ``text`` ready for the Rust tokenizer, or raise ``FormulaError`` naming the row."""
+        if isinstance(text, str) and _is_simple(text):
+            return text
+        try:
+            return canonical_formula(text)
+        except FormulaError as err:
+            if row is None:
+                raise
+            raise FormulaError(err.formula, f"row {row}: {err.reason}") from None
+
+    def prepare_formulas(self, texts: Sequence[object]) -> list[str]:
+        """Validate and canonicalise a batch of formulas (row numbers appear in errors)."""
+        return [self.prepare_formula(t, i) for i, t in enumerate(texts)]
+
+    def _encode_plus(self, text: Any, text_pair: Any = None, *args: Any, **kwargs: Any):  # type: ignore[override]
+        if self.validate_formulas and not kwargs.get("is_split_into_words", False):
+            if isinstance(text, (list, tuple)):
+                text = self.prepare_formulas(text)
+            elif text is not None:
+                text = self.prepare_formula(text)
+        return super()._encode_plus(text, text_pair, *args, **kwargs)
