@@ -21,14 +21,15 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordLevel
-from transformers import PreTrainedTokenizerFast
+from transformers import BatchEncoding, PreTrainedTokenizerFast
 
 from .formula import FormulaError, canonical_formula
-from .vocabulary import ELEMENTS, TOKEN_TO_ID
+from .vocabulary import CLS_ID, DECIMAL_ID, DIGIT_START, ELEMENTS, PAD_ID, SEP_ID, TOKEN_TO_ID
 
-__all__ = ["CrossMatTokenizerFast", "build_backend_tokenizer"]
+__all__ = ["CrossMatTokenizerFast", "build_backend_tokenizer", "encode_simple_formulas"]
 
 _SIMPLE = re.compile(r"(?:[A-Z][a-z]?(?:\d+(?:\.\d+)?)?)+")
 _SYMBOLS = re.compile(r"[A-Z][a-z]?")
@@ -54,6 +55,46 @@ def build_backend_tokenizer() -> Tokenizer:
     )
     tok.decoder = decoders.Fuse()
     return tok
+
+
+def _element_table() -> np.ndarray:
+    """Lookup ``[upper - 'A', lower - 'a' + 1 or 0] -> element token id`` for the vectorised encoder."""
+    table = np.full((26, 27), -1, dtype=np.int64)
+    for sym in ELEMENTS:
+        table[ord(sym[0]) - 65, (ord(sym[1]) - 96) if len(sym) > 1 else 0] = TOKEN_TO_ID[sym]
+    return table
+
+
+_ELEMENT_TABLE = _element_table()
+
+
+def encode_simple_formulas(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised twin of the Rust tokenizer for formulas in simple form (elements + numbers).
+
+    Returns ``(ids, lengths)``: ``ids`` is ``(n, max_len)`` int64 with ``[CLS] ... [SEP]`` and
+    ``[PAD]`` filling, identical to what ``tokenizer.json`` produces (a test checks this).
+    """
+    n = len(texts)
+    buf = np.frombuffer("\n".join(texts).encode("ascii"), dtype=np.uint8).astype(np.int64)
+    upper = (buf >= 65) & (buf <= 90)
+    lower = (buf >= 97) & (buf <= 122)
+    newline = buf == 10
+    starts = ~lower & ~newline  # every char but a lowercase second letter starts a token
+    nxt = np.append(buf[1:], 0)
+    nxt_lower = np.append(lower[1:], False)
+    ids = np.where(buf == 46, DECIMAL_ID, DIGIT_START + buf - 48)
+    el = _ELEMENT_TABLE[np.clip(buf - 65, 0, 25), np.where(nxt_lower, nxt - 96, 0)]
+    ids = np.where(upper, el, ids)[starts]
+    row = np.cumsum(newline)[starts]
+    counts = np.bincount(row, minlength=n)
+    width = int(counts.max(initial=0)) + 2
+    first = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    col = np.arange(ids.size) - first[row] + 1
+    out = np.full((n, width), PAD_ID, dtype=np.int64)
+    out[row, col] = ids
+    out[:, 0] = CLS_ID
+    out[np.arange(n), counts + 1] = SEP_ID
+    return out, counts + 2
 
 
 def _is_simple(text: str) -> bool:
@@ -94,6 +135,16 @@ class CrossMatTokenizerFast(PreTrainedTokenizerFast):
     def prepare_formulas(self, texts: Sequence[object]) -> list[str]:
         """Validate and canonicalise a batch of formulas (row numbers appear in errors)."""
         return [self.prepare_formula(t, i) for i, t in enumerate(texts)]
+
+    def encode_formulas(self, formulas: Sequence[object], return_tensors: str | None = "np") -> BatchEncoding:
+        """Fast batch path: validate, canonicalise where needed, encode with numpy, pad to the longest.
+
+        Same ids as ``tokenizer(formulas, padding=True)``; >= 100k formulas/s (see benchmarks/tokenizer).
+        """
+        texts = self.prepare_formulas(formulas)
+        ids, lengths = encode_simple_formulas(texts)
+        mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
+        return BatchEncoding({"input_ids": ids, "attention_mask": mask}, tensor_type=return_tensors)
 
     def _encode_plus(self, text: Any, text_pair: Any = None, *args: Any, **kwargs: Any):  # type: ignore[override]
         if self.validate_formulas and not kwargs.get("is_split_into_words", False):

@@ -1,0 +1,34 @@
+"""Shared fixtures: where the read-only benchmark data lives (``CROSSMAT_DATA_DIR``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared data folder (``CROSSMAT_DATA_DIR``, default ``<repo>/../shared/data``)."""
+    path = Path(os.environ.get("CROSSMAT_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+    if not (path / "matbench_v0.1").is_dir():
+        pytest.fail(f"benchmark data not found at {path}; set CROSSMAT_DATA_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def matbench_formulas(data_dir: Path) -> dict[str, list[str]]:
+    """All formula strings of the 13 MatBench v0.1 tasks, per task."""
+    import pandas as pd
+
+    out = {}
+    for f in sorted((data_dir / "matbench_v0.1").glob("*.csv.gz")):
+        out[f.name.removesuffix(".csv.gz")] = pd.read_csv(f, usecols=["formula"])["formula"].tolist()
+    return out
