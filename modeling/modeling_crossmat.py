@@ -303,6 +303,17 @@ class CrossMatModel(CrossMatPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.word_embeddings = value
 
+    def _check_inputs(self, input_ids: torch.Tensor, slot_mask: torch.Tensor, fractions: torch.Tensor) -> None:
+        """Refuse rows the model cannot read: unknown tokens, zero amounts, no element at all."""
+        bad = (input_ids == self.config.unk_token_id).any(1)
+        bad |= (slot_mask & (fractions <= 0)).any(1) | ~slot_mask.any(1)
+        if bool(bad.any()):
+            rows = bad.nonzero().flatten().tolist()
+            raise ValueError(
+                f"rows {rows[:20]} contain an unknown token ([UNK]: unknown element or character), a zero "
+                "amount, or no element; validate formulas with tokenization.parse_formula / the CrossMat tokenizer"
+            )
+
     def pool(self, hidden: torch.Tensor, slot_mask: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
         """Pooled formula embedding (``config.pooling``: CLS token, slot mean or fraction-weighted mean)."""
         if self.config.pooling == "cls":
@@ -331,6 +342,7 @@ class CrossMatModel(CrossMatPreTrainedModel):
         slot_mask, fractions = decode_composition(input_ids, self.config)
         if attention_mask is not None:
             slot_mask = slot_mask & attention_mask.bool()
+        self._check_inputs(input_ids, slot_mask, fractions)
         keys = slot_mask | (input_ids == self.config.cls_token_id)
         keys[:, 0] = True  # never leave a query with nothing to attend to
         hidden = self.embeddings(input_ids, slot_mask, fractions, inputs_embeds)

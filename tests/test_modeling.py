@@ -206,3 +206,11 @@ def test_remote_code_files_import_only_transformers_and_torch():
             elif isinstance(node, ast.Import):
                 for alias in node.names:
                     assert alias.name.split(".")[0] in allowed, (path.name, alias.name)
+
+
+@pytest.mark.parametrize("formula", ["Xx2O", "Fe0O", "22"])
+def test_unreadable_rows_are_refused(formula):
+    enc = build_backend_tokenizer().encode_batch(["NaCl", formula])
+    ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(e.ids) for e in enc], batch_first=True)
+    with pytest.raises(ValueError, match=r"rows \[1\]"):
+        CrossMatModel(CrossMatConfig(**TINY))(ids)
