@@ -1,0 +1,7 @@
+"""``python -m dataset_builders <matbench|llm4mat|corpus|embeddings|publish> --help``."""
+
+from __future__ import annotations
+
+from .cli import main
+
+raise SystemExit(main())
