@@ -1,0 +1,128 @@
+"""Fast in-process tests of training: recipe validation, MLM collator, bad input failing before training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from tokenization import CrossMatTokenizerFast
+from tokenization.vocabulary import ELEMENT_START, MASK_ID, NUM_ELEMENTS
+from training import MaskedElementCollator, RecipeError, apply_overrides, run_recipe, validate_recipe
+
+
+@pytest.fixture(scope="module")
+def gap_csv(tmp_path_factory, data_dir: Path) -> Path:
+    """300 real rows of matbench_expt_gap (formula, gap) as a CSV."""
+    df = pd.read_csv(data_dir / "matbench_v0.1" / "matbench_expt_gap.csv.gz").iloc[:300]
+    path = tmp_path_factory.mktemp("gap") / "gap.csv"
+    df.rename(columns={df.columns[2]: "gap"}).to_csv(path, index=False)
+    return path
+
+
+def _stage(gap_csv: Path, **extra) -> dict:
+    recipe = {
+        "stage": "finetune",
+        "model": {"config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}},
+        "data": {"train": str(gap_csv), "target_column": "gap"},
+        "train": {"max_steps": 2, "batch_size": 32, "progress_bar": False},
+    }
+    for key, value in extra.items():
+        recipe = apply_overrides(recipe, [f"{key}={json.dumps(value)}"])
+    return recipe
+
+
+def test_recipe_rejects_unknown_and_bad_keys(gap_csv):
+    with pytest.raises(RecipeError, match=r"unknown recipe key\(s\) \['learning_rat'\] under 'train'"):
+        validate_recipe({**_stage(gap_csv), "train": {"learning_rat": 1e-3}})
+    with pytest.raises(RecipeError, match=r"unknown recipe key\(s\) \['optimiser'\]"):
+        validate_recipe({**_stage(gap_csv), "optimiser": "adam"})
+    with pytest.raises(RecipeError, match="train.mixed_precision"):
+        validate_recipe(_stage(gap_csv, **{"train.mixed_precision": "fp8"}))
+    with pytest.raises(RecipeError, match="needs 'data.target_column'"):
+        validate_recipe({"stage": "finetune", "data": {"train": str(gap_csv)}})
+    with pytest.raises(RecipeError, match="names no earlier stage"):
+        validate_recipe({"pipeline": [{"stage": "mlm", "name": "a", "data": {"train": "x"}},
+                                      {"stage": "finetune", "model": {"init_from": "@b"},
+                                       "data": {"train": "x", "target_column": "y"}}]})
+    resolved = validate_recipe(_stage(gap_csv, **{"train.learning_rate": 0.5}))[0]
+    assert resolved["train"]["learning_rate"] == 0.5 and resolved["train"]["epochs"] == 3  # default filled
+    piped = apply_overrides({"pipeline": [{"name": "a", "stage": "mlm"}, {"name": "b", "stage": "mlm"}]},
+                            ["b.train.epochs=7", "seed=3"])
+    assert piped["pipeline"][1]["train"]["epochs"] == 7 and "train" not in piped["pipeline"][0]
+
+
+def test_collator_masks_only_elements_and_is_deterministic():
+    tok = CrossMatTokenizerFast()
+    enc = tok(["Fe2O3", "Li0.5Co0.5O2", "NaCl", "(NH4)2SO4", "Si"], padding=True, return_tensors="pt")
+    col = MaskedElementCollator(mlm_probability=0.3, seed=1)
+    rows = torch.arange(5)
+    ids, labels = col.mask(enc["input_ids"], rows)
+    orig = enc["input_ids"]
+    is_elem = (orig >= ELEMENT_START) & (orig < ELEMENT_START + NUM_ELEMENTS)
+    scored = labels != -100
+    assert bool((scored <= is_elem).all()), "labels must be -100 on every non-element token"
+    assert bool(scored.any(1).all()), "every formula gets at least one masked element"
+    assert bool((labels[scored] == orig[scored]).all())
+    assert bool((ids[~scored] == orig[~scored]).all()), "unselected tokens are unchanged"
+    changed = ids[scored]
+    assert bool((((changed >= ELEMENT_START) & (changed < ELEMENT_START + NUM_ELEMENTS)) | (changed == MASK_ID)).all())
+    again, labels2 = col.mask(enc["input_ids"], rows)
+    assert torch.equal(again, ids) and torch.equal(labels2, labels)
+    # selection rate on 2-element formulas: 2*p plus the at-least-one rule, (1-p)^2, per 2 elements
+    big = tok(["Fe2O3"] * 4000, return_tensors="pt", padding=True)
+    _, lab = col.mask(big["input_ids"], torch.arange(4000))
+    rate = float((lab != -100).sum()) / (4000 * 2)
+    assert abs(rate - (2 * 0.3 + 0.7**2) / 2) < 0.03
+    col.set_epoch(1)
+    _, lab1 = col.mask(big["input_ids"], torch.arange(4000))
+    assert not torch.equal(lab1, lab), "a new epoch draws new masks"
+    batch = col([{"input_ids": tok("NaCl")["input_ids"], "row_id": 0}, {"input_ids": tok("Fe2O3")["input_ids"], "row_id": 1}])
+    assert set(batch) >= {"input_ids", "attention_mask", "labels"}
+
+
+def test_bad_input_fails_before_training(gap_csv, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RecipeError, match=r"column\(s\) \['band_gap'\] not found"):
+        run_recipe(_stage(gap_csv, **{"data.target_column": "band_gap"}), out)
+    bad = pd.read_csv(gap_csv)
+    bad["gap"] = bad["gap"].astype(object)
+    bad.loc[5, "gap"] = "metallic"
+    bad.to_csv(tmp_path / "typed.csv", index=False)
+    with pytest.raises(RecipeError, match=r"target column 'gap' is not numeric \(row 5 holds 'metallic'\)"):
+        run_recipe(_stage(gap_csv, **{"data.train": str(tmp_path / "typed.csv"), "data.validation_fraction": 0.0}), out)
+    bad = pd.read_csv(gap_csv)
+    bad.loc[7, "formula"] = "Fe2Xx3"
+    bad.to_csv(tmp_path / "formula.csv", index=False)
+    recipe = _stage(gap_csv, **{"data.train": str(tmp_path / "formula.csv"), "data.validation_fraction": 0.0})
+    with pytest.raises(RecipeError, match=r"train row 7: invalid formula 'Fe2Xx3': unknown element 'Xx'"):
+        run_recipe(recipe, out)
+    other = tmp_path / "bert"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForMaskedLM"]}))
+    with pytest.raises(RecipeError, match=r"is a 'bert' model .*a CrossMat checkpoint is needed"):
+        run_recipe(_stage(gap_csv, **{"model.init_from": str(other)}), out)
+    assert not (out / "metrics.jsonl").exists(), "nothing may train on bad input"
+    # on_invalid=skip trains and reports the rejected row instead of dropping it silently
+    skipped = run_recipe(apply_overrides(recipe, ["data.on_invalid=skip"]), tmp_path / "skip")
+    rejected = pd.read_csv(skipped / "rejected_rows.csv")
+    assert rejected[["row", "formula"]].values.tolist() == [[7, "Fe2Xx3"]]
+
+
+def test_shipped_configs_validate_and_llm4mat_recipe_trains(tmp_path, data_dir):
+    from training import load_recipe
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert any(c.name == "quickstart.yaml" for c in configs)
+    for path in configs:
+        validate_recipe(load_recipe(path))
+    recipe = load_recipe(configs[0].parent / "llm4mat_finetune.yaml")
+    out = run_recipe(recipe, tmp_path / "llm4mat", overrides=[
+        f"model.config={json.dumps({'hidden_size': 32, 'num_hidden_layers': 1, 'num_attention_heads': 2, 'intermediate_size': 64})}",
+        "train.max_steps=2", "train.progress_bar=false"])
+    info = json.loads((out / "training_info.json").read_text())
+    assert info["data"]["rows"] == {"train": 10, "validation": 10, "test": 10}
+    assert set(info["metrics"]["test"]) >= {"mae", "rmse", "r2"}

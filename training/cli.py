@@ -1,0 +1,52 @@
+"""Command line of ``train.py``: ``accelerate launch train.py [--config RECIPE] [--output-dir DIR] [--resume]
+[--push-to-hub REPO] [key=value ...]``; with no ``--config`` it runs ``configs/quickstart.yaml``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .recipe import RecipeError, load_recipe
+from .stages import run_recipe
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO_ROOT / "configs" / "quickstart.yaml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train.py",
+        description="CrossMat training (MLM, imKT, finetune/LoRA) with Accelerate. Run through "
+        "`accelerate launch train.py ...` for multi-process / GPU / mixed precision.",
+    )
+    p.add_argument("--config", help=f"YAML recipe (default: the quickstart, {QUICKSTART.relative_to(REPO_ROOT)})")
+    p.add_argument("--output-dir", help="output folder (default: outputs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the final stage's folder to this Hub repo")
+    p.add_argument("overrides", nargs="*", help="recipe overrides key.sub=value (pipelines: <stage>.key=value)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = Path(args.config) if args.config else QUICKSTART
+    overrides = list(args.overrides)
+    try:
+        recipe = load_recipe(config)
+        if args.resume:
+            overrides.append("train.resume=true")
+        if args.push_to_hub:
+            if "pipeline" in recipe:
+                last = recipe["pipeline"][-1].get("name")
+                overrides.append(f"{last}.push_to_hub={args.push_to_hub}" if last else f"push_to_hub={args.push_to_hub}")
+            else:
+                overrides.append(f"push_to_hub={args.push_to_hub}")
+        name = recipe.get("name") or config.stem
+        output_dir = Path(args.output_dir) if args.output_dir else Path("outputs") / str(name)
+        out = run_recipe(recipe, output_dir, overrides)
+    except RecipeError as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return 2
+    print(f"[crossmat] all outputs under {out}")
+    return 0

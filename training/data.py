@@ -1,0 +1,392 @@
+"""Data for the training stages: load a source, validate columns/targets, split, tokenize into tensors.
+
+A *source* is a dataset folder written by ``dataset_builders`` (``{path, name, split}``), a CSV /
+CSV.gz / parquet / JSON-lines file, an in-memory ``datasets.Dataset`` or ``pandas.DataFrame``, or a
+builtin pip-shipped source (``builtin: mp_transport`` or ``builtin: aflow_prototypes_chgnet``).
+Mappings may add ``query`` (a pandas query, e.g. ``"test_fold != 0"``). Every formula is validated by
+the tokenizer; invalid rows fail the stage (``on_invalid: error``) or are skipped and reported
+(``on_invalid: skip`` -> ``rejected_rows.csv``), never dropped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tokenization import CrossMatTokenizerFast, FormulaError, canonical_formula
+
+from .recipe import RecipeError
+
+__all__ = ["StageData", "TensorSplit", "load_source", "prepare_stage_data", "split_buckets"]
+
+_SOURCE_KEYS = {"path", "name", "split", "query", "builtin", "data_files"}
+BUILTINS = ("mp_transport", "aflow_prototypes_chgnet")
+
+
+class DataError(RecipeError):
+    """Data that cannot be used for training; names the source, column or row and the reason."""
+
+
+@dataclass
+class TensorSplit:
+    """One split as padded tensors (``input_ids``, ``attention_mask``, ``row_id`` and the stage targets)."""
+
+    tensors: dict[str, torch.Tensor]
+    formulas: list[str]
+    weights: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.tensors["input_ids"].shape[0])
+
+
+@dataclass
+class StageData:
+    """Train / validation / (optional) test splits plus what was learned about the data."""
+
+    train: TensorSplit
+    validation: TensorSplit | None
+    test: TensorSplit | None
+    info: dict[str, Any] = field(default_factory=dict)
+    rejected: pd.DataFrame | None = None
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("CROSSMAT_CACHE_DIR", Path.home() / ".cache" / "crossmat"))
+
+
+def _mp_transport() -> pd.DataFrame:
+    """matminer's bundled MP transport database (Ricci et al. 2017, 47,737 compounds, no structures)."""
+    import tarfile
+
+    import matminer
+
+    path = Path(matminer.__file__).parent / "utils/data_files/mp_transport/transport_database.tar.xz"
+    if not path.is_file():
+        raise DataError(f"builtin 'mp_transport': {path} is missing (matminer installed without its data files?)")
+    with tarfile.open(path) as tar:
+        df = pd.read_csv(tar.extractfile("transport_database.csv"))
+    return df.rename(columns={"mp_id": "id", "pretty_formula": "formula"})
+
+
+def _aflow_prototypes_chgnet() -> pd.DataFrame:
+    """CHGNet crystal features (64-d) of pymatgen's bundled AFLOW prototype structures (one row per formula,
+    lowest-energy polymorph), built once by ``dataset_builders.embeddings`` into the crossmat cache."""
+    from accelerate import PartialState
+
+    from dataset_builders.embeddings import build_embeddings
+
+    folder = _cache_dir() / "aflow_prototypes_chgnet"
+    table = folder / "per_formula" / "chgnet.parquet"
+    with PartialState().main_process_first():
+        if not table.is_file():
+            build_embeddings("aflow_prototypes", "chgnet", folder, on_bad="report", process_index=0, num_processes=1)
+    rejected = folder / "rejected_rows_chgnet.csv"
+    if rejected.is_file():
+        n = len(pd.read_csv(rejected))
+        print(f"[crossmat] builtin:aflow_prototypes_chgnet: {n} structure(s) CHGNet cannot embed were left out; see {rejected}")
+    return pd.read_parquet(table)
+
+
+def load_source(source: Any, what: str = "data.train") -> tuple[pd.DataFrame, str]:
+    """Load a data source into a DataFrame; return it with a short description for cards and logs."""
+    if source is None:
+        raise DataError(f"{what}: no data source given")
+    if type(source).__name__ == "DataFrame":
+        return source.reset_index(drop=True), "in-memory DataFrame"
+    if type(source).__name__ == "Dataset" and hasattr(source, "to_pandas"):
+        return source.to_pandas(), f"in-memory datasets.Dataset ({getattr(source.info, 'dataset_name', None) or 'unnamed'})"
+    if isinstance(source, str):
+        source = {"builtin": source[len("builtin:") :]} if source.startswith("builtin:") else {"path": source}
+    if not isinstance(source, Mapping):
+        raise DataError(f"{what}: expected a path, a mapping or a datasets.Dataset, got {type(source).__name__}")
+    unknown = sorted(set(source) - _SOURCE_KEYS)
+    if unknown:
+        raise DataError(f"{what}: unknown source key(s) {unknown}; allowed: {sorted(_SOURCE_KEYS)}")
+    if source.get("builtin"):
+        name = source["builtin"]
+        if name not in BUILTINS:
+            raise DataError(f"{what}: unknown builtin source {name!r}; choose one of {list(BUILTINS)}")
+        df = _mp_transport() if name == "mp_transport" else _aflow_prototypes_chgnet()
+        desc = f"builtin:{name}"
+    else:
+        if not source.get("path"):
+            raise DataError(f"{what}: a source mapping needs 'path' or 'builtin'")
+        path = Path(str(source["path"])).expanduser()
+        if not path.exists():
+            raise DataError(f"{what}: {str(path)!r} does not exist")
+        desc = str(path)
+        if path.is_dir():
+            import datasets
+
+            try:
+                ds = datasets.load_dataset(str(path), name=source.get("name"), split=source.get("split") or "train")
+            except Exception as exc:  # datasets raises several types for a bad folder / config / split
+                raise DataError(f"{what}: cannot load dataset folder {str(path)!r} ({exc})") from None
+            df = ds.to_pandas()
+            desc = f"{path} (config={source.get('name')}, split={source.get('split') or 'train'})"
+        else:
+            name = path.name.lower()
+            if name.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.xz")):
+                df = pd.read_csv(path)
+            elif name.endswith(".parquet"):
+                df = pd.read_parquet(path)
+            elif name.endswith((".jsonl", ".json")):
+                df = pd.read_json(path, lines=name.endswith(".jsonl"))
+            else:
+                raise DataError(f"{what}: unsupported file type {path.name!r} (use csv[.gz], parquet or jsonl)")
+    if source.get("query"):
+        try:
+            df = df.query(source["query"])
+        except Exception as exc:
+            raise DataError(f"{what}: query {source['query']!r} failed ({exc})") from None
+        desc += f" where {source['query']}"
+    return df.reset_index(drop=True), desc
+
+
+def _unit_hash(keys: list[str], salt: str) -> np.ndarray:
+    """A deterministic uniform [0, 1) number per key (md5, independent of row order and machine)."""
+    out = np.empty(len(keys), dtype=np.float64)
+    for i, key in enumerate(keys):
+        out[i] = int.from_bytes(hashlib.md5(f"{salt}|{key}".encode()).digest()[:8], "little") / 2.0**64
+    return out
+
+
+def split_buckets(groups: list[str], fraction: float, salt: str) -> np.ndarray:
+    """Boolean mask of rows whose group hashes below ``fraction`` (a whole group lands on one side)."""
+    uniq, inverse = np.unique(np.asarray(groups, dtype=object), return_inverse=True)
+    return (_unit_hash([str(u) for u in uniq], salt) < fraction)[inverse]
+
+
+class _Rejects:
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, split: str, rows: np.ndarray, formulas: Any, reasons: Any) -> None:
+        for r, f, why in zip(rows, formulas, reasons, strict=True):
+            self.rows.append({"split": split, "row": int(r), "formula": f, "reason": why})
+
+
+def _canonicalise(formulas: pd.Series, split: str, on_invalid: str, rejects: _Rejects) -> tuple[np.ndarray, np.ndarray]:
+    """Validated tokenizer-ready formulas (per unique string) and a keep-mask."""
+    values = formulas.to_numpy(dtype=object)
+    keys = np.array([v if isinstance(v, str) else repr(v) for v in values], dtype=object)
+    uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    prepared = np.empty(len(uniq), dtype=object)
+    bad: dict[int, str] = {}
+    for j, i in enumerate(first):
+        try:
+            prepared[j] = CrossMatTokenizerFast.prepare_formula(values[i])
+        except FormulaError as err:
+            bad[j] = str(err)
+    out = prepared[inverse]
+    keep = np.ones(len(values), dtype=bool)
+    if bad:
+        bad_rows = np.flatnonzero(np.isin(inverse, list(bad)))
+        if on_invalid == "error":
+            r = int(bad_rows[0])
+            raise DataError(
+                f"{split} row {r}: {bad[int(inverse[r])]} ({len(bad_rows)} invalid formula row(s) in total; "
+                "set data.on_invalid=skip to skip and report them)"
+            )
+        keep[bad_rows] = False
+        rejects.add(split, bad_rows, values[bad_rows], [bad[int(inverse[r])] for r in bad_rows])
+    return out, keep
+
+
+def _tokenize(tokenizer: CrossMatTokenizerFast, formulas: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    uniq, inverse = np.unique(formulas.astype(str), return_inverse=True)
+    enc = tokenizer(list(uniq), padding="longest", return_tensors="pt")
+    idx = torch.as_tensor(inverse.reshape(-1), dtype=torch.long)
+    return enc["input_ids"][idx], enc["attention_mask"][idx]
+
+
+def _require_columns(df: pd.DataFrame, columns: list[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(f"{what}: column(s) {missing} not found; available columns: {list(df.columns)}")
+
+
+def _targets(df: pd.DataFrame, columns: list[str], task: str, transform: str | None, what: str) -> tuple[np.ndarray, str]:
+    """Numeric target matrix (rows x targets); raises on a target of the wrong type."""
+    arrays = []
+    for col in columns:
+        s = df[col]
+        if s.dtype == bool:
+            s = s.astype(np.int64)
+        if not (pd.api.types.is_numeric_dtype(s) or s.dtype == object):
+            raise DataError(f"{what}: target column {col!r} has dtype {s.dtype}; expected numbers or booleans")
+        num = pd.to_numeric(s, errors="coerce")
+        bad = num.isna() & s.notna()
+        if bad.any():
+            r = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(
+                f"{what}: target column {col!r} is not numeric (row {r} holds {s.iloc[r]!r}); "
+                "regression needs numbers, classification needs 0/1 or booleans"
+            )
+        arrays.append(num.to_numpy(dtype=np.float64))
+    y = np.stack(arrays, axis=1)
+    finite = y[np.isfinite(y)]
+    if task == "auto":
+        task = "classification" if len(columns) == 1 and finite.size and set(np.unique(finite)) <= {0.0, 1.0} else "regression"
+    if task == "classification":
+        if len(columns) != 1 or not set(np.unique(finite)) <= {0.0, 1.0}:
+            raise DataError(f"{what}: classification needs one target column of 0/1 labels, got {sorted(set(np.unique(finite)))[:5]}")
+    if transform in ("log10", "log10_abs"):
+        if task != "regression":
+            raise DataError(f"{what}: target_transform {transform!r} only applies to regression")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = np.log10(np.abs(y) if transform == "log10_abs" else np.where(y > 0, y, np.nan))
+    return y, task
+
+
+def _frame_to_split(
+    df: pd.DataFrame,
+    split: str,
+    stage: str,
+    data: Mapping[str, Any],
+    tokenizer: CrossMatTokenizerFast,
+    rejects: _Rejects,
+    task: str,
+    target_columns: list[str],
+) -> tuple[TensorSplit, str]:
+    fcol = data["formula_column"]
+    on_invalid = data["on_invalid"]
+    formulas, keep = _canonicalise(df[fcol], split, on_invalid, rejects)
+    tensors: dict[str, torch.Tensor] = {}
+    if stage == "finetune":
+        y, task = _targets(df, target_columns, task, data["target_transform"], split)
+        bad = ~np.isfinite(y).all(axis=1) & keep
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            if on_invalid == "error":
+                raise DataError(
+                    f"{split} row {int(rows[0])}: target {y[rows[0]].tolist()} is missing or not finite "
+                    f"(after transform {data['target_transform']}); {len(rows)} such row(s); set data.on_invalid=skip to skip them"
+                )
+            rejects.add(split, rows, df[fcol].to_numpy()[rows], ["target missing or not finite"] * len(rows))
+            keep &= ~bad
+        tensors["labels"] = torch.as_tensor(y, dtype=torch.float32) if task == "regression" else torch.as_tensor(y[:, 0]).long()
+    weights = None
+    if stage == "imkt":
+        emb = df[data["embedding_column"]].to_numpy(dtype=object)
+        lengths = np.array([len(e) if hasattr(e, "__len__") else -1 for e in emb])
+        dim = int(np.bincount(lengths[lengths > 0]).argmax()) if (lengths > 0).any() else 0
+        bad = (lengths != dim) & keep
+        if dim == 0 or bad.any():
+            rows = np.flatnonzero(bad) if dim else np.arange(len(df))
+            if on_invalid == "error" or dim == 0:
+                raise DataError(
+                    f"{split} row {int(rows[0])}: embedding has length {lengths[rows[0]]}, expected {dim} "
+                    f"({len(rows)} such row(s))"
+                )
+            rejects.add(split, rows, df[fcol].to_numpy()[rows], [f"embedding length != {dim}"] * len(rows))
+            keep &= ~bad
+        mat = np.zeros((len(df), dim), dtype=np.float32)
+        mat[keep] = np.stack([np.asarray(e, dtype=np.float32) for e in emb[keep]])
+        if not np.isfinite(mat).all():
+            raise DataError(f"{split}: embedding column {data['embedding_column']!r} holds non-finite values")
+        tensors["structure_embeddings"] = torch.from_numpy(mat)
+        if data["stability_bias"] != "none":
+            ehull = pd.to_numeric(df[data["stability_column"]], errors="coerce").to_numpy(dtype=np.float64)
+            if data["stability_bias"] == "filter":
+                unstable = ~(ehull <= float(data["stability_max"])) & keep
+                rows = np.flatnonzero(unstable)
+                rejects.add(split, rows, df[fcol].to_numpy()[rows], [f"{data['stability_column']} > {data['stability_max']} or missing"] * len(rows))
+                keep &= ~unstable
+            else:
+                w = np.exp(-np.clip(np.nan_to_num(ehull, nan=np.inf), 0, None) / float(data["stability_temperature"]))
+                weights = torch.as_tensor(w, dtype=torch.float64)
+    ids, mask = _tokenize(tokenizer, np.where(keep, formulas, "H"))
+    tensors["input_ids"], tensors["attention_mask"] = ids, mask
+    tensors["row_id"] = torch.arange(len(df), dtype=torch.long)
+    k = torch.as_tensor(keep)
+    tensors = {name: t[k] for name, t in tensors.items()}
+    if weights is not None:
+        weights = weights[k]
+        if float(weights.sum()) <= 0:
+            raise DataError(f"{split}: every stability weight is 0; raise data.stability_temperature")
+    return TensorSplit(tensors, list(formulas[keep]), weights), task
+
+
+def prepare_stage_data(recipe: Mapping[str, Any], tokenizer: CrossMatTokenizerFast) -> StageData:
+    """Load, validate, split and tokenize the data of one stage (fails before training on bad input)."""
+    data, stage = recipe["data"], recipe["stage"]
+    train_df, train_desc = load_source(data["train"], "data.train")
+    target_columns: list[str] = []
+    if stage == "finetune":
+        tc = data["target_column"]
+        target_columns = [tc] if isinstance(tc, str) else list(tc)
+    needed = [data["formula_column"], *target_columns] + ([data["embedding_column"]] if stage == "imkt" else [])
+    if data["stability_bias"] != "none":
+        needed.append(data["stability_column"])
+    _require_columns(train_df, needed, f"data.train ({train_desc})")
+    frames: dict[str, pd.DataFrame] = {}
+    descs = {"train": train_desc}
+    groups = (
+        train_df[data["formula_column"]].astype(str).tolist()
+        if data["group_by_formula"]
+        else [str(i) for i in range(len(train_df))]
+    )
+    if data["group_by_formula"]:  # group polymorphs / spellings of one composition together
+        uniq, inverse = np.unique(np.asarray(groups, dtype=object), return_inverse=True)
+        groups = list(np.array([_safe_canonical(g) for g in uniq], dtype=object)[inverse])
+    salt = str(data["split_seed"])
+    in_test = np.zeros(len(train_df), dtype=bool)
+    if data["test"] is not None:
+        frames["test"], descs["test"] = load_source(data["test"], "data.test")
+        _require_columns(frames["test"], needed, f"data.test ({descs['test']})")
+    elif data["test_fraction"] > 0:
+        in_test = split_buckets(groups, float(data["test_fraction"]), f"test|{salt}")
+        frames["test"] = train_df[in_test].reset_index(drop=True)
+        descs["test"] = f"{train_desc} (held-out {data['test_fraction']:.0%} of formulas, split_seed={salt})"
+    remaining = ~in_test
+    if data["validation"] is not None:
+        frames["validation"], descs["validation"] = load_source(data["validation"], "data.validation")
+        _require_columns(frames["validation"], needed, f"data.validation ({descs['validation']})")
+    elif data["validation_fraction"] > 0:
+        in_val = split_buckets(groups, float(data["validation_fraction"]), f"validation|{salt}") & remaining
+        frames["validation"] = train_df[in_val].reset_index(drop=True)
+        descs["validation"] = f"{train_desc} (validation: {data['validation_fraction']:.0%} of training formulas)"
+        remaining &= ~in_val
+    frames["train"] = train_df[remaining].reset_index(drop=True)
+    if data["max_train_rows"]:
+        frames["train"] = frames["train"].iloc[: int(data["max_train_rows"])]
+    rejects = _Rejects()
+    task = data["task"]
+    splits: dict[str, TensorSplit] = {}
+    for name in ("train", "validation", "test"):
+        if name in frames and len(frames[name]):
+            splits[name], task = _frame_to_split(frames[name], name, stage, data, tokenizer, rejects, task, target_columns)
+    if "train" not in splits or len(splits["train"]) == 0:
+        raise DataError(f"data.train ({train_desc}): no usable training rows")
+    info: dict[str, Any] = {
+        "sources": descs,
+        "rows": {k: len(v) for k, v in splits.items()},
+        "rejected_rows": len(rejects.rows),
+        "task": task if stage == "finetune" else None,
+        "target_columns": target_columns,
+        "formula_column": data["formula_column"],
+    }
+    if stage == "finetune" and task == "regression":
+        y = splits["train"].tensors["labels"].double()
+        info["target_mean"] = y.mean(0).tolist()
+        info["target_std"] = y.std(0).clamp(min=1e-12).tolist() if len(y) > 1 else [1.0] * y.shape[1]
+    if stage == "imkt":
+        info["structure_embedding_dim"] = int(splits["train"].tensors["structure_embeddings"].shape[1])
+    rejected = pd.DataFrame(rejects.rows) if rejects.rows else None
+    return StageData(splits["train"], splits.get("validation"), splits.get("test"), info, rejected)
+
+
+def _safe_canonical(formula: str) -> str:
+    try:
+        return canonical_formula(formula)
+    except FormulaError:
+        return formula

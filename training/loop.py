@@ -1,0 +1,406 @@
+"""The Accelerate training loop shared by all stages.
+
+Determinism and exact resume: the global batch of every optimizer step is a slice of an epoch
+permutation drawn from ``seed + epoch``; with ``P`` processes each takes its ``1/P`` share of that
+global batch, so the optimisation is the same on one CPU, one GPU or many (up to float reduction
+order and dropout masks, which are reseeded from ``(seed, step, process)`` before every step). MLM
+masks are a hash of ``(seed, epoch, row, position)``. Checkpoints (``accelerator.save_state``:
+model, optimizer, scheduler, RNG, loop state) are written atomically every ``checkpoint_every``
+steps; ``resume`` restarts from the newest one and replays nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from safetensors.torch import load_model, save_model
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from .collator import MaskedElementCollator, hash_uniform, trim_padding
+from .data import StageData, TensorSplit
+from .recipe import RecipeError
+
+__all__ = ["LoopState", "StageTrainer", "compute_metrics", "latest_checkpoint", "make_accelerator"]
+
+FAULT_ENV = "CROSSMAT_TRAIN_FAULT_AFTER_STEP"  # testing hook: SIGKILL this process after that step
+_HIGHER_IS_BETTER = {"roc_auc", "accuracy", "r2", "masked_accuracy", "alignment_cosine"}
+
+
+class LoopState:
+    """Loop counters, early-stopping state and metric history, saved with every checkpoint."""
+
+    def __init__(self) -> None:
+        self.global_step = 0
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.best_metric: float | None = None
+        self.best_step: int | None = None
+        self.bad_evals = 0
+        self.stopped_early = False
+        self.samples_seen = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+def make_accelerator(recipe: Mapping[str, Any], output_dir: Path) -> Accelerator:
+    """An ``Accelerator`` with the recipe's mixed precision and trackers (TensorBoard/W&B when installed)."""
+    mp = recipe["train"]["mixed_precision"]
+    if mp == "auto":
+        mp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if torch.cuda.is_available() else "no"
+    trackers = recipe["train"]["trackers"]
+    if trackers == "auto":
+        import importlib.util
+
+        trackers = "tensorboard" if importlib.util.find_spec("tensorboard") else None
+    elif trackers in ("none", None, []):
+        trackers = None
+    # torchrun-style multi-process launch (accelerate launch --multi_gpu --num_processes N) on a machine
+    # without GPUs: run DDP on CPU over gloo instead of falling back to N independent single-process runs.
+    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(mixed_precision=mp, log_with=trackers, project_dir=str(output_dir), cpu=cpu,
+                       step_scheduler_with_optimizer=False)
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint folder under ``output_dir/checkpoints`` (or None)."""
+    root = Path(output_dir) / "checkpoints"
+    found = sorted(p for p in root.glob("step_*") if p.is_dir() and (p / "COMPLETE").is_file()) if root.is_dir() else []
+    return found[-1] if found else None
+
+
+def compute_metrics(stage: str, pred: Mapping[str, np.ndarray], split: TensorSplit, config: Any) -> dict[str, float]:
+    """Validation/test metrics from per-row predictions (see :meth:`StageTrainer.predict`)."""
+    out: dict[str, float] = {}
+    if stage in ("mlm", "imkt"):
+        n = max(float(pred["mlm_count"].sum()), 1.0)
+        out["mlm_loss"] = float(pred["mlm_sum"].sum() / n)
+        out["masked_accuracy"] = float(pred["mlm_correct"].sum() / n)
+        out["loss"] = out["mlm_loss"]
+    if stage == "imkt":
+        from modeling.modeling_crossmat import alignment_loss
+
+        proj = torch.from_numpy(pred["projected"])
+        target = split.tensors["structure_embeddings"]
+        out["alignment_cosine"] = float(F.cosine_similarity(proj, target, dim=-1).mean())
+        chunks = [alignment_loss(p, t, config.alignment_loss, config.infonce_temperature)
+                  for p, t in zip(proj.split(1024), target.split(1024), strict=True) if len(p) > 1 or config.alignment_loss != "infonce"]
+        out["alignment_loss"] = float(torch.stack(chunks).mean()) if chunks else float("nan")
+        out["loss"] = config.mlm_loss_weight * out["mlm_loss"] + config.alignment_loss_weight * out["alignment_loss"]
+    if stage == "finetune":
+        logits = pred["logits"]
+        labels = split.tensors["labels"].numpy()
+        if config.problem_type == "regression":
+            err = logits.reshape(labels.shape) - labels
+            out["mae"] = float(np.abs(err).mean())
+            out["rmse"] = float(np.sqrt((err**2).mean()))
+            var = ((labels - labels.mean(0)) ** 2).sum(0)
+            out["r2"] = float(np.mean(1.0 - (err**2).sum(0) / np.where(var > 0, var, np.nan)))
+            std = np.asarray(config.target_std or [1.0] * labels.shape[1])
+            out["loss"] = float(np.abs(err / std).mean())
+        else:
+            from sklearn.metrics import roc_auc_score
+
+            prob = torch.softmax(torch.from_numpy(logits).double(), -1)[:, 1].numpy()
+            out["accuracy"] = float(((prob > 0.5).astype(int) == labels).mean())
+            out["roc_auc"] = float(roc_auc_score(labels, prob)) if len(np.unique(labels)) == 2 else float("nan")
+            out["loss"] = float(F.cross_entropy(torch.from_numpy(logits).double(), torch.from_numpy(labels).long()))
+    return out
+
+
+class StageTrainer:
+    """Runs one stage's optimisation with Accelerate (see module docstring)."""
+
+    def __init__(self, recipe: Mapping[str, Any], model: torch.nn.Module, data: StageData, output_dir: Path,
+                 accelerator: Accelerator) -> None:
+        self.recipe = recipe
+        self.stage = recipe["stage"]
+        self.cfg = recipe["train"]
+        self.seed = int(recipe["seed"])
+        self.data = data
+        self.output_dir = Path(output_dir)
+        self.accelerator = accelerator
+        self.world = accelerator.num_processes
+        self.rank = accelerator.process_index
+        self.collator = MaskedElementCollator(self.cfg["mlm_probability"], seed=self.seed) if self.stage != "finetune" else None
+        self.global_batch = int(self.cfg["batch_size"])
+        self.accum = int(self.cfg["gradient_accumulation_steps"])
+        if self.global_batch % self.world:
+            raise RecipeError(f"train.batch_size {self.global_batch} is not divisible by the {self.world} processes")
+        self.local_batch = self.global_batch // self.world
+        n = len(data.train)
+        per_step = self.global_batch * self.accum
+        self.steps_per_epoch = n // per_step
+        if self.steps_per_epoch == 0:
+            raise RecipeError(
+                f"the training split has {n} rows, fewer than one optimizer step needs "
+                f"(batch_size {self.global_batch} x gradient_accumulation_steps {self.accum}); lower train.batch_size"
+            )
+        self.total_steps = int(self.cfg["max_steps"] or self.cfg["epochs"] * self.steps_per_epoch)
+        self.eval_every = int(self.cfg["eval_every"] or self.steps_per_epoch)
+        self.state = LoopState()
+        self.metrics_path = self.output_dir / "metrics.jsonl"
+        self.best_dir = self.output_dir / "checkpoints" / "best"
+        self.model = model
+        self._build_optimizer()
+
+    # ----------------------------------------------------------------- setup
+    def _build_optimizer(self) -> None:
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+        groups = [{"params": decay, "weight_decay": float(self.cfg["weight_decay"])},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=float(self.cfg["learning_rate"]), betas=tuple(self.cfg["adam_betas"]))
+        warmup = self.cfg["warmup_steps"]
+        if warmup is None:
+            warmup = int(math.ceil(float(self.cfg["warmup_ratio"]) * self.total_steps))
+        scheduler = get_scheduler(self.cfg["lr_scheduler"], optimizer, num_warmup_steps=warmup,
+                                  num_training_steps=self.total_steps)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(self.model, optimizer, scheduler)
+        self.accelerator.register_for_checkpointing(self.state)
+
+    # ----------------------------------------------------------------- data
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        n = len(self.data.train)
+        if self.data.train.weights is not None:  # thermodynamic bias: sample rows by stability weight
+            return torch.multinomial(self.data.train.weights, n, replacement=True, generator=gen)
+        return torch.randperm(n, generator=gen)
+
+    def _batch(self, split: TensorSplit, rows: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+        batch = trim_padding({k: v[rows] for k, v in split.tensors.items()})
+        if self.collator is not None:
+            self.collator.set_epoch(epoch)
+            batch["input_ids"], batch["labels"] = self.collator.mask(batch["input_ids"], batch["row_id"])
+        batch.pop("row_id")
+        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+
+    # ----------------------------------------------------------------- logging / checkpoints
+    def _log(self, record: dict[str, Any]) -> None:
+        record = {"stage": self.stage, "step": self.state.global_step, "epoch": self.state.epoch, **record}
+        if self.accelerator.is_main_process:
+            with self.metrics_path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        numeric = {f"{record.get('split', 'train')}/{k}": v for k, v in record.items()
+                   if isinstance(v, (int, float)) and k not in ("step", "epoch")}
+        if self.accelerator.trackers:
+            self.accelerator.log(numeric, step=self.state.global_step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        if not self.accelerator.is_main_process or not self.metrics_path.is_file():
+            return
+        lines = [ln for ln in self.metrics_path.read_text().splitlines() if ln.strip()]
+        kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step and json.loads(ln).get("split") != "test"]
+        self.metrics_path.write_text("".join(ln + "\n" for ln in kept))
+
+    def _save_checkpoint(self) -> None:
+        acc = self.accelerator
+        root = self.output_dir / "checkpoints"
+        final = root / f"step_{self.state.global_step:09d}"
+        tmp = root / f"tmp_step_{self.state.global_step:09d}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp), safe_serialization=True)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            (tmp / "COMPLETE").write_text(json.dumps(self.state.state_dict()))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            old = sorted(p for p in root.glob("step_*") if p.is_dir())
+            for p in old[: -int(self.cfg["keep_checkpoints"])]:
+                shutil.rmtree(p, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def _resume(self) -> None:
+        resume = self.cfg["resume"]
+        if not resume:
+            return
+        ckpt = Path(resume) if isinstance(resume, str) and resume not in ("auto", "true") else latest_checkpoint(self.output_dir)
+        if ckpt is None:
+            self.accelerator.print(f"[crossmat] resume: no checkpoint in {self.output_dir / 'checkpoints'}; starting fresh")
+            return
+        if not (ckpt / "COMPLETE").is_file():
+            raise RecipeError(f"train.resume: {ckpt} is not a complete checkpoint")
+        self.accelerator.load_state(str(ckpt))
+        self._truncate_metrics(self.state.global_step)
+        self.accelerator.print(f"[crossmat] resumed from {ckpt} at step {self.state.global_step}")
+
+    # ----------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def predict(self, split: TensorSplit) -> dict[str, np.ndarray]:
+        """Per-row predictions on ``split`` (sharded over processes, gathered, in row order)."""
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        idx = torch.arange(self.rank, len(split), self.world)
+        parts: dict[str, list[np.ndarray]] = {}
+        for chunk in idx.split(int(self.cfg["eval_batch_size"])):
+            batch = self._batch(split, chunk, epoch=0)
+            with self.accelerator.autocast():
+                out = model(**batch)
+            rec: dict[str, torch.Tensor] = {"index": chunk}
+            if self.stage in ("mlm", "imkt"):
+                labels = batch["labels"]
+                ce = F.cross_entropy(out.logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+                scored = labels != -100
+                rec["mlm_sum"] = ce.sum(1)
+                rec["mlm_count"] = scored.sum(1)
+                rec["mlm_correct"] = ((out.logits.argmax(-1) == labels) & scored).sum(1)
+            if self.stage == "imkt":
+                rec["projected"] = out.projected_embedding.float()
+            if self.stage == "finetune":
+                rec["logits"] = out.logits.float()
+            for k, v in rec.items():
+                parts.setdefault(k, []).append(v.detach().cpu().numpy())
+        mine = {k: np.concatenate(v) for k, v in parts.items()} if parts else {}
+        gathered = gather_object([mine]) if self.world > 1 else [mine]
+        gathered = [g for g in gathered if g]
+        merged = {k: np.concatenate([g[k] for g in gathered]) for k in gathered[0]}
+        order = np.argsort(merged.pop("index"), kind="stable")
+        if was_training:
+            model.train()
+        return {k: v[order] for k, v in merged.items()}
+
+    def evaluate(self, split: TensorSplit, name: str) -> dict[str, float]:
+        cfg = self.accelerator.unwrap_model(self.model).config
+        metrics = compute_metrics(self.stage, self.predict(split), split, cfg)
+        return metrics
+
+    def metric_for_best(self) -> tuple[str, bool]:
+        name = self.cfg["metric_for_best"]
+        if name is None:
+            cfg = self.accelerator.unwrap_model(self.model).config
+            name = "loss" if self.stage != "finetune" else ("mae" if cfg.problem_type == "regression" else "roc_auc")
+        return name, name in _HIGHER_IS_BETTER
+
+    def _validate(self) -> bool:
+        """Evaluate on the validation split, keep the best weights; return True to stop early."""
+        if self.data.validation is None:
+            return False
+        metrics = self.evaluate(self.data.validation, "validation")
+        self._log({"split": "validation", **metrics})
+        name, higher = self.metric_for_best()
+        if name not in metrics:
+            raise RecipeError(f"train.metric_for_best {name!r} is not among the validation metrics {sorted(metrics)}")
+        value = metrics[name]
+        best = self.state.best_metric
+        improved = best is None or (value > best if higher else value < best)
+        if improved and math.isfinite(value):
+            self.state.best_metric, self.state.best_step, self.state.bad_evals = float(value), self.state.global_step, 0
+            if self.accelerator.is_main_process:
+                self.best_dir.mkdir(parents=True, exist_ok=True)
+                tmp = self.best_dir / "model.safetensors.tmp"
+                save_model(self.accelerator.unwrap_model(self.model), str(tmp))
+                os.replace(tmp, self.best_dir / "model.safetensors")
+                (self.best_dir / "best.json").write_text(json.dumps({"step": self.state.global_step, name: value}))
+            self.accelerator.wait_for_everyone()
+        else:
+            self.state.bad_evals += 1
+        patience = self.cfg["early_stopping_patience"]
+        return patience is not None and self.state.bad_evals >= int(patience)
+
+    # ----------------------------------------------------------------- training
+    def train(self) -> dict[str, Any]:
+        """Train to ``total_steps`` (or early stop), then load the best validation weights."""
+        acc = self.accelerator
+        set_seed(self.seed)
+        self._resume()
+        if self.state.global_step == 0 and acc.is_main_process and self.metrics_path.exists():
+            self.metrics_path.unlink()
+        fault_step = int(os.environ.get(FAULT_ENV, "0") or 0)
+        self.model.train()
+        bar = tqdm(total=self.total_steps, initial=self.state.global_step, desc=f"{self.stage}",
+                   disable=not (self.cfg["progress_bar"] and acc.is_local_main_process), dynamic_ncols=True)
+        t0, samples0 = time.perf_counter(), 0
+        run_loss = torch.zeros((), device=acc.device)
+        run_n = 0
+        while self.state.global_step < self.total_steps and not self.state.stopped_early:
+            perm = self._permutation(self.state.epoch)
+            while self.state.step_in_epoch < self.steps_per_epoch and self.state.global_step < self.total_steps:
+                step = self.state.global_step
+                torch.manual_seed(int(hash_uniform(self.seed, step, self.rank, 7) * 2**31))
+                for micro in range(self.accum):
+                    start = (self.state.step_in_epoch * self.accum + micro) * self.global_batch
+                    rows = perm[start + self.rank * self.local_batch: start + (self.rank + 1) * self.local_batch]
+                    batch = self._batch(self.data.train, rows, self.state.epoch)
+                    sync = micro == self.accum - 1
+                    ctx = acc.no_sync(self.model) if not sync and self.world > 1 else _null()
+                    with ctx, acc.autocast():
+                        loss = self.model(**batch).loss / self.accum
+                        acc.backward(loss)
+                    run_loss += loss.detach()
+                if self.cfg["max_grad_norm"]:
+                    acc.clip_grad_norm_(self.model.parameters(), float(self.cfg["max_grad_norm"]))
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                run_n += 1
+                self.state.global_step += 1
+                self.state.step_in_epoch += 1
+                self.state.samples_seen += self.global_batch * self.accum
+                samples0 += self.global_batch * self.accum
+                bar.update(1)
+                last = self.state.global_step >= self.total_steps
+                if self.state.global_step % int(self.cfg["log_every"]) == 0 or last:
+                    mean_loss = float(acc.reduce(run_loss, reduction="mean")) / max(run_n, 1)
+                    rate = samples0 / max(time.perf_counter() - t0, 1e-9)
+                    self._log({"split": "train", "loss": mean_loss, "learning_rate": self.scheduler.get_last_lr()[0],
+                               "samples_per_second": rate})
+                    bar.set_postfix(loss=f"{mean_loss:.4f}")
+                    run_loss.zero_()
+                    run_n = 0
+                if self.state.step_in_epoch >= self.steps_per_epoch:
+                    self.state.epoch += 1
+                    self.state.step_in_epoch = 0
+                if self.state.global_step % self.eval_every == 0 or last:
+                    self.state.stopped_early = self._validate()
+                if self.state.global_step % int(self.cfg["checkpoint_every"]) == 0 or last or self.state.stopped_early:
+                    self._save_checkpoint()
+                if fault_step and self.state.global_step == fault_step:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if self.state.stopped_early:
+                    break
+                if self.state.step_in_epoch == 0:
+                    break  # new epoch: draw the next permutation
+        bar.close()
+        if self.state.stopped_early:
+            acc.print(f"[crossmat] early stopping at step {self.state.global_step} (best step {self.state.best_step})")
+        if (self.best_dir / "model.safetensors").is_file() and self.state.best_step is not None:
+            load_model(acc.unwrap_model(self.model), str(self.best_dir / "model.safetensors"),
+                       device="cpu" if acc.device.type == "cpu" else str(acc.device))
+        acc.wait_for_everyone()
+        return {"global_step": self.state.global_step, "best_step": self.state.best_step,
+                "best_metric": self.state.best_metric, "metric_for_best": self.metric_for_best()[0],
+                "stopped_early": self.state.stopped_early, "steps_per_epoch": self.steps_per_epoch,
+                "total_steps": self.total_steps, "processes": self.world,
+                "mixed_precision": acc.mixed_precision}
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

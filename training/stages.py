@@ -1,0 +1,318 @@
+"""Stage runner: build the model for a stage, train it with :class:`StageTrainer`, write the output folder
+(config, safetensors or adapter, tokenizer, model card, ``metrics.jsonl``, resolved recipe), and
+chain stages of a pipeline. Entry point for Python callers: :func:`run_recipe`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+import modeling  # noqa: F401  (registers CrossMat with the Auto classes)
+from modeling import CrossMatConfig, CrossMatForMaskedLM, CrossMatForPropertyPrediction, CrossMatForStructureAlignment
+from tokenization import CrossMatTokenizerFast
+from tokenization.vocabulary import ELEMENT_START, ELEMENTS, token_layout
+
+from .data import StageData, prepare_stage_data
+from .loop import StageTrainer, make_accelerator
+from .recipe import RecipeError, apply_overrides, validate_recipe
+
+__all__ = ["build_model", "init_element_embeddings", "load_lora_model", "run_recipe", "run_stage"]
+
+STAGE_CLASSES = {"mlm": CrossMatForMaskedLM, "imkt": CrossMatForStructureAlignment, "finetune": CrossMatForPropertyPrediction}
+CARD_KIND = {"mlm": "clm-mlm", "imkt": "clm-imkt", "finetune": "property"}
+DONE_FILE = "training_info.json"
+
+
+def _check_checkpoint(path: Path) -> CrossMatConfig:
+    """Load and check the config of ``init_from`` (must be a CrossMat model with this vocabulary)."""
+    if not path.is_dir():
+        raise RecipeError(f"model.init_from {str(path)!r} is not a folder")
+    if (path / "adapter_config.json").is_file() and not (path / "model.safetensors").is_file():
+        raise RecipeError(f"model.init_from {str(path)!r} is a LoRA adapter; train from its merged model "
+                          "(lora.merge=true) or from its base model")
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise RecipeError(f"model.init_from {str(path)!r} has no config.json")
+    raw = json.loads(cfg_file.read_text())
+    if raw.get("model_type") != CrossMatConfig.model_type:
+        raise RecipeError(f"model.init_from {str(path)!r} is a {raw.get('model_type')!r} model "
+                          f"({raw.get('architectures')}); a CrossMat checkpoint is needed")
+    config = CrossMatConfig.from_pretrained(str(path))
+    mismatch = {k: (getattr(config, k, None), v) for k, v in token_layout().items() if getattr(config, k, None) != v}
+    if mismatch:
+        raise RecipeError(f"model.init_from {str(path)!r} uses another token layout (checkpoint vs tokenizer: {mismatch})")
+    if not (path / "model.safetensors").is_file() and not (path / "pytorch_model.bin").is_file():
+        raise RecipeError(f"model.init_from {str(path)!r} has no model weights (model.safetensors)")
+    return config
+
+
+def init_element_embeddings(model: torch.nn.Module, source: str, seed: int = 0) -> int:
+    """Initialise element-token embeddings from an ``elementembeddings`` representation (mat2vec, magpie,
+    ...): standardise features, project to ``hidden_size`` by PCA (zero-padded when smaller), rescale to
+    ``initializer_range``. Returns how many element tokens were set (others keep their random init)."""
+    from elementembeddings.core import Embedding
+
+    try:
+        emb = Embedding.load_data(source)
+    except Exception as exc:
+        raise RecipeError(f"model.element_embedding_init {source!r} cannot be loaded by elementembeddings ({exc})") from None
+    table = emb.embeddings
+    symbols = [s for s in ELEMENTS if s in table]
+    if not symbols:
+        raise RecipeError(f"model.element_embedding_init {source!r} covers no element")
+    x = np.stack([np.asarray(table[s], dtype=np.float64) for s in symbols])
+    x = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)
+    word = model.get_input_embeddings().weight
+    hidden = word.shape[1]
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    proj = u * s
+    proj = proj[:, :hidden] if proj.shape[1] >= hidden else np.pad(proj, ((0, 0), (0, hidden - proj.shape[1])))
+    proj = proj / (proj.std() + 1e-12) * model.config.initializer_range
+    ids = torch.tensor([ELEMENT_START + ELEMENTS.index(sym) for sym in symbols])
+    with torch.no_grad():
+        word[ids] = torch.as_tensor(proj, dtype=word.dtype)
+    return len(symbols)
+
+
+def build_model(recipe: Mapping[str, Any], data: StageData) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The stage's model: from ``model.init_from`` (a checked CrossMat folder) or from scratch."""
+    stage = recipe["stage"]
+    cls = STAGE_CLASSES[stage]
+    mcfg = recipe["model"]
+    overrides = dict(mcfg["config"])
+    bad = sorted(set(overrides) & set(token_layout()))
+    if bad:
+        raise RecipeError(f"model.config may not change the token layout keys {bad}")
+    stage_cfg: dict[str, Any] = {}
+    if stage == "imkt":
+        stage_cfg["structure_embedding_dim"] = data.info["structure_embedding_dim"]
+    if stage == "finetune":
+        targets = data.info["target_columns"]
+        if data.info["task"] == "regression":
+            stage_cfg.update(num_labels=len(targets), problem_type="regression", target_mean=data.info["target_mean"],
+                             target_std=data.info["target_std"], target_names=targets)
+        else:
+            stage_cfg.update(num_labels=2, problem_type="single_label_classification", target_names=targets,
+                             id2label={0: "0", 1: "1"}, label2id={"0": 0, "1": 1})
+        if recipe["data"]["target_transform"]:
+            stage_cfg["target_names"] = [f"{recipe['data']['target_transform']}({t})" for t in targets]
+    info: dict[str, Any] = {"class": cls.__name__}
+    init = mcfg["init_from"]
+    if init:
+        path = Path(init)
+        config = _check_checkpoint(path)
+        for key, value in {**overrides, **stage_cfg}.items():
+            setattr(config, key, value)
+        config.architectures = [cls.__name__]
+        try:
+            model = cls.from_pretrained(str(path), config=config, ignore_mismatched_sizes=stage == "finetune")
+        except Exception as exc:
+            raise RecipeError(f"model.init_from {str(path)!r} cannot be loaded as {cls.__name__} ({exc})") from None
+        info["init_from"] = str(path)
+    else:
+        try:
+            config = CrossMatConfig(**{**token_layout(), **overrides, **stage_cfg})
+        except (TypeError, ValueError) as exc:
+            raise RecipeError(f"model.config: {exc}") from None
+        torch.manual_seed(int(recipe["seed"]))
+        model = cls(config)
+        if mcfg["element_embedding_init"]:
+            info["element_embedding_init"] = mcfg["element_embedding_init"]
+            info["elements_initialised"] = init_element_embeddings(model, mcfg["element_embedding_init"])
+    if mcfg["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable()
+    if recipe["lora"]["enabled"]:
+        if not init:
+            raise RecipeError("lora.enabled needs model.init_from (a pretrained CrossMat model to adapt)")
+        from peft import LoraConfig, get_peft_model
+
+        lc = recipe["lora"]
+        names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+        missing = [t for t in lc["target_modules"] if t not in names]
+        if missing:
+            raise RecipeError(f"lora.target_modules {missing} are not modules of {cls.__name__} (e.g. qkv, out_proj, fc1, fc2)")
+        model = get_peft_model(model, LoraConfig(r=int(lc["r"]), lora_alpha=float(lc["alpha"]), lora_dropout=float(lc["dropout"]),
+                                                 target_modules=list(lc["target_modules"]),
+                                                 modules_to_save=list(lc["modules_to_save"] or []) or None))
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        info["lora_trainable_parameters"] = int(trainable)
+    info["parameters"] = int(sum(p.numel() for p in model.parameters()))
+    return model, info
+
+
+def load_lora_model(adapter_dir: str | Path, merge: bool = False) -> torch.nn.Module:
+    """Load a LoRA output folder: base model (recorded in ``adapter_config.json``) with this folder's
+    property-head config, then the adapter; ``merge=True`` folds the adapter into the weights."""
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    adapter_dir = str(adapter_dir)
+    base_path = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
+    config = AutoConfig.from_pretrained(adapter_dir)
+    base = AutoModelForSequenceClassification.from_pretrained(base_path, config=config, ignore_mismatched_sizes=True)
+    model = PeftModel.from_pretrained(base, adapter_dir)
+    return model.merge_and_unload() if merge else model
+
+
+def _card_metrics(stage: str, metrics: Mapping[str, Mapping[str, float]], dataset_name: str, task: str | None) -> list[dict]:
+    task_type = {"mlm": "fill-mask", "imkt": "feature-extraction"}.get(stage) or (
+        "tabular-regression" if task == "regression" else "tabular-classification")
+    out = []
+    for split, values in metrics.items():
+        for name, value in values.items():
+            if name == "loss" or value is None or not np.isfinite(value):
+                continue
+            out.append({"name": f"{split} {name}", "type": name, "value": float(value), "dataset_name": dataset_name,
+                        "dataset_type": dataset_name, "split": split, "task_type": task_type})
+    return out
+
+
+def _write_card(out: Path, recipe: Mapping[str, Any], data: StageData, metrics: Mapping[str, Mapping[str, float]],
+                lora_adapter: bool) -> Path:
+    stage = recipe["stage"]
+    kind = "lora-adapter" if lora_adapter else CARD_KIND[stage]
+    base = recipe["model"]["init_from"]
+    datasets = sorted({str(v).split(" (")[0] for v in data.info["sources"].values()})
+    card_metrics = _card_metrics(stage, metrics, datasets[0] if datasets else "unknown", data.info.get("task"))
+    extra = {k: v for k, v in recipe["card"].items()}
+    from model_cards import write_model_card
+
+    return write_model_card(out, kind=kind, base_model=str(base) if base else None, datasets=datasets,
+                            recipe=_printable(recipe), metrics=card_metrics, **extra)
+
+
+def _printable(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved recipe with in-memory data replaced by a description (for YAML and cards)."""
+    out = json.loads(json.dumps(recipe, default=lambda o: f"<in-memory {type(o).__name__}>"))
+    return out
+
+
+def _recipe_hash(recipe: Mapping[str, Any]) -> str:
+    r = _printable(recipe)
+    r.get("train", {}).pop("resume", None)
+    return hashlib.sha256(json.dumps(r, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_stage(recipe: Mapping[str, Any], output_dir: str | Path) -> Path:
+    """Run one resolved stage recipe; return its output folder (see module docstring)."""
+    out = Path(output_dir)
+    stage = recipe["stage"]
+    if recipe["push_to_hub"] and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise RecipeError(f"push_to_hub {recipe['push_to_hub']!r} requested but HF_HUB_OFFLINE is set; unset it or drop --push-to-hub")
+    tokenizer = CrossMatTokenizerFast()
+    data = prepare_stage_data(recipe, tokenizer)  # validates everything before any training
+    model, model_info = build_model(recipe, data)
+    accelerator = make_accelerator(recipe, out)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.yaml").write_text(yaml.safe_dump(_printable(recipe), sort_keys=False))
+        if data.rejected is not None:
+            data.rejected.to_csv(out / "rejected_rows.csv", index=False)
+    accelerator.wait_for_everyone()
+    if data.rejected is not None:
+        accelerator.print(f"[crossmat] {len(data.rejected)} row(s) rejected; see {out / 'rejected_rows.csv'}")
+    if accelerator.log_with:
+        accelerator.init_trackers(recipe["name"] or stage, config={"stage": stage, "seed": recipe["seed"]})
+    trainer = StageTrainer(recipe, model, data, out, accelerator)
+    accelerator.print(f"[crossmat] stage {recipe['name']!r} ({stage}): {len(data.train)} train rows, "
+                      f"{len(data.validation) if data.validation else 0} validation, {len(data.test) if data.test else 0} test; "
+                      f"{trainer.total_steps} steps on {accelerator.num_processes} process(es), device {accelerator.device}")
+    summary = trainer.train()
+    metrics: dict[str, dict[str, float]] = {}
+    if data.validation is not None:
+        metrics["validation"] = trainer.evaluate(data.validation, "validation")
+    if data.test is not None:
+        metrics["test"] = trainer.evaluate(data.test, "test")
+        trainer._log({"split": "test", **metrics["test"]})
+    unwrapped = accelerator.unwrap_model(trainer.model)
+    lora = recipe["lora"]
+    lora_adapter = bool(lora["enabled"] and not lora["merge"])
+    if accelerator.is_main_process:
+        for stale in ("model.safetensors", "adapter_model.safetensors", "adapter_config.json"):
+            (out / stale).unlink(missing_ok=True)
+        if lora["enabled"] and lora["merge"]:
+            unwrapped = unwrapped.merge_and_unload()
+        unwrapped.save_pretrained(str(out), safe_serialization=True)
+        if lora_adapter:
+            unwrapped.get_base_model().config.save_pretrained(str(out))  # the property head's config
+        tokenizer.save_pretrained(str(out))
+        if data.test is not None and stage == "finetune":
+            pred = trainer.predict(data.test)["logits"]
+            frame = pd.DataFrame({"formula": data.test.formulas, "row": data.test.tensors["row_id"].numpy()})
+            labels = data.test.tensors["labels"].numpy()
+            for j, name in enumerate(unwrapped.config.target_names if not lora_adapter else unwrapped.get_base_model().config.target_names):
+                if labels.ndim == 2:
+                    frame[f"target_{name}"], frame[f"predicted_{name}"] = labels[:, j], pred[:, j]
+                else:
+                    frame["target"], frame["probability_1"] = labels, torch.softmax(torch.from_numpy(pred), -1)[:, 1].numpy()
+            frame.to_csv(out / "test_predictions.csv", index=False)
+        info = {"stage": stage, "name": recipe["name"], "recipe_hash": _recipe_hash(recipe), "model": model_info,
+                "data": data.info, "training": summary, "metrics": metrics}
+        (out / DONE_FILE).write_text(json.dumps(info, indent=2, default=str))
+        card = _write_card(out, recipe, data, metrics, lora_adapter)
+        print(f"[crossmat] {stage} done: model -> {out}\n[crossmat]   card -> {card}\n[crossmat]   metrics -> {out / 'metrics.jsonl'}"
+              + ("".join(f"\n[crossmat]   {s}: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items()) for s, m in metrics.items())))
+    accelerator.wait_for_everyone()
+    if accelerator.log_with:
+        accelerator.end_training()
+    if recipe["push_to_hub"] and accelerator.is_main_process:
+        _push(out, recipe["push_to_hub"])
+    return out
+
+
+def _push(out: Path, repo_id: str) -> None:
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi()
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(folder_path=str(out), repo_id=repo_id, ignore_patterns=["checkpoints/*", "*.tmp*"])
+    except Exception as exc:
+        raise RuntimeError(f"push to the Hub ({repo_id}) failed: {type(exc).__name__}: {exc}. "
+                           f"The trained model is saved locally at {out}; push it later with "
+                           f"`huggingface-cli upload {repo_id} {out}`") from None
+    print(f"[crossmat] pushed {out} to https://huggingface.co/{repo_id}")
+
+
+def _stage_done(out: Path, recipe: Mapping[str, Any]) -> bool:
+    f = out / DONE_FILE
+    if not f.is_file():
+        return False
+    try:
+        return json.loads(f.read_text()).get("recipe_hash") == _recipe_hash(recipe)
+    except (json.JSONDecodeError, OSError):
+        return False
+
+
+def run_recipe(recipe: Mapping[str, Any], output_dir: str | Path, overrides: list[str] | None = None) -> Path:
+    """Validate ``recipe`` (stage or pipeline) with ``overrides`` applied, run it in-process with
+    Accelerate, and return the output folder (a pipeline returns its root, with one sub-folder per stage).
+    With ``train.resume`` set, finished pipeline stages are skipped and an interrupted stage resumes
+    from its newest checkpoint."""
+    recipe = apply_overrides(recipe, overrides)
+    stages = validate_recipe(recipe)
+    root = Path(output_dir)
+    if "pipeline" not in recipe:
+        return run_stage(stages[0], root)
+    outputs: dict[str, Path] = {}
+    for stage in stages:
+        ref = stage["model"]["init_from"]
+        if isinstance(ref, str) and ref.startswith("@"):
+            stage["model"]["init_from"] = str(outputs[ref[1:]])
+        out = root / stage["name"]
+        if stage["train"]["resume"] and _stage_done(out, stage):
+            print(f"[crossmat] stage {stage['name']!r} already finished in {out}; skipping")
+        else:
+            run_stage(stage, out)
+        outputs[stage["name"]] = out
+    return root
