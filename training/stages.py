@@ -258,6 +258,10 @@ def run_stage(recipe: Mapping[str, Any], output_dir: str | Path) -> Path:
             frame.to_csv(out / "test_predictions.csv", index=False)
         info = {"stage": stage, "name": recipe["name"], "recipe_hash": _recipe_hash(recipe), "model": model_info,
                 "data": data.info, "training": summary, "metrics": metrics}
+        if stage == "finetune" and not lora_adapter:
+            from inference import add_pipeline_to_model_dir
+
+            add_pipeline_to_model_dir(out)  # pipeline remote code + widget labels, before the card
         (out / DONE_FILE).write_text(json.dumps(info, indent=2, default=str))
         card = _write_card(out, recipe, data, metrics, lora_adapter)
         print(f"[crossmat] {stage} done: model -> {out}\n[crossmat]   card -> {card}\n[crossmat]   metrics -> {out / 'metrics.jsonl'}"

@@ -1,0 +1,5 @@
+"""``python -m inference`` = ``crossmat-predict``."""
+
+from .predict import main
+
+raise SystemExit(main())

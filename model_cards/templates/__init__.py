@@ -1,0 +1,1 @@
+"""Jinja templates of the CrossMat model cards (package so the templates ship in wheels)."""

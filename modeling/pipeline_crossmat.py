@@ -1,0 +1,246 @@
+"""``composition-property-prediction``: formulas in, property (name, value, unit) or label out.
+
+Travels as Hub remote code next to ``modeling_crossmat.py`` (saved into a model folder's
+``custom_pipelines``), so it imports only ``torch`` and ``transformers``. When the ``crossmat`` package
+is installed the tokenizer is ``CrossMatTokenizerFast`` and every formula is validated and
+canonicalised by it (hydrates, repeated elements, ...); without the package the plain fast tokenizer is
+used and this file validates formulas itself (characters, element symbols, brackets, amounts), so
+invalid input still gets a specific error instead of silent ``[UNK]`` tokens.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from transformers import Pipeline
+
+__all__ = ["TASK", "CompositionPropertyPipeline", "check_formula"]
+
+TASK = "composition-property-prediction"
+DEFAULT_MAX_CHARS = 512
+
+_ALLOWED = re.compile(r"[A-Za-z0-9.()\[\]{}\s]")
+_WORD = re.compile(r"[A-Z][a-z]*")
+_NUMBER = re.compile(r"\d*\.?\d+(?:\.\d+)*")
+
+
+def check_formula(text: object, elements: frozenset[str], max_chars: int = DEFAULT_MAX_CHARS) -> str:
+    """Return the reason ``text`` is not a readable formula, or ``""`` when it is (no package needed)."""
+    if not isinstance(text, str):
+        return f"expected a string, got {type(text).__name__}"
+    s = text.strip()
+    if not s:
+        return "empty string"
+    if len(s) > max_chars:
+        return f"{len(s)} characters long; the limit is {max_chars}"
+    bad = sorted({c for c in s if not _ALLOWED.match(c)})
+    if bad:
+        shown = "".join(bad[:10])
+        return f"unexpected character(s) {shown!r}" + (
+            " (hydrate/adduct separators need the crossmat package; write e.g. CuSO4(H2O)5)"
+            if set(bad) & set("·•∙*")
+            else ""
+        )
+    s = re.sub(r"\s+", "", s)
+    depth = 0
+    for ch in s:
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth < 0:
+                return f"unbalanced {ch!r}"
+    if depth:
+        return "unclosed bracket"
+    if not s[0].isupper() and s[0] not in "([{":
+        return "a formula starts with an element symbol or a bracket"
+    for word in _WORD.findall(s):
+        if word not in elements:
+            return f"unknown element {word!r}"
+    rest = _WORD.sub("E", s)
+    if re.search(r"[a-z]", rest):
+        return "lower-case letters outside an element symbol (symbols are written like 'Fe', 'O')"
+    for m in _NUMBER.finditer(rest):
+        amount = m.group(0)
+        if amount.count(".") > 1:
+            return f"malformed amount {amount!r}"
+        if m.start() == 0 or rest[m.start() - 1] not in "E)]}":
+            return f"amount {amount!r} does not follow an element or a closing bracket"
+        if float(amount) <= 0:
+            return f"amount {amount} is not positive"
+    if re.search(r"\(\s*\)|\[\s*\]|\{\s*\}", s):
+        return "empty brackets"
+    return ""
+
+
+class CompositionPropertyPipeline(Pipeline):
+    """Predict a materials property from chemical formulas.
+
+    ``pipe("Fe2O3")`` returns one dict, ``pipe([...], batch_size=256)`` a list of dicts in input order:
+
+    * regression: ``{"formula", "property", "value", "unit"}`` (lists for multi-target models), value in
+      physical units;
+    * classification: ``{"formula", "label", "probability", "probabilities"}``.
+
+    Invalid formulas raise ``ValueError`` naming every bad row and its reason (``on_error="raise"``), or
+    come back as ``{"formula", "error"}`` while the others are predicted (``on_error="return"``).
+    """
+
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = True
+
+    def _sanitize_parameters(self, on_error: str | None = None, max_chars: int | None = None, **kwargs: Any):
+        pre: dict[str, Any] = {}
+        post: dict[str, Any] = {}
+        if on_error is not None:
+            if on_error not in ("raise", "return"):
+                raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
+            post["on_error"] = on_error
+        if max_chars is not None:
+            pre["max_chars"] = int(max_chars)
+        if kwargs:
+            raise TypeError(f"unexpected argument(s) {sorted(kwargs)} for {TASK}")
+        return pre, {}, post
+
+    # -- validation ------------------------------------------------------------------------------
+    def _elements(self) -> frozenset[str]:
+        cached = getattr(self, "_element_set", None)
+        if cached is None:
+            cfg = self.model.config
+            start, n = cfg.element_token_start, cfg.num_elements
+            cached = frozenset(self.tokenizer.convert_ids_to_tokens(list(range(start, start + n))))
+            self._element_set = cached
+        return cached
+
+    def _prepare(self, formula: object, max_chars: int) -> tuple[str | None, str]:
+        """``(text for the tokenizer, "")`` or ``(None, reason)``."""
+        prepare = getattr(self.tokenizer, "prepare_formula", None)
+        if prepare is None:  # plain tokenizer (package not installed): validate here
+            reason = check_formula(formula, self._elements(), max_chars)
+            return (None, reason) if reason else (str(formula).strip(), "")
+        if isinstance(formula, str) and len(formula.strip()) > max_chars:
+            return None, f"{len(formula.strip())} characters long; the limit is {max_chars}"
+        try:  # the crossmat tokenizer: full validation and canonical form
+            return prepare(formula), ""
+        except ValueError as err:
+            return None, str(getattr(err, "reason", err))
+
+    def preprocess(self, inputs: list[object], max_chars: int = DEFAULT_MAX_CHARS) -> dict[str, Any]:
+        """Validate and tokenise one batch: model inputs, kept row positions and per-row errors."""
+        texts: list[str] = []
+        keep: list[int] = []
+        errors: dict[int, str] = {}
+        for i, formula in enumerate(inputs):
+            text, reason = self._prepare(formula, max_chars)
+            if text is None:
+                errors[i] = reason
+            else:
+                texts.append(text)
+                keep.append(i)
+        encoded = None
+        if texts:
+            tok = self.tokenizer
+            validate = getattr(tok, "validate_formulas", None)
+            if validate is not None:
+                tok.validate_formulas = False  # already validated above
+            try:
+                encoded = tok(texts, padding=True, return_tensors="pt", return_token_type_ids=False)
+            finally:
+                if validate is not None:
+                    tok.validate_formulas = validate
+            ids = encoded["input_ids"]
+            limit = min(getattr(tok, "model_max_length", 256) or 256, 10**6)
+            lengths = encoded["attention_mask"].sum(1)
+            bad = (ids == tok.unk_token_id).any(1) | (lengths > limit)
+            if bool(bad.any()):
+                for j in torch.nonzero(bad).flatten().tolist():
+                    errors[keep[j]] = (
+                        f"{int(lengths[j])} tokens; the model reads at most {limit}"
+                        if int(lengths[j]) > limit
+                        else "contains symbols the tokenizer does not know"
+                    )
+                good = torch.nonzero(~bad).flatten()
+                keep = [keep[j] for j in good.tolist()]
+                encoded = {k: v[good] for k, v in encoded.items()} if keep else None
+        model_inputs = None if encoded is None else {k: encoded[k] for k in ("input_ids", "attention_mask")}
+        return {"model_inputs": model_inputs, "keep": keep, "errors": errors, "inputs": list(inputs)}
+
+    def _forward(self, model_inputs: dict[str, torch.Tensor]):
+        return {"logits": self.model(**model_inputs).logits}
+
+    # -- output ----------------------------------------------------------------------------------
+    def _describe(self) -> tuple[str, list[str], list[str], dict[int, str]]:
+        cfg = self.model.config
+        problem = cfg.problem_type or ("regression" if cfg.num_labels == 1 else "single_label_classification")
+        labels = {int(k): v for k, v in (cfg.id2label or {}).items()}
+        names = list(
+            getattr(cfg, "target_names", None) or [labels.get(i, f"target_{i}") for i in range(cfg.num_labels)]
+        )
+        units = list(getattr(cfg, "target_units", None) or [""] * cfg.num_labels)
+        return problem, names, units, labels
+
+    def postprocess(self, logits: torch.Tensor | None, batch: dict[str, Any], **_: Any) -> list[dict[str, Any]]:
+        problem, names, units, labels = self._describe()
+        out: list[dict[str, Any]] = [{"formula": f} for f in batch["inputs"]]
+        for i, reason in batch["errors"].items():
+            out[i]["error"] = reason
+        if logits is None:
+            return out
+        logits = logits.float()
+        if problem == "regression":
+            values = logits.tolist()
+            for row, vals in zip(batch["keep"], values, strict=True):
+                if len(vals) == 1:
+                    out[row].update(property=names[0], value=vals[0], unit=units[0])
+                else:
+                    out[row].update(property=names, value=vals, unit=units)
+        elif problem == "multi_label_classification":
+            probs = torch.sigmoid(logits).tolist()
+            for row, p in zip(batch["keep"], probs, strict=True):
+                named = {labels.get(k, f"LABEL_{k}"): v for k, v in enumerate(p)}
+                out[row].update(labels=[k for k, v in named.items() if v >= 0.5], probabilities=named)
+        else:
+            probs = torch.softmax(logits, dim=-1)
+            best = probs.argmax(-1).tolist()
+            for row, p, b in zip(batch["keep"], probs.tolist(), best, strict=True):
+                out[row].update(
+                    label=labels.get(b, f"LABEL_{b}"),
+                    probability=p[b],
+                    probabilities={labels.get(k, f"LABEL_{k}"): v for k, v in enumerate(p)},
+                )
+        return out
+
+    def __call__(self, inputs: object, batch_size: int | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Predict for one formula (returns a dict) or a list/tuple of formulas (returns a list)."""
+        single = isinstance(inputs, str)
+        if single:
+            items: list[object] = [inputs]
+        elif isinstance(inputs, (list, tuple)):
+            items = list(inputs)
+            if not items:
+                raise ValueError("empty input: pass a formula string or a non-empty list of formulas")
+        else:
+            raise TypeError(f"expected a formula string or a list of formula strings, got {type(inputs).__name__}")
+        pre, _, post = self._sanitize_parameters(**kwargs)
+        pre = {**self._preprocess_params, **pre}
+        on_error = {**self._postprocess_params, **post}.get("on_error", "raise")
+        size = int(batch_size or self._batch_size or 256)
+        if size < 1:
+            raise ValueError(f"batch_size must be positive, got {size}")
+        results: list[dict[str, Any]] = []
+        for start in range(0, len(items), size):
+            batch = self.preprocess(items[start : start + size], **pre)
+            if on_error == "raise" and batch["errors"]:
+                lines = [f"row {start + i}: {items[start + i]!r:.80}: {r}" for i, r in sorted(batch["errors"].items())]
+                raise ValueError(
+                    "invalid formula(s) (pass on_error='return' to predict the rest):\n" + "\n".join(lines)
+                )
+            logits = None
+            if batch["model_inputs"] is not None:
+                logits = self.forward(batch["model_inputs"])["logits"]
+            results.extend(self.postprocess(logits, batch))
+        return results[0] if single else results

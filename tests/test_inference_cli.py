@@ -1,0 +1,145 @@
+"""crossmat-predict: CSV/Parquet streaming, per-row errors, bad files, resume."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from inference import FormulaPredictor
+from inference.predict import main, predict_file
+
+from .test_inference_support import make_pretrained_model, make_property_model
+
+GOOD = ["Fe2O3", "NaCl", "(NH4)2SO4", "Li0.5Co0.5O2", "SrTiO3", "CuSO4·5H2O"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_property_model(tmp_path_factory.mktemp("models") / "tiny-gap")
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir: Path) -> FormulaPredictor:
+    return FormulaPredictor(model_dir)
+
+
+def _bad_csv(path: Path) -> Path:
+    rows = [b"id,formula,note"]
+    rows += [f"g{i},{f},ok".encode() for i, f in enumerate(GOOD)]
+    rows += [
+        b"b0,Xx2O3,unknown element",
+        b"b1,,empty cell",
+        b"b2," + b"H" * 10_000 + b",very long",
+        b"b3,Fe\xff\xfeO3,not utf-8 in the formula",
+        b"b4,NaCl,caf\xe9 (not utf-8 elsewhere)",
+        b'b5,"Fe(O",unclosed',
+    ]
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    return path
+
+
+def test_csv_good_and_bad_rows(tmp_path: Path, model_dir: Path, predictor: FormulaPredictor, capsys) -> None:
+    src = _bad_csv(tmp_path / "in.csv")
+    out = tmp_path / "out.csv"
+    assert main(["--model", str(model_dir), "--input", str(src), "--output", str(out), "--no-progress"]) == 0
+    df = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(df.columns) == ["id", "formula", "note", "predicted_band_gap", "error"]
+    assert df["id"].tolist() == [f"g{i}" for i in range(6)] + [f"b{i}" for i in range(6)]
+    expected = predictor.predict(GOOD + ["NaCl"]).values[:, 0]
+    got = df["predicted_band_gap"].replace("", np.nan).astype(float).to_numpy()
+    assert np.allclose(got[[0, 1, 2, 3, 4, 5, 10]], expected, atol=1e-6)
+    assert np.isnan(got[[6, 7, 8, 9, 11]]).all()
+    err = df["error"].tolist()
+    assert err[:6] == [""] * 6 and err[10] == ""
+    assert err[6] == "unknown element 'Xx'" and err[7] == "empty string"
+    assert err[8] == "10000 characters long; the limit is 512"
+    assert err[9] == "formula contains bytes that are not valid UTF-8" and "unclosed" in err[11]
+    assert df["note"][10] == "caf\ufffd (not utf-8 elsewhere)"  # output stays valid UTF-8
+    report = capsys.readouterr().err
+    assert "12 rows" in report and "7 predicted, 5 invalid" in report and "row 6: 'Xx2O3'" in report
+
+
+def test_parquet_streaming_in_small_chunks_matches_one_chunk(
+    tmp_path: Path, model_dir: Path, matbench_formulas
+) -> None:
+    formulas = matbench_formulas["matbench_expt_gap"][:200]
+    src = tmp_path / "in.parquet"
+    pd.DataFrame({"id": np.arange(200), "composition": formulas}).to_parquet(src)
+    one = predict_file(model_dir, src, tmp_path / "one.parquet", formula_column="composition", progress=False)
+    many = predict_file(
+        model_dir,
+        src,
+        tmp_path / "many.csv",
+        formula_column="composition",
+        chunk_size=37,
+        batch_size=16,
+        progress=False,
+    )
+    assert one.rows == many.rows == 200 and one.invalid == many.invalid == 0
+    a = pd.read_parquet(tmp_path / "one.parquet")
+    b = pd.read_csv(tmp_path / "many.csv", keep_default_na=False)
+    assert a["id"].tolist() == list(range(200)) == b["id"].tolist()
+    assert np.allclose(a["predicted_band_gap"], b["predicted_band_gap"], atol=1e-6)
+
+
+def test_resume_after_interruption(tmp_path: Path, model_dir: Path, matbench_formulas) -> None:
+    formulas = matbench_formulas["matbench_expt_gap"][:200]
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"formula": formulas, "k": range(200)}).to_csv(src, index=False)
+    full = tmp_path / "full.csv"
+    predict_file(model_dir, src, full, chunk_size=50, progress=False)
+    lines = full.read_bytes().splitlines(keepends=True)
+    partial = tmp_path / "partial.csv"
+    partial.write_bytes(b"".join(lines[:121]) + lines[121][:7])  # 120 rows done, a torn 121st
+    summary = predict_file(model_dir, src, partial, chunk_size=50, resume=True, progress=False)
+    assert summary.resumed_from == 120 and summary.rows == 80
+    assert partial.read_bytes() == full.read_bytes()
+
+
+def test_bad_files_and_arguments(tmp_path: Path, model_dir: Path, capsys) -> None:
+    src = tmp_path / "in.csv"
+    src.write_text("id,composition\n1,Fe2O3\n")
+    args = ["--model", str(model_dir), "--output", str(tmp_path / "o.csv"), "--no-progress"]
+    assert main([*args, "--input", str(src)]) == 2
+    assert "column 'formula' not found" in capsys.readouterr().err
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    assert main([*args, "--input", str(empty)]) == 2
+    assert "is empty" in capsys.readouterr().err
+    assert main([*args, "--input", str(tmp_path / "missing.csv")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main([*args, "--input", str(tmp_path / "in.xlsx")]) == 2
+    assert "unknown file type" in capsys.readouterr().err
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("formula,x\n")
+    assert main([*args, "--input", str(header_only)]) == 0
+    assert (tmp_path / "o.csv").read_text().strip() == "formula,x,predicted_band_gap,error"
+    assert main([*args, "--input", str(src), "--formula-column", "composition", "--strict"]) == 0
+    bad = tmp_path / "bad.csv"
+    bad.write_text("formula\nQq\n")
+    assert main([*args, "--input", str(bad), "--strict"]) == 3
+    mlm = make_pretrained_model(tmp_path / "mlm")  # a pretrained CLM has no property head: refuse, don't guess
+    assert main(["--model", str(mlm), "--input", str(bad), "--output", str(tmp_path / "m.csv"), "--no-progress"]) == 2
+    assert "is not a property model" in capsys.readouterr().err
+    assert main([*args, "--input", str(bad), "--model", str(tmp_path / "no-such-model")]) == 2
+    assert "cannot load a CrossMat model" in capsys.readouterr().err
+
+
+def test_console_script(tmp_path: Path, model_dir: Path) -> None:
+    exe = shutil.which("crossmat-predict")
+    assert exe, "crossmat-predict is not on PATH: pip install -e ."
+    src = tmp_path / "c.csv"
+    src.write_text("formula\nFe2O3\nXx\n")
+    proc = subprocess.run(
+        [exe, "--model", str(model_dir), "--input", str(src), "--output", str(tmp_path / "c_out.csv")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "1 predicted, 1 invalid" in proc.stderr and "unknown element 'Xx'" in proc.stderr
