@@ -1,0 +1,213 @@
+"""Command line: ``python -m explicit_transfer {generate,train-cif-lm,convert-crystallm,train-predictor,predict}``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def _read_table(path: str) -> pd.DataFrame:
+    p = Path(path)
+    if not p.exists():
+        sys.exit(f"error: input file {p} not found")
+    return pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
+
+
+def _column(df: pd.DataFrame, name: str, path: str) -> list:
+    if name not in df.columns:
+        sys.exit(f"error: column {name!r} not in {path} (columns: {list(df.columns)})")
+    return df[name].tolist()
+
+
+def _parse_cifs(cifs: list, what: str) -> tuple[list, list[dict]]:
+    from pymatgen.core import Structure
+
+    ok, rejected = [], []
+    for i, c in enumerate(cifs):
+        try:
+            ok.append((i, Structure.from_str(str(c), fmt="cif")))
+        except Exception as err:  # noqa: BLE001 - reported, not dropped silently
+            rejected.append({"row": i, "reason": f"{what}: CIF does not parse: {type(err).__name__}: {str(err)[:100]}"})
+    return ok, rejected
+
+
+def cmd_generate(a: argparse.Namespace) -> None:
+    from .pipeline import generate_to_jsonl
+
+    if a.input:
+        df = _read_table(a.input)
+        formulas = _column(df, a.formula_column, a.input)
+        ids = df[a.id_column].tolist() if a.id_column in df.columns else None
+    else:
+        formulas, ids = a.formulas, None
+    if not formulas:
+        sys.exit("error: give formulas or --input")
+    if a.generator == "prototype":
+        from .prototypes import PrototypeGenerator
+
+        templates = []
+        for path in a.templates or []:
+            ok, rejected = _parse_cifs(_column(_read_table(path), a.cif_column, path), f"template file {path}")
+            for r in rejected:
+                print(f"warning: template row {r['row']} skipped: {r['reason']}", file=sys.stderr)
+            templates += [(f"{Path(path).name}:{i}", s) for i, s in ok]
+        gen = PrototypeGenerator(templates=templates, use_aflow=not a.no_aflow)
+    else:
+        from .cif_lm import CIFLanguageModelGenerator
+
+        if not a.model:
+            sys.exit("error: --generator cif-lm needs --model <folder with a CIF LM>")
+        gen = CIFLanguageModelGenerator.from_pretrained(a.model, n_samples=a.samples, z_values=a.z,
+                                                        temperature=a.temperature, top_k=a.top_k)
+    rank = None if a.rank == "none" else a.rank
+    output, shard = a.output, None
+    try:  # under `accelerate launch -m explicit_transfer generate ...` each process takes every P-th row
+        from accelerate import PartialState
+
+        state = PartialState()
+        if state.num_processes > 1:
+            shard = (state.process_index, state.num_processes)
+            output = f"{a.output}.part{state.process_index}-of-{state.num_processes}"
+    except Exception:  # noqa: BLE001 - accelerate not configured: single process
+        pass
+    stats = generate_to_jsonl(gen, formulas, output, n_candidates=a.n, rank=rank, relax_steps=a.relax_steps, ids=ids,
+                              shard=shard)
+    print(json.dumps(stats))
+
+
+def cmd_train_cif_lm(a: argparse.Namespace) -> None:
+    from .cif_lm import train_cif_lm
+
+    cifs = []
+    for path in a.input:
+        cifs += _column(_read_table(path), a.cif_column, path)
+    _, _, info = train_cif_lm(cifs, a.output, epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size,
+                              learning_rate=a.lr, n_embd=a.n_embd, n_layer=a.n_layer, n_head=a.n_head,
+                              n_positions=a.n_positions)
+    Path(a.output, "training_info.json").write_text(json.dumps(info, indent=2))
+    print(json.dumps({k: v for k, v in info.items() if k != "rejected"} | {"n_rejected": len(info["rejected"])}))
+
+
+def cmd_convert(a: argparse.Namespace) -> None:
+    from .convert_crystallm import convert_crystallm_checkpoint
+
+    model, tok = convert_crystallm_checkpoint(a.checkpoint, a.output, vocab=a.vocab, trust_pickle=a.trust_pickle)
+    print(f"saved GPT2LMHeadModel ({model.num_parameters()} parameters, vocab {len(tok)}) to {a.output}")
+
+
+def cmd_train_predictor(a: argparse.Namespace) -> None:
+    from .potentials import crystal_features
+    from .predictor import train_structure_predictor
+
+    df = _read_table(a.input)
+    ok, rejected = _parse_cifs(_column(df, a.cif_column, a.input), a.input)
+    y = pd.to_numeric(df[a.target], errors="coerce").to_numpy() if a.target in df.columns else None
+    if y is None:
+        sys.exit(f"error: target column {a.target!r} not in {a.input}")
+    keep = [(i, s) for i, s in ok if np.isfinite(y[i])]
+    rejected += [{"row": i, "reason": f"target {a.target} is missing/not a number"} for i, _ in ok if not np.isfinite(y[i])]
+    feats = crystal_features([s for _, s in keep], a.encoder)
+    train_structure_predictor(feats, y[[i for i, _ in keep]], a.output, encoder=a.encoder, target_name=a.target,
+                              target_unit=a.unit, epochs=a.epochs)
+    if rejected:
+        pd.DataFrame(rejected).to_csv(Path(a.output, "rejected_rows.csv"), index=False)
+    print(json.dumps({"trained_on": len(keep), "rejected": len(rejected), "output": a.output}))
+
+
+def cmd_predict(a: argparse.Namespace) -> None:
+    from transformers import AutoModel
+
+    from . import register
+    from .pipeline import read_jsonl
+
+    register()
+    model = AutoModel.from_pretrained(a.model)
+    recs = read_jsonl(a.generated)
+    from pymatgen.core import Structure
+
+    rows, structs = [], []
+    for r in recs:
+        if r["candidates"]:
+            rows.append(r)
+            structs.append(Structure.from_str(r["candidates"][0]["cif"], fmt="cif"))
+    preds = model.predict_structures(structs)[:, 0] if structs else np.zeros(0)
+    out = pd.DataFrame({"row": [r["row"] for r in recs], "formula": [r["formula"] for r in recs]})
+    pm = {r["row"]: float(p) for r, p in zip(rows, preds, strict=True)}
+    out["prediction"] = out["row"].map(pm)
+    out["failure"] = [r["failure"] for r in recs]
+    out.to_csv(a.output, index=False)
+    print(json.dumps({"predicted": len(pm), "failed": int(out.prediction.isna().sum()), "output": a.output}))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m explicit_transfer", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    g = sub.add_parser("generate", help="formulas -> ranked candidate structures (JSON lines, resumable)")
+    g.add_argument("formulas", nargs="*")
+    g.add_argument("--input", help="CSV/parquet with a formula column")
+    g.add_argument("--formula-column", default="formula")
+    g.add_argument("--id-column", default="id")
+    g.add_argument("--generator", choices=["prototype", "cif-lm"], default="prototype")
+    g.add_argument("--templates", nargs="*", help="CSV/parquet files with CIFs to add to the template library")
+    g.add_argument("--cif-column", default="cif")
+    g.add_argument("--no-aflow", action="store_true", help="do not use pymatgen's AFLOW prototypes")
+    g.add_argument("--model", help="CIF LM folder (for --generator cif-lm)")
+    g.add_argument("--samples", type=int, default=20, help="CIF LM draws per formula")
+    g.add_argument("--z", type=int, nargs="+", default=[1, 2, 4], help="formula units per cell to prompt with")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=10)
+    g.add_argument("-n", type=int, default=5, help="candidates kept per formula")
+    g.add_argument("--rank", choices=["none", "chgnet", "matgl-tensornet"], default="none")
+    g.add_argument("--relax-steps", type=int, default=0, help="bounded relaxation steps before ranking (0: none)")
+    g.add_argument("--output", required=True, help="JSON-lines output (resumes if it exists)")
+    g.set_defaults(func=cmd_generate)
+
+    t = sub.add_parser("train-cif-lm", help="train a GPT-2 CIF language model on CIF files")
+    t.add_argument("--input", nargs="+", required=True, help="CSV/parquet file(s) with a CIF column")
+    t.add_argument("--cif-column", default="cif")
+    t.add_argument("--output", required=True)
+    t.add_argument("--epochs", type=float, default=3.0)
+    t.add_argument("--max-steps", type=int, default=-1)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--n-embd", type=int, default=128)
+    t.add_argument("--n-layer", type=int, default=4)
+    t.add_argument("--n-head", type=int, default=4)
+    t.add_argument("--n-positions", type=int, default=512)
+    t.set_defaults(func=cmd_train_cif_lm)
+
+    c = sub.add_parser("convert-crystallm", help="CrystaLLM ckpt.pt -> transformers GPT-2 + CIF tokenizer")
+    c.add_argument("checkpoint")
+    c.add_argument("--vocab", help="CrystaLLM meta.pkl, tokens.json or tokens.txt (token order)")
+    c.add_argument("--output", required=True)
+    c.add_argument("--trust-pickle", action="store_true", help="allow non-tensor pickles (trusted files only)")
+    c.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("train-predictor", help="MLP head on frozen structure-encoder features of real structures")
+    p.add_argument("--input", required=True, help="CSV/parquet with CIFs and a target column")
+    p.add_argument("--cif-column", default="cif")
+    p.add_argument("--target", required=True)
+    p.add_argument("--unit", default="")
+    p.add_argument("--encoder", choices=["chgnet", "matgl-tensornet"], default="chgnet")
+    p.add_argument("--epochs", type=int, default=150)
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=cmd_train_predictor)
+
+    q = sub.add_parser("predict", help="exKT: predict a property from the top candidate of a generate job")
+    q.add_argument("--model", required=True)
+    q.add_argument("--generated", required=True, help="JSON lines written by `generate`")
+    q.add_argument("--output", required=True, help="CSV with row, formula, prediction, failure")
+    q.set_defaults(func=cmd_predict)
+
+    a = ap.parse_args(argv)
+    a.func(a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Common generator interface: formula(s) -> ranked candidate structures, with per-formula failure records."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pymatgen.core import Composition, Structure
+
+from tokenization import FormulaError, parse_formula
+
+__all__ = [
+    "Candidate",
+    "GenerationFailure",
+    "GenerationBatch",
+    "StructureGenerator",
+    "data_dir",
+    "parse_target",
+]
+
+
+@dataclass
+class Candidate:
+    """One generated structure for a formula. Higher ``score`` is better (e.g. ``-energy_per_atom``)."""
+
+    structure: Structure
+    score: float
+    source: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cif": self.structure.to(fmt="cif"), "score": float(self.score), "source": self.source,
+                "metadata": self.metadata}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Candidate:
+        return cls(Structure.from_str(d["cif"], fmt="cif"), float(d["score"]), d["source"], dict(d.get("metadata", {})))
+
+
+@dataclass
+class GenerationFailure:
+    """Why no candidate could be produced for one input row."""
+
+    row: int
+    formula: object
+    generator: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"row": self.row, "formula": str(self.formula), "generator": self.generator, "reason": self.reason}
+
+
+class GenerationBatch(list):
+    """``list[list[Candidate]]`` (one list per input formula, empty when it failed) plus ``failures``."""
+
+    def __init__(self, items: Sequence[list[Candidate]] = (), failures: Sequence[GenerationFailure] = ()) -> None:
+        super().__init__(items)
+        self.failures: list[GenerationFailure] = list(failures)
+
+    def failure_for(self, row: int) -> GenerationFailure | None:
+        return next((f for f in self.failures if f.row == row), None)
+
+
+def parse_target(formula: object) -> Composition:
+    """Parse a user formula into a pymatgen Composition (raises ``FormulaError`` naming the reason)."""
+    if isinstance(formula, Composition):
+        return formula
+    comp = parse_formula(formula)
+    if any(abs(a - round(a)) > 1e-6 for a in comp.values()):
+        raise FormulaError(formula, "fractional (disordered) compositions cannot be turned into an ordered crystal")
+    return comp
+
+
+class StructureGenerator(ABC):
+    """Base class: subclasses implement :meth:`_generate_one` or override :meth:`generate` for batching."""
+
+    name: str = "generator"
+
+    def generate(self, formulas: Sequence[object], n_candidates: int = 1) -> GenerationBatch:
+        """Return up to ``n_candidates`` ranked candidates per formula; failures are recorded, never raised."""
+        out = GenerationBatch()
+        for row, formula in enumerate(formulas):
+            try:
+                comp = parse_target(formula)
+                cands = self._generate_one(comp, n_candidates)
+                if not cands:
+                    raise ValueError("no candidate produced")
+            except Exception as err:  # noqa: BLE001 - every failure becomes a record, the batch goes on
+                out.append([])
+                out.failures.append(GenerationFailure(row, formula, self.name, f"{type(err).__name__}: {err}"))
+                continue
+            out.append(cands[:n_candidates])
+        return out
+
+    @abstractmethod
+    def _generate_one(self, composition: Composition, n_candidates: int) -> list[Candidate]: ...
+
+
+def data_dir() -> Path:
+    """The read-only benchmark data folder: ``$CROSSMAT_DATA_DIR`` or ``<repo>/../shared/data``."""
+    env = os.environ.get("CROSSMAT_DATA_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"

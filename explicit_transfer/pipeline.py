@@ -1,0 +1,67 @@
+"""Batch generation job: JSON-lines output, one record per input row, resumable (finished rows are never redone)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .base import GenerationBatch, StructureGenerator
+from .ranking import rank_candidates
+
+__all__ = ["generate_to_jsonl", "read_jsonl"]
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a job file (a truncated last line from an interrupted run is ignored)."""
+    out = []
+    p = Path(path)
+    if not p.exists():
+        return out
+    for line in p.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
+def generate_to_jsonl(
+    generator: StructureGenerator, formulas: Sequence[object], output: str | Path, n_candidates: int = 5,
+    chunk_size: int = 64, rank: str | None = None, relax_steps: int = 0, ids: Sequence[object] | None = None,
+    progress: bool = True, shard: tuple[int, int] | None = None,
+) -> dict[str, int]:
+    """Generate (and optionally rank with ``rank`` = ``chgnet`` / ``matgl-tensornet``) in chunks, appending records
+
+    ``{"row", "id", "formula", "candidates": [{"cif", "score", "source", "metadata"}], "failure": reason|null}``.
+    Rows already in ``output`` are skipped, so an interrupted job resumes where it stopped.
+    ``shard=(index, count)``: this process handles rows ``index::count`` (one output file per process).
+    """
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done_records = read_jsonl(out)
+    if done_records and out.read_text() and not out.read_text().endswith("\n"):  # drop a torn last line
+        out.write_text("".join(json.dumps(r) + "\n" for r in done_records))
+    done = {r["row"] for r in done_records}
+    mine = range(len(formulas)) if shard is None else range(shard[0], len(formulas), shard[1])
+    todo = [i for i in mine if i not in done]
+    stats = {"skipped_done": len(done), "generated": 0, "failed": 0}
+    bar = tqdm(total=len(todo), desc=f"generate ({generator.name})", disable=not progress)
+    for start in range(0, len(todo), chunk_size):
+        rows = todo[start : start + chunk_size]
+        batch: GenerationBatch = generator.generate([formulas[i] for i in rows], n_candidates)
+        if rank:
+            batch = rank_candidates(batch, potential=rank, relax_steps=relax_steps)
+        with out.open("a") as f:
+            for j, row in enumerate(rows):
+                fail = [x.reason for x in batch.failures if x.row == j]
+                rec = {"row": row, "id": None if ids is None else str(ids[row]), "formula": str(formulas[row]),
+                       "candidates": [c.to_dict() for c in batch[j]], "failure": "; ".join(fail) if fail else None}
+                stats["generated" if batch[j] else "failed"] += 1
+                f.write(json.dumps(rec) + "\n")
+        bar.update(len(rows))
+    bar.close()
+    return stats

@@ -1,0 +1,332 @@
+"""exKT: generators (prototype, CIF LM), ranking, CIF validation, CrystaLLM converter, structure predictor, batch job."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from pymatgen.core import Composition, Lattice, Structure
+
+import explicit_transfer as et
+from explicit_transfer.cif_lm import (
+    CIFLanguageModelGenerator,
+    build_cif_tokenizer,
+    encode_cif,
+    preprocess_cif,
+    prompt_for,
+    train_cif_lm,
+)
+from explicit_transfer.cif_validation import validate_cif, validate_structure
+from explicit_transfer.convert_crystallm import convert_crystallm_checkpoint
+from explicit_transfer.csp_metrics import csp_metrics, match_rms
+from explicit_transfer.data import load_perov5
+from explicit_transfer.pipeline import generate_to_jsonl, read_jsonl
+
+warnings.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module")
+def perov(data_dir):
+    val = load_perov5("val", limit=40)
+    test = load_perov5("test", limit=5)
+    return val, test
+
+
+@pytest.fixture(scope="module")
+def proto(perov):
+    val, _ = perov
+    return et.PrototypeGenerator(templates=[(f"val:{m}", s) for m, s in zip(val.material_id, val.structure, strict=True)])
+
+
+# ---------------------------------------------------------------- prototype generator
+def test_prototype_generator_on_perov5(perov, proto):
+    _, test = perov
+    formulas = test.formula.tolist() + ["LiFePO4", "Xx2O3", "Fe0.5Ni0.5O"]
+    batch = proto.generate(formulas, n_candidates=4)
+    assert len(batch) == len(formulas)
+    for f, cands in zip(test.formula, batch[:5], strict=True):
+        assert 1 <= len(cands) <= 4
+        for c in cands:
+            assert c.structure.composition.reduced_composition == Composition(f).reduced_composition
+            assert c.source == "prototype" and "template" in c.metadata
+            assert validate_structure(c.structure, f).valid
+        assert [c.score for c in cands] == sorted((c.score for c in cands), reverse=True)
+    fails = {f.row: f.reason for f in batch.failures}
+    assert set(fails) == {5, 6, 7}
+    assert "no template with stoichiometry ABCD4" in fails[5]
+    assert "unknown element 'Xx'" in fails[6]
+    assert "fractional" in fails[7]
+
+
+def test_prototype_substitution_recovers_known_structure(perov):
+    val, _ = perov
+    s = val.structure[0]
+    gen = et.PrototypeGenerator(templates=[s], use_aflow=False)
+    best = gen.generate([val.formula[0]], 1)[0][0]
+    assert match_rms(best.structure, s) == pytest.approx(0.0, abs=1e-3)
+    # leave-one-out: the same formula is excluded, another template is substituted and volume-rescaled
+    loo = et.PrototypeGenerator(templates=[s, val.structure[1]], use_aflow=False, exclude_same_formula=True)
+    cand = loo.generate([val.formula[0]], 1)[0][0]
+    assert cand.metadata["template_formula"] != s.composition.reduced_formula
+    assert cand.structure.volume != pytest.approx(val.structure[1].volume)
+
+
+def test_aflow_prototypes_cover_common_stoichiometries():
+    gen = et.PrototypeGenerator()
+    batch = gen.generate(["NaCl", "SrTiO3", "Al2O3"], 3)
+    assert not batch.failures
+    assert "Halite" in batch[0][0].metadata["template"]
+    assert any("Perovskite" in c.metadata["template"] for c in batch[1])
+
+
+def test_csp_metrics_counts_matches(perov):
+    val, _ = perov
+    s0, s1 = val.structure[0], val.structure[1]
+    m = csp_metrics([[s0], [s0, s1]], [s0, s1], ks=(1, 2))
+    assert m["match_rate@1"] == pytest.approx(0.5) and m["match_rate@2"] == pytest.approx(1.0)
+    assert m["rmse@2"] == pytest.approx(0.0, abs=1e-3)
+
+
+# ---------------------------------------------------------------- ranking with a universal potential
+def test_rank_candidates_chgnet_sorts_and_reports_unsupported(proto, perov):
+    _, test = perov
+    batch = proto.generate([test.formula[0], "AmO2"], 3)
+    assert len(batch[1]) > 0  # fluorite-type AFLOW template exists for AB2
+    ranked = et.rank_candidates(batch, potential="chgnet")
+    energies = [c.metadata["energy_per_atom"] for c in ranked[0]]
+    assert energies == sorted(energies) and all(math.isfinite(e) for e in energies)
+    assert [c.score for c in ranked[0]] == [-e for e in energies]
+    assert ranked[1] == []
+    assert any(f.row == 1 and "Am" in f.reason for f in ranked.failures)
+
+
+# ---------------------------------------------------------------- CIF validation
+def test_validate_cif_good_and_corrupted(perov):
+    val, _ = perov
+    good = val.cif[0]
+    f = val.formula[0]
+    assert validate_cif(good, f).valid
+    cases = {
+        "truncated": good[: len(good) // 3],
+        "garbage": "data_xx\n_cell_length_a banana\n",
+        "squeezed": preprocess_cif(good).replace("_cell_length_a 4.2793", "_cell_length_a 0.9000"),
+        "formula_sum": good.replace("'Cd1 Cu1 N3'", "'Cd2 Cu1 N3'"),
+    }
+    for name, text in cases.items():
+        res = validate_cif(text, f)
+        assert not res.valid, name
+        assert res.reasons, name
+    assert "does not parse" in validate_cif(cases["garbage"]).reasons[0]
+    assert not validate_cif(good, "CdCuN2").valid  # multiplicities vs prompt
+    dense = Structure(Lattice.cubic(1.2), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    assert any("Å" in r or "bond" in r for r in validate_structure(dense).reasons)
+
+
+# ---------------------------------------------------------------- CIF language model
+@pytest.fixture(scope="module")
+def tiny_lm(perov, tmp_path_factory):
+    val, _ = perov
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("cif_lm")
+    model, tok, info = train_cif_lm([val.cif[0]] * 4 + ["not a cif"], out, max_steps=80, batch_size=4,
+                                    learning_rate=5e-3, n_embd=64, n_layer=1, n_head=2, n_positions=320)
+    return out, model, tok, info
+
+
+def test_cif_tokenizer_round_trip(perov):
+    val, _ = perov
+    tok = build_cif_tokenizer()
+    text = preprocess_cif(val.cif[1])
+    ids = encode_cif(tok, text)
+    assert tok.unk_token_id not in ids
+    assert tok.decode(ids) == text
+    assert tok.convert_ids_to_tokens(ids[:2]) == ["data_", val.structure[1].composition.elements[0].symbol]
+    assert prompt_for(Composition("Na2Cl2"), 2) == "data_Na2Cl2\n"
+
+
+def test_cif_lm_generator_interface(perov, tiny_lm):
+    val, test = perov
+    out, model, tok, info = tiny_lm
+    assert info["rejected"] and info["rejected"][0]["row"] == 4  # the malformed training CIF is reported
+    gen = CIFLanguageModelGenerator.from_pretrained(out, n_samples=3, z_values=(1,), temperature=0.3, top_k=1)
+    formulas = [val.formula[0], *test.formula[:2], "Xx"]
+    batch = gen.generate(formulas, n_candidates=2)
+    assert len(batch) == 4
+    assert batch[0] and all(c.structure.composition.reduced_formula == Composition(val.formula[0]).reduced_formula
+                            for c in batch[0])
+    for row, cands in enumerate(batch):
+        assert cands or batch.failure_for(row) is not None  # either candidates or a failure record
+        for c in cands:
+            assert c.source == "cif-lm" and validate_structure(c.structure, formulas[row]).valid
+    assert "unknown element" in batch.failure_for(3).reason
+    assert gen.last_stats["samples"] >= 3
+
+
+# ---------------------------------------------------------------- CrystaLLM converter
+def _nanogpt_forward(sd: dict, args: dict, idx: torch.Tensor) -> torch.Tensor:
+    """Reference forward pass written against the original CrystaLLM (nanoGPT) parameter layout."""
+    C, H = args["n_embd"], args["n_head"]
+    x = sd["transformer.wte.weight"][idx] + sd["transformer.wpe.weight"][: idx.shape[1]]
+    B, T, _ = x.shape
+
+    def ln(v, p):
+        return F.layer_norm(v, (C,), sd[p + ".weight"], sd[p + ".bias"], 1e-5)
+
+    for i in range(args["n_layer"]):
+        p = f"transformer.h.{i}."
+        q, k, v = F.linear(ln(x, p + "ln_1"), sd[p + "attn.c_attn.weight"], sd[p + "attn.c_attn.bias"]).split(C, 2)
+        q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+        x = x + F.linear(y, sd[p + "attn.c_proj.weight"], sd[p + "attn.c_proj.bias"])
+        h = F.linear(ln(x, p + "ln_2"), sd[p + "mlp.c_fc.weight"], sd[p + "mlp.c_fc.bias"])
+        h = 0.5 * h * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (h + 0.044715 * h**3)))
+        x = x + F.linear(h, sd[p + "mlp.c_proj.weight"], sd[p + "mlp.c_proj.bias"])
+    return F.linear(ln(x, "transformer.ln_f"), sd["lm_head.weight"])
+
+
+def test_crystallm_converter_round_trip(tmp_path):
+    base = build_cif_tokenizer()
+    tokens = base.convert_ids_to_tokens(list(range(len(base))))[:-1]  # CrystaLLM vocabularies have no <pad>
+    args = {"block_size": 64, "vocab_size": len(tokens) + 3, "n_layer": 2, "n_head": 2, "n_embd": 32,
+            "dropout": 0.0, "bias": True}
+    g = torch.Generator().manual_seed(0)
+    C, sd = args["n_embd"], {}
+    sd["transformer.wte.weight"] = torch.randn(args["vocab_size"], C, generator=g) * 0.1
+    sd["transformer.wpe.weight"] = torch.randn(args["block_size"], C, generator=g) * 0.1
+    for i in range(args["n_layer"]):
+        p = f"transformer.h.{i}."
+        for name, shape in [("ln_1", (C,)), ("ln_2", (C,))]:
+            sd[p + name + ".weight"] = 1 + 0.1 * torch.randn(shape, generator=g)
+            sd[p + name + ".bias"] = 0.1 * torch.randn(shape, generator=g)
+        for name, (o, n) in {"attn.c_attn": (3 * C, C), "attn.c_proj": (C, C), "mlp.c_fc": (4 * C, C),
+                             "mlp.c_proj": (C, 4 * C)}.items():
+            sd[p + name + ".weight"] = 0.1 * torch.randn(o, n, generator=g)  # nn.Linear layout (out, in)
+            sd[p + name + ".bias"] = 0.1 * torch.randn(o, generator=g)
+        sd[p + "attn.bias"] = torch.tril(torch.ones(64, 64)).view(1, 1, 64, 64)  # nanoGPT mask buffer
+    sd["transformer.ln_f.weight"] = torch.ones(C)
+    sd["transformer.ln_f.bias"] = torch.zeros(C)
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    ckpt = {"model": {"_orig_mod." + k: v for k, v in sd.items()}, "model_args": args, "iter_num": 10,
+            "best_val_loss": 1.0, "config": {"dataset": "tiny"}}
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    (tmp_path / "tokens.json").write_text(json.dumps(tokens))
+
+    model, tok = convert_crystallm_checkpoint(tmp_path / "ckpt.pt", tmp_path / "hf", vocab=tmp_path / "tokens.json")
+    idx = torch.tensor([encode_cif(tok, "data_SrTiO3\n_cell_length_a 3.9050\n")])
+    ref = _nanogpt_forward(sd, args, idx)
+    with torch.no_grad():
+        got = model(idx).logits
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    reloaded = type(model).from_pretrained(tmp_path / "hf")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(idx).logits, ref, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="not a CrystaLLM"):
+        torch.save({"state_dict": {}}, tmp_path / "bad.pt")
+        convert_crystallm_checkpoint(tmp_path / "bad.pt", vocab=tmp_path / "tokens.json")
+    with pytest.raises(ValueError, match="token order"):
+        convert_crystallm_checkpoint(tmp_path / "ckpt.pt")
+
+
+# ---------------------------------------------------------------- structure-aware predictor
+def test_structure_predictor_save_reload_auto(perov, tmp_path):
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+    from explicit_transfer.potentials import crystal_features
+
+    val, test = perov
+    feats = crystal_features(val.structure.tolist())
+    assert feats.shape == (len(val), 64)
+    model = et.train_structure_predictor(feats, val.heat_ref.to_numpy(), tmp_path / "pred", target_name="heat_ref",
+                                         target_unit="eV/atom", epochs=30, batch_size=16)
+    for name in ("config.json", "model.safetensors", "README.md"):
+        assert (tmp_path / "pred" / name).is_file()
+    assert AutoConfig.from_pretrained(tmp_path / "pred").model_type == "crossmat_structure_predictor"
+    a = AutoModel.from_pretrained(tmp_path / "pred")
+    b = AutoModelForSequenceClassification.from_pretrained(tmp_path / "pred")
+    p0 = model.predict_features(feats)
+    np.testing.assert_allclose(a.predict_features(feats), p0, atol=1e-5)
+    np.testing.assert_allclose(b.predict_features(feats), p0, atol=1e-5)
+    mae_train = float(np.abs(p0[:, 0] - val.heat_ref.to_numpy()).mean())
+    mae_mean = float(np.abs(val.heat_ref.to_numpy() - val.heat_ref.mean()).mean())
+    assert mae_train < mae_mean  # it learned something beyond the mean
+    p_struct = a.predict_structures(test.structure.tolist()[:2])
+    assert p_struct.shape == (2, 1) and np.isfinite(p_struct).all()
+
+
+# ---------------------------------------------------------------- batch job: resumable, failures recorded
+def test_generate_to_jsonl_resumes(proto, perov, tmp_path):
+    _, test = perov
+    out = tmp_path / "gen.jsonl"
+    formulas = [*test.formula[:2], "Qq"]
+    s1 = generate_to_jsonl(proto, formulas, out, n_candidates=2, chunk_size=2, progress=False)
+    assert s1 == {"skipped_done": 0, "generated": 2, "failed": 1}
+    with out.open("a") as f:
+        f.write('{"row": 99, "torn')  # an interrupted write
+    s2 = generate_to_jsonl(proto, [*formulas, test.formula[2]], out, n_candidates=2, progress=False)
+    assert s2 == {"skipped_done": 3, "generated": 1, "failed": 0}
+    recs = read_jsonl(out)
+    assert [r["row"] for r in recs] == [0, 1, 2, 3]
+    assert recs[2]["failure"] and "unknown element" in recs[2]["failure"] and recs[2]["candidates"] == []
+    assert Structure.from_str(recs[0]["candidates"][0]["cif"], fmt="cif").composition.reduced_formula
+
+
+def test_cli_help_and_generate(tmp_path):
+    from explicit_transfer.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    main(["generate", "SrTiO3", "NaCl", "Zz", "-n", "2", "--output", str(tmp_path / "g.jsonl")])
+    recs = read_jsonl(tmp_path / "g.jsonl")
+    assert len(recs) == 3 and recs[0]["candidates"] and recs[2]["failure"]
+
+
+def test_bridge_generated_embeddings_flagged(proto, perov, tmp_path):
+    import pandas as pd
+
+    from explicit_transfer.bridge import generated_embeddings
+
+    _, test = perov
+    generate_to_jsonl(proto, [*test.formula[:2], "Qq"], tmp_path / "g.jsonl", n_candidates=1, progress=False)
+    frame = generated_embeddings(tmp_path / "g.jsonl", tmp_path / "emb.parquet")
+    back = pd.read_parquet(tmp_path / "emb.parquet")
+    assert len(back) == 2 and back["generated"].all() and (back["source"] == "exkt:prototype").all()
+    assert len(back["embedding"][0]) == 64 and np.isfinite(np.stack(back["embedding"])).all()
+    assert list(frame.columns) == ["id", "formula", "embedding", "encoder", "source", "generated", "energy_per_atom"]
+    rej = pd.read_csv(tmp_path / "emb_rejected.csv")
+    assert rej["formula"].tolist() == ["Qq"]
+
+
+def test_generate_to_jsonl_shards_rows(proto, perov, tmp_path):
+    _, test = perov
+    formulas = test.formula[:4].tolist()
+    generate_to_jsonl(proto, formulas, tmp_path / "p1.jsonl", n_candidates=1, shard=(1, 2), progress=False)
+    generate_to_jsonl(proto, formulas, tmp_path / "p0.jsonl", n_candidates=1, shard=(0, 2), progress=False)
+    assert [r["row"] for r in read_jsonl(tmp_path / "p1.jsonl")] == [1, 3]
+    assert [r["row"] for r in read_jsonl(tmp_path / "p0.jsonl")] == [0, 2]
+
+
+def test_cli_train_predictor_and_predict(perov, tmp_path):
+    import pandas as pd
+
+    from explicit_transfer.__main__ import main
+
+    val, _ = perov
+    table = val[["cif", "heat_ref"]].head(12).copy()
+    table.loc[len(table)] = {"cif": "garbage", "heat_ref": 0.1}
+    table.to_csv(tmp_path / "train.csv", index=False)
+    main(["train-predictor", "--input", str(tmp_path / "train.csv"), "--target", "heat_ref", "--unit", "eV/atom",
+          "--epochs", "5", "--output", str(tmp_path / "model")])
+    rej = pd.read_csv(tmp_path / "model" / "rejected_rows.csv")
+    assert rej["row"].tolist() == [12] and "does not parse" in rej["reason"][0]
+    main(["generate", *val.formula[:2], "Qq", "-n", "1", "--templates", str(tmp_path / "train.csv"),
+          "--output", str(tmp_path / "g.jsonl")])
+    main(["predict", "--model", str(tmp_path / "model"), "--generated", str(tmp_path / "g.jsonl"),
+          "--output", str(tmp_path / "pred.csv")])
+    pred = pd.read_csv(tmp_path / "pred.csv")
+    assert pred["prediction"][:2].notna().all() and pd.isna(pred["prediction"][2]) and "unknown element" in pred["failure"][2]
