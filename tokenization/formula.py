@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from functools import reduce
 
 import numpy as np
@@ -33,6 +34,16 @@ _AMOUNT = re.compile(r"(?<=[A-Za-z)\]}])\s*(-?\d*\.?\d+)")
 _SYMBOL = re.compile(r"[A-Z][a-z]*")
 _ALLOWED = re.compile(r"^[A-Za-z0-9.()\[\]{}\s]+$")
 _KNOWN = {el.symbol for el in Element} | {"D", "T"}
+
+
+def _electronegativities() -> dict[str, float]:
+    """Pauling electronegativity per symbol; elements without one (noble gases) sort last (10.0)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pymatgen warns for every element without a Pauling value
+        return {el.symbol: (10.0 if math.isnan(el.X) else float(el.X)) for el in Element}
+
+
+_X = _electronegativities()
 
 
 class FormulaError(ValueError):
@@ -121,7 +132,7 @@ def canonical_formula(formula: object) -> str:
     if all(abs(a - round(a)) < 1e-8 for a in amounts.values()):
         g = reduce(math.gcd, (round(a) for a in amounts.values()))
         amounts = {s: round(a) / g for s, a in amounts.items()}
-    order = sorted(amounts, key=lambda s: (Element(s).X if not math.isnan(Element(s).X) else 10.0, s))
+    order = sorted(amounts, key=lambda s: (_X[s], s))
     out = []
     for sym in order:
         a = format_amount(amounts[sym])
