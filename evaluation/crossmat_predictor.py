@@ -1,0 +1,160 @@
+"""CrossMat as a benchmark predictor: per fold, fine-tune through ``training.run_recipe`` on the fold's
+training rows (validation carved from them), then predict the fold's test rows in batches."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .baselines import FoldData, FoldPrediction
+from .tasks import TaskInfo
+
+# Fine-tuning used with ``--model DIR`` when no recipe is given (sized for CPU; override with --set).
+DEFAULT_FINETUNE: dict[str, Any] = {
+    "stage": "finetune",
+    "train": {"epochs": 30, "batch_size": 128, "learning_rate": 5e-4, "warmup_ratio": 0.05,
+              "early_stopping_patience": 5, "progress_bar": False, "checkpoint_every": 100000},
+}
+
+
+class ModelTaskMismatch(ValueError):
+    """The model's head does not fit the task type (regression vs classification)."""
+
+
+def check_model_folder(model_dir: Path, task: TaskInfo) -> None:
+    """Fail before any training when ``model_dir`` is not a CrossMat folder or its head does not fit."""
+    cfg_path = Path(model_dir) / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"--model {model_dir}: no config.json there (not a saved model folder)")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("model_type") != "crossmat":
+        raise ValueError(f"--model {model_dir}: model_type is {cfg.get('model_type')!r}, expected 'crossmat'")
+    archs = cfg.get("architectures") or []
+    if "CrossMatForPropertyPrediction" not in archs:
+        return  # pretrained encoder (MLM / imKT): a fresh head is added for the task
+    problem = cfg.get("problem_type")
+    n_labels = len(cfg.get("id2label") or {}) or cfg.get("num_labels", 1)
+    is_reg = problem == "regression" or (problem is None and n_labels == 1)
+    if is_reg and task.task_type != "regression":
+        raise ModelTaskMismatch(
+            f"--model {model_dir} has a regression head (problem_type={problem!r}) but {task.name} is a "
+            f"classification task; use a pretrained encoder folder or a classification model"
+        )
+    if not is_reg and task.task_type != "classification":
+        raise ModelTaskMismatch(
+            f"--model {model_dir} has a classification head ({n_labels} labels) but {task.name} is a "
+            "regression task; use a pretrained encoder folder or a regression model"
+        )
+
+
+def _finetune_stage(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    if "pipeline" in recipe:
+        stage = recipe["pipeline"][-1]
+        if stage.get("stage") != "finetune":
+            raise ValueError("the last stage of a pipeline recipe used for evaluation must be 'finetune'")
+        return stage
+    if recipe.get("stage") != "finetune":
+        raise ValueError(f"evaluation needs a 'finetune' recipe (or a pipeline ending in one), got stage {recipe.get('stage')!r}")
+    return recipe  # type: ignore[return-value]
+
+
+class CrossMatPredictor:
+    """Fine-tunes CrossMat per fold via ``training.run_recipe`` and predicts the test rows."""
+
+    def __init__(
+        self,
+        name: str,
+        recipe: Mapping[str, Any] | None = None,
+        model_dir: str | Path | None = None,
+        overrides: Sequence[str] | None = None,
+        predict_batch_size: int = 1024,
+    ) -> None:
+        if recipe is None and model_dir is None:
+            raise ValueError("CrossMatPredictor needs a recipe or a model folder")
+        self.name = name
+        self.model_dir = Path(model_dir) if model_dir is not None else None
+        self.recipe = copy.deepcopy(dict(recipe)) if recipe is not None else copy.deepcopy(DEFAULT_FINETUNE)
+        stage = _finetune_stage(self.recipe)
+        if self.model_dir is not None:
+            stage.setdefault("model", {})["init_from"] = str(self.model_dir)
+        self.overrides = list(overrides or [])
+        self.predict_batch_size = predict_batch_size
+
+    def fold_recipe(self, data: FoldData, task: TaskInfo, seed: int) -> dict[str, Any]:
+        """The recipe for one fold: the fold's rows injected into the fine-tuning stage."""
+        recipe = copy.deepcopy({k: v for k, v in self.recipe.items()})
+        stage = _finetune_stage(recipe)
+        stage["seed"] = seed
+        stage["data"] = {
+            **(stage.get("data") or {}),
+            "train": data.train[["id", "formula", "target"]].reset_index(drop=True),
+            "validation": data.validation[["id", "formula", "target"]].reset_index(drop=True),
+            "test": None,
+            "formula_column": "formula",
+            "target_column": "target",
+            "id_column": "id",
+            "task": task.task_type,
+        }
+        return recipe
+
+    def signature(self) -> str:
+        """Hash of the recipe (minus data) and overrides: a finished fold is reused only if they match."""
+        import hashlib
+
+        body = json.dumps([self.recipe, self.overrides], sort_keys=True, default=str)
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+    def check(self, data: FoldData, task: TaskInfo) -> None:
+        """Validate the model folder and the fold recipe before any training."""
+        if self.model_dir is not None:
+            check_model_folder(self.model_dir, task)
+        from training.recipe import apply_overrides, validate_recipe
+
+        validate_recipe(apply_overrides(self.fold_recipe(data, task, 0), self.overrides))
+
+    def fit_predict(self, data: FoldData, task: TaskInfo, workdir: Path, seed: int) -> FoldPrediction:
+        from training import run_recipe
+        from training.recipe import apply_overrides, validate_recipe
+
+        recipe = self.fold_recipe(data, task, seed)
+        out = Path(run_recipe(recipe, workdir / "model", overrides=self.overrides or None))
+        if "pipeline" in recipe:  # run_recipe returns the pipeline root; the model is the last stage's folder
+            out = out / validate_recipe(apply_overrides(recipe, self.overrides))[-1]["name"]
+        preds = predict_folder(out, data.test["formula"].tolist(), task.task_type, self.predict_batch_size)
+        return FoldPrediction(preds, {"model_dir": str(out), "overrides": self.overrides})
+
+
+def predict_folder(model_dir: Path, formulas: list[str], task_type: str, batch_size: int = 1024) -> np.ndarray:
+    """Batched predictions of a saved CrossMat property model: values (regression) or P(class 1)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    import modeling  # noqa: F401 - registers CrossMat with the Auto classes
+    from tokenization import CrossMatTokenizerFast
+
+    model_dir = Path(model_dir)
+    tok = CrossMatTokenizerFast.from_pretrained(model_dir) if (model_dir / "tokenizer.json").is_file() else CrossMatTokenizerFast()
+    if (model_dir / "adapter_config.json").is_file():  # LoRA output folder: base model + adapter
+        from training import load_lora_model
+
+        model = load_lora_model(model_dir, merge=True).eval()
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    outs = []
+    with torch.inference_mode():
+        for start in range(0, len(formulas), batch_size):
+            enc = tok(formulas[start : start + batch_size], padding=True, return_tensors="pt")
+            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float()
+            if task_type == "regression":
+                outs.append(logits[:, 0])
+            elif logits.shape[-1] == 1:
+                outs.append(torch.sigmoid(logits[:, 0]))
+            else:
+                outs.append(torch.softmax(logits, dim=-1)[:, 1])
+    return torch.cat(outs).numpy().astype(np.float64) if outs else np.zeros(0)
+

@@ -1,0 +1,1 @@
+"""Local Hugging Face ``evaluate`` metric modules (load with ``evaluate.load(<folder path>)``)."""

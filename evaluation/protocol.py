@@ -1,0 +1,219 @@
+"""The benchmark harness: official MatBench v0.1 5-fold protocol and the LLM4Mat-Bench test protocol,
+every predictor (CrossMat variants and baselines) on the same folds in the same run.
+
+Finished work is never lost: each (predictor, fold) writes ``<output>/<variant>/fold_<k>/predictions.csv``
+and is skipped when rerun."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import matbench_json
+from .baselines import FoldData, FoldPrediction
+from .records import DEFAULT_RESULTS_DIR, hardware, write_record
+from .scores import fold_summary, score
+from .tasks import (
+    LLM4MAT,
+    MATBENCH,
+    N_FOLDS,
+    TaskInfo,
+    carve_validation,
+    fold_indices,
+    load_llm4mat,
+    load_matbench_frame,
+    matbench_task,
+)
+
+logger = logging.getLogger(__name__)
+BASELINE_NAMES = ("dummy", "rf_magpie")
+
+
+class Predictor(Protocol):
+    name: str
+
+    def fit_predict(self, data: FoldData, task: TaskInfo, workdir: Path, seed: int) -> FoldPrediction: ...
+
+
+def _validate_tokens(frame: pd.DataFrame) -> list[str]:
+    """Messages for rows whose formula the CrossMat tokenizer rejects (checked in one pass, up front)."""
+    from tokenization import CrossMatTokenizerFast, FormulaError
+
+    msgs = []
+    for i, (rid, f) in enumerate(zip(frame["id"], frame["formula"], strict=True)):
+        try:
+            CrossMatTokenizerFast.prepare_formula(f, i)
+        except FormulaError as err:
+            msgs.append(f"{rid}: {err}")
+    return msgs
+
+
+def _run_fold(pred: Predictor, data: FoldData, task: TaskInfo, out: Path, seed: int) -> tuple[FoldPrediction, float]:
+    """Run or resume one (predictor, fold); returns predictions and the seconds the fold took. A finished
+    fold is reused only when its test ids and the predictor's ``signature()`` (settings) are unchanged."""
+    fold_dir = out / pred.name / f"fold_{data.fold}"
+    pred_path = fold_dir / "predictions.csv"
+    meta_path = fold_dir / "fold.json"
+    signature = pred.signature() if hasattr(pred, "signature") else None
+    if pred_path.is_file() and meta_path.is_file():
+        done = pd.read_csv(pred_path)
+        meta = json.loads(meta_path.read_text())
+        same = meta.get("signature", signature) == signature
+        if same and done["id"].astype(str).tolist() == data.test["id"].astype(str).tolist():
+            logger.info("resume: %s fold %d already done", pred.name, data.fold)
+            return FoldPrediction(done["prediction"].to_numpy(np.float64), meta["params"]), float(meta["seconds"])
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    result = pred.fit_predict(data, task, fold_dir, seed)
+    seconds = time.perf_counter() - t0
+    p = np.asarray(result.predictions, dtype=np.float64)
+    if p.shape != (len(data.test),):
+        raise ValueError(f"{pred.name} fold {data.fold}: {p.shape} predictions for {len(data.test)} test rows")
+    if not np.isfinite(p).all():
+        raise ValueError(f"{pred.name} fold {data.fold}: {int((~np.isfinite(p)).sum())} non-finite predictions")
+    frame = data.test[["id", "formula", "target"]].assign(prediction=p)
+    frame.to_csv(pred_path, index=False)
+    meta_path.write_text(json.dumps({"params": matbench_json._jsonable(result.params), "seconds": seconds,
+                                      "signature": signature}, indent=1))
+    return FoldPrediction(p, result.params), seconds
+
+
+def matbench_folds(task: TaskInfo, frame: pd.DataFrame, folds: Sequence[int], validation_fraction: float,
+                   seed: int, max_train_rows: int | None = None) -> list[FoldData]:
+    """Official folds; validation carved from each fold's training rows (stratified for classification);
+    ``max_train_rows`` optionally subsamples the training rows (a declared protocol deviation)."""
+    out = []
+    for k in folds:
+        train, test = fold_indices(frame["test_fold"], k)
+        rng = np.random.default_rng(seed + k)
+        if max_train_rows is not None and len(train) > max_train_rows:
+            train = np.sort(rng.choice(train, size=max_train_rows, replace=False))
+        labels = frame["target"].to_numpy()[train] if task.task_type == "classification" else None
+        fit, val = carve_validation(train, validation_fraction, seed + k, labels)
+        out.append(FoldData(k, frame.iloc[fit].reset_index(drop=True), frame.iloc[val].reset_index(drop=True),
+                            frame.iloc[test].reset_index(drop=True)))
+    return out
+
+
+def run_benchmark(
+    benchmark: str,
+    task_name: str,
+    predictors: Sequence[Predictor],
+    output_dir: str | Path,
+    *,
+    folds: Sequence[int] | None = None,
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+    max_train_rows: int | None = None,
+    results_dir: str | Path | None = DEFAULT_RESULTS_DIR,
+    command: str = "",
+    data_root: Path | None = None,
+    notes: str = "",
+) -> dict[str, Any]:
+    """Run every predictor on the benchmark's folds; write predictions, summaries, the MatBench JSON and
+    one result record per predictor. Returns the summary dict."""
+    out = Path(output_dir)
+    names = [p.name for p in predictors]
+    if len(set(names)) != len(names):
+        raise ValueError(f"predictor names must be unique, got {names}")
+    # ---- everything that can fail before training ----
+    rejected: list[str] = []
+    if benchmark == MATBENCH:
+        task = matbench_task(task_name)
+        frame = load_matbench_frame(task_name, data_root)
+        folds = list(range(N_FOLDS)) if folds is None else sorted(set(int(f) for f in folds))
+        for f in folds:
+            if not 0 <= f < N_FOLDS:
+                raise ValueError(f"fold {f} out of range 0..{N_FOLDS - 1}")
+        fold_data = matbench_folds(task, frame, folds, validation_fraction, seed, max_train_rows)
+        all_rows = frame
+    elif benchmark == LLM4MAT:
+        task, frames, rejected = load_llm4mat(task_name, data_root)
+        folds = [0]
+        fold_data = [FoldData(0, frames["train"], frames["validation"], frames["test"])]
+        all_rows = pd.concat(frames.values(), ignore_index=True)
+    else:
+        raise ValueError(f"unknown benchmark {benchmark!r}; choose 'matbench' or 'llm4mat'")
+    bad = _validate_tokens(all_rows)
+    if bad:
+        raise ValueError(f"{len(bad)} rows of {task_name} have formulas the tokenizer rejects: {bad[:10]}")
+    for p in predictors:
+        if hasattr(p, "check"):
+            p.check(fold_data[0], task)
+    out.mkdir(parents=True, exist_ok=True)
+    if rejected:
+        (out / "rejected_rows.txt").write_text("\n".join(rejected) + "\n")
+        logger.warning("%d rows rejected by the official preprocessing (see rejected_rows.txt)", len(rejected))
+
+    # ---- run ----
+    per: dict[str, dict[str, Any]] = {}
+    total = len(predictors) * len(fold_data)
+    bar = tqdm(total=total, desc=f"{task_name}", unit="fold")
+    for p in predictors:
+        rows, preds, params, secs = [], [], [], []
+        for fd in fold_data:
+            bar.set_postfix_str(f"{p.name} fold {fd.fold}")
+            res, s = _run_fold(p, fd, task, out, seed)
+            rows.append(score(task.benchmark, task.task_type, res.predictions, fd.test["target"].to_numpy()))
+            preds.append(res.predictions)
+            params.append(res.params)
+            secs.append(s)
+            bar.update(1)
+        per[p.name] = {"scores": rows, "predictions": preds, "params": params, "seconds": secs}
+    bar.close()
+
+    metric = task.metric
+    summary: dict[str, Any] = {
+        "benchmark": benchmark, "task": task_name, "task_type": task.task_type, "metric": metric,
+        "folds": folds, "n_test": [len(fd.test) for fd in fold_data], "n_train": [len(fd.train) for fd in fold_data],
+        "n_validation": [len(fd.validation) for fd in fold_data], "validation_fraction": validation_fraction,
+        "max_train_rows": max_train_rows, "seed": seed, "rejected_rows": len(rejected), "hardware": hardware(),
+        "command": command, "notes": notes, "variants": {},
+    }
+    table = []
+    for name, r in per.items():
+        metrics = sorted(r["scores"][0])
+        summary["variants"][name] = {
+            "per_fold": r["scores"],
+            "summary": {m: fold_summary([s[m] for s in r["scores"]]) for m in metrics},
+            "wall_seconds": float(sum(r["seconds"])),
+        }
+        table += [{"variant": name, "fold": f, **s} for f, s in zip(folds, r["scores"], strict=True)]
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    pd.DataFrame(table).to_csv(out / "summary.csv", index=False)
+
+    if benchmark == MATBENCH and folds == list(range(N_FOLDS)):
+        for name, r in per.items():
+            results = matbench_json.task_results(
+                [fd.test["id"].astype(str).tolist() for fd in fold_data], r["predictions"], r["scores"], r["params"])
+            d = matbench_json.benchmark_dict({task_name: results}, {"algorithm": name, "harness": "crossmat evaluate.py"})
+            matbench_json.write_benchmark(out / name / "matbench_results.json", d)
+
+    if results_dir is not None:
+        baselines = {n: v for n, v in summary["variants"].items() if n in BASELINE_NAMES}
+        for name, v in summary["variants"].items():
+            folds_vals = [s[metric] for s in v["per_fold"]]
+            record = {
+                "task": task_name, "variant": name, "metric": metric, "folds": folds_vals,
+                "mean": v["summary"][metric]["mean"], "std": v["summary"][metric]["std"],
+                "baseline_same_run": {
+                    b: {"mean": bv["summary"][metric]["mean"], "std": bv["summary"][metric]["std"],
+                        "folds": [s[metric] for s in bv["per_fold"]]}
+                    for b, bv in baselines.items() if b != name
+                },
+                "command": command, "hardware": summary["hardware"], "wall_seconds": v["wall_seconds"],
+                "fold_ids": folds, "all_metrics": {m: s["mean"] for m, s in v["summary"].items()},
+                "protocol": {"validation_fraction": validation_fraction, "max_train_rows": max_train_rows,
+                             "n_train": summary["n_train"], "n_test": summary["n_test"], "seed": seed},
+                "notes": notes,
+            }
+            write_record(Path(results_dir), benchmark, record)
+    return summary

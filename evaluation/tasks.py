@@ -1,0 +1,198 @@
+"""Benchmark task registry and data access (MatBench v0.1 and LLM4Mat-Bench), with fold handling.
+
+MatBench rows come from ``dataset_builders.matbench.load_task_frame`` (columns ``id, formula, target,
+test_fold``); the official fold ``k`` tests on rows with ``test_fold == k`` and trains on the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+N_FOLDS = 5
+MATBENCH = "matbench"
+LLM4MAT = "llm4mat"
+
+
+class BenchmarkDataError(FileNotFoundError):
+    """The benchmark data folder or file is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What the harness needs to know about one benchmark task."""
+
+    benchmark: str
+    name: str
+    task_type: str  # "regression" | "classification"
+    target: str
+    unit: str | None = None
+    input_type: str = "composition"
+    n: int | None = None
+    mad: float | None = None
+
+    @property
+    def metric(self) -> str:
+        """The headline metric of the task."""
+        if self.benchmark == LLM4MAT:
+            return "mad_mae" if self.task_type == "regression" else "official_auc_rounded"
+        return "mae" if self.task_type == "regression" else "rocauc"
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric != "mae"
+
+
+def data_dir() -> Path:
+    """The benchmark data root (``CROSSMAT_DATA_DIR``, default ``<repo>/../shared/data``)."""
+    from dataset_builders.paths import data_dir as _data_dir
+
+    return _data_dir(must_exist=False)
+
+
+def matbench_tasks() -> dict[str, TaskInfo]:
+    """All MatBench v0.1 tasks by name (official metadata from ``dataset_builders.matbench``)."""
+    from dataset_builders.matbench import TASKS, task_info
+
+    out = {}
+    for name in TASKS:
+        m = task_info(name)
+        out[name] = TaskInfo(MATBENCH, name, m["task_type"], m["target"], m.get("unit"), m["input_type"], m["n"], m.get("mad"))
+    return out
+
+
+def matbench_task(name: str) -> TaskInfo:
+    """One MatBench task, or ``ValueError`` listing the valid names."""
+    tasks = matbench_tasks()
+    if name not in tasks:
+        raise ValueError(f"unknown MatBench task {name!r}; valid tasks: {', '.join(sorted(tasks))}")
+    return tasks[name]
+
+
+def load_matbench_frame(name: str, root: Path | None = None) -> pd.DataFrame:
+    """``DataFrame(id, formula, target, test_fold)`` of one MatBench task, rows in official order, read by
+    ``dataset_builders.matbench.load_task_frame`` from ``<root or data_dir()>/matbench_v0.1``."""
+    from dataset_builders.matbench import load_task_frame
+
+    matbench_task(name)  # clear error for unknown names first
+    folder = (root or data_dir()) / "matbench_v0.1"
+    if not folder.is_dir():
+        raise BenchmarkDataError(
+            f"MatBench data folder {folder} does not exist. Set CROSSMAT_DATA_DIR (or --data-dir) to the folder "
+            "holding matbench_v0.1/, or download the official files with dataset_builders."
+        )
+    try:
+        frame = load_task_frame(name, source=folder)
+    except FileNotFoundError as err:
+        raise BenchmarkDataError(f"MatBench task {name}: {err}") from None
+    return frame.reset_index(drop=True)
+
+
+def fold_indices(test_fold: np.ndarray | pd.Series, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions ``(train, test)`` of official fold ``fold``: test rows have ``test_fold == fold``."""
+    tf = np.asarray(test_fold)
+    if not 0 <= fold < N_FOLDS:
+        raise ValueError(f"fold must be in 0..{N_FOLDS - 1}, got {fold}")
+    bad = ~np.isin(tf, np.arange(N_FOLDS))
+    if bad.any():
+        rows = np.flatnonzero(bad)[:5].tolist()
+        raise BenchmarkDataError(f"test_fold outside 0..{N_FOLDS - 1} in rows {rows}")
+    test = np.flatnonzero(tf == fold)
+    train = np.flatnonzero(tf != fold)
+    return train, test
+
+
+def carve_validation(train: np.ndarray, fraction: float, seed: int, labels: np.ndarray | None = None):
+    """Split training positions into ``(fit, validation)``: a seeded random ``fraction`` (stratified by
+    ``labels`` when given) goes to validation. Test rows are never touched."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    if fraction == 0.0:
+        return train, train[:0]
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        perm = rng.permutation(len(train))
+        n_val = max(1, round(fraction * len(train)))
+        return np.sort(train[perm[n_val:]]), np.sort(train[perm[:n_val]])
+    val_parts = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        n_val = round(fraction * len(members))
+        val_parts.append(rng.choice(members, size=n_val, replace=False))
+    val_pos = np.concatenate(val_parts) if val_parts else np.array([], dtype=int)
+    mask = np.zeros(len(train), dtype=bool)
+    mask[val_pos] = True
+    return train[~mask], train[mask]
+
+
+# --- LLM4Mat-Bench --------------------------------------------------------------------------------
+LLM4MAT_FORMULA_COLUMNS = ("formula_pretty", "formula", "reduced_formula")
+LLM4MAT_ID_COLUMN = "material_id"
+
+
+def llm4mat_dataset_dir(dataset: str, root: Path | None = None) -> Path:
+    """Folder of one LLM4Mat-Bench dataset: ``<root>/llm4mat_bench/<dataset>`` or, for the bundled MP
+    sample, ``<root>/llm4mat_bench_mp_sample``."""
+    base = root or data_dir()
+    for cand in (base / "llm4mat_bench" / dataset, base / f"llm4mat_bench_{dataset}_sample", base / dataset):
+        if (cand / "test.csv").is_file():
+            return cand
+    raise BenchmarkDataError(
+        f"LLM4Mat-Bench dataset {dataset!r} not found under {base} (looked for llm4mat_bench/{dataset}/test.csv "
+        f"and llm4mat_bench_{dataset}_sample/test.csv). Download it from the LLM4Mat-Bench authors and point "
+        "CROSSMAT_DATA_DIR (or --data-dir) at it."
+    )
+
+
+def parse_llm4mat_task(task: str) -> tuple[str, str]:
+    """``"mp/band_gap"`` -> ``("mp", "band_gap")``."""
+    if task.count("/") != 1 or not all(task.split("/")):
+        raise ValueError(f"LLM4Mat-Bench task must be '<dataset>/<property>', e.g. 'mp/band_gap'; got {task!r}")
+    ds, prop = task.split("/")
+    return ds, prop
+
+
+def load_llm4mat(task: str, root: Path | None = None) -> tuple[TaskInfo, dict[str, pd.DataFrame], list[str]]:
+    """Official split frames ``{"train","validation","test"}`` with columns ``id, formula, target`` plus
+    the list of rejected-row messages. Follows the official preprocessing: test rows deduplicated on
+    ``material_id``; rows with a missing formula or target are dropped *and reported*; boolean targets
+    become 0/1 classification labels."""
+    ds, prop = parse_llm4mat_task(task)
+    folder = llm4mat_dataset_dir(ds, root)
+    frames: dict[str, pd.DataFrame] = {}
+    rejected: list[str] = []
+    task_type = None
+    for split in ("train", "validation", "test"):
+        path = folder / f"{split}.csv"
+        if not path.is_file():
+            raise BenchmarkDataError(f"LLM4Mat-Bench split file missing: {path}")
+        raw = pd.read_csv(path)
+        fcol = next((c for c in LLM4MAT_FORMULA_COLUMNS if c in raw.columns), None)
+        if fcol is None:
+            raise BenchmarkDataError(f"{path}: no formula column (one of {LLM4MAT_FORMULA_COLUMNS})")
+        if prop not in raw.columns:
+            props = [c for c in raw.columns if c not in (LLM4MAT_ID_COLUMN, fcol, "structure", "description", "cif_structure")]
+            raise ValueError(f"property {prop!r} not in LLM4Mat-Bench dataset {ds!r}; available: {', '.join(props)}")
+        ids = raw[LLM4MAT_ID_COLUMN] if LLM4MAT_ID_COLUMN in raw.columns else pd.Series(raw.index.astype(str))
+        frame = pd.DataFrame({"id": ids.astype(str), "formula": raw[fcol], "target": raw[prop]})
+        if split == "test":
+            dup = frame["id"].duplicated()
+            rejected += [f"{split} row {i} ({frame.at[i, 'id']}): duplicate material_id" for i in np.flatnonzero(dup)]
+            frame = frame[~dup]
+        bad = frame["formula"].isna() | frame["target"].isna()
+        if frame["target"].dtype == object:
+            bad |= frame["target"].astype(str).str.lower().isin(["null", "nan", ""])
+        rejected += [f"{split} row {i} ({frame['id'].iloc[i]}): missing formula or target" for i in np.flatnonzero(bad)]
+        frame = frame[~bad].reset_index(drop=True)
+        if frame["target"].dtype == bool or frame["target"].astype(str).str.lower().isin(["true", "false"]).all():
+            task_type = "classification"
+            frame["target"] = frame["target"].astype(str).str.lower().eq("true").astype(np.int64)
+        else:
+            task_type = task_type or "regression"
+            frame["target"] = frame["target"].astype(np.float64)
+        frames[split] = frame
+    info = TaskInfo(LLM4MAT, task, task_type or "regression", prop, n=sum(len(f) for f in frames.values()))
+    return info, frames, rejected

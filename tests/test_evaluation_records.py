@@ -1,0 +1,62 @@
+"""Result records, BENCHMARKS.md generation and model-index writing."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from evaluation.records import RECORD_KEYS, update_model_index, write_record
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _md_module():
+    spec = importlib.util.spec_from_file_location("make_benchmarks_md", REPO / "benchmarks" / "make_benchmarks_md.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _rec(variant: str, folds: list[float]) -> dict:
+    import numpy as np
+
+    return {"task": "matbench_steels", "variant": variant, "metric": "mae", "folds": folds,
+            "mean": float(np.mean(folds)), "std": float(np.std(folds)),
+            "baseline_same_run": {}, "command": f"python evaluate.py ... {variant}", "hardware": "test cpu",
+            "wall_seconds": 1.0}
+
+
+def test_records_and_generated_tables(tmp_path):
+    with pytest.raises(ValueError, match="lacks keys"):
+        write_record(tmp_path, "matbench", {"task": "t", "variant": "v"})
+    for name, folds in {"crossmat_imkt": [90.0, 100.0, 95.0, 80.0, 99.0],
+                        "crossmat_mlm": [95.0, 99.0, 97.0, 85.0, 98.0],
+                        "dummy": [229.0, 230.0, 231.0, 228.0, 230.0]}.items():
+        path = write_record(tmp_path, "matbench", _rec(name, folds))
+        assert path == tmp_path / "matbench" / "matbench_steels" / f"{name}.json"
+    md = _md_module().render(tmp_path, REPO / "benchmarks" / "published.json")
+    assert "### matbench_steels" in md
+    assert "| crossmat_imkt | CrossMat, this machine | 92.8 ± " in md
+    assert "| dummy | baseline, this machine | 229.6 ± " in md
+    assert "| TPOT-Mat | published (cited, not ours) | 79.95 | | | |" in md
+    # paired gains (MLM - imKT MAE) = [5, -1, 2, 5, -1]: mean 2, sd 3, SE 3/sqrt(5) = 1.342 -> 2 < 2 SE
+    assert "| matbench_steels | mae | 92.8 | 94.8 | 2 ± 1.342 | 3/5 | no clear difference |" in md
+    assert md.index("crossmat_imkt") < md.index("| dummy |")  # CrossMat rows first, then baselines
+    assert set(RECORD_KEYS) == {"task", "variant", "metric", "folds", "mean", "std", "baseline_same_run", "command",
+                                "hardware", "wall_seconds"}
+
+
+def test_model_index_written_and_replaced(tmp_path):
+    from huggingface_hub import ModelCard
+
+    entry = {"task_type": "tabular-regression", "dataset_type": "matbench/matbench_steels",
+             "dataset_name": "MatBench v0.1 matbench_steels", "dataset_split": "test", "metric_type": "mae",
+             "metric_name": "mae", "metric_value": 120.0}
+    update_model_index(tmp_path, "tiny", [entry])
+    update_model_index(tmp_path, "tiny", [{**entry, "metric_value": 110.0}])
+    card = ModelCard.load(tmp_path / "README.md")
+    results = card.data.eval_results
+    assert len(results) == 1 and results[0].metric_value == 110.0
+    assert "model-index" in (tmp_path / "README.md").read_text()
