@@ -183,16 +183,7 @@ def _write_card(out: Path, model: StructurePropertyPredictor, metrics: Sequence[
         f"model = AutoModel.from_pretrained('{out.name}')\n"
         "print(model.predict_structures([Structure.from_file('my.cif')]))"
     )
-    try:
-        from model_cards import write_model_card
+    from model_cards import write_model_card
 
-        write_model_card(out, kind="structure-predictor", datasets=list(datasets), metrics=list(metrics), usage=usage,
-                         property_name=model.config.target_names[0], property_unit=model.config.target_units[0])
-    except Exception as err:  # noqa: BLE001 - the card module is optional; write a minimal card instead
-        from huggingface_hub import ModelCard
-
-        text = (f"---\nlibrary_name: pytorch\ntags: [exkt, crystal-structure]\n---\n\n# Structure-aware predictor\n\n"
-                f"MLP head on frozen `{model.config.encoder}` crystal features predicting "
-                f"`{model.config.target_names[0]}` ({model.config.target_units[0]}).\n\n```python\n{usage}\n```\n\n"
-                f"(Full card unavailable: {type(err).__name__}: {err})\n")
-        ModelCard(text).save(out / "README.md")
+    write_model_card(out, kind="structure-predictor", datasets=list(datasets), metrics=list(metrics), usage=usage,
+                     property_name=model.config.target_names[0], property_unit=model.config.target_units[0])
