@@ -39,7 +39,7 @@ from tokenization import canonical_formula
 DATA = paths.data_dir(must_exist=False)
 MB_DIR = DATA / "matbench_v0.1"
 L4M_DIR = DATA / "llm4mat_bench_mp_sample"
-needs_data = pytest.mark.skipif(not MB_DIR.is_dir(), reason="shared benchmark data not available")
+needs_data = pytest.mark.usefixtures("data_dir")  # fails (never skips) when CROSSMAT_DATA_DIR is missing
 REPO = Path(__file__).resolve().parent.parent
 
 # Official MatBench v0.1 test-fold sizes (matbench_v0.1_validation.json), folds 0..4.
@@ -185,7 +185,7 @@ def test_matbench_bad_input(tmp_path):
         load_task_frame("matbench_steels", folder)
 
 
-@pytest.mark.skipif(not L4M_DIR.is_dir(), reason="LLM4Mat-Bench sample not available")
+@pytest.mark.usefixtures("data_dir")
 def test_llm4mat_sample(tmp_path, hf_cache):
     assert n_tasks() == 65 and len(DATASETS) == 10
     # the parent folder with an official alias works too

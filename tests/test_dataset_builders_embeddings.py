@@ -20,7 +20,7 @@ from dataset_builders.embeddings import (
 
 PEROV = paths.data_dir(must_exist=False) / "perov_5"
 MATGL = paths.models_dir() / "matgl" / DEFAULT_MATGL_MODEL
-needs_perov = pytest.mark.skipif(not PEROV.is_dir(), reason="perov_5 data not available")
+needs_perov = pytest.mark.usefixtures("data_dir")  # fails (never skips) when CROSSMAT_DATA_DIR is missing
 
 
 @needs_perov
@@ -73,7 +73,7 @@ def test_broken_cif_stops_or_is_reported(tmp_path):
     assert report["id"].tolist() == ["b"] and "broken structure" in report["reason"][0]
 
 
-@pytest.mark.skipif(not (PEROV.is_dir() and MATGL.is_dir()), reason="perov_5 / matgl TensorNet weights not available")
+@pytest.mark.usefixtures("data_dir")
 def test_matgl_tensornet_embeddings(tmp_path):
     meta = build_embeddings("perov_5", "matgl-tensornet", tmp_path, batch_size=4, limit=6)
     frame = pd.read_parquet(next((tmp_path / "data" / "matgl-tensornet").glob("shard-*.parquet")))

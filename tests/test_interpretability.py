@@ -106,7 +106,7 @@ def gap_model(tok):
     """Tiny regression model trained briefly on 600 real MatBench expt_gap rows (eV)."""
     path = DATA / "matbench_v0.1" / "matbench_expt_gap.csv.gz"
     if not path.is_file():
-        pytest.skip(f"MatBench data not found at {path} (set CROSSMAT_DATA_DIR)")
+        pytest.fail(f"MatBench data not found at {path} (set CROSSMAT_DATA_DIR)")
     df = pd.read_csv(path).head(600)
     y = df["gap expt"].to_numpy(np.float32)
     cfg = _tiny_config(num_labels=1, problem_type="regression", target_mean=[float(y.mean())],
