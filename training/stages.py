@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ import yaml
 
 import modeling  # noqa: F401  (registers CrossMat with the Auto classes)
 from modeling import CrossMatConfig, CrossMatForMaskedLM, CrossMatForPropertyPrediction, CrossMatForStructureAlignment
+from modeling.model_folder import ModelFolderError, check_folder, is_lora_folder, load_lora_model, load_model
+from modeling.pipeline_files import add_pipeline_to_model_dir
 from tokenization import CrossMatTokenizerFast
 from tokenization.vocabulary import ELEMENT_START, ELEMENTS, token_layout
 
@@ -34,26 +37,12 @@ DONE_FILE = "training_info.json"
 
 
 def _check_checkpoint(path: Path) -> CrossMatConfig:
-    """Load and check the config of ``init_from`` (must be a CrossMat model with this vocabulary)."""
-    if not path.is_dir():
-        raise RecipeError(f"model.init_from {str(path)!r} is not a folder")
-    if (path / "adapter_config.json").is_file() and not (path / "model.safetensors").is_file():
-        raise RecipeError(f"model.init_from {str(path)!r} is a LoRA adapter; train from its merged model "
-                          "(lora.merge=true) or from its base model")
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise RecipeError(f"model.init_from {str(path)!r} has no config.json")
-    raw = json.loads(cfg_file.read_text())
-    if raw.get("model_type") != CrossMatConfig.model_type:
-        raise RecipeError(f"model.init_from {str(path)!r} is a {raw.get('model_type')!r} model "
-                          f"({raw.get('architectures')}); a CrossMat checkpoint is needed")
-    config = CrossMatConfig.from_pretrained(str(path))
-    mismatch = {k: (getattr(config, k, None), v) for k, v in token_layout().items() if getattr(config, k, None) != v}
-    if mismatch:
-        raise RecipeError(f"model.init_from {str(path)!r} uses another token layout (checkpoint vs tokenizer: {mismatch})")
-    if not (path / "model.safetensors").is_file() and not (path / "pytorch_model.bin").is_file():
-        raise RecipeError(f"model.init_from {str(path)!r} has no model weights (model.safetensors)")
-    return config
+    """Load and check the config of ``init_from`` (a CrossMat folder, full or LoRA, with this vocabulary)."""
+    try:
+        check_folder(path)
+    except ModelFolderError as exc:
+        raise RecipeError(f"model.init_from: {exc}") from exc
+    return CrossMatConfig.from_pretrained(str(path))
 
 
 def init_element_embeddings(model: torch.nn.Module, source: str, seed: int = 0) -> int:
@@ -114,10 +103,15 @@ def build_model(recipe: Mapping[str, Any], data: StageData) -> tuple[torch.nn.Mo
         for key, value in {**overrides, **stage_cfg}.items():
             setattr(config, key, value)
         config.architectures = [cls.__name__]
-        try:
-            model = cls.from_pretrained(str(path), config=config, ignore_mismatched_sizes=stage == "finetune")
-        except Exception as exc:
-            raise RecipeError(f"model.init_from {str(path)!r} cannot be loaded as {cls.__name__} ({exc})") from None
+        with tempfile.TemporaryDirectory() as tmp:
+            source = path
+            if is_lora_folder(path):  # a LoRA output folder: start from its merged weights
+                load_model(path).save_pretrained(tmp)
+                source = Path(tmp)
+            try:
+                model = cls.from_pretrained(str(source), config=config, ignore_mismatched_sizes=stage == "finetune")
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise RecipeError(f"model.init_from {str(path)!r} cannot be loaded as {cls.__name__} ({exc})") from exc
         info["init_from"] = str(path)
     else:
         try:
@@ -148,20 +142,6 @@ def build_model(recipe: Mapping[str, Any], data: StageData) -> tuple[torch.nn.Mo
         info["lora_trainable_parameters"] = int(trainable)
     info["parameters"] = int(sum(p.numel() for p in model.parameters()))
     return model, info
-
-
-def load_lora_model(adapter_dir: str | Path, merge: bool = False) -> torch.nn.Module:
-    """Load a LoRA output folder: base model (recorded in ``adapter_config.json``) with this folder's
-    property-head config, then the adapter; ``merge=True`` folds the adapter into the weights."""
-    from peft import PeftConfig, PeftModel
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    adapter_dir = str(adapter_dir)
-    base_path = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
-    config = AutoConfig.from_pretrained(adapter_dir)
-    base = AutoModelForSequenceClassification.from_pretrained(base_path, config=config, ignore_mismatched_sizes=True)
-    model = PeftModel.from_pretrained(base, adapter_dir)
-    return model.merge_and_unload() if merge else model
 
 
 def _card_metrics(stage: str, metrics: Mapping[str, Mapping[str, float]], dataset_name: str, task: str | None) -> list[dict]:
@@ -259,8 +239,6 @@ def run_stage(recipe: Mapping[str, Any], output_dir: str | Path) -> Path:
         info = {"stage": stage, "name": recipe["name"], "recipe_hash": _recipe_hash(recipe), "model": model_info,
                 "data": data.info, "training": summary, "metrics": metrics}
         if stage == "finetune" and not lora_adapter:
-            from inference import add_pipeline_to_model_dir
-
             add_pipeline_to_model_dir(out)  # pipeline remote code + widget labels, before the card
         (out / DONE_FILE).write_text(json.dumps(info, indent=2, default=str))
         card = _write_card(out, recipe, data, metrics, lora_adapter)
