@@ -14,7 +14,13 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from modeling.configuration_crossmat import output_info, problem_type_of
-from modeling.model_folder import ModelFolderError, NotAPropertyModelError, is_lora_folder, load_model, load_property_model
+from modeling.model_folder import (
+    ModelFolderError,
+    NotAPropertyModelError,
+    is_lora_folder,
+    load_model,
+    load_property_model,
+)
 from tokenization import CrossMatTokenizerFast
 from training import run_recipe
 
