@@ -1,8 +1,8 @@
 """Inference throughput of CrossMat property models on real MatBench formulas (CPU).
 
 Measures formulas/s of :class:`inference.FormulaPredictor` (validation + tokenisation + model) for
-several model sizes, with the model's own ``forward`` and with the attended-tokens fast path, in
-float32 and bfloat16; then the ``crossmat-predict`` file path end to end (CSV in -> CSV out) and its
+several model sizes, with the model's own ``forward`` (which owns any fast path) in float32, bfloat16
+and int8; then the ``crossmat-predict`` file path end to end (CSV in -> CSV out) and its
 peak memory on a 100k-row and a 1M-row file (streaming: memory must not grow with the file).
 
     python benchmarks/inference/throughput.py            # writes results.json / results.txt here
