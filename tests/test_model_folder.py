@@ -22,7 +22,7 @@ from modeling.model_folder import (
     load_property_model,
 )
 from tokenization import CrossMatTokenizerFast
-from training import run_recipe
+from training import RecipeError, run_recipe
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
         "initializer_range": 0.3}  # large weights: outputs differ clearly between formulas
@@ -39,7 +39,7 @@ def run(tmp_path_factory, data_dir: Path) -> Path:
     df.rename(columns={df.columns[2]: "gap"}).to_csv(csv, index=False)
     recipe = {"name": "tiny", "seed": 3, "pipeline": [
         {"name": "mlm", "stage": "mlm", "model": {"config": TINY}, "data": {"train": str(csv)}, "train": STEPS},
-        {"name": "full", "stage": "finetune", "model": {"init_from": "@mlm"},
+        {"name": "full", "stage": "finetune", "model": {"init_from": "@mlm"}, "card": {"explain": "LiCoO2"},
          "data": {"train": str(csv), "target_column": "gap", "test_fraction": 0.2}, "train": STEPS},
         {"name": "lora", "stage": "finetune", "model": {"init_from": "@mlm"}, "lora": {"enabled": True, "r": 4},
          "data": {"train": str(csv), "target_column": "gap", "test_fraction": 0.2}, "train": STEPS},
@@ -117,6 +117,14 @@ def test_lora_folder_in_every_entry_point(run: Path, tmp_path: Path, capsys) -> 
     text, ok = predict_markdown(FormulaPredictor(lora), "Fe2O3")
     assert ok and "gap" in text
     assert "Li" in explain_markdown(FormulaPredictor(lora), "LiCoO2")
+
+
+def test_card_explanation_only_when_the_recipe_asks(run: Path) -> None:
+    assert "## Interpretability" in (run / "full" / "README.md").read_text()  # card.explain: LiCoO2
+    assert "## Interpretability" not in (run / "lora" / "README.md").read_text()
+    with pytest.raises(RecipeError, match="card.explain"):
+        run_recipe({"stage": "mlm", "card": {"explain": True}, "data": {"train": str(run.parent / "gap.csv")}},
+                   run.parent / "never")
 
 
 def test_finetune_from_a_lora_folder(run: Path, data_dir: Path, tmp_path: Path) -> None:

@@ -19,8 +19,16 @@ import torch
 import yaml
 
 import modeling  # noqa: F401  (registers CrossMat with the Auto classes)
+from model_cards import write_model_card
 from modeling import CrossMatConfig, CrossMatForMaskedLM, CrossMatForPropertyPrediction, CrossMatForStructureAlignment
-from modeling.model_folder import ModelFolderError, check_folder, is_lora_folder, load_lora_model, load_model
+from modeling.model_folder import (
+    ModelFolderError,
+    check_folder,
+    is_lora_folder,
+    load_lora_model,
+    load_model,
+    load_property_model,
+)
 from modeling.pipeline_files import add_pipeline_to_model_dir
 from tokenization import CrossMatTokenizerFast
 from tokenization.vocabulary import ELEMENT_START, ELEMENTS, token_layout
@@ -164,11 +172,18 @@ def _write_card(out: Path, recipe: Mapping[str, Any], data: StageData, metrics: 
     base = recipe["model"]["init_from"]
     datasets = sorted({str(v).split(" (")[0] for v in data.info["sources"].values()})
     card_metrics = _card_metrics(stage, metrics, datasets[0] if datasets else "unknown", data.info.get("task"))
-    extra = {k: v for k, v in recipe["card"].items()}
-    from model_cards import write_model_card
+    extra = {k: v for k, v in recipe["card"].items() if k != "explain"}
+    explanation = None
+    explain = recipe["card"].get("explain")
+    if explain:  # opt-in: an example explanation computed here and passed to the card
+        from interpretability import card_section
 
+        model, tokenizer = load_property_model(out)
+        examples = extra.get("examples") or ["Fe2O3"]
+        formula = explain if isinstance(explain, str) else ([examples] if isinstance(examples, str) else examples)[0]
+        explanation = card_section(model, tokenizer, formula)
     return write_model_card(out, kind=kind, base_model=str(base) if base else None, datasets=datasets,
-                            recipe=_printable(recipe), metrics=card_metrics, **extra)
+                            recipe=_printable(recipe), metrics=card_metrics, explanation=explanation, **extra)
 
 
 def _printable(recipe: Mapping[str, Any]) -> dict[str, Any]:
@@ -189,6 +204,9 @@ def run_stage(recipe: Mapping[str, Any], output_dir: str | Path) -> Path:
     stage = recipe["stage"]
     if recipe["push_to_hub"] and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise RecipeError(f"push_to_hub {recipe['push_to_hub']!r} requested but HF_HUB_OFFLINE is set; unset it or drop --push-to-hub")
+    explain = recipe["card"].get("explain")
+    if explain is not None and (stage != "finetune" or not isinstance(explain, (bool, str))):
+        raise RecipeError(f"card.explain {explain!r}: true or a formula, for stage 'finetune' only (stage {stage!r})")
     tokenizer = CrossMatTokenizerFast()
     data = prepare_stage_data(recipe, tokenizer)  # validates everything before any training
     model, model_info = build_model(recipe, data)
