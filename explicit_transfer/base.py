@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pymatgen.core import Composition, Structure
@@ -18,7 +16,6 @@ __all__ = [
     "GenerationFailure",
     "GenerationBatch",
     "StructureGenerator",
-    "data_dir",
     "parse_target",
 ]
 
@@ -98,9 +95,3 @@ class StructureGenerator(ABC):
 
     @abstractmethod
     def _generate_one(self, composition: Composition, n_candidates: int) -> list[Candidate]: ...
-
-
-def data_dir() -> Path:
-    """The read-only benchmark data folder: ``$CROSSMAT_DATA_DIR`` or ``<repo>/../shared/data``."""
-    env = os.environ.get("CROSSMAT_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
