@@ -12,6 +12,7 @@ from pymatgen.core import Composition, Structure
 from tokenization import FormulaError, parse_formula
 
 __all__ = [
+    "GENERATION_ERRORS",
     "Candidate",
     "GenerationFailure",
     "GenerationBatch",
@@ -72,6 +73,11 @@ def parse_target(formula: object) -> Composition:
     return comp
 
 
+# What a generator raises for a formula it cannot handle (bad formula, no template, degenerate geometry,
+# a model that produced nothing usable). Programming errors (TypeError, AttributeError, ...) propagate.
+GENERATION_ERRORS: tuple[type[Exception], ...] = (ValueError, KeyError, RuntimeError, ArithmeticError)
+
+
 class StructureGenerator(ABC):
     """Base class: subclasses implement :meth:`_generate_one` or override :meth:`generate` for batching."""
 
@@ -86,7 +92,7 @@ class StructureGenerator(ABC):
                 cands = self._generate_one(comp, n_candidates)
                 if not cands:
                     raise ValueError("no candidate produced")
-            except Exception as err:  # noqa: BLE001 - every failure becomes a record, the batch goes on
+            except GENERATION_ERRORS as err:  # a formula that cannot be generated becomes a record, the batch goes on
                 out.append([])
                 out.failures.append(GenerationFailure(row, formula, self.name, f"{type(err).__name__}: {err}"))
                 continue

@@ -61,8 +61,8 @@ def init_element_embeddings(model: torch.nn.Module, source: str, seed: int = 0) 
 
     try:
         emb = Embedding.load_data(source)
-    except Exception as exc:
-        raise RecipeError(f"model.element_embedding_init {source!r} cannot be loaded by elementembeddings ({exc})") from None
+    except (KeyError, ValueError, OSError) as exc:  # elementembeddings raises KeyError for an unknown name
+        raise RecipeError(f"model.element_embedding_init {source!r} cannot be loaded by elementembeddings ({exc})") from exc
     table = emb.embeddings
     symbols = [s for s in ELEMENTS if s in table]
     if not symbols:
@@ -277,10 +277,10 @@ def _push(out: Path, repo_id: str) -> None:
         api = HfApi()
         api.create_repo(repo_id, exist_ok=True)
         api.upload_folder(folder_path=str(out), repo_id=repo_id, ignore_patterns=["checkpoints/*", "*.tmp*"])
-    except Exception as exc:
+    except Exception as exc:  # any failure (network, auth, HTTP) is re-raised with its traceback and the local path
         raise RuntimeError(f"push to the Hub ({repo_id}) failed: {type(exc).__name__}: {exc}. "
                            f"The trained model is saved locally at {out}; push it later with "
-                           f"`huggingface-cli upload {repo_id} {out}`") from None
+                           f"`huggingface-cli upload {repo_id} {out}`") from exc
     print(f"[crossmat] pushed {out} to https://huggingface.co/{repo_id}")
 
 
