@@ -75,7 +75,7 @@ def parse_target(formula: object) -> Composition:
 
 # What a generator raises for a formula it cannot handle (bad formula, no template, degenerate geometry,
 # a model that produced nothing usable). Programming errors (TypeError, AttributeError, ...) propagate.
-GENERATION_ERRORS: tuple[type[Exception], ...] = (ValueError, KeyError, RuntimeError, ArithmeticError)
+GENERATION_ERRORS: tuple[type[Exception], ...] = (ValueError, LookupError, RuntimeError, ArithmeticError)
 
 
 class StructureGenerator(ABC):
