@@ -61,11 +61,12 @@ def source_formulas(spec: str) -> tuple[pd.DataFrame, str]:
         frame = transport_formulas()
         return pd.DataFrame({"id": frame["mp_id"].astype(str), "formula": frame["formula"]}), frame.attrs["path"]
     if kind == "matbench":
-        from .matbench import TASKS, load_task_frame, matbench_folder_env
+        from .matbench import TASKS, load_task_frame
+        from .paths import matbench_dir
 
         tasks = [value] if value else list(TASKS)
         parts = [load_task_frame(t)[["id", "formula"]] for t in tasks]
-        return pd.concat(parts, ignore_index=True), str(matbench_folder_env())
+        return pd.concat(parts, ignore_index=True), str(matbench_dir())
     if kind == "llm4mat":
         from .llm4mat import _FORMULA_COLUMNS, SPLITS, _pick
 

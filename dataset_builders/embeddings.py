@@ -25,16 +25,12 @@ Output folder (one config per encoder; shards resume, several processes split th
 from __future__ import annotations
 
 import ast
-import contextlib
 import gzip
-import io
 import json
 import math
 import os
 import time
 import warnings
-from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +41,14 @@ from tqdm.auto import tqdm
 
 from .common import BadInputError, Rejects, canonicalize_formulas, write_card, write_json, write_parquet
 from .paths import data_dir, models_dir
+from .structure_encoders import (
+    DEFAULT_MATGL_MODEL,
+    ENCODERS,
+    ChgnetEncoder,
+    MatglEncoder,
+    embed_structures,
+    get_encoder,
+)
 
 __all__ = [
     "ENCODERS",
@@ -59,124 +63,8 @@ __all__ = [
     "per_formula_view",
 ]
 
-ENCODERS = ("chgnet", "matgl-tensornet")
-DEFAULT_MATGL_MODEL = "TensorNet-MatPES-PBE-v2025.1-PES"
 _STRUCT_COLUMNS = ("cif", "cif_structure", "structure")
 _ID_COLUMNS = ("id", "material_id", "mp_id", "jid")
-
-
-class ChgnetEncoder:
-    """CHGNet crystal features (64-d) and energy per atom."""
-
-    name = "chgnet"
-
-    def __init__(self, device: str = "cpu") -> None:
-        from chgnet.model import CHGNet
-
-        with contextlib.redirect_stdout(io.StringIO()):  # CHGNet prints a banner even with verbose=False
-            self.model = CHGNet.load(use_device=device, verbose=False)
-        self.model.eval()
-        self.dim = 64
-
-    def unsupported(self, structure: Structure) -> str | None:
-        """Why CHGNet cannot embed ``structure`` (elements beyond Pu), or ``None``."""
-        bad = sorted({el.symbol for el in structure.composition.elements if el.Z > 94})
-        return f"element(s) {bad} beyond CHGNet's range (Z <= 94)" if bad else None
-
-    def __call__(self, structures: Sequence[Structure], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-        """Embeddings ``(n, 64)`` float32 and energies per atom ``(n,)`` float32."""
-        import torch
-
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            out = self.model.predict_structure(
-                list(structures), task="e", return_crystal_feas=True, batch_size=batch_size
-            )
-        if isinstance(out, dict):
-            out = [out]
-        emb = np.stack([o["crystal_fea"] for o in out]).astype(np.float32)
-        return emb, np.asarray([o["e"] for o in out], dtype=np.float32).reshape(-1)
-
-
-class MatglEncoder:
-    """matgl TensorNet: atom-mean of the per-atom readout features, and energy per atom."""
-
-    name = "matgl-tensornet"
-
-    def __init__(self, model: str | Path | None = None) -> None:
-        import matgl
-        from matgl.ext.pymatgen import Structure2Graph
-
-        ref = str(model) if model else str(models_dir() / "matgl" / DEFAULT_MATGL_MODEL)
-        if not model and not Path(ref).is_dir():
-            ref = DEFAULT_MATGL_MODEL  # registry name: matgl downloads it
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self.potential = matgl.load_model(ref)
-        except Exception as exc:
-            raise RuntimeError(
-                f"cannot load matgl model {ref!r} ({type(exc).__name__}: {exc}). Pass a local model folder with "
-                "--matgl-model (one holding model.json/model.pt) or go online so matgl can fetch it by name."
-            ) from None
-        self.ref = ref
-        self.potential.calc_forces = False
-        self.potential.calc_stresses = False
-        self.potential.calc_hessian = False
-        self.potential.eval()
-        net = self.potential.model
-        self.converter = Structure2Graph(element_types=net.element_types, cutoff=net.cutoff)
-        self.dim = int(net.linear.out_features) if hasattr(net, "linear") else None
-        self.elements = frozenset(net.element_types)
-
-    def unsupported(self, structure: Structure) -> str | None:
-        """Why the matgl model cannot embed ``structure`` (elements it was not trained on), or ``None``."""
-        bad = sorted({el.symbol for el in structure.composition.elements} - self.elements)
-        return f"element(s) {bad} not in the matgl model's element types" if bad else None
-
-    def __call__(self, structures: Sequence[Structure], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-        """Embeddings ``(n, d)`` float32 and energies per atom ``(n,)`` float32."""
-        import torch
-        from torch_geometric.data import Batch
-
-        embs, energies = [], []
-        for start in range(0, len(structures), batch_size):
-            chunk = structures[start : start + batch_size]
-            graphs, lats, states = [], [], []
-            for s in chunk:
-                g, lat, state = self.converter.get_graph(s)
-                graphs.append(g)
-                lats.append(lat[0])
-                states.append(torch.as_tensor(np.asarray(state), dtype=lat.dtype).reshape(-1))
-            batch = Batch.from_data_list(graphs)
-            with torch.no_grad():
-                total = self.potential(g=batch, lat=torch.stack(lats), state_attr=torch.stack(states))[0]
-                feats = self.potential.model.feature_dict["readout"]
-                n_atoms = torch.bincount(batch.batch, minlength=len(chunk)).to(feats.dtype)
-                pooled = torch.zeros(len(chunk), feats.shape[1], dtype=feats.dtype).index_add_(0, batch.batch, feats)
-                embs.append((pooled / n_atoms[:, None]).numpy().astype(np.float32))
-                energies.append((total.reshape(-1) / n_atoms).numpy().astype(np.float32))
-        return np.concatenate(embs), np.concatenate(energies)
-
-
-@lru_cache(maxsize=4)
-def get_encoder(name: str, model: str | None = None) -> ChgnetEncoder | MatglEncoder:
-    """A (cached) encoder by name: ``chgnet`` or ``matgl-tensornet`` (``model``: folder or registry name)."""
-    if name == "chgnet":
-        return ChgnetEncoder()
-    if name in ("matgl-tensornet", "matgl"):
-        return MatglEncoder(model)
-    raise ValueError(f"unknown encoder {name!r}; choose one of {ENCODERS}")
-
-
-def embed_structures(
-    structures: list[Structure], encoder: str = "chgnet", batch_size: int = 32, model: str | None = None
-) -> np.ndarray:
-    """Embeddings ``(n, d)`` float32 of pymatgen structures with a pretrained structure encoder."""
-    if not structures:
-        raise ValueError("embed_structures got an empty list")
-    emb, _ = get_encoder(encoder, model)(structures, batch_size=batch_size)
-    return emb
 
 
 def parse_structure(obj: Any) -> Structure:

@@ -5,7 +5,7 @@ dataset folder, or its parent (any alias the official scripts use, e.g. ``jarvis
 Composition input only (the formula column), with the official cleaning of the LLM-Prop/MatBERT
 training code, per task:
 
-* rows with a missing formula are dropped;
+* rows with a missing formula are dropped; test rows are deduplicated on the material id;
 * GNoME: ``inf`` targets become NaN;
 * rows with a NaN target are dropped;
 * classification = the property column has bool/object dtype; ``Direct``/``Indirect`` columns map to
@@ -37,7 +37,8 @@ from .common import (
     write_parquet,
 )
 
-__all__ = ["DATASETS", "ALIASES", "SPLITS", "resolve_dataset", "dataset_folder", "build_llm4mat", "n_tasks"]
+__all__ = ["DATASETS", "ALIASES", "SPLITS", "resolve_dataset", "dataset_folder", "build_llm4mat", "load_llm4mat_task",
+           "n_tasks"]
 
 SPLITS = ("train", "validation", "test")
 
@@ -151,6 +152,76 @@ def _clean_task(
     return np.flatnonzero(keep), values, dropped
 
 
+def _read_splits(folder: Path, canon: str, props: list[str], rejects: Rejects) -> dict[str, pd.DataFrame]:
+    """The three official CSVs with ``_id`` / ``_formula`` columns; rows with a missing or unparseable
+    formula dropped (unparseable ones go to ``rejects``); test rows deduplicated on the id column."""
+    frames: dict[str, pd.DataFrame] = {}
+    for split in SPLITS:
+        path = folder / f"{split}.csv"
+        frame = pd.read_csv(path, low_memory=False)
+        cols = list(frame.columns)
+        fcol = _pick(cols, _FORMULA_COLUMNS)
+        if fcol is None:
+            raise BadInputError(f"{path}: missing formula column (looked for {list(_FORMULA_COLUMNS)})")
+        missing = [p for p in props if p not in cols]
+        if missing:
+            avail = [c for c in cols if c not in (fcol, "structure", "description", "cif_structure", *_ID_COLUMNS)]
+            raise BadInputError(f"{path}: missing property column(s) {missing}; available: {', '.join(avail)}")
+        icol = _pick(cols, _ID_COLUMNS)
+        ids = frame[icol].astype(str) if icol else pd.Series([f"{canon}-{split}-{i}" for i in range(len(frame))])
+        no_formula = frame[fcol].isna().to_numpy()
+        canon_f, bad = canonicalize_formulas(frame[fcol].where(~no_formula, "H"))
+        if bad:
+            rows = sorted(bad)
+            rejects.add(path, rows, ids.iloc[rows].tolist(), [bad[r] for r in rows], stage="formula")
+        ok = ~no_formula
+        ok[list(bad)] = False
+        duplicate = (ids.duplicated() & pd.Series(ok)).to_numpy() if split == "test" and icol else np.zeros(len(frame), bool)
+        ok &= ~duplicate  # the official evaluation scores each test material once
+        frame = frame.assign(_id=ids.to_numpy(), _formula=frame[fcol].astype(str)).loc[ok].reset_index(drop=True)
+        frame.attrs.update(path=path, dropped_missing_formula=int(no_formula.sum()), formula_column=fcol, id_column=icol,
+                           dropped_duplicate_id=int(duplicate.sum()))
+        frames[split] = frame
+    return frames
+
+
+def _task_frames(
+    frames: dict[str, pd.DataFrame], prop: str, canon: str, rejects: Rejects, keep_cif: bool
+) -> tuple[str, dict[str, pd.DataFrame], dict[str, dict[str, int]]]:
+    """One property task: (task type, ``{split: frame of id, formula, target[, cif_structure]}``, drop counts)."""
+    is_cls = frames["train"][prop].dtype == bool or frames["train"][prop].dtype == object
+    out: dict[str, pd.DataFrame] = {}
+    drops: dict[str, dict[str, int]] = {}
+    for split, frame in frames.items():
+        keep, values, dropped = _clean_task(frame, prop, canon, is_cls, frame.attrs["path"], frame["_id"], rejects)
+        data = {
+            "id": frame["_id"].to_numpy()[keep],
+            "formula": frame["_formula"].to_numpy()[keep],
+            "target": values[keep].astype(np.int64 if is_cls else np.float64),
+        }
+        if keep_cif and "cif_structure" in frame.columns:
+            data["cif_structure"] = frame["cif_structure"].to_numpy()[keep]
+        out[split] = pd.DataFrame(data)
+        dropped["missing_formula"] = frame.attrs["dropped_missing_formula"]
+        if split == "test":
+            dropped["duplicate_id"] = frame.attrs["dropped_duplicate_id"]
+        drops[split] = dropped
+    return ("classification" if is_cls else "regression"), out, drops
+
+
+def load_llm4mat_task(
+    source: str | Path, dataset: str, prop: str, on_bad: str = "report", keep_cif: bool = False
+) -> tuple[str, dict[str, pd.DataFrame], Rejects]:
+    """One LLM4Mat-Bench task, in memory, with exactly the preprocessing :func:`build_llm4mat` publishes:
+    ``(task type, {"train","validation","test": frame of id, formula, target}, rejected rows)``.
+    The evaluation harness scores these frames."""
+    canon = resolve_dataset(dataset)
+    folder = dataset_folder(source, canon)
+    rejects = Rejects(on_bad)
+    task_type, frames, _ = _task_frames(_read_splits(folder, canon, [prop], rejects), prop, canon, rejects, keep_cif)
+    return task_type, frames, rejects
+
+
 def build_llm4mat(
     source: str | Path,
     dataset: str,
@@ -169,50 +240,17 @@ def build_llm4mat(
     if unknown:
         raise ValueError(f"{unknown} are not LLM4Mat-Bench tasks of {canon!r}; tasks: {DATASETS[canon]}")
     rejects = Rejects(on_bad)
-    frames: dict[str, pd.DataFrame] = {}
     meta: dict[str, Any] = {"benchmark": "llm4mat_bench", "dataset": canon, "source": str(folder), "tasks": {}}
-    for split in SPLITS:
-        path = folder / f"{split}.csv"
-        frame = pd.read_csv(path, low_memory=False)
-        cols = list(frame.columns)
-        fcol = _pick(cols, _FORMULA_COLUMNS)
-        if fcol is None:
-            raise BadInputError(f"{path}: missing formula column (looked for {list(_FORMULA_COLUMNS)})")
-        missing = [p for p in props if p not in cols]
-        if missing:
-            raise BadInputError(f"{path}: missing property column(s) {missing}")
-        icol = _pick(cols, _ID_COLUMNS)
-        ids = frame[icol].astype(str) if icol else pd.Series([f"{canon}-{split}-{i}" for i in range(len(frame))])
-        no_formula = frame[fcol].isna().to_numpy()
-        canon_f, bad = canonicalize_formulas(frame[fcol].where(~no_formula, "H"))
-        if bad:
-            rows = sorted(bad)
-            rejects.add(path, rows, ids.iloc[rows].tolist(), [bad[r] for r in rows], stage="formula")
-        ok = ~no_formula
-        ok[list(bad)] = False
-        frame = frame.assign(_id=ids.to_numpy(), _formula=frame[fcol].astype(str)).loc[ok].reset_index(drop=True)
-        frame.attrs.update(path=path, dropped_missing_formula=int(no_formula.sum()), formula_column=fcol, id_column=icol)
-        frames[split] = frame
+    frames = _read_splits(folder, canon, props, rejects)
     configs: dict[str, dict[str, str]] = {}
     for prop in tqdm(props, desc=f"llm4mat {canon} tasks"):
-        is_cls = frames["train"][prop].dtype == bool or frames["train"][prop].dtype == object
-        info: dict[str, Any] = {"task_type": "classification" if is_cls else "regression", "splits": {}}
-        for split, frame in frames.items():
-            keep, values, dropped = _clean_task(
-                frame, prop, canon, is_cls, frame.attrs["path"], frame["_id"], rejects
-            )
-            data = {
-                "id": frame["_id"].to_numpy()[keep],
-                "formula": frame["_formula"].to_numpy()[keep],
-                "target": values[keep].astype(np.int64 if is_cls else np.float64),
-            }
-            if keep_cif and "cif_structure" in frame.columns:
-                data["cif_structure"] = frame["cif_structure"].to_numpy()[keep]
+        task_type, task, drops = _task_frames(frames, prop, canon, rejects, keep_cif)
+        info: dict[str, Any] = {"task_type": task_type, "splits": {}}
+        for split, data in task.items():
             rel = f"{prop}/{split}.parquet"
-            write_parquet(pd.DataFrame(data), out / rel)
+            write_parquet(data, out / rel)
             configs.setdefault(prop, {})[split] = rel
-            dropped["missing_formula"] = frame.attrs["dropped_missing_formula"]
-            info["splits"][split] = {"rows": len(keep), "dropped": dropped}
+            info["splits"][split] = {"rows": len(data), "dropped": drops[split]}
         meta["tasks"][prop] = info
     meta["formula_column"] = frames["train"].attrs["formula_column"]
     meta["id_column"] = frames["train"].attrs["id_column"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -43,7 +42,7 @@ from .common import (
     write_parquet,
 )
 from .download import download, sha256sum
-from .paths import cache_dir, data_dir
+from .paths import cache_dir, matbench_dir
 
 __all__ = [
     "TASKS",
@@ -167,7 +166,7 @@ def _read_official_json(path: Path, task: str) -> pd.DataFrame:
 
 def _resolve_source(task: str, source: str | Path | None, timeout: float) -> Path:
     if source is None:
-        source = matbench_folder_env()
+        source = matbench_dir()
     if str(source) == "official" or str(source).startswith(("http://", "https://")):
         url, digest = official_url(task)
         if str(source) != "official":  # a mirror serving the official files: <base>/<task>.json.gz
@@ -251,7 +250,7 @@ def build_matbench(
     for t in tasks:
         _check_task(t)
     rejects = Rejects(on_bad)
-    meta: dict[str, Any] = {"benchmark": "matbench_v0.1", "source": str(source or matbench_folder_env()), "tasks": {}}
+    meta: dict[str, Any] = {"benchmark": "matbench_v0.1", "source": str(source or matbench_dir()), "tasks": {}}
     configs: dict[str, dict[str, str]] = {}
     start = time.perf_counter()
     for task in tqdm(tasks, desc="matbench tasks"):
@@ -336,9 +335,3 @@ MatBench documentation before redistribution.
 }}
 ```
 """
-
-
-def matbench_folder_env() -> Path:
-    """``$CROSSMAT_MATBENCH_DIR`` or ``data_dir()/matbench_v0.1``."""
-    env = os.environ.get("CROSSMAT_MATBENCH_DIR")
-    return Path(env) if env else data_dir() / "matbench_v0.1"

@@ -45,5 +45,5 @@ def publish_folder(
             f"could not publish {folder} to https://huggingface.co/datasets/{repo_id}: {type(exc).__name__}: "
             f"{str(exc)[:300]}. Check the network connection (the Hub may be unreachable / offline) and that "
             "you are logged in (`hf auth login` or HF_TOKEN) with write access."
-        ) from None
+        ) from exc
     return str(getattr(info, "commit_url", info))

@@ -5,13 +5,14 @@ with a scikit-learn random forest, as in MatBench's "RF-SCM/Magpie" entry (compo
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from dataset_builders import paths
 
 from .tasks import TaskInfo
 
@@ -50,16 +51,11 @@ class DummyBaseline:
         return FoldPrediction(np.full(len(data.test), value), {"strategy": strategy, "value": value})
 
 
-def default_cache_dir() -> Path:
-    """Feature cache: ``$CROSSMAT_CACHE_DIR`` or ``~/.cache/crossmat``."""
-    return Path(os.environ.get("CROSSMAT_CACHE_DIR", Path.home() / ".cache" / "crossmat"))
-
-
 class MagpieFeaturizer:
     """Batch Magpie featurisation with an on-disk cache keyed by formula (parquet)."""
 
     def __init__(self, cache_dir: Path | None = None, n_jobs: int = 1) -> None:
-        self.cache_path = Path(cache_dir or default_cache_dir()) / "magpie_features.parquet"
+        self.cache_path = Path(cache_dir or paths.cache_dir()) / "magpie_features.parquet"
         self.n_jobs = n_jobs
         self._cache: pd.DataFrame | None = None
 

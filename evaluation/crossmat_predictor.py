@@ -28,27 +28,29 @@ class ModelTaskMismatch(ValueError):
 
 
 def check_model_folder(model_dir: Path, task: TaskInfo) -> None:
-    """Fail before any training when ``model_dir`` is not a CrossMat folder or its head does not fit."""
-    cfg_path = Path(model_dir) / "config.json"
-    if not cfg_path.is_file():
+    """Fail before any training when ``model_dir`` is not a CrossMat folder (full or LoRA) or its head
+    does not fit the task."""
+    from modeling.model_folder import ModelFolderError, check_folder, is_property_config, output_info
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"--model {model_dir}: no config.json there (not a saved model folder)")
-    cfg = json.loads(cfg_path.read_text())
-    if cfg.get("model_type") != "crossmat":
-        raise ValueError(f"--model {model_dir}: model_type is {cfg.get('model_type')!r}, expected 'crossmat'")
-    archs = cfg.get("architectures") or []
-    if "CrossMatForPropertyPrediction" not in archs:
+    try:
+        cfg = check_folder(model_dir)
+    except ModelFolderError as exc:
+        raise ValueError(f"--model {exc}") from exc
+    if not is_property_config(cfg):
         return  # pretrained encoder (MLM / imKT): a fresh head is added for the task
-    problem = cfg.get("problem_type")
-    n_labels = len(cfg.get("id2label") or {}) or cfg.get("num_labels", 1)
-    is_reg = problem == "regression" or (problem is None and n_labels == 1)
+    info = output_info(cfg)
+    is_reg = info["problem_type"] == "regression"
     if is_reg and task.task_type != "regression":
         raise ModelTaskMismatch(
-            f"--model {model_dir} has a regression head (problem_type={problem!r}) but {task.name} is a "
+            f"--model {model_dir} has a regression head (problem_type={cfg.get('problem_type')!r}) but {task.name} is a "
             f"classification task; use a pretrained encoder folder or a classification model"
         )
     if not is_reg and task.task_type != "classification":
         raise ModelTaskMismatch(
-            f"--model {model_dir} has a classification head ({n_labels} labels) but {task.name} is a "
+            f"--model {model_dir} has a classification head ({info['num_labels']} labels) but {task.name} is a "
             "regression task; use a pretrained encoder folder or a regression model"
         )
 
@@ -138,40 +140,21 @@ class CrossMatPredictor:
 
 def predict_folder(model_dir: Path, formulas: list[str], task_type: str, batch_size: int = 1024,
                    return_uncertainty: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
-    """Batched predictions of a saved CrossMat property model: values (regression) or P(class 1); with
-    ``return_uncertainty`` also the ensemble spread of those values (``None`` for a single model)."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
+    """Predictions of a saved CrossMat property model (full or LoRA folder) through the predictor users
+    run (:class:`inference.FormulaPredictor`): values (regression) or P(class 1); every formula must be valid.
+    With ``return_uncertainty`` also the ensemble spread of those values (``None`` for a single model)."""
+    from inference.engine import FormulaPredictor
 
-    import modeling  # noqa: F401 - registers CrossMat with the Auto classes
-    from tokenization import CrossMatTokenizerFast
-
-    model_dir = Path(model_dir)
-    tok = CrossMatTokenizerFast.from_pretrained(model_dir) if (model_dir / "tokenizer.json").is_file() else CrossMatTokenizerFast()
-    if (model_dir / "adapter_config.json").is_file():  # LoRA output folder: base model + adapter
-        from training import load_lora_model
-
-        model = load_lora_model(model_dir, merge=True).eval()
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    outs, uncs = [], []
-    with torch.inference_mode():
-        for start in range(0, len(formulas), batch_size):
-            enc = tok(formulas[start : start + batch_size], padding=True, return_tensors="pt")
-            res = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
-            logits = res.logits.float()
-            col = 0 if task_type == "regression" or logits.shape[-1] == 1 else 1
-            if task_type == "regression":
-                outs.append(logits[:, 0])
-            elif logits.shape[-1] == 1:
-                outs.append(torch.sigmoid(logits[:, 0]))
-            else:
-                outs.append(torch.softmax(logits, dim=-1)[:, 1])
-            unc = getattr(res, "uncertainty", None)
-            uncs.append(None if unc is None else unc.float()[:, col])
-    values = torch.cat(outs).numpy().astype(np.float64) if outs else np.zeros(0)
+    predictor = FormulaPredictor(model_dir, batch_size=batch_size)
+    if (predictor.problem_type == "regression") != (task_type == "regression"):
+        raise ModelTaskMismatch(f"{model_dir} is a {predictor.problem_type} model but the task is {task_type}")
+    pred = predictor.predict(formulas)
+    bad = [(i, f, e) for i, (f, e) in enumerate(zip(formulas, pred.errors, strict=True)) if e is not None]
+    if bad:
+        i, f, e = bad[0]
+        raise ValueError(f"{model_dir}: {len(bad)} test formula(s) cannot be predicted; row {i}: {f!r}: {e}")
+    col = 0 if task_type == "regression" or pred.values.shape[1] == 1 else 1
+    values = pred.values[:, col]
     if not return_uncertainty:
         return values
-    spread = None if not uncs or any(u is None for u in uncs) else torch.cat(uncs).numpy().astype(np.float64)
-    return values, spread
-
+    return values, (None if pred.uncertainty is None else pred.uncertainty[:, col])

@@ -131,8 +131,6 @@ def carve_validation(train: np.ndarray, fraction: float, seed: int, labels: np.n
 
 
 # --- LLM4Mat-Bench --------------------------------------------------------------------------------
-LLM4MAT_FORMULA_COLUMNS = ("formula_pretty", "formula", "reduced_formula")
-LLM4MAT_ID_COLUMN = "material_id"
 
 
 def llm4mat_dataset_dir(dataset: str, root: Path | None = None) -> Path:
@@ -159,42 +157,17 @@ def parse_llm4mat_task(task: str) -> tuple[str, str]:
 
 def load_llm4mat(task: str, root: Path | None = None) -> tuple[TaskInfo, dict[str, pd.DataFrame], list[str]]:
     """Official split frames ``{"train","validation","test"}`` with columns ``id, formula, target`` plus
-    the list of rejected-row messages. Follows the official preprocessing: test rows deduplicated on
-    ``material_id``; rows with a missing formula or target are dropped *and reported*; boolean targets
-    become 0/1 classification labels."""
+    the list of rejected-row messages: exactly the preprocessing of the published dataset
+    (:func:`dataset_builders.llm4mat.load_llm4mat_task`, the function ``build_llm4mat`` writes with)."""
+    from dataset_builders.common import BadInputError
+    from dataset_builders.llm4mat import load_llm4mat_task
+
     ds, prop = parse_llm4mat_task(task)
     folder = llm4mat_dataset_dir(ds, root)
-    frames: dict[str, pd.DataFrame] = {}
-    rejected: list[str] = []
-    task_type = None
-    for split in ("train", "validation", "test"):
-        path = folder / f"{split}.csv"
-        if not path.is_file():
-            raise BenchmarkDataError(f"LLM4Mat-Bench split file missing: {path}")
-        raw = pd.read_csv(path)
-        fcol = next((c for c in LLM4MAT_FORMULA_COLUMNS if c in raw.columns), None)
-        if fcol is None:
-            raise BenchmarkDataError(f"{path}: no formula column (one of {LLM4MAT_FORMULA_COLUMNS})")
-        if prop not in raw.columns:
-            props = [c for c in raw.columns if c not in (LLM4MAT_ID_COLUMN, fcol, "structure", "description", "cif_structure")]
-            raise ValueError(f"property {prop!r} not in LLM4Mat-Bench dataset {ds!r}; available: {', '.join(props)}")
-        ids = raw[LLM4MAT_ID_COLUMN] if LLM4MAT_ID_COLUMN in raw.columns else pd.Series(raw.index.astype(str))
-        frame = pd.DataFrame({"id": ids.astype(str), "formula": raw[fcol], "target": raw[prop]})
-        if split == "test":
-            dup = frame["id"].duplicated()
-            rejected += [f"{split} row {i} ({frame.at[i, 'id']}): duplicate material_id" for i in np.flatnonzero(dup)]
-            frame = frame[~dup]
-        bad = frame["formula"].isna() | frame["target"].isna()
-        if frame["target"].dtype == object:
-            bad |= frame["target"].astype(str).str.lower().isin(["null", "nan", ""])
-        rejected += [f"{split} row {i} ({frame['id'].iloc[i]}): missing formula or target" for i in np.flatnonzero(bad)]
-        frame = frame[~bad].reset_index(drop=True)
-        if frame["target"].dtype == bool or frame["target"].astype(str).str.lower().isin(["true", "false"]).all():
-            task_type = "classification"
-            frame["target"] = frame["target"].astype(str).str.lower().eq("true").astype(np.int64)
-        else:
-            task_type = task_type or "regression"
-            frame["target"] = frame["target"].astype(np.float64)
-        frames[split] = frame
-    info = TaskInfo(LLM4MAT, task, task_type or "regression", prop, n=sum(len(f) for f in frames.values()))
+    try:
+        task_type, frames, rejects = load_llm4mat_task(folder, ds, prop, on_bad="report")
+    except BadInputError as exc:
+        raise ValueError(f"LLM4Mat-Bench task {task!r}: {exc}") from exc
+    rejected = [f"{Path(r['file']).stem} row {r['row']} ({r['id']}): {r['reason']}" for r in rejects.rows]
+    info = TaskInfo(LLM4MAT, task, task_type, prop, n=sum(len(f) for f in frames.values()))
     return info, frames, rejected

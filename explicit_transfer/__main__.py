@@ -66,15 +66,14 @@ def cmd_generate(a: argparse.Namespace) -> None:
                                                         temperature=a.temperature, top_k=a.top_k)
     rank = None if a.rank == "none" else a.rank
     output, shard = a.output, None
-    try:  # under `accelerate launch -m explicit_transfer generate ...` each process takes every P-th row
-        from accelerate import PartialState
+    # under `accelerate launch -m explicit_transfer generate ...` each process takes every P-th row; a
+    # broken distributed setup raises here instead of silently running the whole input in one process
+    from accelerate import PartialState
 
-        state = PartialState()
-        if state.num_processes > 1:
-            shard = (state.process_index, state.num_processes)
-            output = f"{a.output}.part{state.process_index}-of-{state.num_processes}"
-    except Exception:  # noqa: BLE001 - accelerate not configured: single process
-        pass
+    state = PartialState()
+    if state.num_processes > 1:
+        shard = (state.process_index, state.num_processes)
+        output = f"{a.output}.part{state.process_index}-of-{state.num_processes}"
     stats = generate_to_jsonl(gen, formulas, output, n_candidates=a.n, rank=rank, relax_steps=a.relax_steps, ids=ids,
                               shard=shard)
     print(json.dumps(stats))

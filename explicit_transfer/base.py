@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pymatgen.core import Composition, Structure
@@ -14,11 +12,11 @@ from pymatgen.core import Composition, Structure
 from tokenization import FormulaError, parse_formula
 
 __all__ = [
+    "GENERATION_ERRORS",
     "Candidate",
     "GenerationFailure",
     "GenerationBatch",
     "StructureGenerator",
-    "data_dir",
     "parse_target",
 ]
 
@@ -75,6 +73,11 @@ def parse_target(formula: object) -> Composition:
     return comp
 
 
+# What a generator raises for a formula it cannot handle (bad formula, no template, degenerate geometry,
+# a model that produced nothing usable). Programming errors (TypeError, AttributeError, ...) propagate.
+GENERATION_ERRORS: tuple[type[Exception], ...] = (ValueError, LookupError, RuntimeError, ArithmeticError)
+
+
 class StructureGenerator(ABC):
     """Base class: subclasses implement :meth:`_generate_one` or override :meth:`generate` for batching."""
 
@@ -89,7 +92,7 @@ class StructureGenerator(ABC):
                 cands = self._generate_one(comp, n_candidates)
                 if not cands:
                     raise ValueError("no candidate produced")
-            except Exception as err:  # noqa: BLE001 - every failure becomes a record, the batch goes on
+            except GENERATION_ERRORS as err:  # a formula that cannot be generated becomes a record, the batch goes on
                 out.append([])
                 out.failures.append(GenerationFailure(row, formula, self.name, f"{type(err).__name__}: {err}"))
                 continue
@@ -98,9 +101,3 @@ class StructureGenerator(ABC):
 
     @abstractmethod
     def _generate_one(self, composition: Composition, n_candidates: int) -> list[Candidate]: ...
-
-
-def data_dir() -> Path:
-    """The read-only benchmark data folder: ``$CROSSMAT_DATA_DIR`` or ``<repo>/../shared/data``."""
-    env = os.environ.get("CROSSMAT_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"

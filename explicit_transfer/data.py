@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from pymatgen.core import Structure
 
-from .base import data_dir
+from dataset_builders.paths import data_dir
 
 __all__ = ["load_perov5", "structures_from_cifs"]
 

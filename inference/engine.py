@@ -1,10 +1,9 @@
-"""Fast batched prediction for CrossMat property models: validate, tokenise, sort by length, predict.
+"""Batched prediction for CrossMat property models: validate, tokenise, sort by length, predict.
 
-:class:`FormulaPredictor` is what the batch CLI and the app use. Its fast path runs the transformer
-only on the tokens the encoder attends to ([CLS] and one slot per distinct element; digits and
-brackets only carry amounts, which are decoded first), which gives the same outputs as the model's own
-``forward`` at a fraction of the cost. A self-check at load compares both on real formulas and falls
-back to the plain ``forward`` (with a warning) if they ever disagree.
+:class:`FormulaPredictor` is what the batch CLI, the app and the evaluation harness use. It loads any
+CrossMat property folder (full or LoRA, see :mod:`modeling.model_folder`) and calls the model's own
+``forward``; what the outputs mean (problem type, labels, units) comes from
+:func:`modeling.model_folder.output_info`.
 """
 
 from __future__ import annotations
@@ -17,19 +16,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification
-from transformers.masking_utils import create_bidirectional_mask
 
-import modeling  # noqa: F401  (registers CrossMat with the Auto classes)
-from modeling import decode_composition
+from modeling.model_folder import load_property_model, output_info, scores_from_logits
 from modeling.pipeline_crossmat import DEFAULT_MAX_CHARS
-from tokenization import CrossMatTokenizerFast
 
 __all__ = ["DEFAULT_MAX_CHARS", "PRECISIONS", "FormulaPredictor", "Predictions"]
 
 PRECISIONS = ("float32", "bfloat16", "int8")
-
-_SELF_CHECK = ["Fe2O3", "LiCoO2", "(NH4)2SO4", "Li0.5Co0.5O2", "SrTiO3", "NaCl", "Fe0.62C0.000953Mn0.3Cr0.079047"]
 
 
 @dataclass
@@ -38,10 +31,12 @@ class Predictions:
 
     ``values``: ``(n, num_labels)`` float64 — physical units for regression, class probabilities for
     classification; rows with an error are NaN. ``errors``: ``None`` or the reason per row.
+    ``uncertainty``: same shape as ``values`` when the model reports one (``output.uncertainty``), else ``None``.
     """
 
     values: np.ndarray
     errors: list[str | None]
+    uncertainty: np.ndarray | None = None
 
     @property
     def n_invalid(self) -> int:
@@ -58,28 +53,11 @@ class FormulaPredictor:
         device: str | None = None,
         batch_size: int = 2048,
         max_chars: int = DEFAULT_MAX_CHARS,
-        fast: bool = True,
         precision: str = "float32",
     ) -> None:
         self.model_path = str(model)
-        try:
-            self.model, info = AutoModelForSequenceClassification.from_pretrained(
-                self.model_path, output_loading_info=True
-            )
-        except OSError as err:
-            raise OSError(
-                f"cannot load a CrossMat model from {self.model_path!r}: {err}. Pass a local model folder "
-                "(with config.json and model.safetensors) or a Hub id reachable from this machine."
-            ) from None
-        untrained = [k for k in info.get("missing_keys", ()) if k.startswith("head.")]
-        if untrained:
-            raise ValueError(
-                f"{self.model_path!r} is not a property model: its checkpoint has no trained property head "
-                f"(missing {sorted(untrained)[:2]}); fine-tune it first (see docs/training.md)"
-            )
-        self.tokenizer = CrossMatTokenizerFast.from_pretrained(self.model_path)
         self.device = torch.device(device or "cpu")
-        self.model.to(self.device).eval()
+        self.model, self.tokenizer = load_property_model(self.model_path, self.device)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.precision = precision
@@ -88,15 +66,15 @@ class FormulaPredictor:
         self.batch_size = int(batch_size)
         self.max_chars = int(max_chars)
         self.max_tokens = int(min(self.tokenizer.model_max_length or 256, 10**6))
-        cfg = self.model.config
-        self.problem_type = cfg.problem_type or ("regression" if cfg.num_labels == 1 else "single_label_classification")
-        labels = {int(k): v for k, v in (cfg.id2label or {}).items()}
-        self.labels = [labels.get(i, f"LABEL_{i}") for i in range(cfg.num_labels)]
-        self.target_names = list(cfg.target_names or (self.labels if self.problem_type == "regression" else []))
-        self.target_units = list(cfg.target_units or [""] * cfg.num_labels)
-        self.fast = fast and self._fast_path_available() and self._self_check()  # checked in float32
+        info = output_info(self.model.config)
+        self.problem_type: str = info["problem_type"]
+        self.labels: list[str] = info["labels"]
+        self.target_names: list[str] = info["names"] if self.problem_type == "regression" else []
+        self.target_units: list[str] = info["units"]
         if precision == "bfloat16":  # the encoder in bfloat16; the head (and the output) stay float32
-            (self.model.crossmat if self.fast else self.model).to(torch.bfloat16)
+            self.model.crossmat.to(torch.bfloat16)
+            head_dtype = next(self.model.head.parameters()).dtype
+            self.model.head.register_forward_pre_hook(lambda _m, args: tuple(a.to(head_dtype) for a in args))
         elif precision == "int8":
             self._quantize_int8()
 
@@ -159,58 +137,11 @@ class FormulaPredictor:
         return ids, errors
 
     # -- model ----------------------------------------------------------------------------------
-    def _fast_path_available(self) -> bool:
-        m = self.model
-        base = getattr(m, "crossmat", None)
-        needed = ("embeddings", "layers", "final_norm", "pool")
-        return base is not None and all(hasattr(base, n) for n in needed) and hasattr(m, "head")
-
-    def _fast_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The model's logits computed on attended tokens only (see module docstring)."""
-        model = self.model
-        base = model.crossmat
-        cfg = base.config
-        slot, frac = decode_composition(input_ids, cfg)
-        slot = slot & attention_mask.bool()
-        keys = slot | (input_ids == cfg.cls_token_id)
-        keys[:, 0] = True
-        n = keys.sum(1)
-        k = int(n.max())
-        order = torch.argsort((~keys).to(torch.int8), dim=1, stable=True)[:, :k]
-        ids_c, slot_c, frac_c = input_ids.gather(1, order), slot.gather(1, order), frac.gather(1, order)
-        mask_c = (torch.arange(k, device=input_ids.device)[None] < n[:, None]).long()
-        hidden = base.embeddings(ids_c, slot_c, frac_c)
-        mask = create_bidirectional_mask(config=cfg, inputs_embeds=hidden, attention_mask=mask_c)
-        for layer in base.layers:
-            hidden, _ = layer(hidden, mask)
-        hidden = base.final_norm(hidden)
-        pooled = base.pool(hidden, slot_c, frac_c)
-        raw = model.head(pooled.to(model.head[-1].weight.dtype))
-        if self.problem_type == "regression":
-            mean, std = model._target_stats(raw)
-            return raw * std + mean
-        return raw
-
-    def _logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.fast:
-            return self._fast_logits(input_ids, attention_mask)
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-
-    def _self_check(self) -> bool:
-        ids, errors = self.encode(_SELF_CHECK)
-        ids_t, mask_t = self._pad([s for s in ids if s])
-        with torch.inference_mode():
-            ref = self.model(input_ids=ids_t, attention_mask=mask_t).logits.float()
-            fast = self._fast_logits(ids_t, mask_t).float()
-        tol = 1e-4 * (1.0 + ref.abs().max().item())
-        if not torch.allclose(ref, fast, atol=tol, rtol=0.0):
-            warnings.warn(
-                "FormulaPredictor: the fast path disagrees with the model's forward "
-                f"(max diff {(ref - fast).abs().max().item():.3g}); using the plain forward",
-                stacklevel=3,
-            )
-            return False
-        return True
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scores (see :func:`scores_from_logits`) and the model's uncertainty, when it reports one."""
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        uncertainty = getattr(out, "uncertainty", None)
+        return self._postprocess(out.logits), (None if uncertainty is None else uncertainty.float())
 
     def _pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
@@ -222,12 +153,7 @@ class FormulaPredictor:
         return torch.from_numpy(ids).to(self.device), torch.from_numpy(mask.astype(np.int64)).to(self.device)
 
     def _postprocess(self, logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        if self.problem_type == "regression":
-            return logits
-        if self.problem_type == "multi_label_classification":
-            return torch.sigmoid(logits)
-        return torch.softmax(logits, dim=-1)
+        return scores_from_logits(logits, self.problem_type)
 
     @torch.inference_mode()
     def predict(self, formulas: Sequence[object]) -> Predictions:
@@ -235,6 +161,7 @@ class FormulaPredictor:
         ids, errors = self.encode(formulas)
         n_out = len(self.output_columns())
         values = np.full((len(formulas), n_out), np.nan, dtype=np.float64)
+        uncertainty: np.ndarray | None = None
         good = np.array([i for i, e in enumerate(errors) if e is None], dtype=np.int64)
         if good.size:
             lengths = np.fromiter((len(ids[i]) for i in good), dtype=np.int64, count=good.size)
@@ -242,8 +169,13 @@ class FormulaPredictor:
             for start in range(0, good.size, self.batch_size):
                 rows = good[start : start + self.batch_size]
                 input_ids, mask = self._pad([ids[i] for i in rows])
-                values[rows] = self._postprocess(self._logits(input_ids, mask)).cpu().double().numpy()
-        return Predictions(values=values, errors=errors)
+                scores, unc = self._forward(input_ids, mask)
+                values[rows] = scores.cpu().double().numpy()
+                if unc is not None:
+                    if uncertainty is None:
+                        uncertainty = np.full((len(formulas), unc.shape[-1]), np.nan, dtype=np.float64)
+                    uncertainty[rows] = unc.cpu().double().numpy().reshape(len(rows), -1)
+        return Predictions(values=values, errors=errors, uncertainty=uncertainty)
 
     def predict_one(self, formula: object) -> dict[str, Any]:
         """One formula as a dict (``error`` on invalid input) — used by the app."""

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from captum.attr import IntegratedGradients
 
+from modeling.model_folder import problem_type_of
 from tokenization.vocabulary import ELEMENT_START, MASK_ID, NUM_ELEMENTS, PAD_ID
 
 from .model_output import ModelOutputSpec, select_output
@@ -93,7 +94,7 @@ def explain_attributions(
         raise ValueError("n_steps must be >= 2")
     spec = output or ModelOutputSpec()
     kind, index, name, unit = spec.resolve(model)
-    problem = model.config.problem_type
+    problem = problem_type_of(model.config)
     single = isinstance(formulas, str)
     formulas = [formulas] if single else list(formulas)
     players = formula_players_batch(formulas, tokenizer, rows=[None] if single else None)

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 chunk_size=args.chunk_size, min_count=args.min_count,
             )
             print(json.dumps({k: v for k, v in summary.items() if k != "top_elements"}, indent=2))
-    except (FormulaError, NotAPropertyModelError, BudgetError, FileNotFoundError, ValueError, KeyError) as err:
+    except (FormulaError, NotAPropertyModelError, BudgetError, OSError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

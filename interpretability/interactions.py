@@ -20,6 +20,8 @@ import shapiq
 import torch
 from tqdm.auto import tqdm
 
+from modeling.model_folder import problem_type_of
+
 from .model_output import ModelOutputSpec, select_output
 from .players import STRATEGIES, FormulaPlayers, coalition_inputs, formula_players_batch
 
@@ -128,7 +130,7 @@ class ValueFunction:
     def __init__(self, model, output: ModelOutputSpec | None = None, batch_size: int = 512) -> None:
         self.model = model.eval()
         self.kind, self.index, self.name, self.unit = (output or ModelOutputSpec()).resolve(model)
-        self.problem = model.config.problem_type
+        self.problem = problem_type_of(model.config)
         self.batch_size = batch_size
         self.device = next(model.parameters()).device
         self.calls = 0

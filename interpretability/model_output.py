@@ -1,17 +1,15 @@
-"""Load a CrossMat property model and turn its logits into one scalar per formula (the explained value)."""
+"""Which scalar of a CrossMat property model is explained. Loading (full or LoRA folders) is
+:func:`modeling.model_folder.load_property_model`, re-exported here."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
+from modeling.model_folder import NotAPropertyModelError, load_property_model, output_info
+
 __all__ = ["ModelOutputSpec", "NotAPropertyModelError", "check_property_model", "load_property_model", "select_output"]
-
-
-class NotAPropertyModelError(ValueError):
-    """The model has no property-prediction head (e.g. an MLM or imKT pretraining checkpoint)."""
 
 
 def check_property_model(model: torch.nn.Module) -> None:
@@ -23,33 +21,6 @@ def check_property_model(model: torch.nn.Module) -> None:
             f"{type(model).__name__} has no property head: explanations need a CrossMatForPropertyPrediction "
             "(fine-tune the encoder on a property first)"
         )
-
-
-def load_property_model(path: str | Path, device: str | torch.device = "cpu"):
-    """``(model, tokenizer)`` from a saved folder; refuses checkpoints saved without a property head.
-
-    ``AutoModelForSequenceClassification`` would silently attach a *random* head to an MLM checkpoint,
-    so the saved ``architectures`` are checked first.
-    """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    import modeling  # noqa: F401  (registers the Auto classes)
-    from tokenization import CrossMatTokenizerFast
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a saved model folder (no config.json)")
-    config = AutoConfig.from_pretrained(path)
-    archs = list(getattr(config, "architectures", None) or [])
-    if "CrossMatForPropertyPrediction" not in archs:
-        raise NotAPropertyModelError(
-            f"{path} holds {archs or 'an unknown architecture'}, not a CrossMatForPropertyPrediction: "
-            "it has no trained property head to explain"
-        )
-    model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
-    tok_file = path / "tokenizer.json"
-    tokenizer = CrossMatTokenizerFast.from_pretrained(path) if tok_file.is_file() else CrossMatTokenizerFast()
-    return model, tokenizer
 
 
 @dataclass
@@ -66,8 +37,8 @@ class ModelOutputSpec:
     def resolve(self, model) -> tuple[str, int, str, str]:
         """``(kind, index, name, unit)`` for ``model``; raises on an impossible choice."""
         check_property_model(model)
-        cfg = model.config
-        problem = cfg.problem_type or ("regression" if cfg.num_labels == 1 else "single_label_classification")
+        info = output_info(model.config)
+        problem = info["problem_type"]
         kind = self.output
         if kind not in ("auto", "value", "probability", "logit"):
             raise ValueError(f"output must be auto/value/probability/logit, got {kind!r}")
@@ -77,17 +48,14 @@ class ModelOutputSpec:
             raise ValueError(f"output 'value' needs a regression model, this one is {problem}")
         if kind != "value" and problem == "regression":
             raise ValueError(f"output {kind!r} needs a classifier, this model is a regression model")
-        n = cfg.num_labels
+        n = info["num_labels"]
         index = self.target if self.target is not None else (1 if problem == "single_label_classification" and n == 2 else 0)
         if not 0 <= index < n:
             raise ValueError(f"target index {index} out of range for {n} label(s)")
         if problem == "regression":
-            names, units = cfg.target_names or [], cfg.target_units or []
-            name = names[index] if index < len(names) else f"target_{index}"
-            unit = units[index] if index < len(units) else ""
+            name, unit = info["names"][index], info["units"][index]
         else:
-            labels = getattr(cfg, "id2label", None) or {}
-            label = labels.get(index, labels.get(str(index), f"class {index}"))
+            label = info["labels"][index]
             name = f"P({label})" if kind == "probability" else f"logit({label})"
             unit = "probability" if kind == "probability" else "logit"
         return kind, index, name, unit

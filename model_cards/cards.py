@@ -4,16 +4,16 @@ A card is YAML metadata built with :class:`huggingface_hub.ModelCardData` (``lib
 ``pipeline_tag``, ``tags``, ``datasets``, ``base_model``, ``metrics``, ``widget`` and a ``model-index``
 built from :class:`huggingface_hub.EvalResult`) plus a body rendered from the Jinja templates in
 ``model_cards/templates``: usage snippets (tested by the test-suite), training data, leakage notes,
-the training recipe, limitations and, for property models, an explanation example from
-``interpretability.card_section`` when that package is importable.
+the training recipe, limitations and, when the caller passes one, an explanation section.
+
+Cards render; they do not run models: the explanation section (e.g. ``interpretability.card_section``)
+is computed by the caller and passed in as ``explanation``.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,8 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from modeling.configuration_crossmat import output_info
 
 __all__ = ["KINDS", "build_model_card", "write_model_card"]
 
@@ -291,28 +293,6 @@ def _usage_blocks(kind: str, ctx: dict[str, Any], usage: str | None) -> list[dic
     return blocks
 
 
-def _explanation(model_dir: Path, formula: str) -> str | None:
-    try:
-        interp = importlib.import_module("interpretability")
-    except ImportError:
-        return None
-    card_section = getattr(interp, "card_section", None)
-    if card_section is None:
-        return None
-    try:
-        from transformers import AutoModelForSequenceClassification
-
-        import modeling  # noqa: F401  (registers CrossMat with the Auto classes)
-        from tokenization import CrossMatTokenizerFast
-
-        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
-        tokenizer = CrossMatTokenizerFast.from_pretrained(str(model_dir))
-        return str(card_section(model, tokenizer, formula)).strip()
-    except Exception as err:  # the card is still useful without the explanation; say why it is missing
-        warnings.warn(f"model card: explanation section skipped ({type(err).__name__}: {err})", stacklevel=3)
-        return None
-
-
 def build_model_card(
     model_dir: str | Path,
     *,
@@ -321,6 +301,7 @@ def build_model_card(
     datasets: Iterable[str] = (),
     recipe: Any = None,
     metrics: Iterable[Mapping[str, Any]] = (),
+    explanation: str | None = None,
     **extra: Any,
 ) -> ModelCard:
     """Build (without writing) the :class:`ModelCard` that :func:`write_model_card` writes."""
@@ -346,8 +327,7 @@ def build_model_card(
     model_id = str(extra.get("repo_id") or model_dir.name)
     examples = _as_list(extra.get("examples")) or list(_DEFAULT_EXAMPLES)
 
-    problem_type = config.get("problem_type")
-    regression = problem_type == "regression" or (problem_type is None and config.get("num_labels", 1) == 1)
+    regression = output_info(config)["problem_type"] == "regression" if config else True
     names = config.get("target_names") or []
     units = config.get("target_units") or []
     prop_name = extra.get("property_name") or (", ".join(names) if names else None)
@@ -415,7 +395,8 @@ def build_model_card(
             "error naming the row and the reason (unknown element, unbalanced bracket, ...). Without it the "
             "`composition-property-prediction` pipeline still rejects unknown elements and bad characters."
         )
-    explanation = _explanation(model_dir, examples[0]) if kind == "property" else None
+    if explanation is not None and kind not in ("property", "lora-adapter"):
+        raise ValueError(f"an explanation section is for property models, not kind {kind!r}")
     training_data = str(
         extra.get("training_data")
         or (
@@ -444,7 +425,7 @@ def build_model_card(
             datasets=datasets,
             leakage_notes=_as_list(extra.get("leakage_notes")) + _leakage_defaults(kind, datasets),
             recipe=_recipe_text(recipe),
-            explanation=explanation,
+            explanation=explanation.strip() if explanation else None,
             limitations=_as_list(extra.get("limitations")) + list(spec.limitations) + list(_COMMON_LIMITATIONS),
         )
     )
@@ -461,6 +442,7 @@ def write_model_card(
     datasets: Iterable[str] = (),
     recipe: Any = None,
     metrics: Iterable[Mapping[str, Any]] = (),
+    explanation: str | None = None,
     **extra: Any,
 ) -> Path:
     """Write ``README.md`` (a complete Hub model card) into ``model_dir`` and return its path.
@@ -473,10 +455,13 @@ def write_model_card(
     ``examples`` (widget / snippet formulas), ``description``, ``training_data``, ``leakage_notes``,
     ``limitations``, ``usage`` (a Python snippet; required for ``structure-predictor``),
     ``property_name``, ``property_unit`` (default: ``config.target_names`` / ``target_units``).
+    ``explanation``: a markdown section computed by the caller (e.g. ``interpretability.card_section``);
+    the card does not run the model.
     """
     metrics = list(metrics)
     card = build_model_card(
-        model_dir, kind=kind, base_model=base_model, datasets=datasets, recipe=recipe, metrics=metrics, **extra
+        model_dir, kind=kind, base_model=base_model, datasets=datasets, recipe=recipe, metrics=metrics,
+        explanation=explanation, **extra,
     )
     path = Path(model_dir) / "README.md"
     card.save(path)

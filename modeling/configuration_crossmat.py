@@ -142,3 +142,55 @@ class CrossMatConfig(PretrainedConfig):
         self.target_min = target_min
         self.target_max = target_max
         super().__init__(pad_token_id=pad_token_id, tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+
+def _get(config: Any, key: str, default: Any = None) -> Any:
+    if isinstance(config, dict):
+        return config.get(key, default)
+    return getattr(config, key, default)
+
+
+def problem_type_of(config: Any, float_labels: bool | None = None) -> str:
+    """The one rule for what a property head outputs: the stored ``problem_type`` when set, otherwise
+    regression for one label (or float training labels), single-label classification for several.
+
+    ``config``: a config object or a ``config.json`` dict; ``float_labels``: whether training labels are
+    floating point (``None`` at inference).
+    """
+    problem = _get(config, "problem_type")
+    if problem:
+        if problem not in PROBLEM_TYPES:
+            raise ValueError(f"problem_type must be one of {PROBLEM_TYPES}, got {problem!r}")
+        return str(problem)
+    if num_labels_of(config) == 1 or float_labels:
+        return "regression"
+    return "single_label_classification"
+
+
+def num_labels_of(config: Any) -> int:
+    """Number of outputs (``len(id2label)``; a config object's ``num_labels``)."""
+    labels = _get(config, "id2label")
+    if labels:
+        return len(labels)
+    return int(_get(config, "num_labels", 2))
+
+
+def output_info(config: Any) -> dict[str, Any]:
+    """What a property model outputs, read from its config (object or ``config.json`` dict).
+
+    ``problem_type``; ``labels`` (class label per output index, from ``id2label``); ``names`` (regression:
+    ``target_names``, falling back to the labels; classification: the labels); ``units`` (one per output,
+    ``""`` when unknown).
+    """
+    n = num_labels_of(config)
+    problem = problem_type_of(config)
+    raw = {int(k): str(v) for k, v in (_get(config, "id2label") or {}).items()}
+    labels = [raw.get(i, f"LABEL_{i}") for i in range(n)]
+    names = list(_get(config, "target_names") or []) if problem == "regression" else []
+    names = names or list(labels)
+    units = list(_get(config, "target_units") or [])
+    units = (units + [""] * n)[:n]
+    return {"problem_type": problem, "num_labels": n, "labels": labels, "names": names, "units": units}

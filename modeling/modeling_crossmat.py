@@ -29,7 +29,7 @@ from transformers.modeling_outputs import MaskedLMOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
-from .configuration_crossmat import CrossMatConfig
+from .configuration_crossmat import CrossMatConfig, problem_type_of
 
 __all__ = [
     "CROSSMAT_AUTO_MAP",
@@ -654,13 +654,9 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
         return torch.maximum(torch.minimum(values, high), low)
 
     def _problem_type(self, labels: torch.Tensor | None) -> str:
-        if self.config.problem_type is None:
-            if self.num_labels == 1 or (labels is not None and labels.is_floating_point() and self.num_labels > 1):
-                self.config.problem_type = "regression"
-            elif labels is not None and labels.dtype in (torch.long, torch.int):
-                self.config.problem_type = "single_label_classification"
-            else:
-                self.config.problem_type = "regression"
+        if self.config.problem_type is None:  # the shared rule (configuration_crossmat.problem_type_of)
+            floating = None if labels is None else bool(labels.is_floating_point())
+            self.config.problem_type = problem_type_of(self.config, floating)
         return self.config.problem_type
 
     def forward(self, input_ids, attention_mask=None, labels=None, inputs_embeds=None, **kwargs) -> CrossMatPropertyOutput:

@@ -1,7 +1,7 @@
 """``composition-property-prediction``: formulas in, property (name, value, unit) or label out.
 
 Travels as Hub remote code next to ``modeling_crossmat.py`` (saved into a model folder's
-``custom_pipelines``), so it imports only ``torch`` and ``transformers``. When the ``crossmat`` package
+``custom_pipelines``), so it imports only ``torch``, ``transformers`` and ``.configuration_crossmat``. When the ``crossmat`` package
 is installed the tokenizer is ``CrossMatTokenizerFast`` and every formula is validated and
 canonicalised by it (hydrates, repeated elements, ...); without the package the plain fast tokenizer is
 used and this file validates formulas itself (characters, element symbols, brackets, amounts), so
@@ -16,7 +16,9 @@ from typing import Any
 import torch
 from transformers import Pipeline
 
-__all__ = ["TASK", "CompositionPropertyPipeline", "check_formula"]
+from .configuration_crossmat import output_info
+
+__all__ = ["TASK", "CompositionPropertyPipeline", "check_formula", "scores_from_logits"]
 
 TASK = "composition-property-prediction"
 DEFAULT_MAX_CHARS = 512
@@ -24,6 +26,17 @@ DEFAULT_MAX_CHARS = 512
 _ALLOWED = re.compile(r"[A-Za-z0-9.()\[\]{}\s]")
 _WORD = re.compile(r"[A-Z][a-z]*")
 _NUMBER = re.compile(r"\d*\.?\d+(?:\.\d+)*")
+
+
+def scores_from_logits(logits: torch.Tensor, problem_type: str) -> torch.Tensor:
+    """Model logits -> reported scores (float32): values for regression (already in physical units),
+    softmax probabilities for single-label and sigmoid probabilities for multi-label classification."""
+    logits = logits.float()
+    if problem_type == "regression":
+        return logits
+    if problem_type == "multi_label_classification":
+        return torch.sigmoid(logits)
+    return torch.softmax(logits, dim=-1)
 
 
 def check_formula(text: object, elements: frozenset[str], max_chars: int = DEFAULT_MAX_CHARS) -> str:
@@ -174,14 +187,8 @@ class CompositionPropertyPipeline(Pipeline):
 
     # -- output ----------------------------------------------------------------------------------
     def _describe(self) -> tuple[str, list[str], list[str], dict[int, str]]:
-        cfg = self.model.config
-        problem = cfg.problem_type or ("regression" if cfg.num_labels == 1 else "single_label_classification")
-        labels = {int(k): v for k, v in (cfg.id2label or {}).items()}
-        names = list(
-            getattr(cfg, "target_names", None) or [labels.get(i, f"target_{i}") for i in range(cfg.num_labels)]
-        )
-        units = list(getattr(cfg, "target_units", None) or [""] * cfg.num_labels)
-        return problem, names, units, labels
+        info = output_info(self.model.config)
+        return info["problem_type"], info["names"], info["units"], dict(enumerate(info["labels"]))
 
     def postprocess(self, logits: torch.Tensor | None, batch: dict[str, Any], **_: Any) -> list[dict[str, Any]]:
         problem, names, units, labels = self._describe()
@@ -190,23 +197,21 @@ class CompositionPropertyPipeline(Pipeline):
             out[i]["error"] = reason
         if logits is None:
             return out
-        logits = logits.float()
+        scores = scores_from_logits(logits, problem)
         if problem == "regression":
-            values = logits.tolist()
+            values = scores.tolist()
             for row, vals in zip(batch["keep"], values, strict=True):
                 if len(vals) == 1:
                     out[row].update(property=names[0], value=vals[0], unit=units[0])
                 else:
                     out[row].update(property=names, value=vals, unit=units)
         elif problem == "multi_label_classification":
-            probs = torch.sigmoid(logits).tolist()
-            for row, p in zip(batch["keep"], probs, strict=True):
+            for row, p in zip(batch["keep"], scores.tolist(), strict=True):
                 named = {labels.get(k, f"LABEL_{k}"): v for k, v in enumerate(p)}
                 out[row].update(labels=[k for k, v in named.items() if v >= 0.5], probabilities=named)
         else:
-            probs = torch.softmax(logits, dim=-1)
-            best = probs.argmax(-1).tolist()
-            for row, p, b in zip(batch["keep"], probs.tolist(), best, strict=True):
+            best = scores.argmax(-1).tolist()
+            for row, p, b in zip(batch["keep"], scores.tolist(), best, strict=True):
                 out[row].update(
                     label=labels.get(b, f"LABEL_{b}"),
                     probability=p[b],

@@ -138,7 +138,7 @@ def test_matbench_download_from_local_http_server(tmp_path, monkeypatch):
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("CROSSMAT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CROSSMAT_CACHE_DIR", str(tmp_path / "cache"))
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
         got = load_task_frame("matbench_steels", url)
@@ -298,3 +298,17 @@ def test_publish_offline_and_not_a_dataset(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, check=False)
     assert proc.returncode == 2 and "HF_HUB_OFFLINE" in proc.stderr
     shutil.rmtree(folder)
+
+
+def test_one_cache_variable_and_the_old_name_warns(tmp_path, monkeypatch):
+    from dataset_builders import paths
+
+    monkeypatch.delenv("CROSSMAT_CACHE_DIR", raising=False)
+    monkeypatch.setenv("CROSSMAT_CACHE", str(tmp_path / "old"))
+    with pytest.warns(DeprecationWarning, match="CROSSMAT_CACHE_DIR"):
+        assert paths.cache_dir() == tmp_path / "old"
+    monkeypatch.setenv("CROSSMAT_CACHE_DIR", str(tmp_path / "new"))
+    assert paths.cache_dir() == tmp_path / "new" and (tmp_path / "new").is_dir()
+    monkeypatch.setenv("CROSSMAT_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.delenv("CROSSMAT_TENSORNET", raising=False)
+    assert paths.tensornet_dir() == tmp_path / "models" / "matgl" / paths.DEFAULT_MATGL_MODEL

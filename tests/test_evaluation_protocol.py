@@ -154,3 +154,30 @@ def test_ensemble_uncertainty_recorded_and_calibrated(tmp_path):
     err = np.abs(pred["prediction"] - pred["target"])
     assert 0.0 <= cal["within_1_sigma"] <= cal["within_2_sigma"] <= 1.0
     assert cal["mean_sigma"] > 0 and np.isfinite(cal["spearman_sigma_error"]) and err.mean() > 0
+
+
+def test_llm4mat_harness_scores_the_published_dataset(tmp_path):
+    """The harness's frames are exactly what ``python -m dataset_builders llm4mat`` publishes, also for
+    rows the two used to treat differently (an unparseable formula, a duplicated test material)."""
+    from dataset_builders.llm4mat import build_llm4mat
+    from evaluation.tasks import load_llm4mat
+
+    sample = tmp_path / "llm4mat_bench_mp_sample"
+    sample.mkdir()
+    for split in ("train", "validation", "test"):
+        frame = pd.read_csv(_llm4mat_dir() / f"{split}.csv")
+        if split == "train":
+            frame.loc[3, "formula_pretty"] = "Xx2O3"
+        if split == "test":
+            frame = pd.concat([frame, frame.iloc[[2]]], ignore_index=True)
+        frame.to_csv(sample / f"{split}.csv", index=False)
+    props = ["band_gap", "is_stable", "is_gap_direct"]
+    build_llm4mat(sample, "mp", tmp_path / "built", properties=props, on_bad="report", keep_cif=False)
+    for prop in props:
+        info, frames, rejected = load_llm4mat(f"mp/{prop}", tmp_path)
+        for split, frame in frames.items():
+            published = pd.read_parquet(tmp_path / "built" / prop / f"{split}.parquet")
+            pd.testing.assert_frame_equal(frame.reset_index(drop=True), published, check_dtype=True)
+        assert "Xx2O3" not in set(frames["train"]["formula"]) and frames["test"]["id"].is_unique
+        assert any("train row 3" in r and "unparseable formula" in r for r in rejected)
+        assert info.task_type == ("regression" if prop == "band_gap" else "classification")

@@ -130,7 +130,15 @@ def test_property_card_details(folders: dict[str, Path]) -> None:
     text = _write("property", folders["property"]).read_text()
     assert "band_gap (eV) — regression" in text and "hidden 32, 2 layers" in text
     assert "crossmat-predict --model prop-model" in text and "python app.py --model prop-model" in text
-    assert "## Interpretability" in text  # the interpretability package is part of this repo
+    assert "## Interpretability" not in text  # cards do not run models: the section is opt-in
+
+
+def test_explanation_section_is_passed_in_not_computed(folders: dict[str, Path]) -> None:
+    section = "## Interpretability\n\n| element | value |\n|---|---:|\n| Fe | +0.1 |\n"
+    text = write_model_card(folders["property"], kind="property", explanation=section).read_text()
+    assert "## Interpretability" in text and "| Fe | +0.1 |" in text
+    with pytest.raises(ValueError, match="explanation section is for property models"):
+        write_model_card(folders["clm-mlm"], kind="clm-mlm", explanation=section)
 
 
 def test_card_argument_errors(folders: dict[str, Path], tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ the tokenizer; invalid rows fail the stage (``on_invalid: error``) or are skippe
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dataset_builders.paths import cache_dir
 from tokenization import CrossMatTokenizerFast, FormulaError, canonical_formula
 
 from .recipe import RecipeError
@@ -58,10 +58,6 @@ class StageData:
     rejected: pd.DataFrame | None = None
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("CROSSMAT_CACHE_DIR", Path.home() / ".cache" / "crossmat"))
-
-
 def _mp_transport() -> pd.DataFrame:
     """matminer's bundled MP transport database (Ricci et al. 2017, 47,737 compounds, no structures)."""
     import tarfile
@@ -83,7 +79,7 @@ def _aflow_prototypes_chgnet() -> pd.DataFrame:
 
     from dataset_builders.embeddings import build_embeddings
 
-    folder = _cache_dir() / "aflow_prototypes_chgnet"
+    folder = cache_dir() / "aflow_prototypes_chgnet"
     table = folder / "per_formula" / "chgnet.parquet"
     with PartialState().main_process_first():
         if not table.is_file():

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from dataset_builders.paths import data_dir
+
 __all__ = [
     "PIPELINE_KEYS",
     "RecipeError",
@@ -124,7 +126,7 @@ def _expand_env(value: Any) -> Any:
     """Expand ``${VAR}`` in strings (``${CROSSMAT_DATA_DIR}`` defaults to ``<repo>/../shared/data``)."""
     if isinstance(value, str) and "${" in value:
         env = dict(os.environ)
-        env.setdefault("CROSSMAT_DATA_DIR", str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+        env.setdefault("CROSSMAT_DATA_DIR", str(data_dir(must_exist=False)))
 
         def sub(m: re.Match) -> str:
             if m.group(1) not in env:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,17 @@ import torch
 import yaml
 
 import modeling  # noqa: F401  (registers CrossMat with the Auto classes)
+from model_cards import write_model_card
 from modeling import CrossMatConfig, CrossMatForMaskedLM, CrossMatForPropertyPrediction, CrossMatForStructureAlignment
+from modeling.model_folder import (
+    ModelFolderError,
+    check_folder,
+    is_lora_folder,
+    load_lora_model,
+    load_model,
+    load_property_model,
+)
+from modeling.pipeline_files import add_pipeline_to_model_dir
 from tokenization import CrossMatTokenizerFast
 from tokenization.vocabulary import ELEMENT_START, ELEMENTS, token_layout
 
@@ -34,26 +45,12 @@ DONE_FILE = "training_info.json"
 
 
 def _check_checkpoint(path: Path) -> CrossMatConfig:
-    """Load and check the config of ``init_from`` (must be a CrossMat model with this vocabulary)."""
-    if not path.is_dir():
-        raise RecipeError(f"model.init_from {str(path)!r} is not a folder")
-    if (path / "adapter_config.json").is_file() and not (path / "model.safetensors").is_file():
-        raise RecipeError(f"model.init_from {str(path)!r} is a LoRA adapter; train from its merged model "
-                          "(lora.merge=true) or from its base model")
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise RecipeError(f"model.init_from {str(path)!r} has no config.json")
-    raw = json.loads(cfg_file.read_text())
-    if raw.get("model_type") != CrossMatConfig.model_type:
-        raise RecipeError(f"model.init_from {str(path)!r} is a {raw.get('model_type')!r} model "
-                          f"({raw.get('architectures')}); a CrossMat checkpoint is needed")
-    config = CrossMatConfig.from_pretrained(str(path))
-    mismatch = {k: (getattr(config, k, None), v) for k, v in token_layout().items() if getattr(config, k, None) != v}
-    if mismatch:
-        raise RecipeError(f"model.init_from {str(path)!r} uses another token layout (checkpoint vs tokenizer: {mismatch})")
-    if not (path / "model.safetensors").is_file() and not (path / "pytorch_model.bin").is_file():
-        raise RecipeError(f"model.init_from {str(path)!r} has no model weights (model.safetensors)")
-    return config
+    """Load and check the config of ``init_from`` (a CrossMat folder, full or LoRA, with this vocabulary)."""
+    try:
+        check_folder(path)
+    except ModelFolderError as exc:
+        raise RecipeError(f"model.init_from: {exc}") from exc
+    return CrossMatConfig.from_pretrained(str(path))
 
 
 def init_element_embeddings(model: torch.nn.Module, source: str, seed: int = 0) -> int:
@@ -64,8 +61,8 @@ def init_element_embeddings(model: torch.nn.Module, source: str, seed: int = 0) 
 
     try:
         emb = Embedding.load_data(source)
-    except Exception as exc:
-        raise RecipeError(f"model.element_embedding_init {source!r} cannot be loaded by elementembeddings ({exc})") from None
+    except (KeyError, ValueError, OSError) as exc:  # elementembeddings raises KeyError for an unknown name
+        raise RecipeError(f"model.element_embedding_init {source!r} cannot be loaded by elementembeddings ({exc})") from exc
     table = emb.embeddings
     symbols = [s for s in ELEMENTS if s in table]
     if not symbols:
@@ -126,10 +123,15 @@ def build_model(recipe: Mapping[str, Any], data: StageData) -> tuple[torch.nn.Mo
         for key, value in {**overrides, **stage_cfg}.items():
             setattr(config, key, value)
         config.architectures = [cls.__name__]
-        try:
-            model = cls.from_pretrained(str(path), config=config, ignore_mismatched_sizes=stage == "finetune")
-        except Exception as exc:
-            raise RecipeError(f"model.init_from {str(path)!r} cannot be loaded as {cls.__name__} ({exc})") from None
+        with tempfile.TemporaryDirectory() as tmp:
+            source = path
+            if is_lora_folder(path):  # a LoRA output folder: start from its merged weights
+                load_model(path).save_pretrained(tmp)
+                source = Path(tmp)
+            try:
+                model = cls.from_pretrained(str(source), config=config, ignore_mismatched_sizes=stage == "finetune")
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise RecipeError(f"model.init_from {str(path)!r} cannot be loaded as {cls.__name__} ({exc})") from exc
         info["init_from"] = str(path)
         if features and not getattr(_check_checkpoint(path), "element_features", None):
             raise RecipeError("model.config.element_features applies to models trained from scratch; "
@@ -173,20 +175,6 @@ def build_model(recipe: Mapping[str, Any], data: StageData) -> tuple[torch.nn.Mo
     return model, info
 
 
-def load_lora_model(adapter_dir: str | Path, merge: bool = False) -> torch.nn.Module:
-    """Load a LoRA output folder: base model (recorded in ``adapter_config.json``) with this folder's
-    property-head config, then the adapter; ``merge=True`` folds the adapter into the weights."""
-    from peft import PeftConfig, PeftModel
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    adapter_dir = str(adapter_dir)
-    base_path = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
-    config = AutoConfig.from_pretrained(adapter_dir)
-    base = AutoModelForSequenceClassification.from_pretrained(base_path, config=config, ignore_mismatched_sizes=True)
-    model = PeftModel.from_pretrained(base, adapter_dir)
-    return model.merge_and_unload() if merge else model
-
-
 def _card_metrics(stage: str, metrics: Mapping[str, Mapping[str, float]], dataset_name: str, task: str | None) -> list[dict]:
     task_type = {"mlm": "fill-mask", "imkt": "feature-extraction"}.get(stage) or (
         "tabular-regression" if task == "regression" else "tabular-classification")
@@ -207,11 +195,18 @@ def _write_card(out: Path, recipe: Mapping[str, Any], data: StageData, metrics: 
     base = recipe["model"]["init_from"]
     datasets = sorted({str(v).split(" (")[0] for v in data.info["sources"].values()})
     card_metrics = _card_metrics(stage, metrics, datasets[0] if datasets else "unknown", data.info.get("task"))
-    extra = {k: v for k, v in recipe["card"].items()}
-    from model_cards import write_model_card
+    extra = {k: v for k, v in recipe["card"].items() if k != "explain"}
+    explanation = None
+    explain = recipe["card"].get("explain")
+    if explain:  # opt-in: an example explanation computed here and passed to the card
+        from interpretability import card_section
 
+        model, tokenizer = load_property_model(out)
+        examples = extra.get("examples") or ["Fe2O3"]
+        formula = explain if isinstance(explain, str) else ([examples] if isinstance(examples, str) else examples)[0]
+        explanation = card_section(model, tokenizer, formula)
     return write_model_card(out, kind=kind, base_model=str(base) if base else None, datasets=datasets,
-                            recipe=_printable(recipe), metrics=card_metrics, **extra)
+                            recipe=_printable(recipe), metrics=card_metrics, explanation=explanation, **extra)
 
 
 def _printable(recipe: Mapping[str, Any]) -> dict[str, Any]:
@@ -232,6 +227,9 @@ def run_stage(recipe: Mapping[str, Any], output_dir: str | Path) -> Path:
     stage = recipe["stage"]
     if recipe["push_to_hub"] and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise RecipeError(f"push_to_hub {recipe['push_to_hub']!r} requested but HF_HUB_OFFLINE is set; unset it or drop --push-to-hub")
+    explain = recipe["card"].get("explain")
+    if explain is not None and (stage != "finetune" or not isinstance(explain, (bool, str))):
+        raise RecipeError(f"card.explain {explain!r}: true or a formula, for stage 'finetune' only (stage {stage!r})")
     tokenizer = CrossMatTokenizerFast()
     data = prepare_stage_data(recipe, tokenizer)  # validates everything before any training
     model, model_info = build_model(recipe, data)
@@ -282,8 +280,6 @@ def run_stage(recipe: Mapping[str, Any], output_dir: str | Path) -> Path:
         info = {"stage": stage, "name": recipe["name"], "recipe_hash": _recipe_hash(recipe), "model": model_info,
                 "data": data.info, "training": summary, "metrics": metrics}
         if stage == "finetune" and not lora_adapter:
-            from inference import add_pipeline_to_model_dir
-
             add_pipeline_to_model_dir(out)  # pipeline remote code + widget labels, before the card
         (out / DONE_FILE).write_text(json.dumps(info, indent=2, default=str))
         card = _write_card(out, recipe, data, metrics, lora_adapter)
@@ -304,10 +300,10 @@ def _push(out: Path, repo_id: str) -> None:
         api = HfApi()
         api.create_repo(repo_id, exist_ok=True)
         api.upload_folder(folder_path=str(out), repo_id=repo_id, ignore_patterns=["checkpoints/*", "*.tmp*"])
-    except Exception as exc:
+    except Exception as exc:  # any failure (network, auth, HTTP) is re-raised with its traceback and the local path
         raise RuntimeError(f"push to the Hub ({repo_id}) failed: {type(exc).__name__}: {exc}. "
                            f"The trained model is saved locally at {out}; push it later with "
-                           f"`huggingface-cli upload {repo_id} {out}`") from None
+                           f"`huggingface-cli upload {repo_id} {out}`") from exc
     print(f"[crossmat] pushed {out} to https://huggingface.co/{repo_id}")
 
 

@@ -1,8 +1,8 @@
 """Inference throughput of CrossMat property models on real MatBench formulas (CPU).
 
 Measures formulas/s of :class:`inference.FormulaPredictor` (validation + tokenisation + model) for
-several model sizes, with the model's own ``forward`` and with the attended-tokens fast path, in
-float32 and bfloat16; then the ``crossmat-predict`` file path end to end (CSV in -> CSV out) and its
+several model sizes, with the model's own ``forward`` (which owns any fast path) in float32, bfloat16
+and int8; then the ``crossmat-predict`` file path end to end (CSV in -> CSV out) and its
 peak memory on a 100k-row and a 1M-row file (streaming: memory must not grow with the file).
 
     python benchmarks/inference/throughput.py            # writes results.json / results.txt here
@@ -151,15 +151,12 @@ def main() -> None:
         folder = make_model(work / f"model_{overrides.get('hidden_size', 256)}", overrides)
         params = sum(p.numel() for p in CrossMatForPropertyPrediction.from_pretrained(folder).parameters())
         reference = None
-        for mode, precision, fast in [
-            ("model forward, float32", "float32", False),
-            ("fast path, float32", "float32", True),
-            ("fast path, bfloat16", "bfloat16", True),
-            ("fast path, int8 dynamic quantisation", "int8", True),
+        for mode, precision in [
+            ("model forward, float32", "float32"),
+            ("model forward, bfloat16", "bfloat16"),
+            ("model forward, int8 dynamic quantisation", "int8"),
         ]:
-            if mode.startswith("model forward") and not label.startswith("default"):
-                continue
-            pred = FormulaPredictor(folder, batch_size=2048, fast=fast, precision=precision)
+            pred = FormulaPredictor(folder, batch_size=2048, precision=precision)
             pred.predict(sample[:2048])  # warm-up
             out: dict = {}
 
@@ -174,7 +171,6 @@ def main() -> None:
                 "size": label,
                 "parameters": params,
                 "mode": mode,
-                "fast_path_active": pred.fast,
                 "formulas": n,
                 "seconds": secs,
                 "formulas_per_s": n / secs,
