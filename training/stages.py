@@ -234,6 +234,8 @@ def run_stage(recipe: Mapping[str, Any], output_dir: str | Path) -> Path:
     if data.test is not None:
         metrics["test"] = trainer.evaluate(data.test, "test")
         trainer._log({"split": "test", **metrics["test"]})
+    # collective: every process takes part in the gather (only the main process writes the file below)
+    test_pred = trainer.predict(data.test)["logits"] if data.test is not None and stage == "finetune" else None
     unwrapped = accelerator.unwrap_model(trainer.model)
     lora = recipe["lora"]
     lora_adapter = bool(lora["enabled"] and not lora["merge"])
@@ -246,8 +248,8 @@ def run_stage(recipe: Mapping[str, Any], output_dir: str | Path) -> Path:
         if lora_adapter:
             unwrapped.get_base_model().config.save_pretrained(str(out))  # the property head's config
         tokenizer.save_pretrained(str(out))
-        if data.test is not None and stage == "finetune":
-            pred = trainer.predict(data.test)["logits"]
+        if test_pred is not None:
+            pred = test_pred
             frame = pd.DataFrame({"formula": data.test.formulas, "row": data.test.tensors["row_id"].numpy()})
             labels = data.test.tensors["labels"].numpy()
             for j, name in enumerate(unwrapped.config.target_names if not lora_adapter else unwrapped.get_base_model().config.target_names):
