@@ -23,7 +23,7 @@ from tokenization import CrossMatTokenizerFast
 from tokenization.vocabulary import ELEMENT_START, ELEMENTS, token_layout
 
 from .data import StageData, prepare_stage_data
-from .loop import StageTrainer, make_accelerator
+from .loop import StageTrainer, latest_checkpoint, make_accelerator
 from .recipe import RecipeError, apply_overrides, validate_recipe
 
 __all__ = ["build_model", "init_element_embeddings", "load_lora_model", "run_recipe", "run_stage"]
@@ -203,10 +203,59 @@ def _recipe_hash(recipe: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(r, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# keys that may differ between a run and its resumption: they change neither the optimisation nor the model
+RESUME_FREE_KEYS = ("train.resume", "train.progress_bar", "train.trackers", "train.log_every", "train.checkpoint_every",
+                    "train.keep_checkpoints", "push_to_hub", "card")
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, Mapping) and node:
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: node}
+
+
+def _check_resume_recipe(recipe: Mapping[str, Any], out: Path) -> None:
+    """Refuse to resume a checkpoint with a recipe other than the one it was trained with (its output folder's
+    ``recipe.yaml``), naming the changed keys; :data:`RESUME_FREE_KEYS` may change."""
+    resume = recipe["train"]["resume"]
+    if not resume:
+        return
+    explicit = isinstance(resume, str) and resume not in ("auto", "true")
+    ckpt = Path(resume) if explicit else latest_checkpoint(out)
+    if ckpt is None:
+        return
+    stored = (ckpt.parent.parent if explicit else out) / "recipe.yaml"
+    if not stored.is_file():
+        raise RecipeError(f"train.resume: {stored} (the recipe the checkpoint {ckpt} was trained with) is missing; "
+                          "cannot check that the run continues with the same recipe")
+    try:
+        old = yaml.safe_load(stored.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise RecipeError(f"train.resume: cannot read {stored} ({err})") from None
+    if not isinstance(old, Mapping):
+        raise RecipeError(f"train.resume: {stored} is not a recipe mapping")
+
+    def free(key: str) -> bool:
+        return any(key == f or key.startswith(f + ".") for f in RESUME_FREE_KEYS)
+
+    before = {k: v for k, v in _flatten(old).items() if not free(k)}
+    now = {k: v for k, v in _flatten(_printable(recipe)).items() if not free(k)}
+    changed = sorted(k for k in set(before) | set(now) if before.get(k, "<unset>") != now.get(k, "<unset>"))
+    if changed:
+        shown = ", ".join(f"{k} {before.get(k, '<unset>')!r} -> {now.get(k, '<unset>')!r}" for k in changed[:8])
+        more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+        raise RecipeError(f"train.resume: the recipe differs from the one {ckpt} was trained with ({stored}): "
+                          f"{shown}{more}; resume with the same recipe, or start a new run in another output folder")
+
+
 def run_stage(recipe: Mapping[str, Any], output_dir: str | Path) -> Path:
     """Run one resolved stage recipe; return its output folder (see module docstring)."""
     out = Path(output_dir)
     stage = recipe["stage"]
+    _check_resume_recipe(recipe, out)
     if recipe["push_to_hub"] and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise RecipeError(f"push_to_hub {recipe['push_to_hub']!r} requested but HF_HUB_OFFLINE is set; unset it or drop --push-to-hub")
     tokenizer = CrossMatTokenizerFast()
