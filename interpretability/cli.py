@@ -105,4 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     except (FormulaError, NotAPropertyModelError, BudgetError, FileNotFoundError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (OSError, RuntimeError) as err:  # full / read-only disk while writing the output
+        from dataset_builders.common import describe_write_error
+
+        msg = describe_write_error(err, args.out)
+        if msg is None:
+            raise
+        print(f"error: {msg}. Files already written under {args.out} are kept (aggregate resumes from its finished "
+              "chunks); free space (or fix the folder) and rerun the same command", file=sys.stderr)
+        return 2
     return 0

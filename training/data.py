@@ -139,15 +139,7 @@ def load_source(source: Any, what: str = "data.train") -> tuple[pd.DataFrame, st
             df = ds.to_pandas()
             desc = f"{path} (config={source.get('name')}, split={source.get('split') or 'train'})"
         else:
-            name = path.name.lower()
-            if name.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.xz")):
-                df = pd.read_csv(path)
-            elif name.endswith(".parquet"):
-                df = pd.read_parquet(path)
-            elif name.endswith((".jsonl", ".json")):
-                df = pd.read_json(path, lines=name.endswith(".jsonl"))
-            else:
-                raise DataError(f"{what}: unsupported file type {path.name!r} (use csv[.gz], parquet or jsonl)")
+            df = _read_file(path, what)
     if source.get("filter"):
         df, text = apply_filter(df, source["filter"], what)
         desc += f" where {text}"
@@ -207,6 +199,31 @@ def apply_filter(df: pd.DataFrame, spec: Any, what: str = "data.train") -> tuple
                             f"with {type(value).__name__} ({exc})") from None
     text = " and ".join(f"{c} {o} {v!r}" for c, o, v in conditions)
     return df[keep], text
+
+
+def _read_file(path: Path, what: str) -> pd.DataFrame:
+    """A CSV / parquet / JSON(-lines) file as a DataFrame; unreadable files raise :class:`DataError` naming the
+    file and the reason (empty, not UTF-8, ragged rows, corrupt)."""
+    name = path.name.lower()
+    try:
+        if name.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.xz")):
+            return pd.read_csv(path)
+        if name.endswith(".parquet"):
+            return pd.read_parquet(path)
+        if name.endswith((".jsonl", ".json")):
+            return pd.read_json(path, lines=name.endswith(".jsonl"))
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{what}: {str(path)!r} is empty (no header row)") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{what}: {str(path)!r} is not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at "
+                        f"offset {err.start}); save it as UTF-8") from None
+    except pd.errors.ParserError as err:
+        reason = str(err).strip().splitlines()[-1]
+        raise DataError(f"{what}: {str(path)!r} cannot be parsed ({reason}); every row needs as many fields as "
+                        "the header") from None
+    except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError; unreadable files are OSErrors
+        raise DataError(f"{what}: cannot read {str(path)!r} ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+    raise DataError(f"{what}: unsupported file type {path.name!r} (use csv[.gz], parquet or jsonl)")
 
 
 def _unit_hash(keys: list[str], salt: str) -> np.ndarray:

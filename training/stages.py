@@ -325,17 +325,47 @@ def run_stage(recipe: Mapping[str, Any], output_dir: str | Path) -> Path:
     return out
 
 
+class PushError(RecipeError):
+    """Uploading a finished stage to the Hub failed (the model stays saved locally)."""
+
+
+# what a stage folder uploads: model, tokenizer, remote code, card and metrics; never the checkpoints
+# (optimizer/RNG pickles) or any other pickle
+PUSH_ALLOW = ["*.safetensors", "*.json", "*.md", "*.py", "*.yaml", "*.jsonl", "*.csv", "*.txt"]
+PUSH_IGNORE = ["checkpoints/*", "*.tmp*", "*.pkl", "*.bin", "*.pt", "*.pth"]
+
+
+def push_command(out: Path, repo_id: str) -> str:
+    """The ``hf upload`` command (huggingface_hub >= 1.0) that uploads what :func:`_push` uploads."""
+    import shlex
+
+    flags = [f"--include {shlex.quote(p)}" for p in PUSH_ALLOW] + [f"--exclude {shlex.quote(p)}" for p in PUSH_IGNORE]
+    return f"hf upload {shlex.quote(repo_id)} {shlex.quote(str(out))} . " + " ".join(flags)
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    import importlib
+
+    errors: list[type[BaseException]] = [OSError]  # includes huggingface_hub's HTTP, token and offline errors
+    for name in ("httpx", "httpx2"):
+        try:
+            errors.append(importlib.import_module(name).HTTPError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
 def _push(out: Path, repo_id: str) -> None:
     from huggingface_hub import HfApi
 
     try:
         api = HfApi()
         api.create_repo(repo_id, exist_ok=True)
-        api.upload_folder(folder_path=str(out), repo_id=repo_id, ignore_patterns=["checkpoints/*", "*.tmp*"])
-    except Exception as exc:
-        raise RuntimeError(f"push to the Hub ({repo_id}) failed: {type(exc).__name__}: {exc}. "
-                           f"The trained model is saved locally at {out}; push it later with "
-                           f"`huggingface-cli upload {repo_id} {out}`") from None
+        api.upload_folder(folder_path=str(out), repo_id=repo_id, allow_patterns=PUSH_ALLOW, ignore_patterns=PUSH_IGNORE)
+    except _network_errors() as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise PushError(f"push to the Hub ({repo_id}) failed: {type(exc).__name__}: {reason}. "
+                        f"The trained model is saved locally at {out}; push it later with `{push_command(out, repo_id)}`") from None
     print(f"[crossmat] pushed {out} to https://huggingface.co/{repo_id}")
 
 
