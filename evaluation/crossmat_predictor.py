@@ -144,7 +144,7 @@ def predict_folder(model_dir: Path, formulas: list[str], task_type: str, batch_s
 
         model = load_lora_model(model_dir, merge=True).eval()
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).eval()
     outs = []
     with torch.inference_mode():
         for start in range(0, len(formulas), batch_size):

@@ -129,7 +129,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
     from .pipeline import read_jsonl
 
     register()
-    model = AutoModel.from_pretrained(a.model)
+    model = AutoModel.from_pretrained(a.model, use_safetensors=True)
     recs = read_jsonl(a.generated)
     from pymatgen.core import Structure
 

@@ -64,7 +64,7 @@ class FormulaPredictor:
         self.model_path = str(model)
         try:
             self.model, info = AutoModelForSequenceClassification.from_pretrained(
-                self.model_path, output_loading_info=True
+                self.model_path, output_loading_info=True, use_safetensors=True
             )
         except OSError as err:
             raise OSError(

@@ -46,7 +46,7 @@ def load_property_model(path: str | Path, device: str | torch.device = "cpu"):
             f"{path} holds {archs or 'an unknown architecture'}, not a CrossMatForPropertyPrediction: "
             "it has no trained property head to explain"
         )
-    model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True).to(device).eval()
     tok_file = path / "tokenizer.json"
     tokenizer = CrossMatTokenizerFast.from_pretrained(path) if tok_file.is_file() else CrossMatTokenizerFast()
     return model, tokenizer

@@ -157,3 +157,25 @@ def test_sources_have_no_unsafe_loads():
                     found.append(f"{rel}:{n}: {code}")
     assert scanned > 50
     assert not found, "unsafe load/eval on possibly user-supplied input:\n" + "\n".join(found)
+
+
+def test_model_weights_are_read_from_safetensors_only(tmp_path):
+    """A model folder whose weights are a pickle (``pytorch_model.bin``) is refused, not unpickled."""
+    from inference import FormulaPredictor
+    from interpretability.model_output import load_property_model
+
+    from .test_inference_support import make_property_model
+
+    folder = make_property_model(tmp_path / "m")
+    marker = tmp_path / "pwned"
+    (folder / "model.safetensors").unlink()
+    torch.save({"x": _Payload(marker)}, folder / "pytorch_model.bin")
+    with pytest.raises(OSError, match="model.safetensors"):
+        FormulaPredictor(folder)
+    with pytest.raises(OSError, match="model.safetensors"):
+        load_property_model(folder, "cpu")
+    pd.DataFrame({"formula": ["Fe2O3", "NaCl"], "y": [1.0, 2.0]}).to_csv(tmp_path / "x.csv", index=False)
+    with pytest.raises(RecipeError, match="has no model.safetensors"):
+        run_recipe({"stage": "finetune", "model": {"init_from": str(folder)},
+                    "data": {"train": str(tmp_path / "x.csv"), "target_column": "y"}}, tmp_path / "out")
+    assert not marker.exists()

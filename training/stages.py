@@ -51,8 +51,8 @@ def _check_checkpoint(path: Path) -> CrossMatConfig:
     mismatch = {k: (getattr(config, k, None), v) for k, v in token_layout().items() if getattr(config, k, None) != v}
     if mismatch:
         raise RecipeError(f"model.init_from {str(path)!r} uses another token layout (checkpoint vs tokenizer: {mismatch})")
-    if not (path / "model.safetensors").is_file() and not (path / "pytorch_model.bin").is_file():
-        raise RecipeError(f"model.init_from {str(path)!r} has no model weights (model.safetensors)")
+    if not (path / "model.safetensors").is_file():
+        raise RecipeError(f"model.init_from {str(path)!r} has no model.safetensors (weights are read from safetensors only)")
     return config
 
 
@@ -115,7 +115,8 @@ def build_model(recipe: Mapping[str, Any], data: StageData) -> tuple[torch.nn.Mo
             setattr(config, key, value)
         config.architectures = [cls.__name__]
         try:
-            model = cls.from_pretrained(str(path), config=config, ignore_mismatched_sizes=stage == "finetune")
+            model = cls.from_pretrained(str(path), config=config, ignore_mismatched_sizes=stage == "finetune",
+                                        use_safetensors=True)
         except Exception as exc:
             raise RecipeError(f"model.init_from {str(path)!r} cannot be loaded as {cls.__name__} ({exc})") from None
         info["init_from"] = str(path)
@@ -159,7 +160,8 @@ def load_lora_model(adapter_dir: str | Path, merge: bool = False) -> torch.nn.Mo
     adapter_dir = str(adapter_dir)
     base_path = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
     config = AutoConfig.from_pretrained(adapter_dir)
-    base = AutoModelForSequenceClassification.from_pretrained(base_path, config=config, ignore_mismatched_sizes=True)
+    base = AutoModelForSequenceClassification.from_pretrained(base_path, config=config, ignore_mismatched_sizes=True,
+                                                              use_safetensors=True)
     model = PeftModel.from_pretrained(base, adapter_dir)
     return model.merge_and_unload() if merge else model
 
