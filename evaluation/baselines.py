@@ -30,10 +30,12 @@ class FoldData:
 
 @dataclass
 class FoldPrediction:
-    """Test predictions (values, or positive-class probabilities) and free-form parameters."""
+    """Test predictions (values, or positive-class probabilities), free-form parameters and, for models
+    that estimate it (ensembles), a per-row uncertainty (std of the members, same units as predictions)."""
 
     predictions: np.ndarray
     params: dict[str, Any] = field(default_factory=dict)
+    uncertainty: np.ndarray | None = None
 
 
 class DummyBaseline:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from .baselines import FoldData, FoldPrediction
 from .tasks import TaskInfo
@@ -90,10 +91,15 @@ class CrossMatPredictor:
         recipe = copy.deepcopy({k: v for k, v in self.recipe.items()})
         stage = _finetune_stage(recipe)
         stage["seed"] = seed
+        given = dict(stage.get("data") or {})
+        cols = ["id", "formula", "target"]
+        train, validation = data.train[cols], data.validation[cols]
+        if given.get("validation_fraction") == 0:  # the recipe trains on every training row, no carve-out
+            train, validation = pd.concat([train, validation]), validation.iloc[:0]
         stage["data"] = {
-            **(stage.get("data") or {}),
-            "train": data.train[["id", "formula", "target"]].reset_index(drop=True),
-            "validation": data.validation[["id", "formula", "target"]].reset_index(drop=True),
+            **given,
+            "train": train.reset_index(drop=True),
+            "validation": validation.reset_index(drop=True),
             "test": None,
             "formula_column": "formula",
             "target_column": "target",
@@ -125,12 +131,15 @@ class CrossMatPredictor:
         out = Path(run_recipe(recipe, workdir / "model", overrides=self.overrides or None))
         if "pipeline" in recipe:  # run_recipe returns the pipeline root; the model is the last stage's folder
             out = out / validate_recipe(apply_overrides(recipe, self.overrides))[-1]["name"]
-        preds = predict_folder(out, data.test["formula"].tolist(), task.task_type, self.predict_batch_size)
-        return FoldPrediction(preds, {"model_dir": str(out), "overrides": self.overrides})
+        preds, unc = predict_folder(out, data.test["formula"].tolist(), task.task_type, self.predict_batch_size,
+                                    return_uncertainty=True)
+        return FoldPrediction(preds, {"model_dir": str(out), "overrides": self.overrides}, unc)
 
 
-def predict_folder(model_dir: Path, formulas: list[str], task_type: str, batch_size: int = 1024) -> np.ndarray:
-    """Batched predictions of a saved CrossMat property model: values (regression) or P(class 1)."""
+def predict_folder(model_dir: Path, formulas: list[str], task_type: str, batch_size: int = 1024,
+                   return_uncertainty: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
+    """Batched predictions of a saved CrossMat property model: values (regression) or P(class 1); with
+    ``return_uncertainty`` also the ensemble spread of those values (``None`` for a single model)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -145,16 +154,24 @@ def predict_folder(model_dir: Path, formulas: list[str], task_type: str, batch_s
         model = load_lora_model(model_dir, merge=True).eval()
     else:
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).eval()
-    outs = []
+    outs, uncs = [], []
     with torch.inference_mode():
         for start in range(0, len(formulas), batch_size):
             enc = tok(formulas[start : start + batch_size], padding=True, return_tensors="pt")
-            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float()
+            res = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+            logits = res.logits.float()
+            col = 0 if task_type == "regression" or logits.shape[-1] == 1 else 1
             if task_type == "regression":
                 outs.append(logits[:, 0])
             elif logits.shape[-1] == 1:
                 outs.append(torch.sigmoid(logits[:, 0]))
             else:
                 outs.append(torch.softmax(logits, dim=-1)[:, 1])
-    return torch.cat(outs).numpy().astype(np.float64) if outs else np.zeros(0)
+            unc = getattr(res, "uncertainty", None)
+            uncs.append(None if unc is None else unc.float()[:, col])
+    values = torch.cat(outs).numpy().astype(np.float64) if outs else np.zeros(0)
+    if not return_uncertainty:
+        return values
+    spread = None if not uncs or any(u is None for u in uncs) else torch.cat(uncs).numpy().astype(np.float64)
+    return values, spread
 

@@ -48,8 +48,10 @@ def task_results(
     predictions_per_fold: list[np.ndarray],
     scores_per_fold: list[Mapping[str, float]],
     params_per_fold: list[Mapping[str, Any]] | None = None,
+    uncertainty_per_fold: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """The ``results`` mapping of one task: ``fold_k -> {data, parameters, scores, uncertainty}``."""
+    """The ``results`` mapping of one task: ``fold_k -> {data, parameters, scores, uncertainty}``;
+    ``uncertainty`` is the per-sample std (``{id: std}``) when the model gives one, else ``None``."""
     out = {}
     for k, (ids, preds, scores) in enumerate(zip(ids_per_fold, predictions_per_fold, scores_per_fold, strict=True)):
         if len(ids) != len(preds):
@@ -59,7 +61,8 @@ def task_results(
             "data": {str(i): float(p) for i, p in zip(ids, preds, strict=True)},
             "parameters": _immutify(_jsonable(params)) if params else {},
             "scores": {m: float(v) for m, v in scores.items()},
-            "uncertainty": None,
+            "uncertainty": None if uncertainty_per_fold is None else {
+                str(i): float(u) for i, u in zip(ids, uncertainty_per_fold[k], strict=True)},
         }
     return out
 

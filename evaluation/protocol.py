@@ -69,7 +69,8 @@ def _run_fold(pred: Predictor, data: FoldData, task: TaskInfo, out: Path, seed: 
         same = meta.get("signature", signature) == signature
         if same and done["id"].astype(str).tolist() == data.test["id"].astype(str).tolist():
             logger.info("resume: %s fold %d already done", pred.name, data.fold)
-            return FoldPrediction(done["prediction"].to_numpy(np.float64), meta["params"]), float(meta["seconds"])
+            unc = done["uncertainty"].to_numpy(np.float64) if "uncertainty" in done else None
+            return FoldPrediction(done["prediction"].to_numpy(np.float64), meta["params"], unc), float(meta["seconds"])
     fold_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     result = pred.fit_predict(data, task, fold_dir, seed)
@@ -80,10 +81,28 @@ def _run_fold(pred: Predictor, data: FoldData, task: TaskInfo, out: Path, seed: 
     if not np.isfinite(p).all():
         raise ValueError(f"{pred.name} fold {data.fold}: {int((~np.isfinite(p)).sum())} non-finite predictions")
     frame = data.test[["id", "formula", "target"]].assign(prediction=p)
+    if result.uncertainty is not None:
+        frame["uncertainty"] = np.asarray(result.uncertainty, dtype=np.float64).reshape(len(p))
     frame.to_csv(pred_path, index=False)
     meta_path.write_text(json.dumps({"params": matbench_json._jsonable(result.params), "seconds": seconds,
                                       "signature": signature}, indent=1))
-    return FoldPrediction(p, result.params), seconds
+    return FoldPrediction(p, result.params, result.uncertainty), seconds
+
+
+def uncertainty_calibration(uncertainty: Sequence[np.ndarray | None], predictions: Sequence[np.ndarray],
+                            targets: Sequence[np.ndarray]) -> dict[str, float] | None:
+    """How well a predicted std covers the test errors, over all folds: the fraction of rows with
+    ``|error| <= 1 sigma`` and ``<= 2 sigma`` (a Gaussian would give 0.683 and 0.954), the mean sigma and the
+    Spearman rank correlation between sigma and |error|. ``None`` when any fold has no uncertainty."""
+    if not uncertainty or any(u is None for u in uncertainty):
+        return None
+    from scipy.stats import spearmanr
+
+    sigma = np.concatenate([np.asarray(u, dtype=np.float64) for u in uncertainty])
+    err = np.abs(np.concatenate(predictions) - np.concatenate(targets).astype(np.float64))
+    return {"within_1_sigma": float((err <= sigma).mean()), "within_2_sigma": float((err <= 2 * sigma).mean()),
+            "mean_sigma": float(sigma.mean()), "mean_abs_error": float(err.mean()),
+            "spearman_sigma_error": float(spearmanr(sigma, err).statistic)}
 
 
 def matbench_folds(task: TaskInfo, frame: pd.DataFrame, folds: Sequence[int], validation_fraction: float,
@@ -158,16 +177,17 @@ def run_benchmark(
     total = len(predictors) * len(fold_data)
     bar = tqdm(total=total, desc=f"{task_name}", unit="fold")
     for p in predictors:
-        rows, preds, params, secs = [], [], [], []
+        rows, preds, params, secs, uncs = [], [], [], [], []
         for fd in fold_data:
             bar.set_postfix_str(f"{p.name} fold {fd.fold}")
             res, s = _run_fold(p, fd, task, out, seed)
             rows.append(score(task.benchmark, task.task_type, res.predictions, fd.test["target"].to_numpy()))
             preds.append(res.predictions)
+            uncs.append(res.uncertainty)
             params.append(res.params)
             secs.append(s)
             bar.update(1)
-        per[p.name] = {"scores": rows, "predictions": preds, "params": params, "seconds": secs}
+        per[p.name] = {"scores": rows, "predictions": preds, "params": params, "seconds": secs, "uncertainty": uncs}
     bar.close()
 
     metric = task.metric
@@ -185,7 +205,12 @@ def run_benchmark(
             "per_fold": r["scores"],
             "summary": {m: fold_summary([s[m] for s in r["scores"]]) for m in metrics},
             "wall_seconds": float(sum(r["seconds"])),
+            "fold_seconds": [float(x) for x in r["seconds"]],
         }
+        calibration = uncertainty_calibration(r["uncertainty"], r["predictions"],
+                                              [fd.test["target"].to_numpy() for fd in fold_data])
+        if calibration is not None and task.task_type == "regression":
+            summary["variants"][name]["uncertainty_calibration"] = calibration
         table += [{"variant": name, "fold": f, **s} for f, s in zip(folds, r["scores"], strict=True)]
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     pd.DataFrame(table).to_csv(out / "summary.csv", index=False)
@@ -193,7 +218,8 @@ def run_benchmark(
     if benchmark == MATBENCH and folds == list(range(N_FOLDS)):
         for name, r in per.items():
             results = matbench_json.task_results(
-                [fd.test["id"].astype(str).tolist() for fd in fold_data], r["predictions"], r["scores"], r["params"])
+                [fd.test["id"].astype(str).tolist() for fd in fold_data], r["predictions"], r["scores"], r["params"],
+                r["uncertainty"] if all(u is not None for u in r["uncertainty"]) else None)
             d = matbench_json.benchmark_dict({task_name: results}, {"algorithm": name, "harness": "crossmat evaluate.py"})
             matbench_json.write_benchmark(out / name / "matbench_results.json", d)
 
@@ -211,6 +237,7 @@ def run_benchmark(
                 },
                 "command": command, "hardware": summary["hardware"], "wall_seconds": v["wall_seconds"],
                 "fold_ids": folds, "all_metrics": {m: s["mean"] for m, s in v["summary"].items()},
+                "fold_seconds": v["fold_seconds"], "uncertainty_calibration": v.get("uncertainty_calibration"),
                 "protocol": {"validation_fraction": validation_fraction, "max_train_rows": max_train_rows,
                              "n_train": summary["n_train"], "n_test": summary["n_test"], "seed": seed},
                 "notes": notes,

@@ -36,10 +36,12 @@ class TaskInfo:
 
     @property
     def metric(self) -> str:
-        """The headline metric of the task."""
+        """The headline metric of the task. MatBench classification: the balanced accuracy of labels at the
+        0.5 threshold, which is what the MatBench leaderboard's "ROC-AUC" column holds (every entry there
+        equals its balanced accuracy); the ROC-AUC of probabilities is recorded beside it."""
         if self.benchmark == LLM4MAT:
             return "mad_mae" if self.task_type == "regression" else "official_auc_rounded"
-        return "mae" if self.task_type == "regression" else "rocauc"
+        return "mae" if self.task_type == "regression" else "balanced_accuracy"
 
     @property
     def higher_is_better(self) -> bool:

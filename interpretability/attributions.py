@@ -99,7 +99,7 @@ def explain_attributions(
     players = formula_players_batch(formulas, tokenizer, rows=[None] if single else None)
     model.eval()
     device = next(model.parameters()).device
-    emb_layer = model.crossmat.embeddings.word_embeddings
+    emb_layer = model.crossmat.embeddings.embed_tokens  # the vectors the model really uses (element features too)
     repl = MASK_ID if baseline == "mask" else PAD_ID
 
     def forward(embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

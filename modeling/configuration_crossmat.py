@@ -12,6 +12,7 @@ from transformers import PretrainedConfig
 ALIGNMENT_LOSSES = ("cosine", "mse", "infonce")
 REGRESSION_LOSSES = ("l1", "mse", "huber")
 POOLINGS = ("cls", "mean", "fraction_weighted")
+FRACTION_ENCODINGS = ("projected", "sinusoid_table")
 
 
 class CrossMatConfig(PretrainedConfig):
@@ -21,6 +22,15 @@ class CrossMatConfig(PretrainedConfig):
     model reads element amounts back from the digit tokens. Property heads store
     ``target_mean``/``target_std`` (one value per label) so regression outputs are in physical units,
     plus ``target_names``/``target_units`` for display.
+
+    Composition-model options (see docs/models.md): ``element_features`` names a frozen per-element
+    feature table (``element_feature_dim`` columns, stored in the weights, projected by a trained linear
+    layer) that replaces the trainable element embedding; ``fraction_encoding`` is ``projected``
+    (sinusoids of the fraction and log-fraction through a linear layer) or ``sinusoid_table`` (fixed
+    CrabNet-style sinusoid tables added to the element vector with learned scales); ``fraction_jitter``
+    multiplies fractions by ``1 + jitter * N(0, 1)`` during training only; ``ensemble_size`` property
+    models average that many independently initialised encoder+head members and report their spread;
+    ``target_min``/``target_max`` clip regression outputs (per label, ``None`` = open) at inference.
     """
 
     model_type = "crossmat"
@@ -63,6 +73,13 @@ class CrossMatConfig(PretrainedConfig):
         target_names: list[str] | None = None,
         target_units: list[str] | None = None,
         tie_word_embeddings: bool = True,
+        element_features: str | None = None,
+        element_feature_dim: int = 0,
+        fraction_encoding: str = "projected",
+        fraction_jitter: float = 0.0,
+        ensemble_size: int = 1,
+        target_min: list[float | None] | None = None,
+        target_max: list[float | None] | None = None,
         **kwargs: Any,
     ) -> None:
         if pooling not in POOLINGS:
@@ -71,6 +88,16 @@ class CrossMatConfig(PretrainedConfig):
             raise ValueError(f"alignment_loss must be one of {ALIGNMENT_LOSSES}, got {alignment_loss!r}")
         if regression_loss not in REGRESSION_LOSSES:
             raise ValueError(f"regression_loss must be one of {REGRESSION_LOSSES}, got {regression_loss!r}")
+        if fraction_encoding not in FRACTION_ENCODINGS:
+            raise ValueError(f"fraction_encoding must be one of {FRACTION_ENCODINGS}, got {fraction_encoding!r}")
+        if fraction_encoding == "sinusoid_table" and hidden_size % 4:
+            raise ValueError(f"fraction_encoding 'sinusoid_table' needs hidden_size divisible by 4, got {hidden_size}")
+        if element_features and element_feature_dim < 1:
+            raise ValueError("element_features needs element_feature_dim >= 1 (the width of the feature table)")
+        if not 0.0 <= fraction_jitter < 1.0:
+            raise ValueError(f"fraction_jitter must be in [0, 1), got {fraction_jitter}")
+        if int(ensemble_size) < 1:
+            raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size}")
         if hidden_size % num_attention_heads:
             raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}")
         self.vocab_size = vocab_size
@@ -107,4 +134,11 @@ class CrossMatConfig(PretrainedConfig):
         self.target_std = target_std
         self.target_names = target_names
         self.target_units = target_units
+        self.element_features = element_features
+        self.element_feature_dim = int(element_feature_dim) if element_features else 0
+        self.fraction_encoding = fraction_encoding
+        self.fraction_jitter = float(fraction_jitter)
+        self.ensemble_size = int(ensemble_size)
+        self.target_min = target_min
+        self.target_max = target_max
         super().__init__(pad_token_id=pad_token_id, tie_word_embeddings=tie_word_embeddings, **kwargs)

@@ -4,8 +4,10 @@ A formula is read as a *set* of (element, fraction) pairs, as CrabNet and Roost 
 the digit tokens that follow each element (and each closing group) into exact amounts, expands
 groups, merges repeated elements, and feeds every distinct element once — its token embedding plus an
 encoding of its molar fraction — to a bidirectional transformer. Digits, groups and ``[SEP]`` are
-inputs to that decoding only; they are masked out of attention. There are no position embeddings,
-so the output does not depend on the order in which elements are written.
+inputs to that decoding only: after decoding, only the element slots (and ``[CLS]``) are gathered into
+a compact sequence that runs through the transformer, which is exact (those tokens were never attention
+keys and nothing reads their outputs) and about 4x cheaper. There are no position embeddings, so the
+output does not depend on the order in which elements are written.
 
 Travels as Hub remote code: imports torch, transformers and ``.configuration_crossmat`` only.
 """
@@ -23,7 +25,7 @@ from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import MaskedLMOutput, SequenceClassifierOutput
+from transformers.modeling_outputs import MaskedLMOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
@@ -34,6 +36,7 @@ __all__ = [
     "CrossMatForMaskedLM",
     "CrossMatForPropertyPrediction",
     "CrossMatForStructureAlignment",
+    "CrossMatPropertyOutput",
     "CrossMatModel",
     "CrossMatPreTrainedModel",
     "decode_composition",
@@ -125,6 +128,19 @@ class CrossMatModelOutput(ModelOutput):
 
 
 @dataclass
+class CrossMatPropertyOutput(ModelOutput):
+    """Property output: ``logits`` (physical units for regression; for an ensemble the member mean, or the
+    log of the mean class probabilities) and ``uncertainty``, the spread (population std) of the members'
+    predictions (values for regression, class probabilities for classification), ``None`` for one model."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    uncertainty: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
 class CrossMatAlignmentOutput(ModelOutput):
     """imKT output: total loss, its parts, MLM logits and the projected structure-space embedding."""
 
@@ -156,21 +172,77 @@ class FractionEncoding(nn.Module):
         return self.proj(feats.to(self.proj.weight.dtype))
 
 
+class SinusoidTableFractionEncoding(nn.Module):
+    """Fixed sinusoid tables (CrabNet-style, continuous): half of the hidden vector encodes the fraction on
+    a linear scale, half on a logarithmic scale; each half has a learned log-scale, and the sum is added to
+    the element vector without a projection."""
+
+    resolution = 5000.0
+
+    def __init__(self, config: CrossMatConfig) -> None:
+        super().__init__()
+        half = config.hidden_size // 2
+        self.register_buffer("inv_freq", 50.0 ** (-torch.arange(0, half, 2, dtype=torch.float32) / half), persistent=False)
+        self.log_scales = nn.Parameter(torch.zeros(2))
+
+    def _table(self, x: torch.Tensor) -> torch.Tensor:
+        angle = x.unsqueeze(-1) * self.inv_freq.to(x.dtype)
+        return torch.stack([torch.sin(angle), torch.cos(angle)], dim=-1).flatten(-2)
+
+    def forward(self, fractions: torch.Tensor) -> torch.Tensor:
+        f = fractions.float().clamp(min=1e-8, max=1.0)
+        linear = self._table(f * self.resolution)
+        logarithmic = self._table((0.0025 * torch.log2(f) ** 2).clamp(max=1.0) * self.resolution)
+        scales = self.log_scales.float().exp()
+        return torch.cat([linear * scales[0], logarithmic * scales[1]], dim=-1)
+
+
 class CrossMatEmbeddings(nn.Module):
-    """Token embedding + fraction encoding on element slots, then LayerNorm and dropout."""
+    """Element vector + fraction encoding on element slots, then LayerNorm and dropout.
+
+    The element vector is the trainable token embedding or, with ``config.element_features``, a trained
+    linear projection of a frozen feature table (a persistent buffer, saved with the weights; elements the
+    table does not cover keep their token embedding)."""
 
     def __init__(self, config: CrossMatConfig) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.fraction_encoding = FractionEncoding(config)
+        if config.fraction_encoding == "sinusoid_table":
+            self.fraction_encoding = SinusoidTableFractionEncoding(config)
+        else:
+            self.fraction_encoding = FractionEncoding(config)
+        self.element_projection = None
+        if config.element_features:
+            dim = config.element_feature_dim
+            self.register_buffer("element_feature_table", torch.zeros(config.vocab_size, dim))
+            self.register_buffer("element_feature_mask", torch.zeros(config.vocab_size, dtype=torch.bool))
+            self.element_projection = nn.Linear(dim, config.hidden_size)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def set_element_features(self, table: torch.Tensor, covered: torch.Tensor) -> None:
+        """Install the frozen feature table (``vocab_size x element_feature_dim``) and its coverage mask."""
+        if self.element_projection is None:
+            raise ValueError("this model has no element feature table (config.element_features is not set)")
+        if tuple(table.shape) != tuple(self.element_feature_table.shape):
+            raise ValueError(f"feature table has shape {tuple(table.shape)}, expected {tuple(self.element_feature_table.shape)}")
+        with torch.no_grad():
+            self.element_feature_table.copy_(table)
+            self.element_feature_mask.copy_(covered.bool())
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Per-token vectors before the fraction encoding (what ``inputs_embeds`` replaces)."""
+        emb = self.word_embeddings(input_ids)
+        if self.element_projection is None:
+            return emb
+        feats = self.element_projection(self.element_feature_table[input_ids].to(self.element_projection.weight.dtype))
+        return torch.where(self.element_feature_mask[input_ids].unsqueeze(-1), feats.to(emb.dtype), emb)
 
     def forward(
         self, input_ids: torch.Tensor, slot_mask: torch.Tensor, fractions: torch.Tensor, inputs_embeds=None
     ) -> torch.Tensor:
-        emb = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
-        frac = self.fraction_encoding(fractions) * slot_mask.unsqueeze(-1).to(emb.dtype)
+        emb = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        frac = self.fraction_encoding(fractions).to(emb.dtype) * slot_mask.unsqueeze(-1).to(emb.dtype)
         return self.dropout(self.layer_norm(emb + frac))
 
 
@@ -284,6 +356,10 @@ class CrossMatPreTrainedModel(PreTrainedModel):
             nn.init.zeros_(module.bias)
         elif isinstance(module, FractionEncoding):
             module.freqs.copy_((2.0 ** torch.arange(module.freqs.numel(), dtype=torch.float32)) * math.pi)
+        elif isinstance(module, SinusoidTableFractionEncoding):
+            half = self.config.hidden_size // 2
+            module.inv_freq.copy_(50.0 ** (-torch.arange(0, half, 2, dtype=torch.float32) / half))
+            nn.init.zeros_(module.log_scales)
 
 
 class CrossMatModel(CrossMatPreTrainedModel):
@@ -314,6 +390,12 @@ class CrossMatModel(CrossMatPreTrainedModel):
                 "amount, or no element; validate formulas with tokenization.parse_formula / the CrossMat tokenizer"
             )
 
+    def _jitter(self, fractions: torch.Tensor, slot_mask: torch.Tensor) -> torch.Tensor:
+        """Training-time augmentation: multiply each slot's fraction by ``1 + jitter * N(0, 1)``, renormalise."""
+        noise = 1.0 + self.config.fraction_jitter * torch.randn_like(fractions)
+        jittered = torch.where(slot_mask, fractions * noise.clamp(min=0.5), torch.zeros_like(fractions))
+        return jittered / jittered.sum(1, keepdim=True).clamp(min=1e-12)
+
     def pool(self, hidden: torch.Tensor, slot_mask: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
         """Pooled formula embedding (``config.pooling``: CLS token, slot mean or fraction-weighted mean)."""
         if self.config.pooling == "cls":
@@ -334,7 +416,11 @@ class CrossMatModel(CrossMatPreTrainedModel):
         **kwargs,
     ) -> CrossMatModelOutput | tuple:
         """``input_ids`` are always required (amounts are read from them); ``inputs_embeds`` may
-        replace the token embeddings (used by attribution methods)."""
+        replace the token vectors (``embeddings.embed_tokens``; used by attribution methods).
+
+        ``last_hidden_state`` and ``hidden_states`` are returned at token positions (zeros at digit, group
+        and padding tokens, which do not run through the transformer); ``attentions`` are over the compact
+        slot sequence ([CLS] first, then the element slots in order)."""
         if input_ids is None:
             raise ValueError("CrossMatModel needs input_ids: element amounts are decoded from the digit tokens")
         output_hidden_states = output_hidden_states or self.config.output_hidden_states
@@ -343,10 +429,21 @@ class CrossMatModel(CrossMatPreTrainedModel):
         if attention_mask is not None:
             slot_mask = slot_mask & attention_mask.bool()
         self._check_inputs(input_ids, slot_mask, fractions)
-        keys = slot_mask | (input_ids == self.config.cls_token_id)
-        keys[:, 0] = True  # never leave a query with nothing to attend to
-        hidden = self.embeddings(input_ids, slot_mask, fractions, inputs_embeds)
-        mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=keys.long())
+        if self.training and self.config.fraction_jitter > 0:
+            fractions = self._jitter(fractions, slot_mask)
+        # Compact sequence: the element slots and [CLS] (the only attention keys), in their original order.
+        keep = slot_mask | (input_ids == self.config.cls_token_id)
+        keep[:, 0] = True  # never leave a query with nothing to attend to
+        width = int(keep.sum(1).max())
+        order = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :width]
+        kept = keep.gather(1, order)
+        c_slot = slot_mask.gather(1, order) & kept
+        c_frac = fractions.gather(1, order) * c_slot
+        c_embeds = None
+        if inputs_embeds is not None:
+            c_embeds = inputs_embeds.gather(1, order.unsqueeze(-1).expand(-1, -1, inputs_embeds.shape[-1]))
+        hidden = self.embeddings(input_ids.gather(1, order), c_slot, c_frac, c_embeds)
+        mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=kept.long())
         all_hidden: list[torch.Tensor] = [hidden] if output_hidden_states else []
         all_attn: list[torch.Tensor] = []
         for layer in self.layers:
@@ -356,10 +453,16 @@ class CrossMatModel(CrossMatPreTrainedModel):
             if output_attentions:
                 all_attn.append(weights)
         hidden = self.final_norm(hidden)
+        pooled = self.pool(hidden, c_slot, c_frac)
+
+        def expand(h: torch.Tensor) -> torch.Tensor:  # back to token positions; zeros where no slot
+            full = h.new_zeros(h.shape[0], input_ids.shape[1], h.shape[-1])
+            return full.scatter(1, order.unsqueeze(-1).expand(-1, -1, h.shape[-1]), h * kept.unsqueeze(-1).to(h.dtype))
+
         out = CrossMatModelOutput(
-            last_hidden_state=hidden,
-            pooler_output=self.pool(hidden, slot_mask, fractions),
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            last_hidden_state=expand(hidden),
+            pooler_output=pooled,
+            hidden_states=tuple(expand(h) for h in all_hidden) if output_hidden_states else None,
             attentions=tuple(all_attn) if output_attentions else None,
             slot_mask=slot_mask,
             fractions=fractions,
@@ -484,28 +587,52 @@ class CrossMatForStructureAlignment(CrossMatPreTrainedModel):
         )
 
 
+def _property_head(config: CrossMatConfig) -> nn.Sequential:
+    drop = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+    return nn.Sequential(
+        nn.Linear(config.hidden_size, config.hidden_size),
+        nn.GELU(),
+        nn.Dropout(drop),
+        nn.Linear(config.hidden_size, config.num_labels),
+    )
+
+
+class CrossMatEnsembleMember(nn.Module):
+    """One extra member of a property-model ensemble: its own encoder and head."""
+
+    def __init__(self, config: CrossMatConfig) -> None:
+        super().__init__()
+        self.crossmat = CrossMatModel(config)
+        self.head = _property_head(config)
+
+
 class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
     """Property head on the pooled embedding, following transformers' ``problem_type`` conventions.
 
     * ``regression`` (``num_labels`` targets): the head predicts standardised targets; ``logits`` are
-      returned in physical units using ``config.target_mean``/``target_std``; the loss
-      (``config.regression_loss``) is computed on standardised values so targets of any scale train alike.
+      returned in physical units using ``config.target_mean``/``target_std`` (clipped to
+      ``config.target_min``/``target_max`` when set); the loss (``config.regression_loss``) is computed on
+      standardised, unclipped values so targets of any scale train alike.
     * ``single_label_classification``: ``num_labels`` class logits (2 for binary), cross-entropy.
     * ``multi_label_classification``: one logit per label, binary cross-entropy.
+
+    With ``config.ensemble_size = N > 1`` the model holds N independently initialised encoder+head members
+    (``crossmat``/``head`` and ``ensemble_members``); each member's loss is its own (the total is their sum,
+    so each trains as if alone), the output is the member mean (regression) or the mean class probability
+    (classification), and ``uncertainty`` is the members' spread.
     """
 
     def __init__(self, config: CrossMatConfig) -> None:
         super().__init__(config)
         self.num_labels = config.num_labels
         self.crossmat = CrossMatModel(config)
-        drop = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.head = nn.Sequential(
-            nn.Linear(config.hidden_size, config.hidden_size),
-            nn.GELU(),
-            nn.Dropout(drop),
-            nn.Linear(config.hidden_size, config.num_labels),
-        )
+        self.head = _property_head(config)
+        self.ensemble_members = nn.ModuleList(CrossMatEnsembleMember(config) for _ in range(config.ensemble_size - 1))
         self.post_init()
+
+    def members(self) -> list[tuple[CrossMatModel, nn.Module]]:
+        """(encoder, head) of every ensemble member, the first one being ``crossmat``/``head``."""
+        return [(self.crossmat, self.head)] + [(m.crossmat, m.head) for m in self.ensemble_members]
 
     def _target_stats(self, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.num_labels
@@ -514,6 +641,17 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
         if len(mean) != n or len(std) != n:
             raise ValueError(f"target_mean/target_std need {n} values, got {len(mean)}/{len(std)}")
         return ref.new_tensor(mean), ref.new_tensor(std)
+
+    def _clip(self, values: torch.Tensor) -> torch.Tensor:
+        """Clip physical-unit outputs to ``config.target_min``/``target_max`` (``None`` entries are open)."""
+        lo, hi = self.config.target_min, self.config.target_max
+        if not lo and not hi:
+            return values
+        n = self.num_labels
+        inf = float("inf")
+        low = values.new_tensor([(-inf if v is None else float(v)) for v in (lo or [None] * n)])
+        high = values.new_tensor([(inf if v is None else float(v)) for v in (hi or [None] * n)])
+        return torch.maximum(torch.minimum(values, high), low)
 
     def _problem_type(self, labels: torch.Tensor | None) -> str:
         if self.config.problem_type is None:
@@ -525,24 +663,48 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
                 self.config.problem_type = "regression"
         return self.config.problem_type
 
-    def forward(self, input_ids, attention_mask=None, labels=None, inputs_embeds=None, **kwargs):
-        out = self.crossmat(input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
-        raw = self.head(out.pooler_output)
+    def forward(self, input_ids, attention_mask=None, labels=None, inputs_embeds=None, **kwargs) -> CrossMatPropertyOutput:
+        members = self.members()
+        if inputs_embeds is not None and len(members) > 1:
+            raise ValueError("inputs_embeds cannot be shared by ensemble members (each has its own embeddings); "
+                             "explain one member (model.members()[i]) instead")
+        first = None
+        raws = []
+        for encoder, head in members:
+            out = encoder(input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
+            first = out if first is None else first
+            raws.append(head(out.pooler_output))
+        raw = torch.stack(raws)  # (members, batch, labels)
         problem = self._problem_type(labels)
-        loss = None
+        losses = []
+        uncertainty = None
         if problem == "regression":
             mean, std = self._target_stats(raw)
-            logits = raw * std + mean
+            values = raw * std + mean
+            logits = self._clip(values.mean(0))
+            if len(raws) > 1:
+                uncertainty = values.std(0, unbiased=False)
             if labels is not None:
-                target = (labels.to(raw.dtype).view(raw.shape) - mean) / std
+                target = (labels.to(raw.dtype).view(raw.shape[1:]) - mean) / std
                 fn = {"l1": F.l1_loss, "mse": F.mse_loss, "huber": F.smooth_l1_loss}[self.config.regression_loss]
-                loss = fn(raw, target)
+                losses = [fn(r, target) for r in raws]
         else:
-            logits = raw
-            if labels is not None and problem == "single_label_classification":
-                loss = F.cross_entropy(raw.view(-1, self.num_labels), labels.view(-1).long())
+            single = problem == "single_label_classification"
+            if labels is not None and single:
+                losses = [F.cross_entropy(r.view(-1, self.num_labels), labels.view(-1).long()) for r in raws]
             elif labels is not None:
-                loss = F.binary_cross_entropy_with_logits(raw, labels.to(raw.dtype))
-        return SequenceClassifierOutput(
-            loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
+                losses = [F.binary_cross_entropy_with_logits(r, labels.to(r.dtype)) for r in raws]
+            if len(raws) == 1:
+                logits = raw[0]
+            else:
+                probs = torch.softmax(raw.float(), -1) if single else torch.sigmoid(raw.float())
+                p = probs.mean(0).clamp(1e-7, 1 - 1e-7)
+                logits = (p.log() if single else torch.logit(p)).to(raw.dtype)
+                uncertainty = probs.std(0, unbiased=False).to(raw.dtype)
+        return CrossMatPropertyOutput(
+            loss=sum(losses) if losses else None,
+            logits=logits,
+            uncertainty=uncertainty,
+            hidden_states=first.hidden_states,
+            attentions=first.attentions,
         )

@@ -134,3 +134,23 @@ def test_llm4mat_protocol_regression_and_classification(tmp_path):
     assert c["variants"]["dummy"]["per_fold"][0] == {"official_auc_rounded": 0.5, "roc_auc": 0.5}
     assert main(["--benchmark", "llm4mat", "--task", "mp/not_a_property", "--baselines-only", "--output-dir",
                  str(tmp_path / "x"), "--results-dir", "none"]) == 2
+
+
+def test_ensemble_uncertainty_recorded_and_calibrated(tmp_path):
+    """An ensemble recipe's per-row std reaches predictions.csv, the MatBench JSON (per-sample uncertainty)
+    and the summary's calibration block (coverage of the test errors by 1 and 2 sigma)."""
+    out = tmp_path / "run"
+    assert main(["--benchmark", "matbench", "--task", "matbench_steels", "--config", str(TINY), "--baselines", "none",
+                 "--set", "model.config.ensemble_size=2", "--output-dir", str(out), "--results-dir", "none"]) == 0
+    pred = pd.read_csv(out / "tiny_scratch" / "fold_0" / "predictions.csv")
+    assert (pred["uncertainty"] > 0).all()
+    d = json.loads((out / "tiny_scratch" / "matbench_results.json").read_text())
+    frame = load_matbench_frame("matbench_steels")
+    official = {f"fold_{k}": frame["id"].iloc[fold_indices(frame["test_fold"], k)[1]].tolist() for k in range(5)}
+    check_matbench_dict(d, {"matbench_steels": official}, {"matbench_steels": "regression"})
+    unc = d["tasks"]["matbench_steels"]["results"]["fold_0"]["uncertainty"]
+    assert list(unc) == official["fold_0"] and np.allclose(list(unc.values()), pred["uncertainty"])
+    cal = json.loads((out / "summary.json").read_text())["variants"]["tiny_scratch"]["uncertainty_calibration"]
+    err = np.abs(pred["prediction"] - pred["target"])
+    assert 0.0 <= cal["within_1_sigma"] <= cal["within_2_sigma"] <= 1.0
+    assert cal["mean_sigma"] > 0 and np.isfinite(cal["spearman_sigma_error"]) and err.mean() > 0

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -34,8 +34,9 @@ from .collator import MaskedElementCollator, hash_uniform, trim_padding
 from .data import StageData, TensorSplit
 from .recipe import RecipeError
 
-__all__ = ["LoopState", "StageTrainer", "compute_metrics", "latest_checkpoint", "make_accelerator"]
+__all__ = ["LoopState", "StageTrainer", "auto_batch_size", "compute_metrics", "latest_checkpoint", "make_accelerator"]
 
+SWA_FILE = "swa_average.safetensors"  # running stochastic-weight average, saved with each checkpoint
 FAULT_ENV = "CROSSMAT_TRAIN_FAULT_AFTER_STEP"  # testing hook: SIGKILL this process after that step
 _HIGHER_IS_BETTER = {"roc_auc", "accuracy", "r2", "masked_accuracy", "alignment_cosine"}
 
@@ -55,6 +56,12 @@ def _read_loop_state(path: Path) -> dict[str, Any]:
     return state
 
 
+def auto_batch_size(rows: int) -> int:
+    """``train.batch_size: auto``: the largest power of two <= rows / 16 (so an epoch has >= 16 steps),
+    between 16 and 128."""
+    return int(min(128, max(16, 2 ** int(math.floor(math.log2(max(rows, 1) / 16))) if rows >= 32 else 16)))
+
+
 class LoopState:
     """Loop counters, early-stopping state and metric history, saved with every checkpoint."""
 
@@ -67,6 +74,7 @@ class LoopState:
         self.bad_evals = 0
         self.stopped_early = False
         self.samples_seen = 0
+        self.swa_count = 0
 
     def state_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -155,7 +163,7 @@ class StageTrainer:
         self.world = accelerator.num_processes
         self.rank = accelerator.process_index
         self.collator = MaskedElementCollator(self.cfg["mlm_probability"], seed=self.seed) if self.stage != "finetune" else None
-        self.global_batch = int(self.cfg["batch_size"])
+        self.global_batch = auto_batch_size(len(data.train)) if self.cfg["batch_size"] == "auto" else int(self.cfg["batch_size"])
         self.accum = int(self.cfg["gradient_accumulation_steps"])
         if self.global_batch % self.world:
             raise RecipeError(f"train.batch_size {self.global_batch} is not divisible by the {self.world} processes")
@@ -174,6 +182,9 @@ class StageTrainer:
         self.metrics_path = self.output_dir / "metrics.jsonl"
         self.best_dir = self.output_dir / "checkpoints" / "best"
         self.model = model
+        epochs_total = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.swa_start_epoch = epochs_total - int(self.cfg["swa_epochs"]) if self.cfg["swa_epochs"] else None
+        self.swa: dict[str, torch.Tensor] = {}
         self._build_optimizer()
 
     # ----------------------------------------------------------------- setup
@@ -240,6 +251,8 @@ class StageTrainer:
         acc.wait_for_everyone()
         acc.save_state(str(tmp), safe_serialization=True)
         acc.wait_for_everyone()
+        if acc.is_main_process and self.swa:
+            save_file(self.swa, str(tmp / SWA_FILE))
         if acc.is_main_process:
             (tmp / LOOP_STATE_FILE).write_text(json.dumps(self.state.state_dict()))
             (tmp / "COMPLETE").write_text(json.dumps(self.state.state_dict()))
@@ -267,6 +280,7 @@ class StageTrainer:
                               "since unpickling can run code: start a fresh run")
         self.accelerator.load_state(str(ckpt))
         self.state.load_state_dict(_read_loop_state(ckpt / LOOP_STATE_FILE))
+        self.swa = load_file(str(ckpt / SWA_FILE)) if (ckpt / SWA_FILE).is_file() else {}
         self._truncate_metrics(self.state.global_step)
         self.accelerator.print(f"[crossmat] resumed from {ckpt} at step {self.state.global_step}")
 
@@ -344,6 +358,27 @@ class StageTrainer:
         patience = self.cfg["early_stopping_patience"]
         return patience is not None and self.state.bad_evals >= int(patience)
 
+    # ----------------------------------------------------------------- stochastic weight averaging
+    def _swa_update(self) -> None:
+        """Fold the current weights into the running average (called at the end of each of the last
+        ``train.swa_epochs`` epochs)."""
+        n = self.state.swa_count
+        with torch.no_grad():
+            for name, p in self.accelerator.unwrap_model(self.model).named_parameters():
+                if not p.requires_grad:
+                    continue
+                cur = p.detach().float().cpu()
+                self.swa[name] = cur.clone() if n == 0 else self.swa[name] + (cur - self.swa[name]) / (n + 1)
+        self.state.swa_count = n + 1
+
+    def _swa_apply(self) -> None:
+        """Replace the trained weights by their average over the SWA epochs (no batch norm to refresh)."""
+        with torch.no_grad():
+            for name, p in self.accelerator.unwrap_model(self.model).named_parameters():
+                if name in self.swa:
+                    p.copy_(self.swa[name].to(device=p.device, dtype=p.dtype))
+        self.accelerator.print(f"[crossmat] weights averaged over the last {self.state.swa_count} epoch(s) (SWA)")
+
     # ----------------------------------------------------------------- training
     def train(self) -> dict[str, Any]:
         """Train to ``total_steps`` (or early stop), then load the best validation weights."""
@@ -397,6 +432,8 @@ class StageTrainer:
                 if self.state.step_in_epoch >= self.steps_per_epoch:
                     self.state.epoch += 1
                     self.state.step_in_epoch = 0
+                    if self.swa_start_epoch is not None and self.state.epoch > self.swa_start_epoch:
+                        self._swa_update()
                 if self.state.global_step % self.eval_every == 0 or last:
                     self.state.stopped_early = self._validate()
                 if self.state.global_step % int(self.cfg["checkpoint_every"]) == 0 or last or self.state.stopped_early:
@@ -410,13 +447,16 @@ class StageTrainer:
         bar.close()
         if self.state.stopped_early:
             acc.print(f"[crossmat] early stopping at step {self.state.global_step} (best step {self.state.best_step})")
-        if (self.best_dir / "model.safetensors").is_file() and self.state.best_step is not None:
+        if self.state.swa_count:
+            self._swa_apply()  # the average, not the best validation checkpoint, is the final model
+        elif (self.best_dir / "model.safetensors").is_file() and self.state.best_step is not None:
             load_model(acc.unwrap_model(self.model), str(self.best_dir / "model.safetensors"),
                        device="cpu" if acc.device.type == "cpu" else str(acc.device))
         acc.wait_for_everyone()
         return {"global_step": self.state.global_step, "best_step": self.state.best_step,
                 "best_metric": self.state.best_metric, "metric_for_best": self.metric_for_best()[0],
                 "stopped_early": self.state.stopped_early, "steps_per_epoch": self.steps_per_epoch,
+                "swa_epochs_averaged": self.state.swa_count,
                 "total_steps": self.total_steps, "processes": self.world,
                 "mixed_precision": acc.mixed_precision}
 

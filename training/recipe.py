@@ -61,6 +61,7 @@ STAGE_DEFAULTS: dict[str, Any] = {
         "group_by_formula": True,
         "max_train_rows": None,
         "on_invalid": "error",
+        "clip_predictions": "none",
         "stability_column": None,
         "stability_bias": "none",
         "stability_temperature": 0.05,
@@ -90,6 +91,7 @@ STAGE_DEFAULTS: dict[str, Any] = {
         "log_every": 10,
         "trackers": "auto",
         "progress_bar": True,
+        "swa_epochs": 0,
     },
     "lora": {
         "enabled": False,
@@ -110,6 +112,7 @@ _CHOICES = {
     "data.task": ("auto", "regression", "classification"),
     "data.target_transform": (None, "log10", "log10_abs"),
     "data.on_invalid": ("error", "skip"),
+    "data.clip_predictions": ("none", "auto"),
     "data.stability_bias": ("none", "weight", "filter"),
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
     "train.lr_scheduler": ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"),
@@ -234,9 +237,12 @@ def resolve_stage(stage: Mapping[str, Any]) -> dict[str, Any]:
             raise RecipeError(f"recipe key 'data.{key}' must be in [0, 1), got {data[key]!r}")
     if not 0.0 < float(train["mlm_probability"]) <= 1.0:
         raise RecipeError(f"recipe key 'train.mlm_probability' must be in (0, 1], got {train['mlm_probability']!r}")
-    for key in ("batch_size", "gradient_accumulation_steps", "epochs", "checkpoint_every", "keep_checkpoints"):
+    for key in (("gradient_accumulation_steps", "epochs", "checkpoint_every", "keep_checkpoints")
+                + (() if train["batch_size"] == "auto" else ("batch_size",))):
         if not isinstance(train[key], int) or train[key] < 1:
             raise RecipeError(f"recipe key 'train.{key}' must be a positive integer, got {train[key]!r}")
+    if not isinstance(train["swa_epochs"], int) or train["swa_epochs"] < 0:
+        raise RecipeError(f"recipe key 'train.swa_epochs' must be a non-negative integer, got {train['swa_epochs']!r}")
     if train["max_steps"] is not None and (not isinstance(train["max_steps"], int) or train["max_steps"] < 1):
         raise RecipeError(f"recipe key 'train.max_steps' must be a positive integer, got {train['max_steps']!r}")
     if resolved["lora"]["enabled"] and resolved["stage"] != "finetune":

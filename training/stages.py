@@ -106,6 +106,18 @@ def build_model(recipe: Mapping[str, Any], data: StageData) -> tuple[torch.nn.Mo
                              id2label={0: "0", 1: "1"}, label2id={"0": 0, "1": 1})
         if recipe["data"]["target_transform"]:
             stage_cfg["target_names"] = [f"{recipe['data']['target_transform']}({t})" for t in targets]
+        if data.info["task"] == "regression" and recipe["data"]["clip_predictions"] == "auto":
+            # non-negative targets (band gaps, moduli, strengths) get non-negative predictions
+            low = data.train.tensors["labels"].min(0).values.tolist()
+            stage_cfg["target_min"] = [0.0 if v >= 0 else None for v in low]
+    features = overrides.get("element_features")
+    if features:
+        from modeling.element_features import element_feature_table
+
+        try:
+            overrides["element_feature_dim"] = int(element_feature_table(features)[0].shape[1])
+        except ValueError as exc:
+            raise RecipeError(f"model.config.element_features: {exc}") from None
     info: dict[str, Any] = {"class": cls.__name__}
     init = mcfg["init_from"]
     if init:
@@ -120,6 +132,12 @@ def build_model(recipe: Mapping[str, Any], data: StageData) -> tuple[torch.nn.Mo
         except Exception as exc:
             raise RecipeError(f"model.init_from {str(path)!r} cannot be loaded as {cls.__name__} ({exc})") from None
         info["init_from"] = str(path)
+        if features and not getattr(_check_checkpoint(path), "element_features", None):
+            raise RecipeError("model.config.element_features applies to models trained from scratch; "
+                              f"{str(path)!r} has no element feature table")
+        if stage == "finetune":
+            for member in model.ensemble_members:  # every ensemble member starts from the pretrained encoder
+                member.crossmat.load_state_dict(model.crossmat.state_dict())
     else:
         try:
             config = CrossMatConfig(**{**token_layout(), **overrides, **stage_cfg})
@@ -127,6 +145,11 @@ def build_model(recipe: Mapping[str, Any], data: StageData) -> tuple[torch.nn.Mo
             raise RecipeError(f"model.config: {exc}") from None
         torch.manual_seed(int(recipe["seed"]))
         model = cls(config)
+        if features:
+            from modeling.element_features import install_element_features
+
+            info["element_features"] = features
+            info["elements_with_features"] = install_element_features(model, features)
         if mcfg["element_embedding_init"]:
             info["element_embedding_init"] = mcfg["element_embedding_init"]
             info["elements_initialised"] = init_element_embeddings(model, mcfg["element_embedding_init"])
