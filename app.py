@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as err:
         print(f"app.py: error: {err}", file=sys.stderr)
         return 2
-    demo.queue().launch(server_name=args.host, server_port=args.port, show_error=False)
+    demo.launch(server_name=args.host, server_port=args.port, show_error=False)  # queue bounded by build_app
     return 0
 
 

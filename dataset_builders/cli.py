@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from .common import ON_BAD, BadInputError
+from .common import ON_BAD, BadInputError, describe_write_error
 from .download import DownloadError
 from .publish import PublishError
 
@@ -104,6 +104,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = {"commit": publish_folder(args.folder, args.repo_id, args.token, args.private)}
     except (BadInputError, DownloadError, PublishError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError) as exc:  # full / read-only disk while writing the output
+        msg = describe_write_error(exc, getattr(args, "out", None) or "the output folder")
+        if msg is None:
+            raise
+        print(f"error: {msg}. Files already written under {getattr(args, 'out', '')} are kept; free space (or fix "
+              "the folder) and rerun the same command (embeddings resume from their finished shards)", file=sys.stderr)
         return 2
     if result is not None:
         print(json.dumps(result, indent=1, default=str))

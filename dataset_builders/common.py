@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ __all__ = [
     "BadInputError",
     "Rejects",
     "canonicalize_formulas",
+    "describe_write_error",
     "numeric_targets",
     "write_parquet",
     "write_card",
@@ -33,6 +36,34 @@ REJECTS_FILE = "rejected_rows.csv"
 
 class BadInputError(ValueError):
     """Invalid input rows; the message names the file, row and reason."""
+
+
+_WRITE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                 errno.EPERM: "operation not permitted"}
+# what torch's zip writer (caffe2 inline_container) raises when a write fails: it never names the cause
+_TORCH_WRITE_FAILURES = ("PytorchStreamWriter failed", "inline_container", "iostream error", "file write failed")
+
+
+def describe_write_error(exc: BaseException, where: str | Path) -> str | None:
+    """One line for a failed write under ``where`` (full disk, read-only or forbidden folder), or None when
+    ``exc`` is not such a failure (then it should propagate). Torch's writer errors do not say why they
+    failed; the free space under ``where`` is reported with them."""
+    if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+        target = f" {exc.filename}" if exc.filename else f" under {where}"
+        return f"cannot write{target}: {_WRITE_ERRNOS[exc.errno]} ({exc.strerror})"
+    if isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_WRITE_FAILURES):
+        probe = Path(where)
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            free = shutil.disk_usage(probe).free
+        except OSError:
+            return f"writing a file under {where} failed ({str(exc).splitlines()[0][:120]}); is the disk full?"
+        cause = "the disk is full" if free < 64 * 2**20 else "is the disk full or the folder not writable?"
+        return (f"writing a file under {where} failed: {cause} ({free / 2**20:.1f} MiB free; torch reported "
+                f"{str(exc).splitlines()[0][:120]!r})")
+    return None
 
 
 @dataclass

@@ -95,7 +95,10 @@ def cmd_train_cif_lm(a: argparse.Namespace) -> None:
 def cmd_convert(a: argparse.Namespace) -> None:
     from .convert_crystallm import convert_crystallm_checkpoint
 
-    model, tok = convert_crystallm_checkpoint(a.checkpoint, a.output, vocab=a.vocab, trust_pickle=a.trust_pickle)
+    try:
+        model, tok = convert_crystallm_checkpoint(a.checkpoint, a.output, vocab=a.vocab, trust_pickle=a.trust_pickle)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"convert-crystallm: error: {err}") from None
     print(f"saved GPT2LMHeadModel ({model.num_parameters()} parameters, vocab {len(tok)}) to {a.output}")
 
 
@@ -125,7 +128,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
     from .pipeline import read_jsonl
 
     register()
-    model = AutoModel.from_pretrained(a.model)
+    model = AutoModel.from_pretrained(a.model, use_safetensors=True)
     recs = read_jsonl(a.generated)
     from pymatgen.core import Structure
 
@@ -183,9 +186,10 @@ def main(argv: list[str] | None = None) -> None:
 
     c = sub.add_parser("convert-crystallm", help="CrystaLLM ckpt.pt -> transformers GPT-2 + CIF tokenizer")
     c.add_argument("checkpoint")
-    c.add_argument("--vocab", help="CrystaLLM meta.pkl, tokens.json or tokens.txt (token order)")
+    c.add_argument("--vocab", help="tokens.json or tokens.txt (token order); CrystaLLM's meta.pkl only with --trust-pickle")
     c.add_argument("--output", required=True)
-    c.add_argument("--trust-pickle", action="store_true", help="allow non-tensor pickles (trusted files only)")
+    c.add_argument("--trust-pickle", action="store_true",
+                   help="trusted files only: allow non-tensor pickles in the checkpoint and a meta.pkl vocabulary")
     c.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("train-predictor", help="MLP head on frozen structure-encoder features of real structures")

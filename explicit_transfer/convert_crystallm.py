@@ -6,8 +6,10 @@ CrystaLLM's ``ckpt.pt`` holds ``model`` (state dict: ``transformer.wte/wpe``, ``
 (``block_size, vocab_size, n_layer, n_head, n_embd, dropout, bias``). GPT-2 in transformers stores the
 same projections as ``Conv1D`` (transposed weights); its ``gelu_new`` is CrystaLLM's tanh GELU.
 
-The token order must be CrystaLLM's: pass its ``meta.pkl`` (``itos``), a JSON list or a text file with one
-token per line (escape newline/space as ``\\n`` / ``\\s``), or have the ``crystallm`` package importable.
+The token order must be CrystaLLM's: pass a JSON list or a text file with one token per line (escape
+newline/space as ``\\n`` / ``\\s``), its ``meta.pkl`` (``itos``; only with ``trust_pickle``, and then read by
+an unpickler that refuses every class or function, so it yields plain data or fails), or have the
+``crystallm`` package importable.
 """
 
 from __future__ import annotations
@@ -27,8 +29,18 @@ __all__ = ["convert_crystallm_checkpoint", "load_crystallm_vocabulary"]
 _TRANSPOSE = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
-def load_crystallm_vocabulary(vocab: str | Path | None = None, symmetrized: bool = True) -> list[str]:
-    """CrystaLLM token list in id order, from ``meta.pkl`` / JSON / text, or from an installed ``crystallm``."""
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain data only (dict, list, str, numbers): any class or function reference is refused, so
+    loading cannot call code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only plain data is read)")
+
+
+def load_crystallm_vocabulary(vocab: str | Path | None = None, symmetrized: bool = True,
+                              trust_pickle: bool = False) -> list[str]:
+    """CrystaLLM token list in id order, from JSON / text / ``meta.pkl`` (only with ``trust_pickle``), or from
+    an installed ``crystallm``."""
     if vocab is None:
         try:
             from crystallm import get_cif_tokenizer  # type: ignore[import-not-found]
@@ -41,10 +53,19 @@ def load_crystallm_vocabulary(vocab: str | Path | None = None, symmetrized: bool
     if not path.exists():
         raise FileNotFoundError(f"vocabulary file {path} not found")
     if path.suffix == ".pkl":
-        with path.open("rb") as f:
-            meta = pickle.load(f)  # noqa: S301 - a user-supplied CrystaLLM meta.pkl
-        itos = meta["itos"]
-        return [itos[i] for i in range(len(itos))]
+        if not trust_pickle:
+            raise ValueError(
+                f"{path} is a pickle, which can run code when loaded; convert it to JSON once on a machine you trust "
+                "(python -c \"import json,pickle; m=pickle.load(open('meta.pkl','rb')); "
+                "json.dump([m['itos'][i] for i in range(len(m['itos']))], open('tokens.json','w'))\") "
+                "and pass --vocab tokens.json, or pass --trust-pickle")
+        try:
+            with path.open("rb") as f:
+                meta = _DataOnlyUnpickler(f).load()
+            itos = meta["itos"]
+            return [itos[i] for i in range(len(itos))]
+        except (pickle.UnpicklingError, KeyError, TypeError, EOFError) as err:
+            raise ValueError(f"{path} is not a CrystaLLM meta.pkl holding plain data ({err})") from None
     if path.suffix == ".json":
         return list(json.loads(path.read_text()))
     return [ln.replace("\\n", "\n").replace("\\s", " ") for ln in path.read_text().split("\n") if ln != ""]
@@ -67,14 +88,14 @@ def convert_crystallm_checkpoint(
     """Load ``ckpt.pt`` into ``GPT2LMHeadModel`` (+ CIF tokenizer); save both to ``output_dir`` when given.
 
     ``trust_pickle``: load with ``weights_only=False`` (only for checkpoints you trust; needed when the
-    checkpoint pickles non-tensor objects that ``weights_only=True`` refuses).
+    checkpoint pickles non-tensor objects that ``weights_only=True`` refuses) and accept a ``meta.pkl`` vocabulary.
     """
+    tokens = load_crystallm_vocabulary(vocab, trust_pickle=trust_pickle)  # first: refuse an untrusted pickle early
     ckpt: dict[str, Any] = torch.load(ckpt_path, map_location="cpu", weights_only=not trust_pickle)
     if "model" not in ckpt or "model_args" not in ckpt:
         raise ValueError(f"{ckpt_path} is not a CrystaLLM/nanoGPT checkpoint (needs 'model' and 'model_args' keys)")
     a = ckpt["model_args"]
     sd = _clean_state_dict(ckpt["model"])
-    tokens = load_crystallm_vocabulary(vocab)
     if len(tokens) > a["vocab_size"]:
         raise ValueError(f"vocabulary has {len(tokens)} tokens but the checkpoint only {a['vocab_size']}")
     tokens += [f"<extra_{i}>" for i in range(a["vocab_size"] - len(tokens))]

@@ -3,13 +3,25 @@
 Explanations come from the ``interpretability`` package (integrated gradients + Shapley interactions)
 when it is installed; otherwise from an occlusion attribution computed here (each element replaced
 by ``[MASK]`` with its fraction kept). Invalid input is shown as a message, never as a traceback.
+
+Every request is bounded: input longer than :data:`MAX_INPUT_CHARS` is refused, Shapley interactions are
+computed for at most :data:`MAX_INTERACTION_ELEMENTS` distinct elements (larger formulas get the linear-cost
+occlusion attribution), an explanation taking longer than :data:`EXPLAIN_TIMEOUT_S` is abandoned with a
+message (and further explanations wait until it finishes, so at most one runs at a time), and the Gradio
+queue is bounded (:data:`QUEUE_SIZE`, :data:`CONCURRENCY`). User text is Markdown-escaped before it is shown,
+and the page never shows where the model lives on disk.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
+import re
+import threading
 import traceback
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +29,50 @@ import torch
 
 from .engine import FormulaPredictor
 
-__all__ = ["build_app", "explain_markdown", "predict_markdown"]
+__all__ = ["build_app", "explain_markdown", "md_escape", "model_label", "predict_markdown", "respond"]
 
 log = logging.getLogger("crossmat.app")
 EXAMPLES = ["Fe2O3", "LiCoO2", "SrTiO3", "(NH4)2SO4", "CuSO4·5H2O", "Li0.5Co0.5O2"]
+MAX_INPUT_CHARS = 256  # longer input is refused before any model work
+MAX_INTERACTION_ELEMENTS = 10  # Shapley interactions need 2**n coalitions; beyond this: occlusion (n + 1 passes)
+EXPLAIN_TIMEOUT_S = 30.0
+QUEUE_SIZE = 32  # waiting requests beyond this are refused by Gradio
+CONCURRENCY = 2  # requests processed at once
+_MD_SPECIAL = re.compile(r"([\\`*{}\[\]()<>#+\-.!|~&]|(?<!\w)_|_(?!\w))")  # intraword _ is literal (CommonMark)
+
+
+def md_escape(text: object, limit: int = 80) -> str:
+    """``text`` shortened to ``limit`` characters, control characters shown as ``?``, every Markdown/HTML
+    special character backslash-escaped: shown literally, never rendered (no code spans, links, images)."""
+    s = str(text)
+    s = s if len(s) <= limit else s[: limit - 3] + "..."
+    s = "".join(c if c.isprintable() else "?" for c in s)
+    return _MD_SPECIAL.sub(r"\\\1", s)
+
+
+def model_label(predictor: FormulaPredictor) -> str:
+    """How the page names the model: a Hub id as is, a local folder only as "a local model" (no path)."""
+    path = predictor.model_path
+    if Path(path).exists() or path.startswith(("/", ".", "~")) or "\\" in path or path.count("/") != 1:
+        return "a local model"
+    return md_escape(path)
 
 
 def predict_markdown(predictor: FormulaPredictor, formula: str) -> tuple[str, bool]:
     """Markdown for the prediction and whether the formula was valid."""
+    if len(formula) > MAX_INPUT_CHARS:
+        return f"**Invalid formula** {md_escape(formula)}: {len(formula)} characters (at most {MAX_INPUT_CHARS})", False
     out = predictor.predict_one(formula)
     if "error" in out:
-        shown = formula if len(formula) <= 80 else formula[:77] + "..."
-        return f"**Invalid formula** `{shown}`: {out['error']}", False
-    lines = [f"**{out['formula']}** (read as `{out['canonical']}`)", ""]
+        return f"**Invalid formula** {md_escape(formula)}: {md_escape(out['error'], 300)}", False
+    lines = [f"**{md_escape(out['formula'])}** (read as {md_escape(out['canonical'], MAX_INPUT_CHARS)})", ""]
     if "predictions" in out:
         for p in out["predictions"]:
-            unit = f" {p['unit']}" if p["unit"] else ""
-            lines.append(f"- {p['property']}: **{p['value']:.4g}{unit}**")
+            unit = f" {md_escape(p['unit'])}" if p["unit"] else ""
+            lines.append(f"- {md_escape(p['property'])}: **{p['value']:.4g}{unit}**")
     else:
-        lines.append(f"- predicted: **{out['label']}** (probability {out['probability']:.3f})")
-        lines += [f"  - {k}: {v:.3f}" for k, v in out["probabilities"].items()]
+        lines.append(f"- predicted: **{md_escape(out['label'])}** (probability {out['probability']:.3f})")
+        lines += [f"  - {md_escape(k)}: {v:.3f}" for k, v in out["probabilities"].items()]
     return "\n".join(lines), True
 
 
@@ -59,7 +95,7 @@ def _occlusion(predictor: FormulaPredictor, formula: str) -> str:
     lines = [
         "Occlusion attribution (prediction minus prediction with the element replaced by `[MASK]`, fraction kept):",
         "",
-        f"| element | effect{f' [{unit}]' if unit else ''} |",
+        f"| element | effect{f' [{md_escape(unit)}]' if unit else ''} |",
         "|---|---:|",
     ]
     for row, p in enumerate(pos, start=1):
@@ -67,16 +103,61 @@ def _occlusion(predictor: FormulaPredictor, formula: str) -> str:
     return "\n".join(lines)
 
 
+def _n_elements(predictor: FormulaPredictor, formula: str) -> int:
+    cfg = predictor.model.config
+    ids = predictor.tokenizer([formula])["input_ids"][0]
+    return len({t for t in ids if cfg.element_token_start <= t < cfg.element_token_start + cfg.num_elements})
+
+
 def explain_markdown(predictor: FormulaPredictor, formula: str) -> str:
-    """Markdown explanation of a valid formula."""
+    """Markdown explanation of a valid formula (interactions up to :data:`MAX_INTERACTION_ELEMENTS` elements)."""
     try:
         interp = importlib.import_module("interpretability")
     except ImportError:
         interp = None
+    n = _n_elements(predictor, formula)
+    if n > MAX_INTERACTION_ELEMENTS:
+        return (f"_{n} distinct elements: Shapley interactions are computed for at most {MAX_INTERACTION_ELEMENTS} "
+                "in this app (use the `interpretability` command line for more)._\n\n" + _occlusion(predictor, formula))
     if interp is not None and hasattr(interp, "explain") and hasattr(interp, "format_table"):
         ((attr, inter),) = interp.explain(predictor.model, predictor.tokenizer, [formula])
-        return interp.format_table(attr, inter)
+        # the table quotes the formula in a code span: show the (generated, element-symbols-only) canonical form
+        return interp.format_table(dataclasses.replace(attr, formula=attr.canonical), inter)
     return _occlusion(predictor, formula)
+
+
+class _BoundedExplainer:
+    """Runs explanations one at a time in a worker thread with a timeout. A timed-out explanation cannot be
+    killed; it finishes in the background and new explanations are refused until then."""
+
+    def __init__(self, predictor: FormulaPredictor, timeout_s: float) -> None:
+        self.predictor, self.timeout_s = predictor, timeout_s
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crossmat-explain")
+        self.idle = threading.Semaphore(1)
+
+    def __call__(self, formula: str) -> str:
+        if not self.idle.acquire(blocking=False):
+            return "_The explainer is busy with an earlier request; try again in a moment._"
+        future = self.pool.submit(explain_markdown, self.predictor, formula)
+        future.add_done_callback(lambda _: self.idle.release())
+        try:
+            return future.result(timeout=self.timeout_s)
+        except FutureTimeout:
+            log.warning("explanation of %r took longer than %.0f s", formula[:80], self.timeout_s)
+            return f"_The explanation took longer than {self.timeout_s:.0f} s and was abandoned._"
+
+
+def respond(predictor: FormulaPredictor, formula: object, explainer: Any = None) -> tuple[str, str]:
+    """The app's request handler: (prediction Markdown, explanation Markdown); errors become messages."""
+    formula = formula if isinstance(formula, str) else ""
+    try:
+        text, ok = predict_markdown(predictor, formula)
+        if not ok or explainer is None:
+            return text, ""
+        return text, explainer(formula)
+    except Exception as err:  # never show a traceback in the page; log it for the operator
+        log.error("prediction failed for %r:\n%s", formula[:200], traceback.format_exc())
+        return f"**Error**: {type(err).__name__}: {md_escape(err, 300)}", ""
 
 
 def build_app(model: str | Path | FormulaPredictor, *, explain: bool = True) -> Any:
@@ -93,29 +174,27 @@ def build_app(model: str | Path | FormulaPredictor, *, explain: bool = True) -> 
         else " / ".join(predictor.labels)
     )
 
+    explainer = _BoundedExplainer(predictor, EXPLAIN_TIMEOUT_S) if explain else None
+
     def run(formula: str) -> tuple[str, str]:
-        formula = formula or ""
-        try:
-            text, ok = predict_markdown(predictor, formula)
-            if not ok:
-                return text, ""
-            return text, (explain_markdown(predictor, formula) if explain else "")
-        except Exception as err:  # never show a traceback in the page; log it for the operator
-            log.error("prediction failed for %r:\n%s", formula[:200], traceback.format_exc())
-            return f"**Error**: {type(err).__name__}: {str(err)[:300]}", ""
+        return respond(predictor, formula, explainer)
 
     with gr.Blocks(title="CrossMat property prediction") as demo:
         gr.Markdown(
-            f"# CrossMat: {what} from the chemical formula\n"
-            f"Model: `{predictor.model_path}` ({cfg.hidden_size} hidden, {cfg.num_hidden_layers} layers). "
+            f"# CrossMat: {md_escape(what, 300)} from the chemical formula\n"
+            f"Model: {model_label(predictor)} ({cfg.hidden_size} hidden, {cfg.num_hidden_layers} layers). "
             "Type a formula such as `Fe2O3`, `(NH4)2SO4` or `Li0.5Co0.5O2`."
         )
         with gr.Row():
-            formula = gr.Textbox(label="Formula", placeholder="Fe2O3", elem_id="formula", max_lines=1)
+            formula = gr.Textbox(label="Formula", placeholder="Fe2O3", elem_id="formula", max_lines=1,
+                                 max_length=MAX_INPUT_CHARS)
             button = gr.Button("Predict", variant="primary", elem_id="predict")
         result = gr.Markdown(elem_id="result")
         explanation = gr.Markdown(elem_id="explanation")
         gr.Examples(EXAMPLES, inputs=formula)
-        button.click(run, inputs=formula, outputs=[result, explanation], api_name="predict")
-        formula.submit(run, inputs=formula, outputs=[result, explanation])
+        button.click(run, inputs=formula, outputs=[result, explanation], api_name="predict",
+                     concurrency_limit=CONCURRENCY, concurrency_id="predict")
+        formula.submit(run, inputs=formula, outputs=[result, explanation], concurrency_limit=CONCURRENCY,
+                       concurrency_id="predict")
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
     return demo

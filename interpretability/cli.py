@@ -102,7 +102,19 @@ def main(argv: list[str] | None = None) -> int:
                 chunk_size=args.chunk_size, min_count=args.min_count,
             )
             print(json.dumps({k: v for k, v in summary.items() if k != "top_elements"}, indent=2))
-    except (FormulaError, NotAPropertyModelError, BudgetError, OSError, ValueError, KeyError) as err:
+    except (FormulaError, NotAPropertyModelError, BudgetError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError) as err:  # full / read-only disk while writing the output, or an unreadable input
+        from dataset_builders.common import describe_write_error
+
+        msg = describe_write_error(err, args.out)
+        if msg is None and isinstance(err, OSError):
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if msg is None:
+            raise
+        print(f"error: {msg}. Files already written under {args.out} are kept (aggregate resumes from its finished "
+              "chunks); free space (or fix the folder) and rerun the same command", file=sys.stderr)
         return 2
     return 0

@@ -119,7 +119,8 @@ def load_lora_model(path: str | Path, merge: bool = False) -> PreTrainedModel:
     if Path(base_path).is_absolute() and not Path(base_path).is_dir():
         raise ModelFolderError(f"{str(path)!r}: its base model folder {base_path!r} (adapter_config.json) does not exist")
     config = CrossMatConfig.from_pretrained(str(path))
-    base = AutoModelForSequenceClassification.from_pretrained(base_path, config=config, ignore_mismatched_sizes=True)
+    base = AutoModelForSequenceClassification.from_pretrained(base_path, config=config, ignore_mismatched_sizes=True,
+                                                              use_safetensors=True)
     model = PeftModel.from_pretrained(base, str(path))
     return model.merge_and_unload() if merge else model
 
@@ -139,7 +140,8 @@ def load_model(path: str | Path, *, merge: bool = True, output_loading_info: boo
         model, missing = load_lora_model(path, merge=merge), []
     else:
         try:
-            model, info = AutoModelForSequenceClassification.from_pretrained(str(path), output_loading_info=True)
+            model, info = AutoModelForSequenceClassification.from_pretrained(str(path), output_loading_info=True,
+                                                                             use_safetensors=True)
         except OSError as exc:
             raise OSError(f"cannot load a CrossMat model from {str(path)!r}: {exc}. Pass a local model folder "
                           "(with config.json and model.safetensors or a LoRA adapter) or a Hub id reachable "

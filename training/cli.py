@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+from dataset_builders.common import describe_write_error
 
 from .recipe import RecipeError, load_recipe
 from .stages import run_recipe
@@ -28,6 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_writable(folder: Path) -> None:
+    """Fail before any data loading or training when ``folder`` cannot be created or written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_probe_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        msg = describe_write_error(err, folder)
+        raise RecipeError(f"output folder {str(folder)!r} is not writable: {msg or err}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = Path(args.config) if args.config else QUICKSTART
@@ -44,9 +59,17 @@ def main(argv: list[str] | None = None) -> int:
                 overrides.append(f"push_to_hub={args.push_to_hub}")
         name = recipe.get("name") or config.stem
         output_dir = Path(args.output_dir) if args.output_dir else Path("outputs") / str(name)
+        _check_writable(output_dir)
         out = run_recipe(recipe, output_dir, overrides)
     except RecipeError as err:
         print(f"train.py: error: {err}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError) as err:  # a full / read-only disk while writing checkpoints or the model
+        msg = describe_write_error(err, output_dir)
+        if msg is None:
+            raise
+        print(f"train.py: error: {msg}. Finished stages and complete checkpoints under {output_dir} are kept: "
+              "free space (or fix the folder) and rerun with --resume", file=sys.stderr)
         return 2
     print(f"[crossmat] all outputs under {out}")
     return 0

@@ -3,7 +3,8 @@
 A *source* is a dataset folder written by ``dataset_builders`` (``{path, name, split}``), a CSV /
 CSV.gz / parquet / JSON-lines file, an in-memory ``datasets.Dataset`` or ``pandas.DataFrame``, or a
 builtin pip-shipped source (``builtin: mp_transport`` or ``builtin: aflow_prototypes_chgnet``).
-Mappings may add ``query`` (a pandas query, e.g. ``"test_fold != 0"``). Every formula is validated by
+Mappings may add ``filter``: row conditions ``{column, op, value}`` (or the strict string form
+``"test_fold != 0"``), all of which must hold; never a free expression (see :func:`apply_filter`). Every formula is validated by
 the tokenizer; invalid rows fail the stage (``on_invalid: error``) or are skipped and reported
 (``on_invalid: skip`` -> ``rejected_rows.csv``), never dropped silently.
 """
@@ -11,6 +12,8 @@ the tokenizer; invalid rows fail the stage (``on_invalid: error``) or are skippe
 from __future__ import annotations
 
 import hashlib
+import operator
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +28,9 @@ from tokenization import CrossMatTokenizerFast, FormulaError, canonical_formula
 
 from .recipe import RecipeError
 
-__all__ = ["StageData", "TensorSplit", "load_source", "prepare_stage_data", "split_buckets"]
+__all__ = ["StageData", "TensorSplit", "apply_filter", "load_source", "prepare_stage_data", "split_buckets"]
 
-_SOURCE_KEYS = {"path", "name", "split", "query", "builtin", "data_files"}
+_SOURCE_KEYS = {"path", "name", "split", "filter", "builtin", "data_files"}
 BUILTINS = ("mp_transport", "aflow_prototypes_chgnet")
 
 
@@ -104,6 +107,9 @@ def load_source(source: Any, what: str = "data.train") -> tuple[pd.DataFrame, st
     if not isinstance(source, Mapping):
         raise DataError(f"{what}: expected a path, a mapping or a datasets.Dataset, got {type(source).__name__}")
     unknown = sorted(set(source) - _SOURCE_KEYS)
+    if "query" in unknown:
+        raise DataError(f"{what}: 'query' (a pandas expression, which can run code) is not supported; use a "
+                        "declarative filter, e.g. filter: \"test_fold != 0\" or filter: [{column: test_fold, op: '!=', value: 0}]")
     if unknown:
         raise DataError(f"{what}: unknown source key(s) {unknown}; allowed: {sorted(_SOURCE_KEYS)}")
     if source.get("builtin"):
@@ -129,22 +135,91 @@ def load_source(source: Any, what: str = "data.train") -> tuple[pd.DataFrame, st
             df = ds.to_pandas()
             desc = f"{path} (config={source.get('name')}, split={source.get('split') or 'train'})"
         else:
-            name = path.name.lower()
-            if name.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.xz")):
-                df = pd.read_csv(path)
-            elif name.endswith(".parquet"):
-                df = pd.read_parquet(path)
-            elif name.endswith((".jsonl", ".json")):
-                df = pd.read_json(path, lines=name.endswith(".jsonl"))
-            else:
-                raise DataError(f"{what}: unsupported file type {path.name!r} (use csv[.gz], parquet or jsonl)")
-    if source.get("query"):
-        try:
-            df = df.query(source["query"])
-        except Exception as exc:
-            raise DataError(f"{what}: query {source['query']!r} failed ({exc})") from None
-        desc += f" where {source['query']}"
+            df = _read_file(path, what)
+    if source.get("filter"):
+        df, text = apply_filter(df, source["filter"], what)
+        desc += f" where {text}"
     return df.reset_index(drop=True), desc
+
+
+_COMPARE = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+_FILTER_OPS = (*_COMPARE, "in", "not in")
+_CONDITION = re.compile(r"^\s*([A-Za-z_][\w ]*?)\s*(==|!=|<=|>=|<|>)\s*(-?\d+(?:\.\d+)?|'[^']*'|\"[^\"]*\"|true|false)\s*$")
+
+
+def _parse_condition(cond: Any, what: str) -> tuple[str, str, Any]:
+    """One filter condition as ``(column, op, value)``: a mapping ``{column, op, value}`` or the strict string
+    ``"<column> <op> <number | 'text' | true | false>"`` (matched by a regex, never evaluated)."""
+    if isinstance(cond, str):
+        m = _CONDITION.match(cond)
+        if not m:
+            raise DataError(f"{what}: filter {cond!r} is not '<column> <op> <value>' with op one of "
+                            f"{list(_COMPARE)} and a number, quoted text, true or false (use the mapping form "
+                            "{column, op, value} for 'in' / 'not in')")
+        col, op, raw = m.groups()
+        value: Any = raw[1:-1] if raw[0] in "'\"" else {"true": True, "false": False}.get(raw)
+        if value is None:
+            value = float(raw) if "." in raw else int(raw)
+        return col, op, value
+    if not isinstance(cond, Mapping) or set(cond) != {"column", "op", "value"}:
+        raise DataError(f"{what}: filter condition {cond!r} must be a string or a mapping with exactly the keys "
+                        "column, op, value")
+    col, op, value = cond["column"], cond["op"], cond["value"]
+    if op not in _FILTER_OPS:
+        raise DataError(f"{what}: filter op {op!r} is not allowed; choose one of {list(_FILTER_OPS)}")
+    scalar = (str, int, float, bool)
+    ok = isinstance(value, list) and all(isinstance(v, scalar) for v in value) if op in ("in", "not in") else isinstance(value, scalar)
+    if not ok:
+        raise DataError(f"{what}: filter value {value!r} for op {op!r} must be "
+                        + ("a list of numbers/strings" if op in ("in", "not in") else "a number, string or boolean"))
+    return str(col), op, value
+
+
+def apply_filter(df: pd.DataFrame, spec: Any, what: str = "data.train") -> tuple[pd.DataFrame, str]:
+    """Keep the rows of ``df`` meeting every condition of ``spec`` (one condition or a list; see
+    :func:`_parse_condition`). Operators are an allow-list; nothing is evaluated as code."""
+    conditions = [_parse_condition(c, what) for c in (spec if isinstance(spec, list) else [spec])]
+    keep = np.ones(len(df), dtype=bool)
+    for col, op, value in conditions:
+        if col not in df.columns:
+            raise DataError(f"{what}: filter column {col!r} not found; available columns: {list(df.columns)}")
+        series = df[col]
+        try:
+            if op in ("in", "not in"):
+                hit = series.isin(value).to_numpy()
+                keep &= hit if op == "in" else ~hit
+            else:
+                keep &= np.asarray(_COMPARE[op](series, value).fillna(False), dtype=bool)
+        except TypeError as exc:
+            raise DataError(f"{what}: filter {col} {op} {value!r} cannot compare column {col!r} ({series.dtype}) "
+                            f"with {type(value).__name__} ({exc})") from None
+    text = " and ".join(f"{c} {o} {v!r}" for c, o, v in conditions)
+    return df[keep], text
+
+
+def _read_file(path: Path, what: str) -> pd.DataFrame:
+    """A CSV / parquet / JSON(-lines) file as a DataFrame; unreadable files raise :class:`DataError` naming the
+    file and the reason (empty, not UTF-8, ragged rows, corrupt)."""
+    name = path.name.lower()
+    try:
+        if name.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.xz")):
+            return pd.read_csv(path)
+        if name.endswith(".parquet"):
+            return pd.read_parquet(path)
+        if name.endswith((".jsonl", ".json")):
+            return pd.read_json(path, lines=name.endswith(".jsonl"))
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{what}: {str(path)!r} is empty (no header row)") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{what}: {str(path)!r} is not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at "
+                        f"offset {err.start}); save it as UTF-8") from None
+    except pd.errors.ParserError as err:
+        reason = str(err).strip().splitlines()[-1]
+        raise DataError(f"{what}: {str(path)!r} cannot be parsed ({reason}); every row needs as many fields as "
+                        "the header") from None
+    except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError; unreadable files are OSErrors
+        raise DataError(f"{what}: cannot read {str(path)!r} ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+    raise DataError(f"{what}: unsupported file type {path.name!r} (use csv[.gz], parquet or jsonl)")
 
 
 def _unit_hash(keys: list[str], salt: str) -> np.ndarray:

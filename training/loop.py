@@ -5,7 +5,7 @@ permutation drawn from ``seed + epoch``; with ``P`` processes each takes its ``1
 global batch, so the optimisation is the same on one CPU, one GPU or many (up to float reduction
 order and dropout masks, which are reseeded from ``(seed, step, process)`` before every step). MLM
 masks are a hash of ``(seed, epoch, row, position)``. Checkpoints (``accelerator.save_state``:
-model, optimizer, scheduler, RNG, loop state) are written atomically every ``checkpoint_every``
+model, optimizer, scheduler, RNG; the loop state as JSON) are written atomically every ``checkpoint_every``
 steps; ``resume`` restarts from the newest one and replays nothing twice.
 """
 
@@ -39,6 +39,21 @@ __all__ = ["LoopState", "StageTrainer", "auto_batch_size", "compute_metrics", "l
 SWA_FILE = "swa_average.safetensors"  # running stochastic-weight average, saved with each checkpoint
 FAULT_ENV = "CROSSMAT_TRAIN_FAULT_AFTER_STEP"  # testing hook: SIGKILL this process after that step
 _HIGHER_IS_BETTER = {"roc_auc", "accuracy", "r2", "masked_accuracy", "alignment_cosine"}
+
+
+LOOP_STATE_FILE = "loop_state.json"
+
+
+def _read_loop_state(path: Path) -> dict[str, Any]:
+    """The JSON loop state of a checkpoint, checked against :class:`LoopState`'s keys."""
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise RecipeError(f"train.resume: cannot read {path} ({err})") from None
+    expected = set(LoopState().state_dict())
+    if not isinstance(state, dict) or set(state) != expected:
+        raise RecipeError(f"train.resume: {path} does not hold a loop state (expected keys {sorted(expected)})")
+    return state
 
 
 def auto_batch_size(rows: int) -> int:
@@ -188,7 +203,8 @@ class StageTrainer:
         scheduler = get_scheduler(self.cfg["lr_scheduler"], optimizer, num_warmup_steps=warmup,
                                   num_training_steps=self.total_steps)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(self.model, optimizer, scheduler)
-        self.accelerator.register_for_checkpointing(self.state)
+        # the loop state is saved as JSON (LOOP_STATE_FILE), not registered with accelerate: its custom
+        # checkpoints are pickles loaded with weights_only=False, i.e. code execution from a checkpoint folder
 
     # ----------------------------------------------------------------- data
     def _permutation(self, epoch: int) -> torch.Tensor:
@@ -238,6 +254,7 @@ class StageTrainer:
         if acc.is_main_process and self.swa:
             save_file(self.swa, str(tmp / SWA_FILE))
         if acc.is_main_process:
+            (tmp / LOOP_STATE_FILE).write_text(json.dumps(self.state.state_dict()))
             (tmp / "COMPLETE").write_text(json.dumps(self.state.state_dict()))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -256,7 +273,13 @@ class StageTrainer:
             return
         if not (ckpt / "COMPLETE").is_file():
             raise RecipeError(f"train.resume: {ckpt} is not a complete checkpoint")
+        pickles = sorted(p.name for p in ckpt.glob("custom_checkpoint_*"))
+        if pickles or not (ckpt / LOOP_STATE_FILE).is_file():
+            raise RecipeError(f"train.resume: {ckpt} " + (f"holds pickled objects {pickles}" if pickles else f"has no {LOOP_STATE_FILE}")
+                              + " (a checkpoint from an older version, or not written by crossmat); it is not loaded, "
+                              "since unpickling can run code: start a fresh run")
         self.accelerator.load_state(str(ckpt))
+        self.state.load_state_dict(_read_loop_state(ckpt / LOOP_STATE_FILE))
         self.swa = load_file(str(ckpt / SWA_FILE)) if (ckpt / SWA_FILE).is_file() else {}
         self._truncate_metrics(self.state.global_step)
         self.accelerator.print(f"[crossmat] resumed from {ckpt} at step {self.state.global_step}")

@@ -34,7 +34,7 @@ from tokenization import CrossMatTokenizerFast
 from tokenization.vocabulary import ELEMENT_START, ELEMENTS, token_layout
 
 from .data import StageData, prepare_stage_data
-from .loop import StageTrainer, make_accelerator
+from .loop import StageTrainer, latest_checkpoint, make_accelerator
 from .recipe import RecipeError, apply_overrides, validate_recipe
 
 __all__ = ["build_model", "init_element_embeddings", "load_lora_model", "run_recipe", "run_stage"]
@@ -50,6 +50,8 @@ def _check_checkpoint(path: Path) -> CrossMatConfig:
         check_folder(path)
     except ModelFolderError as exc:
         raise RecipeError(f"model.init_from: {exc}") from exc
+    if not is_lora_folder(path) and not (path / "model.safetensors").is_file():
+        raise RecipeError(f"model.init_from {str(path)!r} has no model.safetensors (weights are read from safetensors only)")
     return CrossMatConfig.from_pretrained(str(path))
 
 
@@ -129,7 +131,8 @@ def build_model(recipe: Mapping[str, Any], data: StageData) -> tuple[torch.nn.Mo
                 load_model(path).save_pretrained(tmp)
                 source = Path(tmp)
             try:
-                model = cls.from_pretrained(str(source), config=config, ignore_mismatched_sizes=stage == "finetune")
+                model = cls.from_pretrained(str(source), config=config, ignore_mismatched_sizes=stage == "finetune",
+                                            use_safetensors=True)
             except (OSError, ValueError, RuntimeError) as exc:
                 raise RecipeError(f"model.init_from {str(path)!r} cannot be loaded as {cls.__name__} ({exc})") from exc
         info["init_from"] = str(path)
@@ -221,10 +224,59 @@ def _recipe_hash(recipe: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(r, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# keys that may differ between a run and its resumption: they change neither the optimisation nor the model
+RESUME_FREE_KEYS = ("train.resume", "train.progress_bar", "train.trackers", "train.log_every", "train.checkpoint_every",
+                    "train.keep_checkpoints", "push_to_hub", "card")
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, Mapping) and node:
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: node}
+
+
+def _check_resume_recipe(recipe: Mapping[str, Any], out: Path) -> None:
+    """Refuse to resume a checkpoint with a recipe other than the one it was trained with (its output folder's
+    ``recipe.yaml``), naming the changed keys; :data:`RESUME_FREE_KEYS` may change."""
+    resume = recipe["train"]["resume"]
+    if not resume:
+        return
+    explicit = isinstance(resume, str) and resume not in ("auto", "true")
+    ckpt = Path(resume) if explicit else latest_checkpoint(out)
+    if ckpt is None:
+        return
+    stored = (ckpt.parent.parent if explicit else out) / "recipe.yaml"
+    if not stored.is_file():
+        raise RecipeError(f"train.resume: {stored} (the recipe the checkpoint {ckpt} was trained with) is missing; "
+                          "cannot check that the run continues with the same recipe")
+    try:
+        old = yaml.safe_load(stored.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise RecipeError(f"train.resume: cannot read {stored} ({err})") from None
+    if not isinstance(old, Mapping):
+        raise RecipeError(f"train.resume: {stored} is not a recipe mapping")
+
+    def free(key: str) -> bool:
+        return any(key == f or key.startswith(f + ".") for f in RESUME_FREE_KEYS)
+
+    before = {k: v for k, v in _flatten(old).items() if not free(k)}
+    now = {k: v for k, v in _flatten(_printable(recipe)).items() if not free(k)}
+    changed = sorted(k for k in set(before) | set(now) if before.get(k, "<unset>") != now.get(k, "<unset>"))
+    if changed:
+        shown = ", ".join(f"{k} {before.get(k, '<unset>')!r} -> {now.get(k, '<unset>')!r}" for k in changed[:8])
+        more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+        raise RecipeError(f"train.resume: the recipe differs from the one {ckpt} was trained with ({stored}): "
+                          f"{shown}{more}; resume with the same recipe, or start a new run in another output folder")
+
+
 def run_stage(recipe: Mapping[str, Any], output_dir: str | Path) -> Path:
     """Run one resolved stage recipe; return its output folder (see module docstring)."""
     out = Path(output_dir)
     stage = recipe["stage"]
+    _check_resume_recipe(recipe, out)
     if recipe["push_to_hub"] and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise RecipeError(f"push_to_hub {recipe['push_to_hub']!r} requested but HF_HUB_OFFLINE is set; unset it or drop --push-to-hub")
     explain = recipe["card"].get("explain")
@@ -255,6 +307,8 @@ def run_stage(recipe: Mapping[str, Any], output_dir: str | Path) -> Path:
     if data.test is not None:
         metrics["test"] = trainer.evaluate(data.test, "test")
         trainer._log({"split": "test", **metrics["test"]})
+    # collective: every process takes part in the gather (only the main process writes the file below)
+    test_pred = trainer.predict(data.test)["logits"] if data.test is not None and stage == "finetune" else None
     unwrapped = accelerator.unwrap_model(trainer.model)
     lora = recipe["lora"]
     lora_adapter = bool(lora["enabled"] and not lora["merge"])
@@ -267,8 +321,8 @@ def run_stage(recipe: Mapping[str, Any], output_dir: str | Path) -> Path:
         if lora_adapter:
             unwrapped.get_base_model().config.save_pretrained(str(out))  # the property head's config
         tokenizer.save_pretrained(str(out))
-        if data.test is not None and stage == "finetune":
-            pred = trainer.predict(data.test)["logits"]
+        if test_pred is not None:
+            pred = test_pred
             frame = pd.DataFrame({"formula": data.test.formulas, "row": data.test.tensors["row_id"].numpy()})
             labels = data.test.tensors["labels"].numpy()
             for j, name in enumerate(unwrapped.config.target_names if not lora_adapter else unwrapped.get_base_model().config.target_names):
@@ -293,17 +347,47 @@ def run_stage(recipe: Mapping[str, Any], output_dir: str | Path) -> Path:
     return out
 
 
+class PushError(RecipeError):
+    """Uploading a finished stage to the Hub failed (the model stays saved locally)."""
+
+
+# what a stage folder uploads: model, tokenizer, remote code, card and metrics; never the checkpoints
+# (optimizer/RNG pickles) or any other pickle
+PUSH_ALLOW = ["*.safetensors", "*.json", "*.md", "*.py", "*.yaml", "*.jsonl", "*.csv", "*.txt"]
+PUSH_IGNORE = ["checkpoints/*", "*.tmp*", "*.pkl", "*.bin", "*.pt", "*.pth"]
+
+
+def push_command(out: Path, repo_id: str) -> str:
+    """The ``hf upload`` command (huggingface_hub >= 1.0) that uploads what :func:`_push` uploads."""
+    import shlex
+
+    flags = [f"--include {shlex.quote(p)}" for p in PUSH_ALLOW] + [f"--exclude {shlex.quote(p)}" for p in PUSH_IGNORE]
+    return f"hf upload {shlex.quote(repo_id)} {shlex.quote(str(out))} . " + " ".join(flags)
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    import importlib
+
+    errors: list[type[BaseException]] = [OSError]  # includes huggingface_hub's HTTP, token and offline errors
+    for name in ("httpx", "httpx2"):
+        try:
+            errors.append(importlib.import_module(name).HTTPError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
 def _push(out: Path, repo_id: str) -> None:
     from huggingface_hub import HfApi
 
     try:
         api = HfApi()
         api.create_repo(repo_id, exist_ok=True)
-        api.upload_folder(folder_path=str(out), repo_id=repo_id, ignore_patterns=["checkpoints/*", "*.tmp*"])
-    except Exception as exc:  # any failure (network, auth, HTTP) is re-raised with its traceback and the local path
-        raise RuntimeError(f"push to the Hub ({repo_id}) failed: {type(exc).__name__}: {exc}. "
-                           f"The trained model is saved locally at {out}; push it later with "
-                           f"`huggingface-cli upload {repo_id} {out}`") from exc
+        api.upload_folder(folder_path=str(out), repo_id=repo_id, allow_patterns=PUSH_ALLOW, ignore_patterns=PUSH_IGNORE)
+    except _network_errors() as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise PushError(f"push to the Hub ({repo_id}) failed: {type(exc).__name__}: {reason}. "
+                        f"The trained model is saved locally at {out}; push it later with `{push_command(out, repo_id)}`") from None
     print(f"[crossmat] pushed {out} to https://huggingface.co/{repo_id}")
 
 
