@@ -95,7 +95,22 @@ def _aflow_prototypes_chgnet() -> pd.DataFrame:
     return pd.read_parquet(table)
 
 
-def load_source(source: Any, what: str = "data.train") -> tuple[pd.DataFrame, str]:
+def _read_csv(path: Path, formula_column: str | None) -> pd.DataFrame:
+    """A CSV with the formula column kept as written: ``NA``, ``None`` and empty cells stay text (so
+    rejected_rows.csv shows them) and NUL bytes stay in the cell (the C parser would cut ``Fe\\x00O`` to
+    ``Fe``); the other columns get pandas' usual missing-value handling."""
+    if formula_column is None:
+        return pd.read_csv(path, engine="python")
+    from pandas._libs.parsers import STR_NA_VALUES
+
+    columns = pd.read_csv(path, nrows=0).columns
+    na = {c: sorted(STR_NA_VALUES) for c in columns if c != formula_column}
+    return pd.read_csv(
+        path, engine="python", keep_default_na=False, na_values=na, dtype={formula_column: str} if formula_column in columns else None
+    )
+
+
+def load_source(source: Any, what: str = "data.train", formula_column: str | None = None) -> tuple[pd.DataFrame, str]:
     """Load a data source into a DataFrame; return it with a short description for cards and logs."""
     if source is None:
         raise DataError(f"{what}: no data source given")
@@ -135,7 +150,7 @@ def load_source(source: Any, what: str = "data.train") -> tuple[pd.DataFrame, st
         else:
             name = path.name.lower()
             if name.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.xz")):
-                df = pd.read_csv(path)
+                df = _read_csv(path, formula_column)
             elif name.endswith(".parquet"):
                 df = pd.read_parquet(path)
             elif name.endswith((".jsonl", ".json")):
@@ -319,7 +334,7 @@ def _frame_to_split(
 def prepare_stage_data(recipe: Mapping[str, Any], tokenizer: CrossMatTokenizerFast) -> StageData:
     """Load, validate, split and tokenize the data of one stage (fails before training on bad input)."""
     data, stage = recipe["data"], recipe["stage"]
-    train_df, train_desc = load_source(data["train"], "data.train")
+    train_df, train_desc = load_source(data["train"], "data.train", data["formula_column"])
     target_columns: list[str] = []
     if stage == "finetune":
         tc = data["target_column"]
@@ -341,7 +356,7 @@ def prepare_stage_data(recipe: Mapping[str, Any], tokenizer: CrossMatTokenizerFa
     salt = str(data["split_seed"])
     in_test = np.zeros(len(train_df), dtype=bool)
     if data["test"] is not None:
-        frames["test"], descs["test"] = load_source(data["test"], "data.test")
+        frames["test"], descs["test"] = load_source(data["test"], "data.test", data["formula_column"])
         _require_columns(frames["test"], needed, f"data.test ({descs['test']})")
     elif data["test_fraction"] > 0:
         in_test = split_buckets(groups, float(data["test_fraction"]), f"test|{salt}")
@@ -367,6 +382,9 @@ def prepare_stage_data(recipe: Mapping[str, Any], tokenizer: CrossMatTokenizerFa
             splits[name], task = _frame_to_split(frames[name], name, stage, data, tokenizer, rejects, task, target_columns)
     if "train" not in splits or len(splits["train"]) == 0:
         raise DataError(f"data.train ({train_desc}): no usable training rows")
+    duplicates = None
+    if stage == "finetune":
+        splits["train"], duplicates = _resolve_duplicates(splits["train"], data["duplicates"], task)
     info: dict[str, Any] = {
         "sources": descs,
         "rows": {k: len(v) for k, v in splits.items()},
@@ -375,6 +393,8 @@ def prepare_stage_data(recipe: Mapping[str, Any], tokenizer: CrossMatTokenizerFa
         "target_columns": target_columns,
         "formula_column": data["formula_column"],
     }
+    if duplicates is not None:
+        info["duplicates"] = duplicates
     if stage == "finetune" and task == "regression":
         y = splits["train"].tensors["labels"].double()
         info["target_mean"] = y.mean(0).tolist()
@@ -383,6 +403,66 @@ def prepare_stage_data(recipe: Mapping[str, Any], tokenizer: CrossMatTokenizerFa
         info["structure_embedding_dim"] = int(splits["train"].tensors["structure_embeddings"].shape[1])
     rejected = pd.DataFrame(rejects.rows) if rejects.rows else None
     return StageData(splits["train"], splits.get("validation"), splits.get("test"), info, rejected)
+
+
+def _resolve_duplicates(split: TensorSplit, policy: str, task: str) -> tuple[TensorSplit, dict[str, Any]]:
+    """Report training rows that share a composition with different targets and apply ``data.duplicates``.
+
+    ``keep`` trains on every row (polymorphs are real data), ``mean`` merges each composition into its
+    first row with the mean target (classification: the majority label, ties to the first row's),
+    ``first`` keeps the first row, ``error`` refuses conflicting targets. Always reported in the card
+    info (``duplicates``) and printed.
+    """
+    formulas = np.asarray(split.formulas, dtype=object)
+    uniq, inverse = np.unique(formulas, return_inverse=True)
+    keys = np.array([_safe_canonical(f) for f in uniq], dtype=object)[inverse]
+    _, group, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    labels = split.tensors["labels"].double().reshape(len(formulas), -1).numpy()
+    dup_rows = np.flatnonzero(counts[group] > 1)
+    conflicts: dict[str, list[float]] = {}
+    for r in dup_rows:
+        conflicts.setdefault(str(keys[r]), []).append(float(labels[r, 0]))
+    conflicts = {k: v for k, v in conflicts.items() if len(set(v)) > 1}
+    report = {
+        "policy": policy,
+        "duplicate_rows": int(len(dup_rows)),
+        "conflicting_compositions": len(conflicts),
+        "examples": {k: v[:5] for k, v in list(conflicts.items())[:5]},
+    }
+    if conflicts:
+        first = next(iter(conflicts))
+        msg = (
+            f"data.train: {len(conflicts)} composition(s) appear with different targets (e.g. {first}: "
+            f"{conflicts[first][:5]}); data.duplicates={policy}"
+        )
+        if policy == "error":
+            raise DataError(msg + "; choose data.duplicates=mean|first|keep or clean the data")
+        print(f"[crossmat] {msg}")
+    if policy in ("keep", "error") or not len(dup_rows):
+        return split, report
+    first_row = np.full(int(group.max()) + 1, -1)
+    for r in range(len(formulas) - 1, -1, -1):
+        first_row[group[r]] = r
+    keep = np.zeros(len(formulas), dtype=bool)
+    keep[first_row] = True
+    tensors = dict(split.tensors)
+    if policy == "mean":
+        y = tensors["labels"].clone()
+        if task == "regression":
+            sums = np.zeros((len(first_row), labels.shape[1]))
+            np.add.at(sums, group, labels)
+            y[torch.as_tensor(first_row)] = torch.as_tensor(sums / counts[:, None], dtype=y.dtype).reshape(
+                y[torch.as_tensor(first_row)].shape
+            )
+        else:
+            ones = np.bincount(group, weights=labels[:, 0], minlength=len(first_row))
+            first_label = labels[first_row, 0]
+            major = np.where(ones * 2 == counts, first_label, (ones * 2 > counts).astype(float))
+            y[torch.as_tensor(first_row)] = torch.as_tensor(major, dtype=y.dtype)
+        tensors["labels"] = y
+    k = torch.as_tensor(keep)
+    weights = split.weights[k] if split.weights is not None else None
+    return TensorSplit({n: t[k] for n, t in tensors.items()}, list(formulas[keep]), weights), report
 
 
 def _safe_canonical(formula: str) -> str:

@@ -61,6 +61,7 @@ STAGE_DEFAULTS: dict[str, Any] = {
         "group_by_formula": True,
         "max_train_rows": None,
         "on_invalid": "error",
+        "duplicates": "keep",  # fine-tune train rows of one composition: keep | mean | first | error (reported always)
         "stability_column": None,
         "stability_bias": "none",
         "stability_temperature": 0.05,
@@ -110,6 +111,7 @@ _CHOICES = {
     "data.task": ("auto", "regression", "classification"),
     "data.target_transform": (None, "log10", "log10_abs"),
     "data.on_invalid": ("error", "skip"),
+    "data.duplicates": ("keep", "mean", "first", "error"),
     "data.stability_bias": ("none", "weight", "filter"),
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
     "train.lr_scheduler": ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"),
