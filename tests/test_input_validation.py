@@ -267,3 +267,56 @@ def test_grammar_refuses_tiny_amounts_pymatgen_would_drop() -> None:
     with pytest.raises(FormulaError, match="below 1e-08"):
         CrossMatTokenizerFast.prepare_formula("Fe0.0000000001O")
     assert np.isclose(sum(parse_formula("Fe0.00000002O").values()), 1.00000002)
+
+
+# -- exKT ---------------------------------------------------------------------------------------------
+def test_exkt_predict_missing_file_corrupt_line_and_broken_cif(tmp_path: Path, monkeypatch, capsys) -> None:
+    import transformers
+    from pymatgen.core import Lattice, Structure
+
+    from explicit_transfer.__main__ import main
+
+    with pytest.raises(SystemExit, match="not found"):
+        main(["predict", "--model", str(tmp_path), "--generated", str(tmp_path / "nope.jsonl"), "--output",
+              str(tmp_path / "p.csv")])
+    assert not (tmp_path / "p.csv").exists()
+
+    class _Fake:  # a structure predictor: one value per structure (its number of sites)
+        def predict_structures(self, structs):
+            return np.array([[float(len(s))] for s in structs])
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", lambda *a, **k: _Fake())
+    cif = Structure(Lattice.cubic(3.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]).to(fmt="cif")
+    lines = [
+        json.dumps({"row": 0, "formula": "NaCl", "candidates": [{"cif": cif}], "failure": None}),
+        '{"row": 1, "formula": "Fe2O3", "candi',  # corrupt line in the middle
+        json.dumps({"row": 2, "formula": "KBr", "candidates": [{"cif": "data_broken\n_cell_length_a 3\n"}], "failure": None}),
+        json.dumps({"row": 3, "formula": "NaCl", "candidates": [{"cif": cif}], "failure": None}),
+    ]
+    (tmp_path / "gen.jsonl").write_text("\n".join(lines) + "\n")
+    main(["predict", "--model", "x", "--generated", str(tmp_path / "gen.jsonl"), "--output", str(tmp_path / "p.csv")])
+    out = pd.read_csv(tmp_path / "p.csv")
+    assert out["row"].tolist() == [0, 2, 3]  # the rows after the corrupt line still load
+    assert out["prediction"].tolist()[0] == 2.0 and out["prediction"].tolist()[2] == 2.0
+    assert np.isnan(out["prediction"].tolist()[1]) and "CIF does not parse" in out["failure"][1]
+    assert "line 2 is not valid JSON" in capsys.readouterr().err
+
+
+def test_exkt_train_predictor_rejects_unknown_elements(tmp_path: Path, monkeypatch) -> None:
+    from pymatgen.core import Lattice, Structure
+
+    import explicit_transfer.potentials as potentials
+    import explicit_transfer.predictor as predictor
+    from explicit_transfer.__main__ import main
+
+    seen = {}
+    monkeypatch.setattr(potentials, "crystal_features", lambda structs, enc: seen.setdefault("n", len(structs)) and np.zeros((len(structs), 4)))
+    monkeypatch.setattr(predictor, "train_structure_predictor", lambda *a, **k: Path(a[2]).mkdir(parents=True, exist_ok=True))
+    good = Structure(Lattice.cubic(3.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]).to(fmt="cif")
+    pd.DataFrame({"cif": [good, good.replace("Cl", "Xx"), good.replace("Na", "Am")], "y": [1.0, 2.0, 3.0]}).to_csv(
+        tmp_path / "train.csv", index=False
+    )
+    main(["train-predictor", "--input", str(tmp_path / "train.csv"), "--target", "y", "--output", str(tmp_path / "m")])
+    assert seen["n"] == 1
+    reasons = pd.read_csv(tmp_path / "m" / "rejected_rows.csv")["reason"].tolist()
+    assert any("dummy species" in r or "not parse" in r for r in reasons) and any("Z=95" in r for r in reasons)
