@@ -320,3 +320,14 @@ def test_exkt_train_predictor_rejects_unknown_elements(tmp_path: Path, monkeypat
     assert seen["n"] == 1
     reasons = pd.read_csv(tmp_path / "m" / "rejected_rows.csv")["reason"].tolist()
     assert any("dummy species" in r or "not parse" in r for r in reasons) and any("Z=95" in r for r in reasons)
+
+
+def test_interpretability_reads_formula_cells_as_written(tmp_path: Path) -> None:
+    from interpretability.cli import _read_formula_csv
+
+    src = tmp_path / "in.csv"
+    src.write_bytes(b"formula,test_fold\nFe\x00O,0\nNA,0\n,1\nLiCoO2,\n")
+    df = _read_formula_csv(str(src), "formula")
+    assert df["formula"].tolist() == ["Fe\x00O", "NA", "", "LiCoO2"]  # pandas' C parser: 'Fe', nan, nan
+    assert df["test_fold"].isna().tolist() == [False, False, False, True]
+    assert "NUL" in check_formula(df["formula"][0])
