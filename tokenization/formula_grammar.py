@@ -90,26 +90,31 @@ def _parse_part(part: str, formula: object) -> dict[str, float]:
         part = part[m.end() :]
     # stack of (opening bracket, amounts inside it); the bottom entry is the whole part
     stack: list[tuple[str, dict[str, float]]] = [("", {})]
-    last: dict[str, float] | None = None  # what a following amount multiplies (element or closed group)
+    pending: dict[str, float] | None = None  # the element or closed group a following amount multiplies
+
+    def flush(factor: float = 1.0) -> None:
+        nonlocal pending
+        if pending is not None:
+            _merge(stack[-1][1], {k: v * factor for k, v in pending.items()} if factor != 1.0 else pending)
+            pending = None
+
     for tok in _TOKEN.finditer(part):
         kind, text = tok.lastgroup, tok.group(0)
         if kind == "el":
             symbol = _SYMBOL_MAP.get(text)
             if symbol is None:
                 raise FormulaError(formula, f"unknown element {text!r}")
-            last = {symbol: 1.0}
-            _merge(stack[-1][1], last)
+            flush()
+            pending = {symbol: 1.0}
         elif kind == "num":
-            if last is None:
+            if pending is None:
                 raise FormulaError(formula, f"amount {text!r} does not follow an element or a closing bracket")
-            value = _amount(text, formula)
-            for key in last:  # scale what the amount belongs to, inside the enclosing group
-                stack[-1][1][key] += last[key] * (value - 1.0)
-            last = None
+            flush(_amount(text, formula))
         elif kind == "open":
+            flush()
             stack.append((text, {}))
-            last = None
         elif kind == "close":
+            flush()
             if len(stack) == 1:
                 raise FormulaError(formula, f"unbalanced {text!r}")
             opening, inner = stack.pop()
@@ -117,8 +122,7 @@ def _parse_part(part: str, formula: object) -> dict[str, float]:
                 raise FormulaError(formula, f"unbalanced {text!r} (closes {opening!r})")
             if not inner:
                 raise FormulaError(formula, "empty brackets")
-            _merge(stack[-1][1], inner)
-            last = inner
+            pending = inner
         elif text.islower():
             raise FormulaError(
                 formula,
@@ -128,6 +132,7 @@ def _parse_part(part: str, formula: object) -> dict[str, float]:
             )
         else:
             raise FormulaError(formula, f"unexpected character {text!r}")
+    flush()
     if len(stack) > 1:
         raise FormulaError(formula, f"unclosed {stack[-1][0]!r}")
     amounts = stack[0][1]
