@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +19,14 @@ from inference import FormulaPredictor, load_pipeline
 from inference.predict import predict_file
 from modeling import decode_composition
 from tokenization import CrossMatTokenizerFast, FormulaError, parse_formula
-from tokenization.formula_grammar import check_formula
+from tokenization.formula_grammar import _HYDRATE_SEP, check_formula
 from tokenization.tokenization_crossmat_base import CrossMatBaseTokenizerFast
 from training.data import DataError, _canonicalise, _Rejects, prepare_stage_data
 from training.recipe import resolve_stage
 
 from .test_inference_support import last_json, make_property_model, run_without_package
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+FUZZ = settings(max_examples=int(os.environ.get("CROSSMAT_FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +161,21 @@ def test_accepted_formulas_decode_to_the_pymatgen_composition(entry, s: str) -> 
         assert set(got) == set(expected), (s, text)
         for k, v in expected.items():
             assert got[k] == pytest.approx(v, rel=1e-5), (s, text, k)
+
+
+@FUZZ
+@given(s=mutated())
+def test_accepted_mutants_decode_to_the_pymatgen_composition(entry, s: str) -> None:
+    """Mutants the grammar accepts (plain formulas: no separators, no leading multiplier) read as pymatgen reads them."""
+    tok, _ = entry
+    plain = s.strip()
+    if check_formula(s) or plain[:1].isdigit() or len(_HYDRATE_SEP.split(plain.replace(" ", ""))) > 1:
+        return
+    expected = _fractions({("H" if k in ("D", "T") else k): v for k, v in _pymatgen_amounts(plain).items()})
+    got = _decoded(tok, CrossMatBaseTokenizerFast.prepare_formula(s))
+    assert set(got) == set(expected), s
+    for k, v in expected.items():
+        assert got[k] == pytest.approx(v, rel=1e-5), (s, k)
 
 
 @settings(max_examples=1, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
