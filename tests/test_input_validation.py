@@ -262,6 +262,17 @@ def test_training_loader_rejects_nul_and_reports_original_cell_text(tmp_path: Pa
     assert rejected["NaCl"] == "target missing or not finite"
 
 
+@pytest.mark.parametrize("ragged_line", [2, 3])
+def test_training_loader_refuses_ragged_rows(tmp_path: Path, ragged_line: int) -> None:
+    """pandas shifts the columns when the first data row is ragged (the formula column then holds '2')."""
+    rows = ["Fe2O3,1.0", "LiCoO2,2.0"]
+    rows.insert(ragged_line - 2, "NaCl,2,extra")
+    src = tmp_path / "train.csv"
+    src.write_text("formula,y\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=f"line {ragged_line} has 3 fields, the header 2"):
+        prepare_stage_data(_finetune_recipe(src), CrossMatTokenizerFast())
+
+
 def test_duplicate_compositions_with_conflicting_targets(tmp_path: Path) -> None:
     src = tmp_path / "train.csv"
     src.write_text("formula,y\nFe2O3,1.0\nO3Fe2,3.0\nFe4O6,5.0\nNaCl,2.0\nNaCl,2.0\nLiCoO2,7.0\n")

@@ -11,6 +11,7 @@ the tokenizer; invalid rows fail the stage (``on_invalid: error``) or are skippe
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -95,19 +96,54 @@ def _aflow_prototypes_chgnet() -> pd.DataFrame:
     return pd.read_parquet(table)
 
 
-def _read_csv(path: Path, formula_column: str | None) -> pd.DataFrame:
-    """A CSV with the formula column kept as written: ``NA``, ``None`` and empty cells stay text (so
-    rejected_rows.csv shows them) and NUL bytes stay in the cell (the C parser would cut ``Fe\\x00O`` to
-    ``Fe``); the other columns get pandas' usual missing-value handling."""
+def _scan_csv(path: Path, what: str) -> bool:
+    """Check every row has as many fields as the header (pandas would silently shift or cut a ragged row);
+    return whether the file holds a NUL byte (pandas' C parser would cut ``Fe\\x00O`` to ``Fe``)."""
+    import bz2
+    import csv
+    import gc
+    import gzip
+    import lzma
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower(), open)
+    with opener(path, "rb") as fh:
+        nul = any(b"\x00" in block for block in iter(lambda: fh.read(1 << 20), b""))
+    enabled = gc.isenabled()
+    gc.disable()  # row lists hold no cycles; GC passes over a large heap would dominate
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:
+            widths = set(map(len, csv.reader(fh))) - {0}  # 0: blank lines
+        if len(widths) > 1:
+            with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:
+                reader = csv.reader(fh)
+                width = len(next(reader))
+                for row in reader:
+                    if row and len(row) != width:
+                        raise DataError(
+                            f"{what}: {path} line {reader.line_num} has {len(row)} fields, the header {width} "
+                            "(a ragged row; quote cells that hold a comma)"
+                        )
+    except csv.Error as err:
+        raise DataError(f"{what}: {path} is not a readable CSV file ({err})") from None
+    finally:
+        if enabled:
+            gc.enable()
+    return nul
+
+
+def _read_csv(path: Path, formula_column: str | None, what: str) -> pd.DataFrame:
+    """A CSV with every row checked for its field count and the formula column kept as written:
+    ``NA``, ``None`` and empty cells stay text (so rejected_rows.csv shows them) and NUL bytes stay in
+    the cell; the other columns get pandas' usual missing-value handling."""
+    engine = "python" if _scan_csv(path, what) else "c"
     if formula_column is None:
-        return pd.read_csv(path, engine="python")
+        return pd.read_csv(path, engine=engine)
     from pandas._libs.parsers import STR_NA_VALUES
 
     columns = pd.read_csv(path, nrows=0).columns
     na = {c: sorted(STR_NA_VALUES) for c in columns if c != formula_column}
-    return pd.read_csv(
-        path, engine="python", keep_default_na=False, na_values=na, dtype={formula_column: str} if formula_column in columns else None
-    )
+    dtype = {formula_column: str} if formula_column in columns else None
+    return pd.read_csv(path, engine=engine, keep_default_na=False, na_values=na, dtype=dtype)
 
 
 def load_source(source: Any, what: str = "data.train", formula_column: str | None = None) -> tuple[pd.DataFrame, str]:
@@ -150,7 +186,7 @@ def load_source(source: Any, what: str = "data.train", formula_column: str | Non
         else:
             name = path.name.lower()
             if name.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.xz")):
-                df = _read_csv(path, formula_column)
+                df = _read_csv(path, formula_column, what)
             elif name.endswith(".parquet"):
                 df = pd.read_parquet(path)
             elif name.endswith((".jsonl", ".json")):
@@ -364,7 +400,7 @@ def prepare_stage_data(recipe: Mapping[str, Any], tokenizer: CrossMatTokenizerFa
         descs["test"] = f"{train_desc} (held-out {data['test_fraction']:.0%} of formulas, split_seed={salt})"
     remaining = ~in_test
     if data["validation"] is not None:
-        frames["validation"], descs["validation"] = load_source(data["validation"], "data.validation")
+        frames["validation"], descs["validation"] = load_source(data["validation"], "data.validation", data["formula_column"])
         _require_columns(frames["validation"], needed, f"data.validation ({descs['validation']})")
     elif data["validation_fraction"] > 0:
         in_val = split_buckets(groups, float(data["validation_fraction"]), f"validation|{salt}") & remaining
@@ -419,10 +455,11 @@ def _resolve_duplicates(split: TensorSplit, policy: str, task: str) -> tuple[Ten
     _, group, counts = np.unique(keys, return_inverse=True, return_counts=True)
     labels = split.tensors["labels"].double().reshape(len(formulas), -1).numpy()
     dup_rows = np.flatnonzero(counts[group] > 1)
-    conflicts: dict[str, list[float]] = {}
+    conflicts: dict[str, list] = {}
     for r in dup_rows:
-        conflicts.setdefault(str(keys[r]), []).append(float(labels[r, 0]))
-    conflicts = {k: v for k, v in conflicts.items() if len(set(v)) > 1}
+        value = float(labels[r, 0]) if labels.shape[1] == 1 else labels[r].tolist()
+        conflicts.setdefault(str(keys[r]), []).append(value)
+    conflicts = {k: v for k, v in conflicts.items() if len({json.dumps(x) for x in v}) > 1}
     report = {
         "policy": policy,
         "duplicate_rows": int(len(dup_rows)),
