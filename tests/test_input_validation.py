@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 from pymatgen.core import Composition
 
 from inference import FormulaPredictor, load_pipeline
+from inference.app import predict_markdown
 from inference.predict import predict_file
+from interpretability.players import formula_players_batch
 from modeling import decode_composition
 from tokenization import CrossMatTokenizerFast, FormulaError, parse_formula
 from tokenization.formula_grammar import _HYDRATE_SEP, check_formula
@@ -59,6 +61,8 @@ def entry(model_dir: Path):
             "pipeline": "error" not in pipe(s, on_error="return"),
             "predictor (CLI, app)": predictor.predict([s]).errors[0] is None,
             "training loader": bool(keep[0]),
+            "app": predict_markdown(predictor, s)[1],
+            "interpretability": ok(lambda: formula_players_batch([s], tok)),
         }
 
     return tok, verdicts
