@@ -362,3 +362,15 @@ def test_interpretability_reads_formula_cells_as_written(tmp_path: Path) -> None
     assert df["formula"].tolist() == ["Fe\x00O", "NA", "", "LiCoO2"]  # pandas' C parser: 'Fe', nan, nan
     assert df["test_fold"].isna().tolist() == [False, False, False, True]
     assert "NUL" in check_formula(df["formula"][0])
+
+
+def test_pipeline_refuses_a_tokenizer_without_the_grammar(model_dir: Path) -> None:
+    """A plain PreTrainedTokenizerFast would read '((Fe)' silently; the pipeline says how to load the grammar."""
+    from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast
+
+    from modeling.pipeline_crossmat import CompositionPropertyPipeline
+
+    plain = PreTrainedTokenizerFast(tokenizer_file=str(model_dir / "tokenizer.json"), unk_token="[UNK]", pad_token="[PAD]")
+    pipe = CompositionPropertyPipeline(model=AutoModelForSequenceClassification.from_pretrained(model_dir), tokenizer=plain)
+    with pytest.raises(TypeError, match="trust_remote_code=True"):
+        pipe("((Fe)")
