@@ -94,7 +94,8 @@ valid = st.one_of(
         lambda t: t[0] + t[1] + t[2] + t[3]
     ),
 )
-NASTY = [" ", "\n", "\t", "\x00", "\x07", ".", "..", "(", ")", "()", "e", "e3", "1e3", "-", "0", "x", "$", "Xx", "·", "\u00a0"]
+NASTY = [" ", "\n", "\t", "\x00", "\x07", ".", "..", "(", ")", "()", "e", "e3", "1e3", "-", "0", "x", "$", "Xx", "·", "\u00a0",
+         "\u0663", "\uff12", "\u200b", "\u2003", "\r"]
 
 
 @st.composite
@@ -292,6 +293,14 @@ def test_duplicate_compositions_with_conflicting_targets(tmp_path: Path) -> None
     assert dict(zip(first.train.formulas, first.train.tensors["labels"].flatten().tolist(), strict=True))["Fe2O3"] == 1.0
     with pytest.raises(DataError, match=r"1 composition\(s\) appear with different targets \(e\.g\. Fe2O3"):
         prepare_stage_data(_finetune_recipe(src, duplicates="error"), tok)
+
+
+@pytest.mark.parametrize("text", ["Fe\u0663", "Fe\uff12O3", "Fe\u200bO"])
+def test_non_ascii_digits_are_refused_by_the_fast_path_too(text: str) -> None:
+    """The package's simple-form fast path used ``\\d``, which matches Arabic-Indic and full-width digits."""
+    with pytest.raises(FormulaError, match="unexpected character"):
+        CrossMatTokenizerFast.prepare_formula(text)
+    assert "unexpected character" in check_formula(text)
 
 
 def test_grammar_refuses_tiny_amounts_pymatgen_would_drop() -> None:

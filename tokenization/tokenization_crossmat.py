@@ -35,9 +35,9 @@ from .vocabulary import CLS_ID, DECIMAL_ID, DIGIT_START, ELEMENTS, PAD_ID, SEP_I
 
 __all__ = ["CrossMatTokenizerFast", "build_backend_tokenizer", "encode_simple_formulas"]
 
-_SIMPLE = re.compile(r"(?:[A-Z][a-z]?(?:\d+(?:\.\d+)?)?)+")
+_SIMPLE = re.compile(r"(?:[A-Z][a-z]?(?:[0-9]+(?:\.[0-9]+)?)?)+")  # ASCII: \d matches '٣', '２'
 _SYMBOLS = re.compile(r"[A-Z][a-z]?")
-_ZERO = re.compile(r"(?<![\d.])0+(?:\.0+)?(?![\d.])")
+_ZERO = re.compile(r"(?<![0-9.])0+(?:\.0+)?(?![0-9.])")
 _TINY = re.compile(r"\.0{7}")  # amounts that may fall below the grammar's MIN_AMOUNT: take the full path
 _ELEMENT_SET = frozenset(ELEMENTS)
 
