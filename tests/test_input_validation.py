@@ -295,6 +295,13 @@ def test_duplicate_compositions_with_conflicting_targets(tmp_path: Path) -> None
         prepare_stage_data(_finetune_recipe(src, duplicates="error"), tok)
 
 
+def test_length_limit_counts_the_stripped_formula_everywhere(entry) -> None:
+    _, verdicts = entry
+    at_limit = "  " + "NaCl" * 128 + " \n"  # 512 characters once stripped
+    assert set(verdicts(at_limit).values()) == {True}
+    assert set(verdicts(at_limit.strip() + "H").values()) == {False}
+
+
 @pytest.mark.parametrize("text", ["Fe\u0663", "Fe\uff12O3", "Fe\u200bO"])
 def test_non_ascii_digits_are_refused_by_the_fast_path_too(text: str) -> None:
     """The package's simple-form fast path used ``\\d``, which matches Arabic-Indic and full-width digits."""
