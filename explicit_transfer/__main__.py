@@ -11,11 +11,20 @@ import numpy as np
 import pandas as pd
 
 
-def _read_table(path: str) -> pd.DataFrame:
+def _read_table(path: str, text_column: str | None = None) -> pd.DataFrame:
+    """A CSV/Parquet table; ``text_column`` (formulas) is kept as written: ``NA``/empty cells stay text and a
+    NUL byte stays in the cell (pandas' C parser would cut ``Fe\\x00O`` to ``Fe``), so the formula grammar
+    refuses them with a reason."""
     p = Path(path)
     if not p.exists():
         sys.exit(f"error: input file {p} not found")
-    return pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
+    if p.suffix == ".parquet":
+        return pd.read_parquet(p)
+    if text_column is None:
+        return pd.read_csv(p)
+    columns = pd.read_csv(p, nrows=0).columns
+    na = {c: ["", "NA", "NaN", "nan", "N/A", "null", "None"] for c in columns if c != text_column}
+    return pd.read_csv(p, engine="python", dtype={text_column: str}, keep_default_na=False, na_values=na)
 
 
 def _column(df: pd.DataFrame, name: str, path: str) -> list:
@@ -56,7 +65,7 @@ def cmd_generate(a: argparse.Namespace) -> None:
     from .pipeline import generate_to_jsonl
 
     if a.input:
-        df = _read_table(a.input)
+        df = _read_table(a.input, a.formula_column)
         formulas = _column(df, a.formula_column, a.input)
         ids = df[a.id_column].tolist() if a.id_column in df.columns else None
     else:

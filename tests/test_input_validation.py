@@ -390,3 +390,13 @@ def test_pipeline_refuses_a_tokenizer_without_the_grammar(model_dir: Path) -> No
     pipe = CompositionPropertyPipeline(model=AutoModelForSequenceClassification.from_pretrained(model_dir), tokenizer=plain)
     with pytest.raises(TypeError, match="trust_remote_code=True"):
         pipe("((Fe)")
+
+
+def test_exkt_generate_input_keeps_formula_cells_as_written(tmp_path: Path) -> None:
+    from explicit_transfer.__main__ import _read_table
+
+    src = tmp_path / "in.csv"
+    src.write_bytes(b"id,formula\n1,Fe\x00O\n2,NA\n3,\nNA,NaCl\n")
+    df = _read_table(str(src), "formula")
+    assert df["formula"].tolist() == ["Fe\x00O", "NA", "", "NaCl"]
+    assert df["id"].isna().tolist() == [False, False, False, True]
