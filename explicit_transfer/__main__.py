@@ -11,11 +11,20 @@ import numpy as np
 import pandas as pd
 
 
-def _read_table(path: str) -> pd.DataFrame:
+def _read_table(path: str, text_column: str | None = None) -> pd.DataFrame:
+    """A CSV/Parquet table; ``text_column`` (formulas) is kept as written: ``NA``/empty cells stay text and a
+    NUL byte stays in the cell (pandas' C parser would cut ``Fe\\x00O`` to ``Fe``), so the formula grammar
+    refuses them with a reason."""
     p = Path(path)
     if not p.exists():
         sys.exit(f"error: input file {p} not found")
-    return pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
+    if p.suffix == ".parquet":
+        return pd.read_parquet(p)
+    if text_column is None:
+        return pd.read_csv(p)
+    columns = pd.read_csv(p, nrows=0).columns
+    na = {c: ["", "NA", "NaN", "nan", "N/A", "null", "None"] for c in columns if c != text_column}
+    return pd.read_csv(p, engine="python", dtype={text_column: str}, keep_default_na=False, na_values=na)
 
 
 def _column(df: pd.DataFrame, name: str, path: str) -> list:
@@ -36,11 +45,27 @@ def _parse_cifs(cifs: list, what: str) -> tuple[list, list[dict]]:
     return ok, rejected
 
 
+MAX_Z = 94  # CHGNet and M3GNet/TensorNet embed elements H..Pu
+
+
+def _unsupported_species(structure) -> str:
+    """Why a structure cannot go through the universal potentials (unknown/dummy species, Z > 94), or ""."""
+    from pymatgen.core import Element
+
+    for sp in structure.composition.elements:
+        el = getattr(sp, "element", sp)
+        if not isinstance(el, Element):
+            return f"unknown element / dummy species {str(sp)!r} in the structure"
+        if el.Z > MAX_Z:
+            return f"element {el.symbol} (Z={el.Z}) is not supported by the universal potentials (Z <= {MAX_Z})"
+    return ""
+
+
 def cmd_generate(a: argparse.Namespace) -> None:
     from .pipeline import generate_to_jsonl
 
     if a.input:
-        df = _read_table(a.input)
+        df = _read_table(a.input, a.formula_column)
         formulas = _column(df, a.formula_column, a.input)
         ids = df[a.id_column].tolist() if a.id_column in df.columns else None
     else:
@@ -111,6 +136,9 @@ def cmd_train_predictor(a: argparse.Namespace) -> None:
     y = pd.to_numeric(df[a.target], errors="coerce").to_numpy() if a.target in df.columns else None
     if y is None:
         sys.exit(f"error: target column {a.target!r} not in {a.input}")
+    unsupported = {i: _unsupported_species(s) for i, s in ok}
+    rejected += [{"row": i, "reason": why} for i, why in unsupported.items() if why]
+    ok = [(i, s) for i, s in ok if not unsupported[i]]
     keep = [(i, s) for i, s in ok if np.isfinite(y[i])]
     rejected += [{"row": i, "reason": f"target {a.target} is missing/not a number"} for i, _ in ok if not np.isfinite(y[i])]
     feats = crystal_features([s for _, s in keep], a.encoder)
@@ -128,22 +156,37 @@ def cmd_predict(a: argparse.Namespace) -> None:
     from .pipeline import read_jsonl
 
     register()
+    if not Path(a.generated).is_file():
+        sys.exit(f"error: --generated file {a.generated} not found (write it with `generate`)")
+    bad_lines: list[tuple[int, str]] = []
+    recs = read_jsonl(a.generated, bad_lines)
+    for _, reason in bad_lines:
+        print(f"warning: {a.generated}: {reason}; skipped", file=sys.stderr)
+    if not recs:
+        sys.exit(f"error: {a.generated} holds no generate records")
     model = AutoModel.from_pretrained(a.model, use_safetensors=True)
-    recs = read_jsonl(a.generated)
-    from pymatgen.core import Structure
-
     rows, structs = [], []
-    for r in recs:
-        if r["candidates"]:
+    failures = [r.get("failure") for r in recs]
+    for k, r in enumerate(recs):
+        if r.get("candidates"):
+            parsed, rejected = _parse_cifs([r["candidates"][0].get("cif")], f"row {r['row']}")
+            if rejected:
+                failures[k] = rejected[0]["reason"]
+                continue
+            reason = _unsupported_species(parsed[0][1])
+            if reason:
+                failures[k] = reason
+                continue
             rows.append(r)
-            structs.append(Structure.from_str(r["candidates"][0]["cif"], fmt="cif"))
+            structs.append(parsed[0][1])
     preds = model.predict_structures(structs)[:, 0] if structs else np.zeros(0)
-    out = pd.DataFrame({"row": [r["row"] for r in recs], "formula": [r["formula"] for r in recs]})
+    out = pd.DataFrame({"row": [r["row"] for r in recs], "formula": [r.get("formula") for r in recs]})
     pm = {r["row"]: float(p) for r, p in zip(rows, preds, strict=True)}
     out["prediction"] = out["row"].map(pm)
-    out["failure"] = [r["failure"] for r in recs]
+    out["failure"] = failures
     out.to_csv(a.output, index=False)
-    print(json.dumps({"predicted": len(pm), "failed": int(out.prediction.isna().sum()), "output": a.output}))
+    print(json.dumps({"predicted": len(pm), "failed": int(out.prediction.isna().sum()), "corrupt_lines": len(bad_lines),
+                      "output": a.output}))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,17 +15,26 @@ from .ranking import rank_candidates
 __all__ = ["generate_to_jsonl", "read_jsonl"]
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a job file (a truncated last line from an interrupted run is ignored)."""
+def read_jsonl(path: str | Path, bad: list[tuple[int, str]] | None = None) -> list[dict[str, Any]]:
+    """Records of a job file. A line that is not a JSON object (a truncated last line from an interrupted
+    run, a corrupt line) is skipped and, when ``bad`` is given, appended to it as ``(line number, reason)``;
+    the lines after it still load."""
     out = []
     p = Path(path)
     if not p.exists():
         return out
-    for line in p.read_text().splitlines():
+    for number, line in enumerate(p.read_text(errors="replace").splitlines(), start=1):
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            if bad is not None:
+                bad.append((number, f"line {number} is not valid JSON ({err.msg})"))
+            continue
+        if not isinstance(rec, dict) or "row" not in rec:
+            if bad is not None:
+                bad.append((number, f"line {number} is not a generate record (no 'row')"))
+            continue
+        out.append(rec)
     return out
 
 

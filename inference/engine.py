@@ -109,8 +109,8 @@ class FormulaPredictor:
 
     # -- validation and tokenisation --------------------------------------------------------------
     def _prepare(self, formula: object, row: int) -> str | tuple[None, str]:
-        if isinstance(formula, str) and len(formula) > self.max_chars:
-            return None, f"{len(formula)} characters long; the limit is {self.max_chars}"
+        if isinstance(formula, str) and len(formula.strip()) > self.max_chars:  # as the grammar counts
+            return None, f"{len(formula.strip())} characters long; the limit is {self.max_chars}"
         try:
             return self.tokenizer.prepare_formula(formula)
         except ValueError as err:

@@ -10,13 +10,19 @@ prediction columns and an ``error`` column that names the reason for every row t
 from __future__ import annotations
 
 import argparse
+import bz2
 import csv
+import gc
+import gzip
 import io
+import lzma
 import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -101,22 +107,98 @@ def _read_chunks(path: Path, column: str, chunk_size: int, skip: int) -> Iterato
             seen += batch.num_rows
             yield df
         return
-    sep = _csv_sep(path)
-    opts = dict(sep=sep, dtype=str, keep_default_na=False, encoding="utf-8", encoding_errors="surrogateescape")
+    yield from _read_csv_chunks(path, column, chunk_size, skip)
+
+
+def _open_text(path: Path) -> IO[str]:
+    """The CSV as text, decompressed by suffix; undecodable bytes become lone surrogates (reported later)."""
+    name = path.name.lower()
+    opts = dict(encoding="utf-8", errors="surrogateescape", newline="")
+    if name.endswith(".gz"):
+        return gzip.open(path, "rt", **opts)
+    if name.endswith(".bz2"):
+        return bz2.open(path, "rt", **opts)
+    if name.endswith(".xz"):
+        return lzma.open(path, "rt", **opts)
+    if name.endswith(".zst"):
+        try:
+            import zstandard
+        except ImportError:
+            raise InputError(f"{path}: reading .zst needs the 'zstandard' package") from None
+        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")), **opts)
+    return open(path, **opts)
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    """Column names made unique the way pandas does (``x``, ``x.1``, ...)."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        if name in seen:
+            seen[name] += 1
+            name = f"{name}.{seen[name]}"
+        seen.setdefault(name, 0)
+        out.append(name)
+    return out
+
+
+def _read_csv_chunks(path: Path, column: str, chunk_size: int, skip: int) -> Iterator[pd.DataFrame]:
+    """CSV rows as text exactly as written (``NA``, ``None``, empty cells and NUL bytes kept), in chunks.
+
+    A row with more or fewer fields than the header is kept (padded / cut to the header) and flagged in
+    the ``_ragged`` attribute of its chunk, at every chunk size, so it is reported instead of misread.
+    """
+    with _open_text(path) as fh:
+        reader = csv.reader(fh, delimiter=_csv_sep(path), strict=True)
+        try:
+            header = next(reader, None)
+        except csv.Error as err:
+            raise InputError(f"{path} is not a readable CSV file: {err}") from None
+        if header is None:
+            raise InputError(f"input file {path} is empty (no header row)")
+        names = _unique_names(header)
+        if column not in names:
+            raise InputError(f"column {column!r} not found in {path}; columns are {names}; pass --formula-column")
+        width = len(names)
+        try:
+            skipped = 0
+            while skipped < skip:  # rows already written by an interrupted run (blank lines do not count)
+                row = next(reader, None)
+                if row is None:
+                    return
+                skipped += bool(row)
+            while True:
+                rows = _take(reader, chunk_size)
+                if not rows:
+                    return
+                if not all(rows):
+                    rows = [r for r in rows if r]  # blank lines
+                ragged = [(i, len(r)) for i, r in enumerate(rows) if len(r) != width]
+                for i, _ in ragged:
+                    rows[i] = (rows[i] + [""] * width)[:width]
+                if rows:
+                    yield _chunk(rows, names, ragged, width)
+        except csv.Error as err:
+            raise InputError(f"{path} is not a readable CSV file: line {reader.line_num}: {err}") from None
+
+
+def _take(reader: Iterator[list[str]], n: int) -> list[list[str]]:
+    """The next ``n`` rows; the cyclic GC is paused meanwhile (row lists hold no cycles, and GC passes
+    over a large heap made reading several times slower)."""
+    enabled = gc.isenabled()
+    gc.disable()
     try:
-        header = pd.read_csv(path, nrows=0, **opts)
-    except pd.errors.EmptyDataError:
-        raise InputError(f"input file {path} is empty (no header row)") from None
-    except pd.errors.ParserError as err:
-        raise InputError(f"{path} is not a readable CSV file: {err}") from None
-    names = [str(c) for c in header.columns]
-    if column not in names:
-        raise InputError(f"column {column!r} not found in {path}; columns are {names}; pass --formula-column")
-    try:
-        reader = pd.read_csv(path, chunksize=chunk_size, skiprows=range(1, skip + 1), **opts)
-        yield from reader
-    except pd.errors.ParserError as err:
-        raise InputError(f"{path} is not a readable CSV file: {err}") from None
+        return list(islice(reader, n))
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _chunk(rows: list[list[str]], names: list[str], ragged: list[tuple[int, int]], width: int) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=names, dtype=object)
+    df.attrs["ragged"] = {i: f"the row has {n} fields, the header {width} (quote cells that hold the separator)"
+                          for i, n in ragged}
+    return df
 
 
 def _clean_non_utf8(df: pd.DataFrame) -> np.ndarray:
@@ -252,10 +334,14 @@ def predict_file(
             clash = [c for c in new_cols if c in df.columns]
             if clash:
                 raise InputError(f"the input already has column(s) {clash}; rename them or write to another file")
+            ragged = df.attrs.pop("ragged", {})
             bad_bytes = _clean_non_utf8(df)
             formulas = df[formula_column].tolist()
             pred = predictor.predict(formulas)
             errors = pred.errors
+            for i, reason in ragged.items():
+                errors[i] = reason
+                pred.values[i] = np.nan
             for i in np.flatnonzero(bad_bytes):
                 if "\ufffd" in str(df.at[i, formula_column]):
                     errors[i] = "formula contains bytes that are not valid UTF-8"

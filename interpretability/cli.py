@@ -19,6 +19,14 @@ from .model_output import ModelOutputSpec, NotAPropertyModelError, load_property
 from .players import STRATEGIES
 
 
+def _read_formula_csv(path: str, column: str) -> pd.DataFrame:
+    """A CSV whose formula column is kept as written (``NA``/empty cells stay text, a NUL byte stays in
+    the cell and is refused by the formula grammar instead of being cut off by pandas' C parser)."""
+    return pd.read_csv(path, engine="python", dtype={column: str}, keep_default_na=False, na_values={
+        c: ["", "NA", "NaN", "nan", "N/A", "null", "None"] for c in pd.read_csv(path, nrows=0).columns if c != column
+    })
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="saved CrossMatForPropertyPrediction folder (with tokenizer)")
     p.add_argument("--out", required=True, help="output folder")
@@ -76,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "explain":
             formulas = list(args.formula)
             if args.input:
-                formulas += pd.read_csv(args.input)[args.column].astype(str).tolist()
+                formulas += _read_formula_csv(args.input, args.column)[args.column].tolist()
             if not formulas:
                 raise ValueError("give --formula and/or --input")
             results = explain(
@@ -89,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(format_table(attr, inter), end="\n\n")
             print(f"wrote {len(results)} explanation(s) to {args.out}")
         else:
-            df = pd.read_csv(args.input)
+            df = _read_formula_csv(args.input, args.column)
             if args.test_fold is not None:
                 df = df[df["test_fold"] == args.test_fold]
             if args.limit is not None:

@@ -1,16 +1,16 @@
 """``composition-property-prediction``: formulas in, property (name, value, unit) or label out.
 
 Travels as Hub remote code next to ``modeling_crossmat.py`` (saved into a model folder's
-``custom_pipelines``), so it imports only ``torch``, ``transformers`` and ``.configuration_crossmat``. When the ``crossmat`` package
-is installed the tokenizer is ``CrossMatTokenizerFast`` and every formula is validated and
-canonicalised by it (hydrates, repeated elements, ...); without the package the plain fast tokenizer is
-used and this file validates formulas itself (characters, element symbols, brackets, amounts), so
-invalid input still gets a specific error instead of silent ``[UNK]`` tokens.
+``custom_pipelines``), so it imports only ``torch``, ``transformers`` and ``.configuration_crossmat``. Formulas are validated by the
+tokenizer's ``prepare_formula``, which implements the one CrossMat formula grammar: the package's
+``CrossMatTokenizerFast`` when ``crossmat`` is installed, otherwise the remote-code
+``CrossMatBaseTokenizerFast`` that the model folder carries (``tokenization_crossmat_base.py`` and
+``formula_grammar.py``, loaded with ``trust_remote_code=True``). A tokenizer without ``prepare_formula``
+(a plain ``PreTrainedTokenizerFast``) is refused: it would read malformed formulas silently.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
@@ -18,14 +18,10 @@ from transformers import Pipeline
 
 from .configuration_crossmat import output_info
 
-__all__ = ["TASK", "CompositionPropertyPipeline", "check_formula", "scores_from_logits"]
+__all__ = ["DEFAULT_MAX_CHARS", "TASK", "CompositionPropertyPipeline", "scores_from_logits"]
 
 TASK = "composition-property-prediction"
 DEFAULT_MAX_CHARS = 512
-
-_ALLOWED = re.compile(r"[A-Za-z0-9.()\[\]{}\s]")
-_WORD = re.compile(r"[A-Z][a-z]*")
-_NUMBER = re.compile(r"\d*\.?\d+(?:\.\d+)*")
 
 
 def scores_from_logits(logits: torch.Tensor, problem_type: str) -> torch.Tensor:
@@ -37,55 +33,6 @@ def scores_from_logits(logits: torch.Tensor, problem_type: str) -> torch.Tensor:
     if problem_type == "multi_label_classification":
         return torch.sigmoid(logits)
     return torch.softmax(logits, dim=-1)
-
-
-def check_formula(text: object, elements: frozenset[str], max_chars: int = DEFAULT_MAX_CHARS) -> str:
-    """Return the reason ``text`` is not a readable formula, or ``""`` when it is (no package needed)."""
-    if not isinstance(text, str):
-        return f"expected a string, got {type(text).__name__}"
-    s = text.strip()
-    if not s:
-        return "empty string"
-    if len(s) > max_chars:
-        return f"{len(s)} characters long; the limit is {max_chars}"
-    bad = sorted({c for c in s if not _ALLOWED.match(c)})
-    if bad:
-        shown = "".join(bad[:10])
-        return f"unexpected character(s) {shown!r}" + (
-            " (hydrate/adduct separators need the crossmat package; write e.g. CuSO4(H2O)5)"
-            if set(bad) & set("·•∙*")
-            else ""
-        )
-    s = re.sub(r"\s+", "", s)
-    depth = 0
-    for ch in s:
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-            if depth < 0:
-                return f"unbalanced {ch!r}"
-    if depth:
-        return "unclosed bracket"
-    if not s[0].isupper() and s[0] not in "([{":
-        return "a formula starts with an element symbol or a bracket"
-    for word in _WORD.findall(s):
-        if word not in elements:
-            return f"unknown element {word!r}"
-    rest = _WORD.sub("E", s)
-    if re.search(r"[a-z]", rest):
-        return "lower-case letters outside an element symbol (symbols are written like 'Fe', 'O')"
-    for m in _NUMBER.finditer(rest):
-        amount = m.group(0)
-        if amount.count(".") > 1:
-            return f"malformed amount {amount!r}"
-        if m.start() == 0 or rest[m.start() - 1] not in "E)]}":
-            return f"amount {amount!r} does not follow an element or a closing bracket"
-        if float(amount) <= 0:
-            return f"amount {amount} is not positive"
-    if re.search(r"\(\s*\)|\[\s*\]|\{\s*\}", s):
-        return "empty brackets"
-    return ""
 
 
 class CompositionPropertyPipeline(Pipeline):
@@ -120,24 +67,17 @@ class CompositionPropertyPipeline(Pipeline):
         return pre, {}, post
 
     # -- validation ------------------------------------------------------------------------------
-    def _elements(self) -> frozenset[str]:
-        cached = getattr(self, "_element_set", None)
-        if cached is None:
-            cfg = self.model.config
-            start, n = cfg.element_token_start, cfg.num_elements
-            cached = frozenset(self.tokenizer.convert_ids_to_tokens(list(range(start, start + n))))
-            self._element_set = cached
-        return cached
-
     def _prepare(self, formula: object, max_chars: int) -> tuple[str | None, str]:
         """``(text for the tokenizer, "")`` or ``(None, reason)``."""
         prepare = getattr(self.tokenizer, "prepare_formula", None)
-        if prepare is None:  # plain tokenizer (package not installed): validate here
-            reason = check_formula(formula, self._elements(), max_chars)
-            return (None, reason) if reason else (str(formula).strip(), "")
+        if prepare is None:
+            raise TypeError(
+                f"the tokenizer {type(self.tokenizer).__name__} does not validate formulas; load the model folder "
+                "with trust_remote_code=True (its tokenizer carries the formula grammar) or install crossmat"
+            )
         if isinstance(formula, str) and len(formula.strip()) > max_chars:
             return None, f"{len(formula.strip())} characters long; the limit is {max_chars}"
-        try:  # the crossmat tokenizer: full validation and canonical form
+        try:
             return prepare(formula), ""
         except ValueError as err:
             return None, str(getattr(err, "reason", err))

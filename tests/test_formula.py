@@ -44,7 +44,10 @@ def test_canonical_form_is_stable_on_real_steels(matbench_formulas):
         ("CuSO4·5H2O", {"Cu": 1, "S": 1, "O": 9, "H": 10}),
         ("CaSO4*0.5H2O", {"Ca": 1, "S": 1, "O": 4.5, "H": 1}),
         ("CuSO4.H2O", {"Cu": 1, "S": 1, "O": 5, "H": 2}),
-        ("  Fe2 O3 ", {"Fe": 2, "O": 3}),
+        ("  Fe2O3 \n", {"Fe": 2, "O": 3}),
+        ("CuSO4 · 5H2O", {"Cu": 1, "S": 1, "O": 9, "H": 10}),
+        ("D2O", {"H": 2, "O": 1}),
+        ("Fe.5O", {"Fe": 0.5, "O": 1}),
         ("CH3COOH", {"C": 2, "H": 4, "O": 2}),
         (
             "Fe0.620C0.000953Mn0.000521Si0.00102Cr0.000110Ni0.192Mo0.0176V0.000112Nb0.0000616Co0.146Al0.00318Ti0.0185",
@@ -79,7 +82,20 @@ def test_canonical_examples():
         ("Fe2O3)", "unbalanced ')'"),
         ("[Fe(CN)6)", "unbalanced ')'"),
         ("Fe2O3$", "unexpected character"),
-        ("fe2o3", "pymatgen cannot parse"),
+        ("fe2o3", "starts with an element symbol"),
+        ("Fe2 O3", "whitespace inside the formula"),
+        ("Fe2O3 LiCoO2", "whitespace inside the formula"),
+        ("Fe2O3\nLiCoO2", "line break"),
+        ("Fe\x00O", "control character"),
+        ("Fe1e3O", "scientific notation"),
+        ("Fe2.5.3O", "malformed amount '2.5.3'"),
+        ("Fe()O", "empty brackets"),
+        ("((Fe)", "unclosed '('"),
+        ("Fe..5O", "does not follow an element"),
+        ("Fe2O3.", "malformed amount '3.'"),
+        (".H2O", "separator without a formula"),
+        ("Fe2O3·0H2O", "not positive"),
+        ("Fe0.000000001O", "below 1e-08"),
         ("Fe2O3·", "separator"),
         (None, "expected a string"),
         (3.5, "expected a string"),
@@ -92,3 +108,9 @@ def test_bad_inputs_name_input_and_reason(bad, reason):
     assert isinstance(info.value, ValueError)
     assert repr(bad) in str(info.value)
     assert reason in str(info.value)
+
+
+def test_overlong_formula_is_refused_with_a_short_message():
+    with pytest.raises(FormulaError, match="10000 characters long; the limit is 512") as info:
+        parse_formula("H" * 10_000)
+    assert len(str(info.value)) < 200

@@ -15,6 +15,11 @@ from tokenization import CrossMatTokenizerFast
 from .test_inference_support import last_json, make_property_model, run_without_package
 
 FORMULAS = ["Fe2O3", "NaCl", "(NH4)2SO4", "Li0.5Co0.5O2", "SrTiO3", "Cs2AgBiBr6"]
+# issue 13: strings the Hub-widget path without the package used to answer with a number
+ISSUE13 = ["((Fe)", "Fe2O3)", "Fe2.5.3O", "Fe()O", "Fe..5O", "H" * 10_000, "Fe1e3O", "Fe2O3 LiCoO2", "Fe2O3\nLiCoO2",
+           "Fe\x00O", "Fe2O3."]
+ISSUE13_REASONS = ["unclosed", "unbalanced", "malformed amount", "empty brackets", "does not follow", "characters long",
+                   "scientific notation", "whitespace", "line break", "control character", "malformed amount"]
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +112,7 @@ def test_pipeline_without_package(reg_dir: Path, cls_dir: Path, tmp_path: Path) 
     code = f"""
 import json
 from transformers import pipeline
+ISSUE13 = {ISSUE13!r}
 pipe = pipeline({TASK!r}, model={str(reg_dir)!r}, trust_remote_code=True)
 clf = pipeline("text-classification", model={str(reg_dir)!r}, trust_remote_code=True)
 cls = pipeline({TASK!r}, model={str(cls_dir)!r}, trust_remote_code=True)
@@ -114,9 +120,18 @@ res = {{
     "tokenizer": type(pipe.tokenizer).__name__,
     "many": pipe({FORMULAS!r}, batch_size=4),
     "bad": pipe(["Xx2", "", "Fe(O", "fe2o3", "Fe0O", "H" * 10000, "CuSO4·5H2O", "NaCl"], on_error="return"),
+    "hydrate": [pipe("CuSO4·5H2O")["value"], pipe("CuS(H2O)5O4")["value"]],
+    "issue13": pipe(ISSUE13, on_error="return"),
     "text": clf("Fe2O3"),
+    "text_bad": [],
     "cls": cls("NaCl"),
 }}
+for bad in ISSUE13:  # the Hub-widget path validates with the same grammar
+    try:
+        clf(bad)
+        res["text_bad"].append(None)
+    except ValueError as err:
+        res["text_bad"].append(str(err))
 try:
     pipe(["NaCl", "Q2"])
 except ValueError as err:
@@ -126,14 +141,19 @@ print(json.dumps(res))
     proc = run_without_package(code, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = last_json(proc.stdout)
-    assert "CrossMat" not in res["tokenizer"]
+    assert res["tokenizer"] == "CrossMatBaseTokenizerFast"  # the folder's remote-code tokenizer
     ref = _reference(reg_dir, FORMULAS)[:, 0].tolist()
     assert [r["value"] for r in res["many"]] == pytest.approx(ref, abs=1e-5)
     assert all(r["unit"] == "eV" and r["property"] == "band_gap" for r in res["many"])
     reasons = [r.get("error") for r in res["bad"]]
     assert reasons[0] == "unknown element 'Xx'" and reasons[1] == "empty string"
-    assert reasons[2] == "unclosed bracket" and "start" in reasons[3] and "not positive" in reasons[4]
-    assert "10000 characters" in reasons[5] and "crossmat package" in reasons[6] and reasons[7] is None
+    assert reasons[2] == "unclosed '('" and "start" in reasons[3] and "not positive" in reasons[4]
+    assert "10000 characters" in reasons[5] and reasons[6] is None and reasons[7] is None
+    assert res["hydrate"][0] == pytest.approx(res["hydrate"][1], abs=1e-5)
+    for row, expected in zip(res["issue13"], ISSUE13_REASONS, strict=True):
+        assert expected in row.get("error", ""), row
+    for err, expected in zip(res["text_bad"], ISSUE13_REASONS, strict=True):
+        assert err is not None and expected in err
     assert res["text"][0]["score"] == pytest.approx(ref[0], abs=1e-5)
     assert res["cls"]["label"] in ("metal", "not_metal")
     assert "row 1" in res["raised"] and "unknown element 'Q'" in res["raised"]

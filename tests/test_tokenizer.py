@@ -78,23 +78,36 @@ def test_autotokenizer_reload_with_package(tokenizer, tmp_path):
 
 
 def test_autotokenizer_reload_without_package(tokenizer, tmp_path):
+    """Without the package the folder's remote-code tokenizer validates with the same grammar."""
     tokenizer.save_pretrained(tmp_path)
+    assert (tmp_path / "formula_grammar.py").is_file() and (tmp_path / "tokenization_crossmat_base.py").is_file()
     expected = tokenizer(["Fe2O3", "Li0.5Co0.5O2", "H8SN2O4"])["input_ids"]
     code = textwrap.dedent(
         f"""
         import json, sys
         from blocker import block; block()
         from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained({str(tmp_path)!r})
-        enc = tok(["Fe2O3", "Li0.5Co0.5O2", "H8SN2O4", "(NH4)2 SO4"])["input_ids"]
-        print("RESULT:" + json.dumps({{"ids": enc, "decoded": tok.decode(enc[1], skip_special_tokens=True)}}))
+        tok = AutoTokenizer.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)
+        enc = tok(["Fe2O3", "Li0.5Co0.5O2", "H8SN2O4"])["input_ids"]
+        errors = []
+        for bad in ["((Fe)", "Fe2O3 LiCoO2", "Fe1e3O", "Fe\\x00O"]:
+            try:
+                tok(bad)
+            except ValueError as err:
+                errors.append(str(err))
+        print("RESULT:" + json.dumps({{"ids": enc, "decoded": tok.decode(enc[1], skip_special_tokens=True),
+                                      "cls": type(tok).__name__, "group": tok.prepare_formula("(NH4)2SO4·H2O"),
+                                      "errors": errors}}))
         """
     )
     out = _run_isolated(code, tmp_path)
-    assert out["ids"][:3] == expected
+    assert out["cls"] == "CrossMatBaseTokenizerFast"
+    assert out["ids"] == expected
     assert out["decoded"] == "Li0.5Co0.5O2"
-    # raw tokenizer: groups and whitespace reach the model as tokens (the model expands groups)
-    assert out["ids"][3][1] == tokenizer.convert_tokens_to_ids("(")
+    assert out["group"] == "N2H10S O5".replace(" ", "")  # groups, hydrates and repeats expanded
+    assert len(out["errors"]) == 4
+    for err, reason in zip(out["errors"], ["unclosed", "whitespace", "scientific", "control character"], strict=True):
+        assert reason in err
 
 
 BLOCKER = '''

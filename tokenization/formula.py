@@ -10,30 +10,27 @@ Canonical form (what :func:`canonical_formula` returns and the tokenizer sees):
 * amounts are written positionally (never ``1e-05``), rounded to 12 significant digits to remove
   floating-point noise, and an amount of exactly 1 is omitted (``NaCl``).
 
-Hydrate separators are ``·``, ``•``, ``∙``, ``*`` and a ``.`` that is not between two digits
-(``CuSO4.H2O``); the part after the separator may start with a multiplier (``CuSO4·5H2O``).
-A ``.`` between digits is always a decimal point, so ``CuSO4.5H2O`` means ``Cu S O4.5 H2 O``
-(write ``CuSO4·5H2O`` for the pentahydrate).
+The grammar (what is accepted, what is refused and why) is :mod:`tokenization.formula_grammar`, the
+one validator shared with the remote-code tokenizer that model folders carry: :func:`parse_formula`
+runs it first and builds the pymatgen ``Composition`` from its amounts. Hydrate separators are ``·``,
+``•``, ``∙``, ``*`` and a ``.`` that is not between two digits (``CuSO4.H2O``); the part after the
+separator may start with a multiplier (``CuSO4·5H2O``). A ``.`` between digits is always a decimal
+point, so ``CuSO4.5H2O`` means ``Cu S O4.5 H2 O`` (write ``CuSO4·5H2O`` for the pentahydrate).
+Whitespace inside a formula, line breaks, control characters and scientific notation are refused.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from functools import reduce
 
 import numpy as np
 from pymatgen.core import Composition, Element
 
-__all__ = ["FormulaError", "parse_formula", "canonical_formula", "format_amount"]
+from .formula_grammar import FormulaError, parse_amounts
 
-_HYDRATE_SEP = re.compile(r"\s*[·•∙*]\s*|(?<!\d)\.(?!\d)|(?<=\d)\.(?=[A-Za-z(\[{])")
-_LEADING_MULT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?=[A-Z(\[{])")
-_AMOUNT = re.compile(r"(?<=[A-Za-z)\]}])\s*(-?\d*\.?\d+)")
-_SYMBOL = re.compile(r"[A-Z][a-z]*")
-_ALLOWED = re.compile(r"^[A-Za-z0-9.()\[\]{}\s]+$")
-_KNOWN = {el.symbol for el in Element} | {"D", "T"}
+__all__ = ["FormulaError", "parse_formula", "canonical_formula", "format_amount"]
 
 
 def _electronegativities() -> dict[str, float]:
@@ -46,70 +43,12 @@ def _electronegativities() -> dict[str, float]:
 _X = _electronegativities()
 
 
-class FormulaError(ValueError):
-    """A formula string that cannot be turned into a composition; the message names input and reason."""
-
-    def __init__(self, formula: object, reason: str) -> None:
-        self.formula = formula
-        self.reason = reason
-        super().__init__(f"invalid formula {formula!r}: {reason}")
-
-
-def _check_brackets(text: str, original: object) -> None:
-    pairs = {")": "(", "]": "[", "}": "{"}
-    stack: list[str] = []
-    for ch in text:
-        if ch in "([{":
-            stack.append(ch)
-        elif ch in pairs:
-            if not stack or stack.pop() != pairs[ch]:
-                raise FormulaError(original, f"unbalanced '{ch}'")
-    if stack:
-        raise FormulaError(original, f"unclosed '{stack[-1]}'")
-
-
-def _parse_part(part: str, original: object) -> Composition:
-    mult = 1.0
-    m = _LEADING_MULT.match(part)
-    if m:
-        mult = float(m.group(1))
-        part = part[m.end() :]
-    if not part.strip():
-        raise FormulaError(original, "a hydrate/adduct separator is not followed by a formula")
-    if not _ALLOWED.match(part):
-        bad = sorted({c for c in part if not re.match(r"[A-Za-z0-9.()\[\]{}\s]", c)})
-        raise FormulaError(original, f"unexpected character(s) {''.join(bad)!r}")
-    _check_brackets(part, original)
-    for sym in _SYMBOL.findall(part):
-        if sym not in _KNOWN:
-            raise FormulaError(original, f"unknown element {sym!r}")
-    for amount in _AMOUNT.findall(part):
-        value = float(amount)
-        if value <= 0:
-            raise FormulaError(original, f"amount {amount} is not positive")
-    if re.search(r"(?<![A-Za-z)\]}\d.])\d", part.replace(" ", "")):
-        raise FormulaError(original, "a number does not follow an element or a group")
-    try:
-        comp = Composition(part.replace(" ", ""))
-    except Exception as exc:  # pymatgen raises ValueError/KeyError with terse messages
-        raise FormulaError(original, f"pymatgen cannot parse it ({exc})") from None
-    return comp * mult
-
-
 def parse_formula(formula: object) -> Composition:
     """Return the validated pymatgen ``Composition`` of ``formula`` or raise :class:`FormulaError`."""
     if isinstance(formula, Composition):
         comp = formula
     else:
-        if not isinstance(formula, str):
-            raise FormulaError(formula, f"expected a string, got {type(formula).__name__}")
-        text = formula.strip()
-        if not text:
-            raise FormulaError(formula, "empty string")
-        if "-" in text:
-            raise FormulaError(formula, "negative amounts or '-' are not allowed")
-        parts = _HYDRATE_SEP.split(text)
-        comp = reduce(lambda a, b: a + b, (_parse_part(p, formula) for p in parts))
+        comp = Composition(parse_amounts(formula))
     if not comp.valid:
         raise FormulaError(formula, "contains dummy species / unknown elements")
     if len(comp) == 0:

@@ -9,10 +9,12 @@ tokens back into exact element fractions (see ``modeling``).
 
 With this class (the package installed) every input is validated first: strings already in simple
 form (elements and positive numbers, each element once, all known) pass straight to the Rust
-tokenizer; anything else (groups, hydrates, repeated elements, ``D``) is rewritten to its canonical
-formula by :func:`tokenization.formula.canonical_formula`, and invalid input raises
-:class:`FormulaError` naming the row. ``AutoTokenizer.from_pretrained(folder)`` without the package
-loads the same ``tokenizer.json`` as a plain ``PreTrainedTokenizerFast``.
+tokenizer; anything else (groups, hydrates, repeated elements, ``D``) is checked by the one formula
+grammar (:mod:`tokenization.formula_grammar`) and rewritten to its canonical formula by
+:func:`tokenization.formula.canonical_formula`; invalid input raises :class:`FormulaError` naming the
+row. A saved folder carries :class:`CrossMatBaseTokenizerFast` (the same grammar, no pymatgen) as
+remote code, which ``AutoTokenizer.from_pretrained(folder, trust_remote_code=True)`` loads without the
+package.
 """
 
 from __future__ import annotations
@@ -24,16 +26,19 @@ from typing import Any
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordLevel
-from transformers import BatchEncoding, PreTrainedTokenizerFast
+from transformers import BatchEncoding
 
 from .formula import FormulaError, canonical_formula
+from .formula_grammar import MAX_FORMULA_CHARS
+from .tokenization_crossmat_base import CrossMatBaseTokenizerFast
 from .vocabulary import CLS_ID, DECIMAL_ID, DIGIT_START, ELEMENTS, PAD_ID, SEP_ID, TOKEN_TO_ID
 
 __all__ = ["CrossMatTokenizerFast", "build_backend_tokenizer", "encode_simple_formulas"]
 
-_SIMPLE = re.compile(r"(?:[A-Z][a-z]?(?:\d+(?:\.\d+)?)?)+")
+_SIMPLE = re.compile(r"(?:[A-Z][a-z]?(?:[0-9]+(?:\.[0-9]+)?)?)+")  # ASCII: \d matches '٣', '２'
 _SYMBOLS = re.compile(r"[A-Z][a-z]?")
-_ZERO = re.compile(r"(?<![\d.])0+(?:\.0+)?(?![\d.])")
+_ZERO = re.compile(r"(?<![0-9.])0+(?:\.0+)?(?![0-9.])")
+_TINY = re.compile(r"\.0{7}")  # amounts that may fall below the grammar's MIN_AMOUNT: take the full path
 _ELEMENT_SET = frozenset(ELEMENTS)
 
 
@@ -98,17 +103,14 @@ def encode_simple_formulas(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray
 
 
 def _is_simple(text: str) -> bool:
-    if not _SIMPLE.fullmatch(text) or _ZERO.search(text):
+    if len(text) > MAX_FORMULA_CHARS or not _SIMPLE.fullmatch(text) or _ZERO.search(text) or _TINY.search(text):
         return False
     symbols = _SYMBOLS.findall(text)
     return len(set(symbols)) == len(symbols) and _ELEMENT_SET.issuperset(symbols)
 
 
-class CrossMatTokenizerFast(PreTrainedTokenizerFast):
+class CrossMatTokenizerFast(CrossMatBaseTokenizerFast):
     """Formula tokenizer; validates and canonicalises formulas before the Rust tokenizer runs."""
-
-    vocab_files_names = {"tokenizer_file": "tokenizer.json"}
-    model_input_names = ["input_ids", "attention_mask"]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if "tokenizer_object" not in kwargs and "tokenizer_file" not in kwargs:
@@ -132,10 +134,6 @@ class CrossMatTokenizerFast(PreTrainedTokenizerFast):
                 raise
             raise FormulaError(err.formula, f"row {row}: {err.reason}") from None
 
-    def prepare_formulas(self, texts: Sequence[object]) -> list[str]:
-        """Validate and canonicalise a batch of formulas (row numbers appear in errors)."""
-        return [self.prepare_formula(t, i) for i, t in enumerate(texts)]
-
     def encode_formulas(self, formulas: Sequence[object], return_tensors: str | None = "np") -> BatchEncoding:
         """Fast batch path: validate, canonicalise where needed, encode with numpy, pad to the longest.
 
@@ -145,11 +143,3 @@ class CrossMatTokenizerFast(PreTrainedTokenizerFast):
         ids, lengths = encode_simple_formulas(texts)
         mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
         return BatchEncoding({"input_ids": ids, "attention_mask": mask}, tensor_type=return_tensors)
-
-    def _encode_plus(self, text: Any, text_pair: Any = None, *args: Any, **kwargs: Any):  # type: ignore[override]
-        if self.validate_formulas and not kwargs.get("is_split_into_words", False):
-            if isinstance(text, (list, tuple)):
-                text = self.prepare_formulas(text)
-            elif text is not None:
-                text = self.prepare_formula(text)
-        return super()._encode_plus(text, text_pair, *args, **kwargs)

@@ -12,6 +12,7 @@ the tokenizer; invalid rows fail the stage (``on_invalid: error``) or are skippe
 from __future__ import annotations
 
 import hashlib
+import json
 import operator
 import re
 from collections.abc import Mapping
@@ -94,7 +95,57 @@ def _aflow_prototypes_chgnet() -> pd.DataFrame:
     return pd.read_parquet(table)
 
 
-def load_source(source: Any, what: str = "data.train") -> tuple[pd.DataFrame, str]:
+def _scan_csv(path: Path, what: str) -> bool:
+    """Check every row has as many fields as the header (pandas would silently shift or cut a ragged row);
+    return whether the file holds a NUL byte (pandas' C parser would cut ``Fe\\x00O`` to ``Fe``)."""
+    import bz2
+    import csv
+    import gc
+    import gzip
+    import lzma
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower(), open)
+    with opener(path, "rb") as fh:
+        nul = any(b"\x00" in block for block in iter(lambda: fh.read(1 << 20), b""))
+    enabled = gc.isenabled()
+    gc.disable()  # row lists hold no cycles; GC passes over a large heap would dominate
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:
+            widths = set(map(len, csv.reader(fh))) - {0}  # 0: blank lines
+        if len(widths) > 1:
+            with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:
+                reader = csv.reader(fh)
+                width = len(next(reader))
+                for row in reader:
+                    if row and len(row) != width:
+                        raise DataError(
+                            f"{what}: {path} line {reader.line_num} has {len(row)} fields, the header {width} "
+                            "(a ragged row; quote cells that hold a comma)"
+                        )
+    except csv.Error as err:
+        raise DataError(f"{what}: {path} is not a readable CSV file ({err})") from None
+    finally:
+        if enabled:
+            gc.enable()
+    return nul
+
+
+def _read_csv(path: Path, formula_column: str | None, what: str) -> pd.DataFrame:
+    """A CSV with every row checked for its field count and the formula column kept as written:
+    ``NA``, ``None`` and empty cells stay text (so rejected_rows.csv shows them) and NUL bytes stay in
+    the cell; the other columns get pandas' usual missing-value handling."""
+    engine = "python" if _scan_csv(path, what) else "c"
+    if formula_column is None:
+        return pd.read_csv(path, engine=engine)
+    from pandas._libs.parsers import STR_NA_VALUES
+
+    columns = pd.read_csv(path, nrows=0).columns
+    na = {c: sorted(STR_NA_VALUES) for c in columns if c != formula_column}
+    dtype = {formula_column: str} if formula_column in columns else None
+    return pd.read_csv(path, engine=engine, keep_default_na=False, na_values=na, dtype=dtype)
+
+
+def load_source(source: Any, what: str = "data.train", formula_column: str | None = None) -> tuple[pd.DataFrame, str]:
     """Load a data source into a DataFrame; return it with a short description for cards and logs."""
     if source is None:
         raise DataError(f"{what}: no data source given")
@@ -135,7 +186,7 @@ def load_source(source: Any, what: str = "data.train") -> tuple[pd.DataFrame, st
             df = ds.to_pandas()
             desc = f"{path} (config={source.get('name')}, split={source.get('split') or 'train'})"
         else:
-            df = _read_file(path, what)
+            df = _read_file(path, what, formula_column)
     if source.get("filter"):
         df, text = apply_filter(df, source["filter"], what)
         desc += f" where {text}"
@@ -197,13 +248,13 @@ def apply_filter(df: pd.DataFrame, spec: Any, what: str = "data.train") -> tuple
     return df[keep], text
 
 
-def _read_file(path: Path, what: str) -> pd.DataFrame:
+def _read_file(path: Path, what: str, formula_column: str | None = None) -> pd.DataFrame:
     """A CSV / parquet / JSON(-lines) file as a DataFrame; unreadable files raise :class:`DataError` naming the
     file and the reason (empty, not UTF-8, ragged rows, corrupt)."""
     name = path.name.lower()
     try:
         if name.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.xz")):
-            return pd.read_csv(path)
+            return _read_csv(path, formula_column, what)
         if name.endswith(".parquet"):
             return pd.read_parquet(path)
         if name.endswith((".jsonl", ".json")):
@@ -390,7 +441,7 @@ def _frame_to_split(
 def prepare_stage_data(recipe: Mapping[str, Any], tokenizer: CrossMatTokenizerFast) -> StageData:
     """Load, validate, split and tokenize the data of one stage (fails before training on bad input)."""
     data, stage = recipe["data"], recipe["stage"]
-    train_df, train_desc = load_source(data["train"], "data.train")
+    train_df, train_desc = load_source(data["train"], "data.train", data["formula_column"])
     target_columns: list[str] = []
     if stage == "finetune":
         tc = data["target_column"]
@@ -412,7 +463,7 @@ def prepare_stage_data(recipe: Mapping[str, Any], tokenizer: CrossMatTokenizerFa
     salt = str(data["split_seed"])
     in_test = np.zeros(len(train_df), dtype=bool)
     if data["test"] is not None:
-        frames["test"], descs["test"] = load_source(data["test"], "data.test")
+        frames["test"], descs["test"] = load_source(data["test"], "data.test", data["formula_column"])
         _require_columns(frames["test"], needed, f"data.test ({descs['test']})")
     elif data["test_fraction"] > 0:
         in_test = split_buckets(groups, float(data["test_fraction"]), f"test|{salt}")
@@ -420,7 +471,7 @@ def prepare_stage_data(recipe: Mapping[str, Any], tokenizer: CrossMatTokenizerFa
         descs["test"] = f"{train_desc} (held-out {data['test_fraction']:.0%} of formulas, split_seed={salt})"
     remaining = ~in_test
     if data["validation"] is not None:
-        frames["validation"], descs["validation"] = load_source(data["validation"], "data.validation")
+        frames["validation"], descs["validation"] = load_source(data["validation"], "data.validation", data["formula_column"])
         _require_columns(frames["validation"], needed, f"data.validation ({descs['validation']})")
     elif data["validation_fraction"] > 0:
         in_val = split_buckets(groups, float(data["validation_fraction"]), f"validation|{salt}") & remaining
@@ -438,6 +489,9 @@ def prepare_stage_data(recipe: Mapping[str, Any], tokenizer: CrossMatTokenizerFa
             splits[name], task = _frame_to_split(frames[name], name, stage, data, tokenizer, rejects, task, target_columns)
     if "train" not in splits or len(splits["train"]) == 0:
         raise DataError(f"data.train ({train_desc}): no usable training rows")
+    duplicates = None
+    if stage == "finetune":
+        splits["train"], duplicates = _resolve_duplicates(splits["train"], data["duplicates"], task)
     info: dict[str, Any] = {
         "sources": descs,
         "rows": {k: len(v) for k, v in splits.items()},
@@ -446,6 +500,8 @@ def prepare_stage_data(recipe: Mapping[str, Any], tokenizer: CrossMatTokenizerFa
         "target_columns": target_columns,
         "formula_column": data["formula_column"],
     }
+    if duplicates is not None:
+        info["duplicates"] = duplicates
     if stage == "finetune" and task == "regression":
         y = splits["train"].tensors["labels"].double()
         info["target_mean"] = y.mean(0).tolist()
@@ -454,6 +510,67 @@ def prepare_stage_data(recipe: Mapping[str, Any], tokenizer: CrossMatTokenizerFa
         info["structure_embedding_dim"] = int(splits["train"].tensors["structure_embeddings"].shape[1])
     rejected = pd.DataFrame(rejects.rows) if rejects.rows else None
     return StageData(splits["train"], splits.get("validation"), splits.get("test"), info, rejected)
+
+
+def _resolve_duplicates(split: TensorSplit, policy: str, task: str) -> tuple[TensorSplit, dict[str, Any]]:
+    """Report training rows that share a composition with different targets and apply ``data.duplicates``.
+
+    ``keep`` trains on every row (polymorphs are real data), ``mean`` merges each composition into its
+    first row with the mean target (classification: the majority label, ties to the first row's),
+    ``first`` keeps the first row, ``error`` refuses conflicting targets. Always reported in the card
+    info (``duplicates``) and printed.
+    """
+    formulas = np.asarray(split.formulas, dtype=object)
+    uniq, inverse = np.unique(formulas, return_inverse=True)
+    keys = np.array([_safe_canonical(f) for f in uniq], dtype=object)[inverse]
+    _, group, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    labels = split.tensors["labels"].double().reshape(len(formulas), -1).numpy()
+    dup_rows = np.flatnonzero(counts[group] > 1)
+    conflicts: dict[str, list] = {}
+    for r in dup_rows:
+        value = float(labels[r, 0]) if labels.shape[1] == 1 else labels[r].tolist()
+        conflicts.setdefault(str(keys[r]), []).append(value)
+    conflicts = {k: v for k, v in conflicts.items() if len({json.dumps(x) for x in v}) > 1}
+    report = {
+        "policy": policy,
+        "duplicate_rows": int(len(dup_rows)),
+        "conflicting_compositions": len(conflicts),
+        "examples": {k: v[:5] for k, v in list(conflicts.items())[:5]},
+    }
+    if conflicts:
+        first = next(iter(conflicts))
+        msg = (
+            f"data.train: {len(conflicts)} composition(s) appear with different targets (e.g. {first}: "
+            f"{conflicts[first][:5]}); data.duplicates={policy}"
+        )
+        if policy == "error":
+            raise DataError(msg + "; choose data.duplicates=mean|first|keep or clean the data")
+        print(f"[crossmat] {msg}")
+    if policy in ("keep", "error") or not len(dup_rows):
+        return split, report
+    first_row = np.full(int(group.max()) + 1, -1)
+    for r in range(len(formulas) - 1, -1, -1):
+        first_row[group[r]] = r
+    keep = np.zeros(len(formulas), dtype=bool)
+    keep[first_row] = True
+    tensors = dict(split.tensors)
+    if policy == "mean":
+        y = tensors["labels"].clone()
+        if task == "regression":
+            sums = np.zeros((len(first_row), labels.shape[1]))
+            np.add.at(sums, group, labels)
+            y[torch.as_tensor(first_row)] = torch.as_tensor(sums / counts[:, None], dtype=y.dtype).reshape(
+                y[torch.as_tensor(first_row)].shape
+            )
+        else:
+            ones = np.bincount(group, weights=labels[:, 0], minlength=len(first_row))
+            first_label = labels[first_row, 0]
+            major = np.where(ones * 2 == counts, first_label, (ones * 2 > counts).astype(float))
+            y[torch.as_tensor(first_row)] = torch.as_tensor(major, dtype=y.dtype)
+        tensors["labels"] = y
+    k = torch.as_tensor(keep)
+    weights = split.weights[k] if split.weights is not None else None
+    return TensorSplit({n: t[k] for n, t in tensors.items()}, list(formulas[keep]), weights), report
 
 
 def _safe_canonical(formula: str) -> str:

@@ -64,6 +64,7 @@ STAGE_DEFAULTS: dict[str, Any] = {
         "max_train_rows": None,
         "on_invalid": "error",
         "clip_predictions": "none",
+        "duplicates": "keep",  # fine-tune train rows of one composition: keep | mean | first | error (reported always)
         "stability_column": None,
         "stability_bias": "none",
         "stability_temperature": 0.05,
@@ -115,6 +116,7 @@ _CHOICES = {
     "data.target_transform": (None, "log10", "log10_abs"),
     "data.on_invalid": ("error", "skip"),
     "data.clip_predictions": ("none", "auto"),
+    "data.duplicates": ("keep", "mean", "first", "error"),
     "data.stability_bias": ("none", "weight", "filter"),
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
     "train.lr_scheduler": ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"),
