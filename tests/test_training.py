@@ -126,3 +126,55 @@ def test_shipped_configs_validate_and_llm4mat_recipe_trains(tmp_path, data_dir):
     info = json.loads((out / "training_info.json").read_text())
     assert info["data"]["rows"] == {"train": 10, "validation": 10, "test": 10}
     assert set(info["metrics"]["test"]) >= {"mae", "rmse", "r2"}
+
+
+def test_own_csv_run_outputs_say_what_they_are(tmp_path, gap_csv):
+    """A run on the user's own train/validation/test CSVs: test_predictions.csv is ``formula, target,
+    prediction`` at full precision; the card lists the training data only, attributes each metric to its
+    split's file, has no local paths in its metadata, no MatBench tag or notes; the unit reaches the
+    config and the pipeline output."""
+    import yaml
+    from transformers import pipeline
+
+    from inference import load_pipeline
+
+    df = pd.read_csv(gap_csv)
+    df["gap"] = df["gap"] + 1e-9 * torch.arange(len(df)).double().numpy()  # digits a 4-decimal round loses
+    files = {}
+    for split, part in (("train", df.iloc[:200]), ("validation", df.iloc[200:250]), ("test", df.iloc[250:])):
+        files[split] = tmp_path / f"{split}.csv"
+        part.to_csv(files[split], index=False, float_format="%.17g")
+    recipe = _stage(gap_csv, **{f"data.{k}": str(v) for k, v in files.items()}, **{"data.id_column": "id"})
+    recipe["card"] = {"property_unit": "eV", "property_name": "band gap"}
+    out = run_recipe(recipe, tmp_path / "run")
+    pred = pd.read_csv(out / "test_predictions.csv")
+    assert list(pred.columns) == ["id", "formula", "target", "prediction"]
+    test_df = pd.read_csv(files["test"])
+    assert pred["id"].tolist() == test_df["id"].tolist()
+    assert pred["formula"].tolist() == test_df["formula"].tolist()
+    assert (pred["target"].to_numpy() == test_df["gap"].to_numpy()).all()  # exact float64 round trip
+    text = (out / "README.md").read_text()
+    meta = yaml.safe_load(text.split("---")[1])
+    assert str(tmp_path) not in json.dumps(meta) and "matbench" not in meta["tags"]
+    assert not meta.get("datasets")  # local files are not Hub ids: described in the prose only
+    training_section = text.split("## Training data")[1].split("### Leakage notes")[0]
+    assert "Trained on train.csv" in training_section and " test.csv" not in training_section
+    by_split = {r["dataset"]["name"]: r for r in meta["model-index"][0]["results"]}
+    assert {n.split(" ")[0] for n in by_split} == {"validation.csv", "test.csv"}
+    for r in meta["model-index"][0]["results"]:
+        assert r["dataset"]["name"].startswith(f"{r['dataset']['split']}.csv")
+    assert "MatBench" not in text.split("### Leakage notes")[1].split("##")[0]
+    assert "distinct test formulas also occur in the training split" in text
+    assert json.loads((out / "config.json").read_text())["target_units"] == ["eV"]
+    assert load_pipeline(out)("NaCl")["unit"] == "eV"
+    assert pipeline("composition-property-prediction", model=str(out), trust_remote_code=True)(["NaCl"])[0]["unit"] == "eV"
+
+
+def test_every_recipe_key_is_documented():
+    """docs/training.md's key table lists every stage key of the schema (data.id_column was missing)."""
+    from training.recipe import STAGE_DEFAULTS
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    keys = [f"{k}.{s}" if isinstance(v, dict) and k != "card" else k for k, v in STAGE_DEFAULTS.items()
+            for s in (v if isinstance(v, dict) and k != "card" else [None])]
+    assert [k for k in keys if f"`{k}`" not in text] == []

@@ -272,6 +272,8 @@ class StageTrainer:
                 rec["projected"] = out.projected_embedding.float()
             if self.stage == "finetune":
                 rec["logits"] = out.logits.float()
+                if getattr(out, "uncertainty", None) is not None:  # optional predictive uncertainty
+                    rec["uncertainty"] = out.uncertainty.float()
             for k, v in rec.items():
                 parts.setdefault(k, []).append(v.detach().cpu().numpy())
         mine = {k: np.concatenate(v) for k, v in parts.items()} if parts else {}
