@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
         parser.error(f"--benchmark {args.benchmark} needs --task")
     if not (args.model or args.config or args.baselines_only):
         args.config = DEFAULT_RECIPE
+    if args.config and not args.config.exists() and not args.config.is_absolute() and (DEFAULT_RECIPE.parents[1] / args.config).is_file():
+        args.config = DEFAULT_RECIPE.parents[1] / args.config  # shipped recipes work from any folder
     from .crossmat_predictor import CrossMatPredictor
     from .protocol import BASELINE_NAMES, run_benchmark
 

@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = Path(args.config) if args.config else QUICKSTART
+    if not config.exists() and not config.is_absolute() and (REPO_ROOT / config).is_file():
+        config = REPO_ROOT / config  # shipped recipes (configs/..., benchmarks/...) work from any folder
     overrides = list(args.overrides)
     try:
         recipe = load_recipe(config)
