@@ -178,3 +178,58 @@ def test_every_recipe_key_is_documented():
     keys = [f"{k}.{s}" if isinstance(v, dict) and k != "card" else k for k, v in STAGE_DEFAULTS.items()
             for s in (v if isinstance(v, dict) and k != "card" else [None])]
     assert [k for k in keys if f"`{k}`" not in text] == []
+
+
+def test_progress_is_never_silent(tmp_path, gap_csv, capfd, monkeypatch):
+    """progress_bar: false and log_every: 100000 (as the benchmark recipes had) still report progress
+    without a terminal: status lines with step, loss, rate and ETA; a terminal gets a tqdm bar."""
+    import io
+
+    from training.progress import StatusLine, _Bar, training_progress
+
+    monkeypatch.setenv("CROSSMAT_PROGRESS_SECONDS", "0")
+    recipe = _stage(gap_csv, **{"train.progress_bar": False, "train.log_every": 100000, "train.max_steps": 3})
+    run_recipe(recipe, tmp_path / "run")
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("[crossmat] finetune: step")]
+    assert lines[0].startswith("[crossmat] finetune: step 0/3 (0%)") and "started" in lines[0]
+    assert any(ln.startswith("[crossmat] finetune: step 2/3 (67%), epoch 0, loss ") and "ETA" in ln for ln in lines)
+    assert lines[-1].startswith("[crossmat] finetune: step 3/3 (100%)") and lines[-1].endswith("done")
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert isinstance(training_progress(10, 0, "x", stream=Tty()), _Bar)
+    assert isinstance(training_progress(10, 0, "x", bar=False, stream=Tty()), StatusLine)
+    assert isinstance(training_progress(10, 0, "x", stream=io.StringIO()), StatusLine)
+
+
+def test_recipes_state_budget_in_steps_and_docs_have_the_budget_table():
+    repo = Path(__file__).resolve().parents[1]
+    recipes = sorted([*(repo / "configs").glob("*.yaml"), *(repo / "benchmarks" / "matbench" / "recipes").glob("*.yaml")])
+    assert len(recipes) > 10
+    for path in recipes:
+        budget = [ln for ln in path.read_text().splitlines() if ln.startswith("# budget:")]
+        assert budget and "step" in budget[0], f"{path.name}: no '# budget: ... steps' comment"
+    doc = (repo / "docs" / "training.md").read_text()
+    assert "## Budgets" in doc and "| training rows n |" in doc and "samples/s" in doc
+
+
+def test_accelerate_launch_without_defaults_warning_and_correct_multiprocess_docs():
+    import subprocess
+    import sys
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = repo / "configs" / "accelerate" / "single_process.yaml"
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cfg),
+                           str(repo / "train.py"), "--help"], capture_output=True, text=True, timeout=300, cwd=repo)
+    assert proc.returncode == 0 and "usage: train.py" in proc.stdout
+    assert "were not passed" not in proc.stdout + proc.stderr
+    two = yaml.safe_load((repo / "configs" / "accelerate" / "two_processes.yaml").read_text())
+    assert (two["distributed_type"], two["num_processes"], two["use_cpu"]) == ("MULTI_GPU", 2, False)
+    for doc in (repo / "docs").glob("*.md"):  # `--cpu --num_processes N` starts one process: never recommended
+        for line in doc.read_text().splitlines():
+            assert not line.startswith("accelerate launch --cpu --num_processes"), (doc.name, line)

@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from safetensors.torch import load_model, save_model
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .collator import MaskedElementCollator, hash_uniform, trim_padding
 from .data import StageData, TensorSplit
+from .progress import training_progress
 from .recipe import RecipeError
 
 __all__ = ["LoopState", "StageTrainer", "compute_metrics", "latest_checkpoint", "make_accelerator"]
@@ -333,8 +333,8 @@ class StageTrainer:
             self.metrics_path.unlink()
         fault_step = int(os.environ.get(FAULT_ENV, "0") or 0)
         self.model.train()
-        bar = tqdm(total=self.total_steps, initial=self.state.global_step, desc=f"{self.stage}",
-                   disable=not (self.cfg["progress_bar"] and acc.is_local_main_process), dynamic_ncols=True)
+        bar = training_progress(self.total_steps, self.state.global_step, f"{self.stage}",
+                                main_process=acc.is_local_main_process, bar=bool(self.cfg["progress_bar"]))
         t0, samples0 = time.perf_counter(), 0
         run_loss = torch.zeros((), device=acc.device)
         run_n = 0
@@ -363,7 +363,8 @@ class StageTrainer:
                 self.state.step_in_epoch += 1
                 self.state.samples_seen += self.global_batch * self.accum
                 samples0 += self.global_batch * self.accum
-                bar.update(1)
+                bar.update(1, epoch=self.state.epoch,
+                           loss=lambda rl=run_loss, rn=run_n: float(rl) / rn if rn else None)
                 last = self.state.global_step >= self.total_steps
                 if self.state.global_step % int(self.cfg["log_every"]) == 0 or last:
                     mean_loss = float(acc.reduce(run_loss, reduction="mean")) / max(run_n, 1)
