@@ -18,7 +18,7 @@ from .tasks import TaskInfo
 DEFAULT_FINETUNE: dict[str, Any] = {
     "stage": "finetune",
     "train": {"epochs": 30, "batch_size": 128, "learning_rate": 5e-4, "warmup_ratio": 0.05,
-              "early_stopping_patience": 5, "checkpoint_every": 100000},
+              "early_stopping_patience": 5, "progress_bar": False, "checkpoint_every": 100000},
 }
 
 
@@ -90,8 +90,14 @@ class CrossMatPredictor:
         recipe = copy.deepcopy({k: v for k, v in self.recipe.items()})
         stage = _finetune_stage(recipe)
         stage["seed"] = seed
-        if task.unit and not (stage.get("card") or {}).get("property_unit"):  # unit into the fold model's config
-            stage["card"] = {**(stage.get("card") or {}), "property_unit": task.unit}
+        card = dict(stage.get("card") or {})  # the fold model's card says what it was trained on
+        if task.unit and not card.get("property_unit"):  # unit into the fold model's config and card
+            card["property_unit"] = task.unit
+        card.setdefault("training_data", f"{task.benchmark} task {task.name}, fold {data.fold}: {len(data.train)} "
+                        f"training rows; {len(data.validation)} validation rows for early stopping.")
+        if task.benchmark in ("matbench", "llm4mat"):
+            card.setdefault("benchmark", task.benchmark)
+        stage["card"] = card
         stage["data"] = {
             **(stage.get("data") or {}),
             "train": data.train[["id", "formula", "target"]].reset_index(drop=True),
