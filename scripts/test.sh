@@ -16,7 +16,7 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     say "installing CPU torch 2.13.0 (on a CUDA machine install your torch first)"
     "$PY" -m pip install -q torch==2.13.0
 fi
-if ! "$PY" -c "import modeling, training, evaluation, cli, pytest, playwright, gradio" >/dev/null 2>&1 \
+if ! "$PY" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('transformers', 'accelerate', 'peft', 'captum', 'shapiq', 'matgl', 'chgnet', 'matminer', 'pytest', 'playwright', 'gradio')))" \
         || ! "$PY" -m ruff --version >/dev/null 2>&1; then
     say "installing the package with its dev extra (pip install -e '.[dev]')"
     "$PY" -m pip install -q -e ".[dev]"
@@ -61,9 +61,11 @@ for d in matbench_v0.1 llm4mat_bench_mp_sample perov_5; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
     say "ERROR: benchmark data not found: CROSSMAT_DATA_DIR=$CROSSMAT_DATA_DIR lacks ${missing[*]}."
-    say "  Point CROSSMAT_DATA_DIR at the project's data folder (matbench_v0.1/, llm4mat_bench_mp_sample/,"
-    say "  perov_5/; docs/datasets.md says where each comes from). MatBench's official files"
-    say "  download with: crossmat build matbench --source official --out data/matbench_v0.1"
+    say "  The tests read the project's shared data folder (matbench_v0.1/*.csv.gz, llm4mat_bench_mp_sample/,"
+    say "  perov_5/): point CROSSMAT_DATA_DIR at it, or place it at ../shared/data next to the checkout."
+    say "  MatBench's official files download with: crossmat build matbench --source official --out data/matbench_v0.1"
+    say "  (the raw files land in \${CROSSMAT_CACHE:-~/.cache/crossmat}/matbench_v0.1); docs/datasets.md says where"
+    say "  the LLM4Mat-Bench sample and perov_5 come from."
     exit 2
 fi
 say "data: $CROSSMAT_DATA_DIR"
