@@ -233,3 +233,27 @@ def test_accelerate_launch_without_defaults_warning_and_correct_multiprocess_doc
     for doc in (repo / "docs").glob("*.md"):  # `--cpu --num_processes N` starts one process: never recommended
         for line in doc.read_text().splitlines():
             assert not line.startswith("accelerate launch --cpu --num_processes"), (doc.name, line)
+
+
+def test_test_predictions_frame_columns_with_and_without_uncertainty():
+    import numpy as np
+
+    from training.data import TensorSplit
+    from training.stages import prediction_table
+
+    y = np.array([[1.123456789012], [2.5]])
+    split = TensorSplit({"input_ids": torch.zeros(2, 3, dtype=torch.long), "labels": torch.tensor(y, dtype=torch.float32)},
+                        ["Fe2O3", "NaCl"], targets=y, source_formulas=["Fe2O3", "NaCl"], ids=["a", "b"])
+    logits = np.array([[0.987654321], [2.0]], dtype=np.float32)
+    plain = prediction_table(split, {"logits": logits}, ["gap"], regression=True)
+    assert list(plain.columns) == ["id", "formula", "target", "prediction"]
+    assert plain["target"].tolist() == [1.123456789012, 2.5] and plain["prediction"][0] == float(np.float32(0.987654321))
+    unc = prediction_table(split, {"logits": logits, "uncertainty": np.array([[0.1], [0.2]])}, ["gap"], regression=True)
+    assert list(unc.columns) == ["id", "formula", "target", "prediction", "uncertainty"]
+    two = TensorSplit(split.tensors, split.formulas, targets=np.hstack([y, y]), source_formulas=split.formulas)
+    multi = prediction_table(two, {"logits": np.hstack([logits, logits])}, ["a", "b"], regression=True)
+    assert list(multi.columns) == ["formula", "target_a", "prediction_a", "target_b", "prediction_b"]
+    cls = TensorSplit(split.tensors, split.formulas, targets=np.array([[0.0], [1.0]]), source_formulas=split.formulas)
+    out = prediction_table(cls, {"logits": np.array([[2.0, 0.0], [0.0, 2.0]])}, ["is_metal"], regression=False)
+    assert list(out.columns) == ["formula", "target", "prediction", "probability"]
+    assert out["prediction"].tolist() == [0, 1] and out["target"].tolist() == [0, 1]

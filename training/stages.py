@@ -27,7 +27,7 @@ from .data import StageData, prepare_stage_data
 from .loop import StageTrainer, make_accelerator
 from .recipe import RecipeError, apply_overrides, validate_recipe
 
-__all__ = ["build_model", "init_element_embeddings", "load_lora_model", "run_recipe", "run_stage", "test_predictions_frame"]
+__all__ = ["build_model", "init_element_embeddings", "load_lora_model", "run_recipe", "run_stage", "prediction_table"]
 
 STAGE_CLASSES = {"mlm": CrossMatForMaskedLM, "imkt": CrossMatForStructureAlignment, "finetune": CrossMatForPropertyPrediction}
 CARD_KIND = {"mlm": "clm-mlm", "imkt": "clm-imkt", "finetune": "property"}
@@ -170,7 +170,7 @@ def load_lora_model(adapter_dir: str | Path, merge: bool = False) -> torch.nn.Mo
     return model.merge_and_unload() if merge else model
 
 
-def test_predictions_frame(split: Any, pred: Mapping[str, np.ndarray], target_names: list[str],
+def prediction_table(split: Any, pred: Mapping[str, np.ndarray], target_names: list[str],
                            regression: bool) -> pd.DataFrame:
     """``[id,] formula, target, prediction`` (+ ``uncertainty`` when the model gives one) at full float64
     precision; several targets get ``target_<name>, prediction_<name>``; classification adds
@@ -316,7 +316,7 @@ def run_stage(recipe: Mapping[str, Any], output_dir: str | Path) -> Path:
         tokenizer.save_pretrained(str(out))
         if data.test is not None and stage == "finetune":
             cfg = unwrapped.config if not lora_adapter else unwrapped.get_base_model().config
-            frame = test_predictions_frame(data.test, trainer.predict(data.test), list(cfg.target_names or []),
+            frame = prediction_table(data.test, trainer.predict(data.test), list(cfg.target_names or []),
                                            cfg.problem_type == "regression")
             frame.to_csv(out / "test_predictions.csv", index=False)
         info = {"stage": stage, "name": recipe["name"], "recipe_hash": _recipe_hash(recipe), "model": model_info,
