@@ -171,7 +171,7 @@ def load_lora_model(adapter_dir: str | Path, merge: bool = False) -> torch.nn.Mo
 
 
 def prediction_table(split: Any, pred: Mapping[str, np.ndarray], target_names: list[str],
-                           regression: bool) -> pd.DataFrame:
+                     regression: bool) -> pd.DataFrame:
     """``[id,] formula, target, prediction`` (+ ``uncertainty`` when the model gives one) at full float64
     precision; several targets get ``target_<name>, prediction_<name>``; classification adds
     ``probability`` (of class 1) and ``prediction`` is the label."""
@@ -317,7 +317,7 @@ def run_stage(recipe: Mapping[str, Any], output_dir: str | Path) -> Path:
         if data.test is not None and stage == "finetune":
             cfg = unwrapped.config if not lora_adapter else unwrapped.get_base_model().config
             frame = prediction_table(data.test, trainer.predict(data.test), list(cfg.target_names or []),
-                                           cfg.problem_type == "regression")
+                                     cfg.problem_type == "regression")
             frame.to_csv(out / "test_predictions.csv", index=False)
         info = {"stage": stage, "name": recipe["name"], "recipe_hash": _recipe_hash(recipe), "model": model_info,
                 "data": data.info, "training": summary, "metrics": metrics}
