@@ -25,12 +25,23 @@ __all__ = [
     "canonicalize_formulas",
     "describe_write_error",
     "numeric_targets",
+    "size_category",
     "write_parquet",
     "write_card",
     "write_json",
 ]
 
 ON_BAD = ("error", "report")
+_SIZE_BOUNDS = ((10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M"),
+                (10**7, "1M<n<10M"), (10**8, "10M<n<100M"), (10**9, "100M<n<1B"))
+
+
+def size_category(n_rows: int) -> str:
+    """The Hub ``size_categories`` value for a dataset of ``n_rows`` rows (e.g. 9,000 -> ``1K<n<10K``)."""
+    for bound, label in _SIZE_BOUNDS:
+        if n_rows < bound:
+            return label
+    return "n>1B"
 REJECTS_FILE = "rejected_rows.csv"
 
 

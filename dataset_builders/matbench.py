@@ -37,6 +37,7 @@ from .common import (
     Rejects,
     canonicalize_formulas,
     numeric_targets,
+    size_category,
     write_card,
     write_json,
     write_parquet,
@@ -281,7 +282,8 @@ def build_matbench(
         pretty_name="MatBench v0.1 (compositions, official 5-fold splits)",
         body=_card_body(meta, len(rejects)),
         default_config=tasks[0],
-        extra={"size_categories": ["100K<n<1M"], "source_datasets": ["matbench_v0.1"]},
+        extra={"size_categories": [size_category(sum(m["n_rows"] for m in meta["tasks"].values()))],
+               "source_datasets": ["matbench_v0.1"]},
     )
     return meta
 

@@ -1,5 +1,5 @@
-"""``python evaluate.py``: run a benchmark protocol for a CrossMat model folder or training recipe,
-with the baselines on the same folds in the same run."""
+"""``python evaluate.py`` / ``crossmat evaluate``: CrossMat (a model folder or training recipe) and the
+baselines on the same splits in the same run: the user's own files, MatBench v0.1 or LLM4Mat-Bench."""
 
 from __future__ import annotations
 
@@ -10,20 +10,47 @@ import sys
 from pathlib import Path
 
 from .baselines import DummyBaseline, MagpieRandomForest
-from .records import DEFAULT_RESULTS_DIR, update_model_index
+from .own_data import CSV, TASK_TYPES
+from .records import update_model_index
 from .tasks import LLM4MAT, MATBENCH
 
+DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "own_data.yaml"
 
-def build_parser() -> argparse.ArgumentParser:
+EXAMPLES = """examples:
+  # your own data: CrossMat (default recipe configs/own_data.yaml) + dummy + Magpie RF, one table
+  python evaluate.py --train train.csv --validation val.csv --test test.csv --target band_gap --output-dir runs/gap
+  # MatBench v0.1, official 5 folds, a recipe and the baselines in the same run
+  python evaluate.py --benchmark matbench --task matbench_steels --config benchmarks/matbench/recipes/crossmat_scratch.yaml --output-dir runs/steels
+  # baselines only; also record the results for BENCHMARKS.md (only when asked)
+  python evaluate.py --benchmark matbench --task matbench_steels --baselines-only --output-dir runs/steels --results-dir benchmarks/results
+"""
+
+
+def build_parser(prog: str = "evaluate.py") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="evaluate.py",
-        description="Official MatBench v0.1 / LLM4Mat-Bench protocols for CrossMat, baselines side by side.",
+        prog=prog,
+        description="Evaluate CrossMat with the baselines in the same run: your own train/validation/test files "
+        "(--train/--test/--target), or the official MatBench v0.1 / LLM4Mat-Bench protocols. "
+        "Results go to --output-dir; nothing is written into the repository unless --results-dir says so.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--benchmark", required=True, choices=[MATBENCH, LLM4MAT])
-    p.add_argument("--task", required=True, help="MatBench task (matbench_steels, ...) or LLM4Mat '<dataset>/<property>'")
+    p.add_argument("--benchmark", choices=[MATBENCH, LLM4MAT, CSV],
+                   help="matbench, llm4mat, or csv = your own files (default: csv when --train is given)")
+    p.add_argument("--task", help="MatBench task (matbench_steels, ...), LLM4Mat '<dataset>/<property>', or a name "
+                   "for your own data (default: the target column)")
+    own = p.add_argument_group("your own data (--benchmark csv)")
+    own.add_argument("--train", type=Path, help="training rows (.csv/.csv.gz/.parquet/.jsonl)")
+    own.add_argument("--validation", type=Path, help="validation rows for early stopping (default: a --validation-fraction of --train)")
+    own.add_argument("--test", type=Path, help="test rows, scored once at the end")
+    own.add_argument("--target", help="target column (numbers: regression; 0/1 or true/false: classification)")
+    own.add_argument("--formula-column", default="formula")
+    own.add_argument("--id-column", default=None, help="row id column (default: split-row number)")
+    own.add_argument("--task-type", default="auto", choices=list(TASK_TYPES))
+    own.add_argument("--unit", default=None, help="unit of the target (carried into the model config and card)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", type=Path, help="CrossMat model folder (pretrained encoder or property model) to fine-tune per fold")
-    src.add_argument("--config", type=Path, help="training recipe YAML (finetune stage, or pipeline ending in one)")
+    src.add_argument("--config", type=Path, help=f"training recipe YAML (finetune stage, or pipeline ending in one); "
+                     f"default {DEFAULT_RECIPE.relative_to(DEFAULT_RECIPE.parents[1])}")
     src.add_argument("--baselines-only", action="store_true", help="run only the baselines")
     p.add_argument("--output-dir", required=True, type=Path)
     p.add_argument("--variant", help="name of the CrossMat variant in the results (default: recipe name / model folder name)")
@@ -36,20 +63,65 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recipe override, repeatable (e.g. --set train.epochs=5)")
     p.add_argument("--rf-trees", type=int, default=500)
     p.add_argument("--n-jobs", type=int, default=1)
-    p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR,
-                   help="where <benchmark>/<task>/<variant>.json records go ('none' to skip)")
+    p.add_argument("--results-dir", type=Path, default=None,
+                   help="also write <benchmark>/<task>/<variant>.json result records here (default: none; the "
+                   "repository's records are benchmarks/results)")
     p.add_argument("--data-dir", type=Path, default=None, help="benchmark data root (default: CROSSMAT_DATA_DIR)")
     p.add_argument("--notes", default="", help="free text stored with the results (e.g. size/epochs)")
     p.add_argument("--no-model-card", action="store_true", help="do not write eval results into --model's model card")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+TABLE_METRICS = {"regression": ("mae", "rmse", "r2", "mad_mae"),
+                 "classification": ("balanced_accuracy", "rocauc", "accuracy", "official_auc_rounded")}
+
+
+def results_table(summary: dict) -> str:
+    """One console table: a row per predictor (CrossMat and baselines), mean ± std over folds of the
+    task's main metrics, and wall time."""
+    variants = summary["variants"]
+    first = next(iter(variants.values()))["summary"]
+    cols = [m for m in TABLE_METRICS[summary["task_type"]] if m in first]
+    if summary["metric"] not in cols:
+        cols.insert(0, summary["metric"])
+    multi = len(summary["folds"]) > 1
+    width = max(len("predictor"), *(len(n) for n in variants)) + 2
+    cell = 20 if multi else 11
+    lines = ["predictor".ljust(width) + "".join(c.upper().rjust(cell) for c in cols) + "time".rjust(9)]
+    for name, v in variants.items():
+        vals = []
+        for c in cols:
+            st = v["summary"].get(c)
+            vals.append(("-" if st is None else f"{st['mean']:.4f} ± {st['std']:.4f}" if multi else f"{st['mean']:.4f}").rjust(cell))
+        lines.append(name.ljust(width) + "".join(vals) + f"{v['wall_seconds']:8.0f}s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    own_data = None
+    if args.benchmark is None:
+        if args.train is None:
+            parser.error("give --train/--test/--target (your own data) or --benchmark matbench|llm4mat --task ...")
+        args.benchmark = CSV
+    if args.benchmark == CSV:
+        missing = [f"--{k}" for k in ("train", "test", "target") if getattr(args, k) is None]
+        if missing:
+            parser.error(f"your own data needs {' '.join(missing)}")
+        own_data = {"train": args.train, "validation": args.validation, "test": args.test, "target": args.target,
+                    "formula_column": args.formula_column, "id_column": args.id_column,
+                    "task_type": args.task_type, "unit": args.unit}
+        args.task = args.task or args.target
+    elif args.train or args.test or args.validation:
+        parser.error(f"--train/--validation/--test are for your own data, not --benchmark {args.benchmark}")
+    elif not args.task:
+        parser.error(f"--benchmark {args.benchmark} needs --task")
     if not (args.model or args.config or args.baselines_only):
-        print("error: give --model DIR, --config RECIPE or --baselines-only", file=sys.stderr)
-        return 2
+        args.config = DEFAULT_RECIPE
+    if args.config and not args.config.exists() and not args.config.is_absolute() and (DEFAULT_RECIPE.parents[1] / args.config).is_file():
+        args.config = DEFAULT_RECIPE.parents[1] / args.config  # shipped recipes work from any folder
     from .crossmat_predictor import CrossMatPredictor
     from .protocol import BASELINE_NAMES, run_benchmark
 
@@ -77,24 +149,24 @@ def main(argv: list[str] | None = None) -> int:
         if not predictors:
             raise ValueError("nothing to run: no CrossMat model/recipe and no baselines")
         folds = None if args.folds is None else [int(f) for f in args.folds.split(",")]
-        results_dir = None if str(args.results_dir) == "none" else args.results_dir
+        results_dir = None if args.results_dir is None or str(args.results_dir) == "none" else args.results_dir
         command = "python evaluate.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
         summary = run_benchmark(
             args.benchmark, args.task, predictors, args.output_dir, folds=folds,
             validation_fraction=args.validation_fraction, seed=args.seed, max_train_rows=args.max_train_rows,
-            results_dir=results_dir, command=command, data_root=args.data_dir, notes=args.notes,
+            results_dir=results_dir, command=command, data_root=args.data_dir, notes=args.notes, own_data=own_data,
         )
     except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    metric = summary["metric"]
-    print(f"\n{args.benchmark} {args.task} ({metric}, folds {summary['folds']}):")
-    for name, v in summary["variants"].items():
-        s = v["summary"][metric]
-        print(f"  {name:<24} {s['mean']:.4f} ± {s['std']:.4f}   [{v['wall_seconds']:.0f} s]")
+    where = f"{len(summary['folds'])} folds, mean ± std" if len(summary["folds"]) > 1 else f"{summary['n_test'][0]} test rows"
+    print(f"\n{args.benchmark} {args.task} ({summary['task_type']}; {where}; headline metric {summary['metric']}):")
+    print(results_table(summary))
     if args.model and not args.no_model_card and predictors and predictors[0].name in summary["variants"]:
         _card(args, summary, predictors[0].name)
-    print(f"outputs: {args.output_dir}")
+    print(f"outputs: {args.output_dir} (summary.csv, summary.json, <predictor>/fold_*/predictions.csv)")
+    if results_dir is not None:
+        print(f"result records: {results_dir}")
     return 0
 
 
@@ -102,7 +174,7 @@ def _card(args: argparse.Namespace, summary: dict, name: str) -> None:
     """Write the CrossMat variant's mean scores into the model folder's model-index."""
     v = summary["variants"][name]["summary"]
     task_type = "tabular-regression" if summary["task_type"] == "regression" else "tabular-classification"
-    bench = "MatBench v0.1" if args.benchmark == MATBENCH else "LLM4Mat-Bench"
+    bench = {MATBENCH: "MatBench v0.1", LLM4MAT: "LLM4Mat-Bench"}.get(args.benchmark, args.test.name if args.test else "")
     split = "test, official 5-fold mean" if args.benchmark == MATBENCH else "test"
     entries = [
         {"task_type": task_type, "dataset_type": f"{args.benchmark}/{args.task}", "dataset_name": f"{bench} {args.task}",

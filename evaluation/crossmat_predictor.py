@@ -98,6 +98,14 @@ class CrossMatPredictor:
         train, validation = data.train[cols], data.validation[cols]
         if given.get("validation_fraction") == 0:  # the recipe trains on every training row, no carve-out
             train, validation = pd.concat([train, validation]), validation.iloc[:0]
+        card = dict(stage.get("card") or {})  # the fold model's card says what it was trained on
+        if task.unit and not card.get("property_unit"):  # unit into the fold model's config and card
+            card["property_unit"] = task.unit
+        card.setdefault("training_data", f"{task.benchmark} task {task.name}, fold {data.fold}: {len(train)} "
+                        f"training rows; {len(validation)} validation rows for early stopping.")
+        if task.benchmark in ("matbench", "llm4mat"):
+            card.setdefault("benchmark", task.benchmark)
+        stage["card"] = card
         stage["data"] = {
             **given,
             "train": train.reset_index(drop=True),

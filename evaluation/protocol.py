@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from . import matbench_json
 from .baselines import FoldData, FoldPrediction
-from .records import DEFAULT_RESULTS_DIR, hardware, write_record
+from .own_data import CSV, load_own_data, score_own
+from .records import hardware, write_record
 from .scores import fold_summary, score
 from .tasks import (
     LLM4MAT,
@@ -132,13 +133,16 @@ def run_benchmark(
     validation_fraction: float = 0.1,
     seed: int = 0,
     max_train_rows: int | None = None,
-    results_dir: str | Path | None = DEFAULT_RESULTS_DIR,
+    results_dir: str | Path | None = None,
     command: str = "",
     data_root: Path | None = None,
     notes: str = "",
+    own_data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run every predictor on the benchmark's folds; write predictions, summaries, the MatBench JSON and
-    one result record per predictor. Returns the summary dict."""
+    """Run every predictor on the benchmark's folds; write predictions, summaries and the MatBench JSON
+    under ``output_dir``, and one result record per predictor under ``results_dir`` only when it is given.
+    ``benchmark='csv'`` reads the user's files: ``own_data`` holds the keyword arguments of
+    :func:`evaluation.own_data.load_own_data` (train, test, target, ...). Returns the summary dict."""
     out = Path(output_dir)
     names = [p.name for p in predictors]
     if len(set(names)) != len(names):
@@ -159,8 +163,16 @@ def run_benchmark(
         folds = [0]
         fold_data = [FoldData(0, frames["train"], frames["validation"], frames["test"])]
         all_rows = pd.concat(frames.values(), ignore_index=True)
+    elif benchmark == CSV:
+        if not own_data:
+            raise ValueError("benchmark 'csv' needs own_data={'train': ..., 'test': ..., 'target': ...}")
+        task, frames, rejected = load_own_data(**{"name": task_name, **own_data},
+                                               validation_fraction=validation_fraction, seed=seed)
+        folds = [0]
+        fold_data = [FoldData(0, frames["train"], frames["validation"], frames["test"])]
+        all_rows = pd.concat(frames.values(), ignore_index=True)
     else:
-        raise ValueError(f"unknown benchmark {benchmark!r}; choose 'matbench' or 'llm4mat'")
+        raise ValueError(f"unknown benchmark {benchmark!r}; choose 'matbench', 'llm4mat' or 'csv'")
     bad = _validate_tokens(all_rows)
     if bad:
         raise ValueError(f"{len(bad)} rows of {task_name} have formulas the tokenizer rejects: {bad[:10]}")
@@ -181,7 +193,9 @@ def run_benchmark(
         for fd in fold_data:
             bar.set_postfix_str(f"{p.name} fold {fd.fold}")
             res, s = _run_fold(p, fd, task, out, seed)
-            rows.append(score(task.benchmark, task.task_type, res.predictions, fd.test["target"].to_numpy()))
+            refs = fd.test["target"].to_numpy()
+            rows.append(score_own(task.task_type, res.predictions, refs) if benchmark == CSV
+                        else score(task.benchmark, task.task_type, res.predictions, refs))
             preds.append(res.predictions)
             uncs.append(res.uncertainty)
             params.append(res.params)

@@ -43,8 +43,12 @@ EXTRA_KEYS = frozenset(
         "usage",
         "property_name",
         "property_unit",
+        "benchmark",
     }
 )
+# A Hub dataset id ("name" or "owner/name"); anything else (local paths, descriptions) goes to the prose.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+BENCHMARK_TAGS = {"matbench": "matbench", "llm4mat": "llm4mat-bench"}
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ KINDS: dict[str, _Kind] = {
         label="Property prediction from composition",
         pipeline_tag="text-classification",
         library_name="transformers",
-        tags=("property-prediction", "matbench"),
+        tags=("property-prediction",),
         description=(
             "A CrossMat model fine-tuned to predict a materials property from the chemical formula alone. "
             "Regression outputs are in physical units (the standardisation is stored in the config)."
@@ -236,9 +240,16 @@ def _recipe_text(recipe: Any) -> str | None:
     raise TypeError(f"recipe must be a mapping, a YAML string or a path to a file, got {type(recipe).__name__}")
 
 
-def _leakage_defaults(kind: str, datasets: list[str]) -> list[str]:
+def is_hub_dataset_id(value: str) -> bool:
+    """True for a Hub dataset id (``name`` or ``owner/name``), False for local paths and descriptions."""
+    if value.lower().endswith((".csv", ".gz", ".parquet", ".json", ".jsonl", ".xz", ".bz2")):
+        return False
+    return bool(_HUB_ID.match(value)) and not Path(value).expanduser().exists() and not value.startswith(("builtin", "in-memory"))
+
+
+def _leakage_defaults(kind: str, datasets: list[str], benchmark: str | None = None) -> list[str]:
     notes = []
-    if kind in ("property", "lora-adapter", "structure-predictor"):
+    if kind in ("property", "lora-adapter", "structure-predictor") and benchmark == "matbench":
         notes.append(
             "Test rows are never used for training or model selection: for MatBench the model evaluated on "
             "fold k is trained on rows with `test_fold != k` only."
@@ -247,6 +258,8 @@ def _leakage_defaults(kind: str, datasets: list[str]) -> list[str]:
             "Composition-only MatBench tasks built from structures contain polymorphs that share a formula, "
             "so one formula can appear in both training and test folds with different targets."
         )
+    elif kind in ("property", "lora-adapter", "structure-predictor"):
+        notes.append("Test rows are never used for training or model selection (early stopping uses the validation split).")
     if kind in ("clm-mlm", "clm-imkt"):
         notes.append(
             "Pretraining uses formulas (and, for imKT, structure-model embeddings), not downstream property "
@@ -321,7 +334,10 @@ def build_model_card(
         if base_model is None:
             raise ValueError("kind 'lora-adapter' needs base_model (the model the adapter was trained on)")
     config = _read_config(model_dir)
-    datasets = _as_list(datasets)
+    given = _as_list(datasets)
+    datasets = [d for d in given if is_hub_dataset_id(d)]  # metadata: Hub ids only
+    local_data = [d for d in given if d not in datasets]  # local files / descriptions: prose only
+    benchmark = extra.get("benchmark")
     base_models = _as_list(base_model)
     model_name = str(extra.get("model_name") or model_dir.name)
     model_id = str(extra.get("repo_id") or model_dir.name)
@@ -348,7 +364,8 @@ def build_model_card(
         }
         for m in metrics
     ]
-    tags = ["crossmat", "materials-science", "chemistry", "chemical-formula", *spec.tags, *_as_list(extra.get("tags"))]
+    tags = ["crossmat", "materials-science", "chemistry", "chemical-formula", *spec.tags,
+            *([BENCHMARK_TAGS.get(benchmark, benchmark)] if benchmark else []), *_as_list(extra.get("tags"))]
     tags = list(dict.fromkeys(tags))
     widget = [{"text": e, "example_title": e} for e in examples] if spec.pipeline_tag == "text-classification" else None
     card_kwargs: dict[str, Any] = {}
@@ -400,8 +417,8 @@ def build_model_card(
     training_data = str(
         extra.get("training_data")
         or (
-            "Trained on the datasets listed below."
-            if datasets
+            "Trained on " + "; ".join(f"`{d}`" for d in [*datasets, *local_data]) + "."
+            if datasets or local_data
             else "The training data were not recorded for this model."
         )
     )
@@ -423,7 +440,7 @@ def build_model_card(
             metrics=metrics_rows,
             training_data=training_data,
             datasets=datasets,
-            leakage_notes=_as_list(extra.get("leakage_notes")) + _leakage_defaults(kind, datasets),
+            leakage_notes=_as_list(extra.get("leakage_notes")) + _leakage_defaults(kind, datasets or local_data, benchmark),
             recipe=_recipe_text(recipe),
             explanation=explanation.strip() if explanation else None,
             limitations=_as_list(extra.get("limitations")) + list(spec.limitations) + list(_COMMON_LIMITATIONS),

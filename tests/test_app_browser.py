@@ -1,6 +1,7 @@
 """The Gradio app end to end in headless Chromium (Playwright + Debian's /usr/bin/chromium).
 
-Set CROSSMAT_SKIP_BROWSER_TEST=1 to skip on a machine without Chromium; CI installs it (.ci/run).
+scripts/test.sh (the README test command, run by CI) finds or installs Chromium and exports CROSSMAT_CHROMIUM;
+set CROSSMAT_SKIP_BROWSER_TEST=1 to skip on a machine without Chromium.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def _chromium() -> str:
     if not path:
         if os.environ.get("CROSSMAT_SKIP_BROWSER_TEST") == "1":
             pytest.skip("CROSSMAT_SKIP_BROWSER_TEST=1 and no chromium")
-        pytest.fail("chromium not found: apt-get install -y chromium (or set CROSSMAT_SKIP_BROWSER_TEST=1)")
+        pytest.fail("chromium not found: run bash scripts/test.sh (installs it), apt-get install -y chromium, or set CROSSMAT_CHROMIUM / CROSSMAT_SKIP_BROWSER_TEST=1")
     return path
 
 

@@ -21,7 +21,7 @@ from datasets import load_dataset
 
 from dataset_builders import paths
 from dataset_builders.cli import main
-from dataset_builders.common import BadInputError
+from dataset_builders.common import BadInputError, size_category
 from dataset_builders.corpus import build_corpus, transport_formulas
 from dataset_builders.download import DownloadError
 from dataset_builders.llm4mat import DATASETS, build_llm4mat, n_tasks
@@ -183,6 +183,18 @@ def test_matbench_bad_input(tmp_path):
     frame.drop(columns="test_fold").to_csv(folder / "matbench_steels.csv.gz", index=False)
     with pytest.raises(BadInputError, match="missing column"):
         load_task_frame("matbench_steels", folder)
+
+
+@pytest.mark.usefixtures("data_dir")
+def test_matbench_card_size_category_matches_rows(tmp_path):
+    """The dataset card's size_categories is computed from the rows built, not a fixed 100K<n<1M."""
+    assert [size_category(n) for n in (0, 999, 1000, 9_999, 10_000, 132_752, 2_000_000)] == [
+        "n<1K", "n<1K", "1K<n<10K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M"]
+    meta = build_matbench(MB_DIR, tmp_path / "out", tasks=["matbench_steels", "matbench_expt_gap"])
+    n = sum(m["n_rows"] for m in meta["tasks"].values())
+    assert 1000 < n < 10_000
+    header = (tmp_path / "out" / "README.md").read_text().split("---")[1]
+    assert "1K<n<10K" in header and "100K<n<1M" not in header
 
 
 @pytest.mark.usefixtures("data_dir")

@@ -102,6 +102,11 @@ def test_matbench_protocol_end_to_end_on_steels(tmp_path):
     assert rec["baseline_same_run"]["dummy"]["mean"] == pytest.approx(summary["variants"]["dummy"]["summary"]["mae"]["mean"])
     # the tiny model's fold models were fine-tuned through training.run_recipe and saved with a tokenizer
     assert (out / "tiny_scratch" / "fold_4" / "model" / "tokenizer.json").is_file()
+    # the fold model says what it is: MatBench tag and notes, the task's unit in its config
+    fold_model = out / "tiny_scratch" / "fold_4" / "model"
+    card = (fold_model / "README.md").read_text()
+    assert "- matbench" in card.split("---")[1] and "test_fold != k" in card and "matbench_steels, fold 4" in card
+    assert json.loads((fold_model / "config.json").read_text())["target_units"] == ["MPa"]
     # resume: rerunning reuses every finished fold (no training) and reproduces the numbers
     mtime = (out / "tiny_scratch" / "fold_0" / "predictions.csv").stat().st_mtime
     assert main(args) == 0

@@ -178,3 +178,18 @@ def test_usage_snippets_run_without_the_package(folders: dict[str, Path]) -> Non
     assert "ALL SNIPPETS RAN" in out
     assert "'property': 'band_gap'" in out and "'unit': 'eV'" in out  # the property pipeline snippet
     assert "torch.Size([3, 32])" in out and "torch.Size([3, 16])" in out  # embeddings / imKT projection
+
+
+def test_card_metadata_holds_hub_ids_only_and_tags_follow_the_data(folders: dict[str, Path]) -> None:
+    """Local paths stay out of `datasets:`; the matbench tag and MatBench leakage notes only for MatBench data."""
+    text = write_model_card(folders["property"], kind="property", metrics=[METRIC],
+                            datasets=["/home/someone/private/train.csv", "my_data.csv"]).read_text()
+    meta = yaml.safe_load(text.split("---")[1])
+    assert not meta.get("datasets") and "matbench" not in meta["tags"]
+    assert "/home/someone/private/train.csv" in text.split("## Training data")[1]  # described in the prose
+    assert "test_fold" not in text  # no MatBench leakage notes for a custom dataset
+    text = write_model_card(folders["property"], kind="property", metrics=[METRIC], datasets=["someone/matbench-expt-gap"],
+                            benchmark="matbench").read_text()
+    meta = yaml.safe_load(text.split("---")[1])
+    assert meta["datasets"] == ["someone/matbench-expt-gap"] and "matbench" in meta["tags"]
+    assert "test_fold != k" in text

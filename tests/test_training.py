@@ -126,3 +126,134 @@ def test_shipped_configs_validate_and_llm4mat_recipe_trains(tmp_path, data_dir):
     info = json.loads((out / "training_info.json").read_text())
     assert info["data"]["rows"] == {"train": 10, "validation": 10, "test": 10}
     assert set(info["metrics"]["test"]) >= {"mae", "rmse", "r2"}
+
+
+def test_own_csv_run_outputs_say_what_they_are(tmp_path, gap_csv):
+    """A run on the user's own train/validation/test CSVs: test_predictions.csv is ``formula, target,
+    prediction`` at full precision; the card lists the training data only, attributes each metric to its
+    split's file, has no local paths in its metadata, no MatBench tag or notes; the unit reaches the
+    config and the pipeline output."""
+    import yaml
+    from transformers import pipeline
+
+    from inference import load_pipeline
+
+    df = pd.read_csv(gap_csv)
+    df["gap"] = df["gap"] + 1e-9 * torch.arange(len(df)).double().numpy()  # digits a 4-decimal round loses
+    files = {}
+    for split, part in (("train", df.iloc[:200]), ("validation", df.iloc[200:250]), ("test", df.iloc[250:])):
+        files[split] = tmp_path / f"{split}.csv"
+        part.to_csv(files[split], index=False, float_format="%.17g")
+    recipe = _stage(gap_csv, **{f"data.{k}": str(v) for k, v in files.items()}, **{"data.id_column": "id"})
+    recipe["card"] = {"property_unit": "eV", "property_name": "band gap"}
+    out = run_recipe(recipe, tmp_path / "run")
+    pred = pd.read_csv(out / "test_predictions.csv")
+    assert list(pred.columns) == ["id", "formula", "target", "prediction"]
+    test_df = pd.read_csv(files["test"])
+    assert pred["id"].tolist() == test_df["id"].tolist()
+    assert pred["formula"].tolist() == test_df["formula"].tolist()
+    assert (pred["target"].to_numpy() == test_df["gap"].to_numpy()).all()  # exact float64 round trip
+    text = (out / "README.md").read_text()
+    meta = yaml.safe_load(text.split("---")[1])
+    assert str(tmp_path) not in json.dumps(meta) and "matbench" not in meta["tags"]
+    assert not meta.get("datasets")  # local files are not Hub ids: described in the prose only
+    training_section = text.split("## Training data")[1].split("### Leakage notes")[0]
+    assert "Trained on train.csv" in training_section and " test.csv" not in training_section
+    by_split = {r["dataset"]["name"]: r for r in meta["model-index"][0]["results"]}
+    assert {n.split(" ")[0] for n in by_split} == {"validation.csv", "test.csv"}
+    for r in meta["model-index"][0]["results"]:
+        assert r["dataset"]["name"].startswith(f"{r['dataset']['split']}.csv")
+    assert "MatBench" not in text.split("### Leakage notes")[1].split("##")[0]
+    assert "distinct test formulas also occur in the training split" in text
+    assert json.loads((out / "config.json").read_text())["target_units"] == ["eV"]
+    assert load_pipeline(out)("NaCl")["unit"] == "eV"
+    assert pipeline("composition-property-prediction", model=str(out), trust_remote_code=True)(["NaCl"])[0]["unit"] == "eV"
+
+
+def test_every_recipe_key_is_documented():
+    """docs/training.md's key table lists every stage key of the schema (data.id_column was missing)."""
+    from training.recipe import STAGE_DEFAULTS
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    keys = [f"{k}.{s}" if isinstance(v, dict) and k != "card" else k for k, v in STAGE_DEFAULTS.items()
+            for s in (v if isinstance(v, dict) and k != "card" else [None])]
+    assert [k for k in keys if f"`{k}`" not in text] == []
+
+
+def test_progress_is_never_silent(tmp_path, gap_csv, capfd, monkeypatch):
+    """progress_bar: false and log_every: 100000 (as the benchmark recipes had) still report progress
+    without a terminal: status lines with step, loss, rate and ETA; a terminal gets a tqdm bar."""
+    import io
+
+    from training.progress import StatusLine, _Bar, training_progress
+
+    monkeypatch.setenv("CROSSMAT_PROGRESS_SECONDS", "0")
+    recipe = _stage(gap_csv, **{"train.progress_bar": False, "train.log_every": 100000, "train.max_steps": 3})
+    run_recipe(recipe, tmp_path / "run")
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("[crossmat] finetune: step")]
+    assert lines[0].startswith("[crossmat] finetune: step 0/3 (0%)") and "started" in lines[0]
+    assert any(ln.startswith("[crossmat] finetune: step 2/3 (67%), epoch 0, loss ") and "ETA" in ln for ln in lines)
+    assert lines[-1].startswith("[crossmat] finetune: step 3/3 (100%)") and lines[-1].endswith("done")
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert isinstance(training_progress(10, 0, "x", stream=Tty()), _Bar)
+    assert isinstance(training_progress(10, 0, "x", bar=False, stream=Tty()), StatusLine)
+    assert isinstance(training_progress(10, 0, "x", stream=io.StringIO()), StatusLine)
+
+
+def test_recipes_state_budget_in_steps_and_docs_have_the_budget_table():
+    repo = Path(__file__).resolve().parents[1]
+    recipes = sorted([*(repo / "configs").glob("*.yaml"), *(repo / "benchmarks" / "matbench" / "recipes").glob("*.yaml")])
+    assert len(recipes) > 10
+    for path in recipes:
+        budget = [ln for ln in path.read_text().splitlines() if ln.startswith("# budget:")]
+        assert budget and "step" in budget[0], f"{path.name}: no '# budget: ... steps' comment"
+    doc = (repo / "docs" / "training.md").read_text()
+    assert "## Budgets" in doc and "| training rows n |" in doc and "samples/s" in doc
+
+
+def test_accelerate_launch_without_defaults_warning_and_correct_multiprocess_docs():
+    import subprocess
+    import sys
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = repo / "configs" / "accelerate" / "single_process.yaml"
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cfg),
+                           str(repo / "train.py"), "--help"], capture_output=True, text=True, timeout=300, cwd=repo)
+    assert proc.returncode == 0 and "usage: train.py" in proc.stdout
+    assert "were not passed" not in proc.stdout + proc.stderr
+    two = yaml.safe_load((repo / "configs" / "accelerate" / "two_processes.yaml").read_text())
+    assert (two["distributed_type"], two["num_processes"], two["use_cpu"]) == ("MULTI_GPU", 2, False)
+    for doc in (repo / "docs").glob("*.md"):  # `--cpu --num_processes N` starts one process: never recommended
+        for line in doc.read_text().splitlines():
+            assert not line.startswith("accelerate launch --cpu --num_processes"), (doc.name, line)
+
+
+def test_test_predictions_frame_columns_with_and_without_uncertainty():
+    import numpy as np
+
+    from training.data import TensorSplit
+    from training.stages import prediction_table
+
+    y = np.array([[1.123456789012], [2.5]])
+    split = TensorSplit({"input_ids": torch.zeros(2, 3, dtype=torch.long), "labels": torch.tensor(y, dtype=torch.float32)},
+                        ["Fe2O3", "NaCl"], targets=y, source_formulas=["Fe2O3", "NaCl"], ids=["a", "b"])
+    logits = np.array([[0.987654321], [2.0]], dtype=np.float32)
+    plain = prediction_table(split, {"logits": logits}, ["gap"], regression=True)
+    assert list(plain.columns) == ["id", "formula", "target", "prediction"]
+    assert plain["target"].tolist() == [1.123456789012, 2.5] and plain["prediction"][0] == float(np.float32(0.987654321))
+    unc = prediction_table(split, {"logits": logits, "uncertainty": np.array([[0.1], [0.2]])}, ["gap"], regression=True)
+    assert list(unc.columns) == ["id", "formula", "target", "prediction", "uncertainty"]
+    two = TensorSplit(split.tensors, split.formulas, targets=np.hstack([y, y]), source_formulas=split.formulas)
+    multi = prediction_table(two, {"logits": np.hstack([logits, logits])}, ["a", "b"], regression=True)
+    assert list(multi.columns) == ["formula", "target_a", "prediction_a", "target_b", "prediction_b"]
+    cls = TensorSplit(split.tensors, split.formulas, targets=np.array([[0.0], [1.0]]), source_formulas=split.formulas)
+    out = prediction_table(cls, {"logits": np.array([[2.0, 0.0], [0.0, 2.0]])}, ["is_metal"], regression=False)
+    assert list(out.columns) == ["formula", "target", "prediction", "probability"]
+    assert out["prediction"].tolist() == [0, 1] and out["target"].tolist() == [0, 1]

@@ -118,7 +118,7 @@ def test_all_stages_lora_and_auto_loading(tmp_path, gap_csv, perov_embeddings):
     pred = pd.read_csv(out / "finetune" / "test_predictions.csv")
     with torch.no_grad():
         logits = ft(**tok(pred["formula"].tolist(), padding=True, return_tensors="pt")).logits[:, 0]
-    torch.testing.assert_close(logits, torch.tensor(pred["predicted_gap"].values, dtype=torch.float32), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits, torch.tensor(pred["prediction"].values, dtype=torch.float32), atol=1e-4, rtol=1e-4)
     # LoRA adapter: reload through peft (base recorded in adapter_config.json) and reproduce the test predictions
     lora_pred = pd.read_csv(out / "lora" / "test_predictions.csv")
     for model in (load_lora_model(out / "lora"), PeftModel.from_pretrained(
@@ -127,7 +127,7 @@ def test_all_stages_lora_and_auto_loading(tmp_path, gap_csv, perov_embeddings):
         model.eval()
         with torch.no_grad():
             got = model(**tok(lora_pred["formula"].tolist(), padding=True, return_tensors="pt")).logits[:, 0]
-        torch.testing.assert_close(got, torch.tensor(lora_pred["predicted_gap"].values, dtype=torch.float32), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got, torch.tensor(lora_pred["prediction"].values, dtype=torch.float32), atol=1e-4, rtol=1e-4)
     info = json.loads((out / "lora" / "training_info.json").read_text())
     assert 0 < info["model"]["lora_trainable_parameters"] < info["model"]["parameters"]
     # rerunning the finished pipeline with --resume skips every stage

@@ -46,6 +46,8 @@ def _check_writable(folder: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = Path(args.config) if args.config else QUICKSTART
+    if not config.exists() and not config.is_absolute() and (REPO_ROOT / config).is_file():
+        config = REPO_ROOT / config  # shipped recipes (configs/..., benchmarks/...) work from any folder
     overrides = list(args.overrides)
     try:
         recipe = load_recipe(config)

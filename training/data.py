@@ -46,6 +46,9 @@ class TensorSplit:
     tensors: dict[str, torch.Tensor]
     formulas: list[str]
     weights: torch.Tensor | None = None
+    targets: np.ndarray | None = None  # float64 targets (after target_transform), for full-precision outputs
+    source_formulas: list[str] | None = None  # the formulas as written in the source
+    ids: list[str] | None = None  # row ids from data.id_column, when set
 
     def __len__(self) -> int:
         return int(self.tensors["input_ids"].shape[0])
@@ -435,7 +438,10 @@ def _frame_to_split(
         weights = weights[k]
         if float(weights.sum()) <= 0:
             raise DataError(f"{split}: every stability weight is 0; raise data.stability_temperature")
-    return TensorSplit(tensors, list(formulas[keep]), weights), task
+    targets = y[keep] if stage == "finetune" else None
+    source = [str(f) for f in df[fcol].to_numpy(dtype=object)[keep]]
+    ids = [str(i) for i in df[data["id_column"]].to_numpy(dtype=object)[keep]] if data["id_column"] else None
+    return TensorSplit(tensors, list(formulas[keep]), weights, targets, source, ids), task
 
 
 def prepare_stage_data(recipe: Mapping[str, Any], tokenizer: CrossMatTokenizerFast) -> StageData:
@@ -447,6 +453,7 @@ def prepare_stage_data(recipe: Mapping[str, Any], tokenizer: CrossMatTokenizerFa
         tc = data["target_column"]
         target_columns = [tc] if isinstance(tc, str) else list(tc)
     needed = [data["formula_column"], *target_columns] + ([data["embedding_column"]] if stage == "imkt" else [])
+    needed += [data["id_column"]] if data["id_column"] else []
     if data["stability_bias"] != "none":
         needed.append(data["stability_column"])
     _require_columns(train_df, needed, f"data.train ({train_desc})")

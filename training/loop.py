@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from safetensors.torch import load_file, load_model, save_file, save_model
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .collator import MaskedElementCollator, hash_uniform, trim_padding
 from .data import StageData, TensorSplit
+from .progress import training_progress
 from .recipe import RecipeError
 
 __all__ = ["LoopState", "StageTrainer", "auto_batch_size", "compute_metrics", "latest_checkpoint", "make_accelerator"]
@@ -309,6 +309,8 @@ class StageTrainer:
                 rec["projected"] = out.projected_embedding.float()
             if self.stage == "finetune":
                 rec["logits"] = out.logits.float()
+                if getattr(out, "uncertainty", None) is not None:  # optional predictive uncertainty
+                    rec["uncertainty"] = out.uncertainty.float()
             for k, v in rec.items():
                 parts.setdefault(k, []).append(v.detach().cpu().numpy())
         mine = {k: np.concatenate(v) for k, v in parts.items()} if parts else {}
@@ -389,8 +391,8 @@ class StageTrainer:
             self.metrics_path.unlink()
         fault_step = int(os.environ.get(FAULT_ENV, "0") or 0)
         self.model.train()
-        bar = tqdm(total=self.total_steps, initial=self.state.global_step, desc=f"{self.stage}",
-                   disable=not (self.cfg["progress_bar"] and acc.is_local_main_process), dynamic_ncols=True)
+        bar = training_progress(self.total_steps, self.state.global_step, f"{self.stage}",
+                                main_process=acc.is_local_main_process, bar=bool(self.cfg["progress_bar"]))
         t0, samples0 = time.perf_counter(), 0
         run_loss = torch.zeros((), device=acc.device)
         run_n = 0
@@ -419,7 +421,8 @@ class StageTrainer:
                 self.state.step_in_epoch += 1
                 self.state.samples_seen += self.global_batch * self.accum
                 samples0 += self.global_batch * self.accum
-                bar.update(1)
+                bar.update(1, epoch=self.state.epoch,
+                           loss=lambda rl=run_loss, rn=run_n: float(rl) / rn if rn else None)
                 last = self.state.global_step >= self.total_steps
                 if self.state.global_step % int(self.cfg["log_every"]) == 0 or last:
                     mean_loss = float(acc.reduce(run_loss, reduction="mean")) / max(run_n, 1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,7 +38,7 @@ from .data import StageData, prepare_stage_data
 from .loop import StageTrainer, latest_checkpoint, make_accelerator
 from .recipe import RecipeError, apply_overrides, validate_recipe
 
-__all__ = ["build_model", "init_element_embeddings", "load_lora_model", "run_recipe", "run_stage"]
+__all__ = ["build_model", "init_element_embeddings", "load_lora_model", "run_recipe", "run_stage", "prediction_table"]
 
 STAGE_CLASSES = {"mlm": CrossMatForMaskedLM, "imkt": CrossMatForStructureAlignment, "finetune": CrossMatForPropertyPrediction}
 CARD_KIND = {"mlm": "clm-mlm", "imkt": "clm-imkt", "finetune": "property"}
@@ -117,6 +118,11 @@ def build_model(recipe: Mapping[str, Any], data: StageData) -> tuple[torch.nn.Mo
             overrides["element_feature_dim"] = int(element_feature_table(features)[0].shape[1])
         except ValueError as exc:
             raise RecipeError(f"model.config.element_features: {exc}") from None
+        unit = recipe["card"].get("property_unit")  # units travel from the recipe into the config and pipeline
+        if unit and data.info["task"] == "regression":
+            units = [unit] * len(targets) if isinstance(unit, str) else [str(u) for u in unit]
+            tf = recipe["data"]["target_transform"]
+            stage_cfg["target_units"] = [f"{tf}({u})" if tf else u for u in units]
     info: dict[str, Any] = {"class": cls.__name__}
     init = mcfg["init_from"]
     if init:
@@ -178,17 +184,67 @@ def build_model(recipe: Mapping[str, Any], data: StageData) -> tuple[torch.nn.Mo
     return model, info
 
 
-def _card_metrics(stage: str, metrics: Mapping[str, Mapping[str, float]], dataset_name: str, task: str | None) -> list[dict]:
+def prediction_table(split: Any, pred: Mapping[str, np.ndarray], target_names: list[str],
+                     regression: bool) -> pd.DataFrame:
+    """``[id,] formula, target, prediction`` (+ ``uncertainty`` when the model gives one) at full float64
+    precision; several targets get ``target_<name>, prediction_<name>``; classification adds
+    ``probability`` (of class 1) and ``prediction`` is the label."""
+    formulas = split.source_formulas if split.source_formulas is not None else split.formulas
+    frame = pd.DataFrame({"formula": formulas})
+    if split.ids is not None:
+        frame.insert(0, "id", split.ids)
+    targets = split.targets if split.targets is not None else split.tensors["labels"].numpy()
+    logits = np.asarray(pred["logits"], dtype=np.float64)
+    unc = pred.get("uncertainty")
+    if not regression:
+        prob = torch.softmax(torch.from_numpy(logits), -1)[:, 1].numpy() if logits.shape[-1] > 1 else 1 / (1 + np.exp(-logits[:, 0]))
+        frame["target"] = np.asarray(targets).reshape(len(frame), -1)[:, 0].astype(np.int64)
+        frame["prediction"] = (prob > 0.5).astype(np.int64)
+        frame["probability"] = prob
+        return frame
+    targets = np.asarray(targets, dtype=np.float64).reshape(len(frame), -1)
+    logits = logits.reshape(len(frame), -1)
+    unc = None if unc is None else np.asarray(unc, dtype=np.float64).reshape(len(frame), -1)
+    single = targets.shape[1] == 1
+    names = target_names if len(target_names) == targets.shape[1] else [str(j) for j in range(targets.shape[1])]
+    for j, name in enumerate(names):
+        suffix = "" if single else f"_{name}"
+        frame[f"target{suffix}"] = targets[:, j]
+        frame[f"prediction{suffix}"] = logits[:, j]
+        if unc is not None:
+            frame[f"uncertainty{suffix}"] = unc[:, j]
+    return frame
+
+
+def _card_metrics(stage: str, metrics: Mapping[str, Mapping[str, float]], sources: Mapping[str, str],
+                  task: str | None) -> list[dict]:
+    """model-index entries, each attributed to the data its split really came from."""
     task_type = {"mlm": "fill-mask", "imkt": "feature-extraction"}.get(stage) or (
         "tabular-regression" if task == "regression" else "tabular-classification")
     out = []
     for split, values in metrics.items():
+        desc = source_description(sources.get(split, "unknown"))
         for name, value in values.items():
             if name == "loss" or value is None or not np.isfinite(value):
                 continue
-            out.append({"name": f"{split} {name}", "type": name, "value": float(value), "dataset_name": dataset_name,
-                        "dataset_type": dataset_name, "split": split, "task_type": task_type})
+            out.append({"name": f"{split} {name}", "type": name, "value": float(value), "dataset_name": desc,
+                        "dataset_type": _source_head(desc), "split": split, "task_type": task_type})
     return out
+
+
+def source_description(desc: str) -> str:
+    """A data-source description with every local path shortened to its file name (no absolute paths
+    in cards)."""
+    return re.sub(r"(?<![\w:])(?:~|\.{1,2})?/[^\s(),]+", lambda m: Path(m.group()).name, str(desc))
+
+
+def _source_head(desc: str) -> str:
+    return re.split(r" \(| where ", desc, maxsplit=1)[0]
+
+
+def _benchmark_of(desc: str) -> str | None:
+    low = str(desc).lower()
+    return "matbench" if "matbench" in low else "llm4mat" if "llm4mat" in low else None
 
 
 def _write_card(out: Path, recipe: Mapping[str, Any], data: StageData, metrics: Mapping[str, Mapping[str, float]],
@@ -196,9 +252,22 @@ def _write_card(out: Path, recipe: Mapping[str, Any], data: StageData, metrics: 
     stage = recipe["stage"]
     kind = "lora-adapter" if lora_adapter else CARD_KIND[stage]
     base = recipe["model"]["init_from"]
-    datasets = sorted({str(v).split(" (")[0] for v in data.info["sources"].values()})
-    card_metrics = _card_metrics(stage, metrics, datasets[0] if datasets else "unknown", data.info.get("task"))
-    extra = {k: v for k, v in recipe["card"].items() if k != "explain"}
+    sources = data.info["sources"]
+    card_metrics = _card_metrics(stage, metrics, sources, data.info.get("task"))
+    extra = {k: v for k, v in recipe["card"].items()}
+    hub_ids = list(extra.pop("datasets", None) or [])  # recipe card.datasets: Hub ids of the training data
+    train_desc = source_description(sources["train"])  # training data only; local sources -> prose, not metadata
+    extra.setdefault("training_data", f"Trained on {train_desc}" + (f" (Hub: {', '.join(hub_ids)})" if hub_ids else "")
+                     + f"; validation (model selection): {source_description(sources.get('validation', 'none'))}.")
+    datasets = hub_ids
+    extra.setdefault("benchmark", _benchmark_of(source_description(sources["train"])))
+    if data.test is not None and stage == "finetune":
+        train_f = set(data.train.formulas)
+        shared = sum(f in train_f for f in set(data.test.formulas))
+        extra["leakage_notes"] = [*(extra.get("leakage_notes") or []),
+                                  f"{shared} of the {len(set(data.test.formulas))} distinct test formulas also occur in the "
+                                  "training split (same composition, e.g. polymorphs or repeated measurements)."]
+    extra.pop("explain", None)
     explanation = None
     explain = recipe["card"].get("explain")
     if explain:  # opt-in: an example explanation computed here and passed to the card
@@ -308,7 +377,8 @@ def run_stage(recipe: Mapping[str, Any], output_dir: str | Path) -> Path:
         metrics["test"] = trainer.evaluate(data.test, "test")
         trainer._log({"split": "test", **metrics["test"]})
     # collective: every process takes part in the gather (only the main process writes the file below)
-    test_pred = trainer.predict(data.test)["logits"] if data.test is not None and stage == "finetune" else None
+    # every process takes part in the gather; only the main process writes the table below
+    test_pred = trainer.predict(data.test) if data.test is not None and stage == "finetune" else None
     unwrapped = accelerator.unwrap_model(trainer.model)
     lora = recipe["lora"]
     lora_adapter = bool(lora["enabled"] and not lora["merge"])
@@ -322,14 +392,9 @@ def run_stage(recipe: Mapping[str, Any], output_dir: str | Path) -> Path:
             unwrapped.get_base_model().config.save_pretrained(str(out))  # the property head's config
         tokenizer.save_pretrained(str(out))
         if test_pred is not None:
-            pred = test_pred
-            frame = pd.DataFrame({"formula": data.test.formulas, "row": data.test.tensors["row_id"].numpy()})
-            labels = data.test.tensors["labels"].numpy()
-            for j, name in enumerate(unwrapped.config.target_names if not lora_adapter else unwrapped.get_base_model().config.target_names):
-                if labels.ndim == 2:
-                    frame[f"target_{name}"], frame[f"predicted_{name}"] = labels[:, j], pred[:, j]
-                else:
-                    frame["target"], frame["probability_1"] = labels, torch.softmax(torch.from_numpy(pred), -1)[:, 1].numpy()
+            cfg = unwrapped.config if not lora_adapter else unwrapped.get_base_model().config
+            frame = prediction_table(data.test, test_pred, list(cfg.target_names or []),
+                                     cfg.problem_type == "regression")
             frame.to_csv(out / "test_predictions.csv", index=False)
         info = {"stage": stage, "name": recipe["name"], "recipe_hash": _recipe_hash(recipe), "model": model_info,
                 "data": data.info, "training": summary, "metrics": metrics}

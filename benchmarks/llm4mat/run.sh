@@ -10,7 +10,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREAD
 export CROSSMAT_CACHE_DIR="${CROSSMAT_CACHE_DIR:-benchmarks/_work/cache}"
 for task in mp/band_gap mp/formation_energy_per_atom mp/is_stable mp/is_gap_direct; do
   python evaluate.py --benchmark llm4mat --task "$task" --config benchmarks/matbench/recipes/crossmat_scratch.yaml \
-    --baselines dummy,rf_magpie --rf-trees 100 --output-dir "benchmarks/_work/llm4mat/${task//\//__}" \
+    --baselines dummy,rf_magpie --rf-trees 100 --results-dir benchmarks/results --output-dir "benchmarks/_work/llm4mat/${task//\//__}" \
     --set train.epochs=20 --set train.batch_size=8 \
     --notes "official 10-row MP sample only (10 test rows): protocol demonstration, not a leaderboard number"
 done

@@ -13,6 +13,6 @@ if [ ${#TASKS[@]} -eq 0 ]; then
 fi
 for t in "${TASKS[@]}"; do
   python evaluate.py --benchmark matbench --task "$t" --baselines-only --rf-trees 100 \
-    --output-dir "benchmarks/_work/matbench/$t" \
+    --results-dir benchmarks/results --output-dir "benchmarks/_work/matbench/$t" \
     --notes "baselines only; RF 100 trees, n_jobs=1; composition input"
 done

@@ -15,6 +15,6 @@ for t in "${TASKS[@]}"; do
   EXTRA=()
   [ "$t" = matbench_steels ] && EXTRA=(--set train.epochs=30 --set train.batch_size=32 --set train.early_stopping_patience=6)
   python evaluate.py --benchmark matbench --task "$t" --config "benchmarks/matbench/recipes/crossmat_${VARIANT}.yaml" \
-    --baselines dummy,rf_magpie --rf-trees 100 --output-dir "benchmarks/_work/matbench/$t" "${EXTRA[@]}" \
+    --baselines dummy,rf_magpie --rf-trees 100 --results-dir benchmarks/results --output-dir "benchmarks/_work/matbench/$t" "${EXTRA[@]}" \
     --notes "CrossMat ${VARIANT}: hidden 64, 2 layers, 2 CPU cores shared with other jobs; see benchmarks/matbench/run_crossmat.sh"
 done

@@ -10,7 +10,7 @@ TASKS=("$@")
 [ ${#TASKS[@]} -eq 0 ] && TASKS=(matbench_jdft2d matbench_phonons)
 for t in "${TASKS[@]}"; do
   python evaluate.py --benchmark matbench --task "$t" --config benchmarks/matbench/recipes/crossmat_scratch.yaml \
-    --baselines dummy,rf_magpie --rf-trees 100 --output-dir "benchmarks/_work/matbench/$t" \
+    --baselines dummy,rf_magpie --rf-trees 100 --results-dir benchmarks/results --output-dir "benchmarks/_work/matbench/$t" \
     --set train.epochs=30 --set train.batch_size=32 --set train.early_stopping_patience=6 \
     --notes "CrossMat scratch on composition only (structure task): hidden 64, 2 layers, 30 epochs, batch 32; 2 shared CPU cores"
 done

@@ -1,0 +1,142 @@
+"""``crossmat``: one command for every CrossMat capability. Each subcommand forwards its arguments to the
+module that implements it (``train.py``, ``evaluate.py``, ``crossmat-predict``, ``python -m
+interpretability``, ``python -m dataset_builders``, ``python -m explicit_transfer``, ``app.py``), so the
+options are the same whichever way it is started."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``crossmat`` subcommand: what it does, where it forwards, and runnable examples."""
+
+    summary: str
+    target: str  # "module:function" called with the argument list
+    examples: tuple[str, ...]
+    prefix: tuple[str, ...] = ()  # inserted before the user's arguments (a subcommand of the target CLI)
+    passthrough: tuple[str, ...] = field(default=())  # first arguments forwarded without the prefix
+
+    def forward(self, argv: Sequence[str]) -> list[str]:
+        args = list(argv)
+        if args and args[0] in self.passthrough:
+            return args
+        return [*self.prefix, *args]
+
+
+# The examples run in the test suite (tests/test_crossmat_cli.py) in a folder holding train.csv, val.csv,
+# test.csv (columns id, formula, band_gap) and candidates.csv (column formula), in this order.
+COMMANDS: dict[str, Command] = {
+    "train": Command(
+        "train a model from a YAML recipe (MLM, imKT, fine-tune, LoRA); no --config = the quickstart",
+        "training.cli:main",
+        ("crossmat train --config configs/own_data.yaml --output-dir outputs/my_gap data.train=train.csv "
+         "data.validation=val.csv data.test=test.csv data.target_column=band_gap card.property_unit=eV",),
+    ),
+    "evaluate": Command(
+        "CrossMat and the baselines on the same split, one table: your own files, MatBench or LLM4Mat-Bench",
+        "evaluation.cli:main",
+        ("crossmat evaluate --train train.csv --validation val.csv --test test.csv --target band_gap "
+         "--output-dir runs/my_gap",),
+    ),
+    "predict": Command(
+        "predict a property for every formula of a CSV/Parquet file (streams; bad rows reported)",
+        "inference.predict:main",
+        ("crossmat predict --model outputs/my_gap --input candidates.csv --output predictions.csv",),
+    ),
+    "explain": Command(
+        "element attributions and interactions for formulas (captum + shapiq); 'explain aggregate' for a dataset",
+        "interpretability.cli:main",
+        ("crossmat explain --model outputs/my_gap --formula LiCoO2 --out explanations",),
+        prefix=("explain",), passthrough=("aggregate",),
+    ),
+    "build": Command(
+        "build datasets: MatBench, LLM4Mat-Bench, pretraining corpora, structure embeddings; publish to the Hub",
+        "dataset_builders.cli:main",
+        ("crossmat build matbench --tasks matbench_steels --out data/matbench_steels",),
+    ),
+    "generate": Command(
+        "exKT: candidate crystal structures for formulas (prototypes or a CIF language model), optional ranking; "
+        "'generate train-predictor|predict|train-cif-lm|convert-crystallm' for the rest of exKT",
+        "explicit_transfer.__main__:main",
+        ("crossmat generate LiCoO2 NaCl --output candidates.jsonl",),
+        prefix=("generate",), passthrough=("train-cif-lm", "convert-crystallm", "train-predictor", "predict"),
+    ),
+    "app": Command(
+        "local web app (Gradio) for a property model; needs the [app] extra",
+        "app:main",
+        ("crossmat app --model outputs/my_gap --port 7860",),
+    ),
+}
+
+ENVIRONMENT = """environment variables (docs/environment.md):
+  CROSSMAT_DATA_DIR    benchmark data root (default ../shared/data next to the checkout)
+  CROSSMAT_CACHE_DIR   feature / embedding cache (default ~/.cache/crossmat)
+  CROSSMAT_MODELS_DIR  local model weights (matgl TensorNet) for structure embeddings
+  HF_HUB_OFFLINE=1     never contact the Hugging Face Hub"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    lines = [f"  {name:<9} {cmd.summary}" for name, cmd in COMMANDS.items()]
+    examples = [f"  {ex}" for cmd in COMMANDS.values() for ex in cmd.examples[:1]]
+    p = argparse.ArgumentParser(
+        prog="crossmat",
+        description="CrossMat: composition-based materials property prediction with cross-modal knowledge transfer.",
+        epilog="commands:\n" + "\n".join(lines) + "\n\nexamples:\n" + "\n".join(examples) + "\n\n" + ENVIRONMENT
+        + "\n\n'crossmat COMMAND --help' lists a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="crossmat {" + ",".join(COMMANDS) + "} [options]",
+    )
+    p.add_argument("command", choices=list(COMMANDS), metavar="COMMAND")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+def _target(cmd: Command) -> Callable[..., int | None]:
+    module, func = cmd.target.split(":")
+    if module == "app":  # app.py lives at the repository root, outside the installed packages
+        sys.path.insert(0, str(REPO_ROOT))
+    return getattr(importlib.import_module(module), func)
+
+
+def _help(name: str, cmd: Command) -> int:
+    print(f"crossmat {name}: {cmd.summary}\n(options below are those of {cmd.target.split(':')[0]})\n")
+    try:
+        _target(cmd)(cmd.forward(["--help"]))
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            return int(exc.code) if isinstance(exc.code, int) else 2
+    print("\nexamples:\n" + "\n".join(f"  {ex}" for ex in cmd.examples))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point of ``crossmat``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else 2
+    args = parser.parse_args(argv)
+    cmd = COMMANDS[args.command]
+    if args.args in (["-h"], ["--help"]):
+        return _help(args.command, cmd)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        code = _target(cmd)(cmd.forward(args.args))
+    except SystemExit as exc:  # argparse errors and sys.exit() in the forwarded CLIs
+        code = exc.code if isinstance(exc.code, int) or exc.code is None else (print(exc.code, file=sys.stderr) or 1)
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

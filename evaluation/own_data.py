@@ -1,0 +1,111 @@
+"""Bring-your-own-data benchmark (``--benchmark csv``): the user's train / (validation) / test files, one
+target column, CrossMat and the baselines on the same split in the same run.
+
+Rows with a missing formula or target are left out and reported (``rejected_rows.txt``), never dropped
+silently; a target that is not a number fails naming the file and row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .tasks import BenchmarkDataError, TaskInfo, carve_validation
+
+CSV = "csv"
+TASK_TYPES = ("auto", "regression", "classification")
+
+
+def _read(path: Path, what: str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise BenchmarkDataError(f"--{what} {path}: no such file")
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        return pd.read_parquet(path)
+    if name.endswith((".jsonl", ".json")):
+        return pd.read_json(path, lines=name.endswith(".jsonl"))
+    return pd.read_csv(path)
+
+
+def load_own_data(
+    train: Path,
+    test: Path,
+    target: str,
+    validation: Path | None = None,
+    *,
+    formula_column: str = "formula",
+    id_column: str | None = None,
+    task_type: str = "auto",
+    unit: str | None = None,
+    name: str | None = None,
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+) -> tuple[TaskInfo, dict[str, pd.DataFrame], list[str]]:
+    """``(task, {"train","validation","test"} frames with columns id, formula, target, rejected-row messages)``.
+
+    Without ``validation`` a seeded ``validation_fraction`` of the training rows (stratified for
+    classification) is held out for model selection. ``task_type='auto'``: 0/1 or boolean targets are
+    classification, anything else regression."""
+    if task_type not in TASK_TYPES:
+        raise ValueError(f"task type must be one of {TASK_TYPES}, got {task_type!r}")
+    files = {"train": train, "validation": validation, "test": test}
+    frames: dict[str, pd.DataFrame] = {}
+    rejected: list[str] = []
+    for split, path in files.items():
+        if path is None:
+            continue
+        raw = _read(path, split)
+        for col in (formula_column, target, *([id_column] if id_column else [])):
+            if col not in raw.columns:
+                raise BenchmarkDataError(f"{path}: no column {col!r}; columns are {list(raw.columns)}")
+        ids = raw[id_column].astype(str) if id_column else pd.Series([f"{split}-{i}" for i in range(len(raw))])
+        target_raw = raw[target]
+        if target_raw.dtype == object:
+            low = target_raw.astype(str).str.strip().str.lower()
+            target_raw = target_raw.where(~low.isin(["true", "false"]), low.eq("true").astype(float))
+        values = pd.to_numeric(target_raw, errors="coerce")
+        bad_type = values.isna() & target_raw.notna() & (target_raw.astype(str).str.strip() != "")
+        if bad_type.any():
+            r = int(np.flatnonzero(bad_type.to_numpy())[0])
+            raise BenchmarkDataError(f"{path} row {r}: target {target!r} holds {raw[target].iloc[r]!r}, not a number or boolean")
+        frame = pd.DataFrame({"id": ids.to_numpy(), "formula": raw[formula_column].to_numpy(),
+                              "target": values.to_numpy(dtype=np.float64)})
+        missing = frame["formula"].isna() | ~np.isfinite(frame["target"])
+        rejected += [f"{Path(path).name} row {i} ({frame['id'].iloc[i]}): missing formula or target"
+                     for i in np.flatnonzero(missing.to_numpy())]
+        frames[split] = frame[~missing].reset_index(drop=True)
+        if frames[split].empty:
+            raise BenchmarkDataError(f"{path}: no rows with both a formula and a target")
+    labels = np.concatenate([f["target"].to_numpy() for f in frames.values()])
+    binary = set(np.unique(labels)) <= {0.0, 1.0}
+    if task_type == "auto":
+        task_type = "classification" if binary else "regression"
+    if task_type == "classification":
+        if not binary:
+            raise BenchmarkDataError(f"classification needs 0/1 (or true/false) targets in {target!r}; "
+                                     f"found {sorted(set(np.unique(labels)))[:5]}")
+        for f in frames.values():
+            f["target"] = f["target"].astype(np.int64)
+    if "validation" not in frames:
+        train_df = frames["train"]
+        strat = train_df["target"].to_numpy() if task_type == "classification" else None
+        fit, val = carve_validation(np.arange(len(train_df)), validation_fraction, seed, strat)
+        frames["train"], frames["validation"] = train_df.iloc[fit].reset_index(drop=True), train_df.iloc[val].reset_index(drop=True)
+    info = TaskInfo(CSV, name or target, task_type, target, unit, n=sum(len(f) for f in frames.values()))
+    return info, {k: frames[k] for k in ("train", "validation", "test")}, rejected
+
+
+def score_own(task_type: str, predictions, references) -> dict[str, float]:
+    """MAE, RMSE, R², max error (regression) or balanced accuracy, ROC-AUC, accuracy, F1 (classification;
+    predictions are P(class 1)), through the harness's ``evaluate`` metric modules plus R²."""
+    from .scores import score
+
+    out = score("matbench", task_type, predictions, references)
+    if task_type == "regression":
+        y = np.asarray(references, dtype=np.float64)
+        p = np.asarray(predictions, dtype=np.float64)
+        var = float(((y - y.mean()) ** 2).sum())
+        out["r2"] = 1.0 - float(((y - p) ** 2).sum()) / var if var > 0 else float("nan")
+    return out
