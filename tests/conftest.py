@@ -37,3 +37,30 @@ def matbench_formulas(data_dir: Path) -> dict[str, list[str]]:
     for f in sorted((data_dir / "matbench_v0.1").glob("*.csv.gz")):
         out[f.name.removesuffix(".csv.gz")] = pd.read_csv(f, usecols=["formula"])["formula"].tolist()
     return out
+
+
+@pytest.fixture(scope="session")
+def expt_gap_csv(tmp_path_factory, data_dir: Path):
+    """Factory: ``expt_gap_csv(n)`` is a CSV of the first ``n`` real matbench_expt_gap rows (id, formula, gap)."""
+    import pandas as pd
+
+    made: dict[int, Path] = {}
+
+    def make(rows: int) -> Path:
+        if rows not in made:
+            df = pd.read_csv(data_dir / "matbench_v0.1" / "matbench_expt_gap.csv.gz").iloc[:rows]
+            path = tmp_path_factory.mktemp(f"gap{rows}") / "gap.csv"
+            df.rename(columns={df.columns[2]: "gap"}).to_csv(path, index=False)
+            made[rows] = path
+        return made[rows]
+
+    return make
+
+
+def free_port() -> int:
+    """A free local TCP port (for torchrun rendezvous in multi-process tests)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -186,11 +186,8 @@ def test_auto_batch_size_rule():
 
 
 @pytest.fixture(scope="module")
-def gap_csv(tmp_path_factory, data_dir: Path) -> Path:
-    df = pd.read_csv(data_dir / "matbench_v0.1" / "matbench_expt_gap.csv.gz").iloc[:256]
-    path = tmp_path_factory.mktemp("gap") / "gap.csv"
-    df.rename(columns={df.columns[2]: "gap"}).to_csv(path, index=False)
-    return path
+def gap_csv(expt_gap_csv) -> Path:
+    return expt_gap_csv(256)
 
 
 def _recipe(gap_csv: Path, **extra) -> dict:

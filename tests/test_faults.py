@@ -7,7 +7,6 @@ import errno
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +15,13 @@ import pandas as pd
 import pytest
 import yaml
 
+from .conftest import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_bounded(cmd: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -51,16 +48,13 @@ def run_bounded(cmd: list[str], timeout: float, env: dict | None = None) -> subp
 def launch2(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
     """``accelerate launch --multi_gpu --num_processes 2 train.py`` (gloo on CPU), bounded by ``timeout``."""
     cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_port()), "train.py", *args]
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), "train.py", *args]
     return run_bounded(cmd, timeout)
 
 
 @pytest.fixture(scope="module")
-def small_csv(tmp_path_factory, data_dir: Path) -> Path:
-    df = pd.read_csv(data_dir / "matbench_v0.1" / "matbench_expt_gap.csv.gz").iloc[:96]
-    path = tmp_path_factory.mktemp("gap") / "gap.csv"
-    df.rename(columns={df.columns[2]: "gap"}).to_csv(path, index=False)
-    return path
+def small_csv(expt_gap_csv) -> Path:
+    return expt_gap_csv(96)
 
 
 def _recipe(csv: Path, test_fraction: float) -> dict:

@@ -81,11 +81,8 @@ def test_crystallm_meta_pkl_needs_trust_and_never_runs_code(tmp_path):
 
 # ---------------------------------------------------------------- resume: JSON loop state, same recipe
 @pytest.fixture(scope="module")
-def gap_csv(tmp_path_factory, data_dir: Path) -> Path:
-    df = pd.read_csv(data_dir / "matbench_v0.1" / "matbench_expt_gap.csv.gz").iloc[:80]
-    path = tmp_path_factory.mktemp("gap") / "gap.csv"
-    df.rename(columns={df.columns[2]: "gap"}).to_csv(path, index=False)
-    return path
+def gap_csv(expt_gap_csv) -> Path:
+    return expt_gap_csv(80)
 
 
 def _recipe(gap_csv: Path) -> dict:

@@ -15,12 +15,8 @@ from training import MaskedElementCollator, RecipeError, apply_overrides, run_re
 
 
 @pytest.fixture(scope="module")
-def gap_csv(tmp_path_factory, data_dir: Path) -> Path:
-    """300 real rows of matbench_expt_gap (formula, gap) as a CSV."""
-    df = pd.read_csv(data_dir / "matbench_v0.1" / "matbench_expt_gap.csv.gz").iloc[:300]
-    path = tmp_path_factory.mktemp("gap") / "gap.csv"
-    df.rename(columns={df.columns[2]: "gap"}).to_csv(path, index=False)
-    return path
+def gap_csv(expt_gap_csv) -> Path:
+    return expt_gap_csv(300)
 
 
 def _stage(gap_csv: Path, **extra) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +15,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from .conftest import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(args: list[str], nproc: int = 1, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -32,7 +29,7 @@ def launch(args: list[str], nproc: int = 1, env: dict | None = None, check: bool
     # several CPU processes need torchrun (`--multi_gpu`; without mpirun `--cpu` starts a single process)
     mode = "--cpu" if nproc == 1 else "--multi_gpu"
     cmd = [str(ACCELERATE), "launch", mode, "--num_processes", str(nproc), "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_port()), "train.py", *args]
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), "train.py", *args]
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
@@ -41,11 +38,8 @@ def launch(args: list[str], nproc: int = 1, env: dict | None = None, check: bool
 
 
 @pytest.fixture(scope="module")
-def gap_csv(tmp_path_factory, data_dir: Path) -> Path:
-    df = pd.read_csv(data_dir / "matbench_v0.1" / "matbench_expt_gap.csv.gz").iloc[:400]
-    path = tmp_path_factory.mktemp("gap") / "gap.csv"
-    df.rename(columns={df.columns[2]: "gap"}).to_csv(path, index=False)
-    return path
+def gap_csv(expt_gap_csv) -> Path:
+    return expt_gap_csv(400)
 
 
 @pytest.fixture(scope="module")
