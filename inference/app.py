@@ -4,7 +4,7 @@ Explanations come from the ``interpretability`` package (integrated gradients + 
 when it is installed; otherwise from an occlusion attribution computed here (each element replaced
 by ``[MASK]`` with its fraction kept). Invalid input is shown as a message, never as a traceback.
 
-Every request is bounded: input longer than :data:`MAX_INPUT_CHARS` is refused, Shapley interactions are
+Every request is bounded: input longer than :data:`MAX_INPUT_CHARS` (the grammar's 512) is refused, Shapley interactions are
 computed for at most :data:`MAX_INTERACTION_ELEMENTS` distinct elements (larger formulas get the linear-cost
 occlusion attribution), an explanation taking longer than :data:`EXPLAIN_TIMEOUT_S` is abandoned with a
 message (and further explanations wait until it finishes, so at most one runs at a time), and the Gradio
@@ -27,13 +27,15 @@ from typing import Any
 
 import torch
 
+from tokenization import MAX_FORMULA_CHARS
+
 from .engine import FormulaPredictor
 
 __all__ = ["build_app", "explain_markdown", "md_escape", "model_label", "predict_markdown", "respond"]
 
 log = logging.getLogger("crossmat.app")
 EXAMPLES = ["Fe2O3", "LiCoO2", "SrTiO3", "(NH4)2SO4", "CuSO4·5H2O", "Li0.5Co0.5O2"]
-MAX_INPUT_CHARS = 256  # longer input is refused before any model work
+MAX_INPUT_CHARS = MAX_FORMULA_CHARS  # the grammar's limit (every entry point agrees); longer input is refused early
 MAX_INTERACTION_ELEMENTS = 10  # Shapley interactions need 2**n coalitions; beyond this: occlusion (n + 1 passes)
 EXPLAIN_TIMEOUT_S = 30.0
 QUEUE_SIZE = 32  # waiting requests beyond this are refused by Gradio
@@ -60,8 +62,9 @@ def model_label(predictor: FormulaPredictor) -> str:
 
 def predict_markdown(predictor: FormulaPredictor, formula: str) -> tuple[str, bool]:
     """Markdown for the prediction and whether the formula was valid."""
-    if len(formula) > MAX_INPUT_CHARS:
-        return f"**Invalid formula** {md_escape(formula)}: {len(formula)} characters (at most {MAX_INPUT_CHARS})", False
+    if len(formula.strip()) > MAX_INPUT_CHARS:  # counted as the grammar counts: surrounding whitespace stripped
+        return (f"**Invalid formula** {md_escape(formula)}: {len(formula.strip())} characters (at most {MAX_INPUT_CHARS})",
+                False)
     out = predictor.predict_one(formula)
     if "error" in out:
         return f"**Invalid formula** {md_escape(formula)}: {md_escape(out['error'], 300)}", False

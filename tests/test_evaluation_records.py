@@ -40,12 +40,32 @@ def test_records_and_generated_tables(tmp_path):
     assert "### matbench_steels" in md
     assert "| crossmat_imkt | CrossMat, this machine | 92.8 ± " in md
     assert "| dummy | baseline, this machine | 229.6 ± " in md
-    assert "| TPOT-Mat | published (cited, not ours) | 79.95 | | | |" in md
+    assert "| TPOT-Mat | published, composition input (cited) | 79.95 | | | | |" in md
     # paired gains (MLM - imKT MAE) = [5, -1, 2, 5, -1]: mean 2, sd 3, SE 3/sqrt(5) = 1.342 -> 2 < 2 SE
     assert "| matbench_steels | mae | 92.8 | 94.8 | 2 ± 1.342 | 3/5 | no clear difference |" in md
     assert md.index("crossmat_imkt") < md.index("| dummy |")  # CrossMat rows first, then baselines
     assert set(RECORD_KEYS) == {"task", "variant", "metric", "folds", "mean", "std", "baseline_same_run", "command",
                                 "hardware", "wall_seconds"}
+
+
+def test_summary_table_commands_once_and_balanced_accuracy_headline(tmp_path):
+    """The summary row compares the default recipe with the forest of the same run; a run's command is listed
+    once for all its variants; old classification records (probability ROC-AUC folds) are headlined by their
+    balanced accuracy, the quantity the MatBench leaderboard reports."""
+    cmd = "python evaluate.py --task matbench_steels --config crossmat_default.yaml --baselines rf_magpie"
+    rf = {**_rec("rf_magpie", [100.0, 110.0, 105.0, 95.0, 90.0]), "command": cmd}
+    default = {**_rec("crossmat_default", [90.0, 100.0, 95.0, 85.0, 80.0]), "command": cmd,
+               "baseline_same_run": {"rf_magpie": {"mean": rf["mean"], "std": rf["std"], "folds": rf["folds"]}}}
+    for rec in (rf, default):
+        write_record(tmp_path, "matbench", rec)
+    old_clf = {**_rec("crossmat_scratch", [0.95, 0.96, 0.94, 0.95, 0.95]), "task": "matbench_glass", "metric": "rocauc",
+               "all_metrics": {"rocauc": 0.95, "balanced_accuracy": 0.83}}
+    write_record(tmp_path, "matbench", old_clf)
+    md = _md_module().render(tmp_path, REPO / "benchmarks" / "published.json")
+    assert "| matbench_steels | mae | 90 ± 7.071 | 100 ± 7.071 | -10.0% (better) |" in md
+    assert md.count(f"`{cmd}`") == 1 and "**run 1** (crossmat_default, rf_magpie)" in md
+    assert "| crossmat_scratch | CrossMat, this machine | 0.83 | not recorded |" in md
+    assert "| matbench_glass | balanced_accuracy | not run yet |" in md
 
 
 def test_model_index_written_and_replaced(tmp_path):

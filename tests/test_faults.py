@@ -74,8 +74,10 @@ def test_two_process_finetune_finishes(tmp_path, small_csv, test_fraction):
     assert (out / "model.safetensors").is_file() and (out / "training_info.json").is_file()
     if test_fraction:
         pred = pd.read_csv(out / "test_predictions.csv")
-        assert len(pred) > 0 and pred["predicted_gap"].notna().all()
-        assert pred["row"].tolist() == sorted(pred["row"]), "test predictions gathered from both ranks, in row order"
+        assert len(pred) > 0 and pred["prediction"].notna().all()
+        held_out = set(pred["formula"])
+        in_order = [f for f in pd.read_csv(small_csv)["formula"] if f in held_out]
+        assert pred["formula"].tolist() == in_order, "test predictions gathered from both ranks, in row order"
 
 
 # ---------------------------------------------------------------- bad files and broken disks: one-line errors
@@ -111,7 +113,7 @@ def test_train_cli_bad_files_and_read_only_output(tmp_path, small_csv, capsys, r
     (tmp_path / "latin1.csv").write_bytes("formula,gap\nFe2O3,1.0\nNaCl,2.0\nCaF\xe9,3.0\n".encode("latin-1"))
     (tmp_path / "ragged.csv").write_text("formula,gap\nFe2O3,1.0\nNaCl,2.0,7\n")
     for name, reason in [("empty", "is empty (no header row)"), ("latin1", "is not UTF-8 text (byte b'\\xe9' at offset"),
-                         ("ragged", "Expected 2 fields in line 3, saw 3")]:
+                         ("ragged", "line 3 has 3 fields, the header 2")]:
         rc = main(["--config", str(cfg), "--output-dir", str(tmp_path / name), f"data.train={tmp_path / name}.csv"])
         assert rc == 2 and reason in _one_line_error(capsys, "train.py: error: data.train:"), name
     rc = main(["--config", str(cfg), "--output-dir", str(read_only / "out")])

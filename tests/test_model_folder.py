@@ -77,7 +77,7 @@ def test_lora_folder_loads_like_a_full_folder(run: Path) -> None:
     expected = pd.read_csv(lora / "test_predictions.csv")
     with torch.no_grad():
         got = model(**tok(expected["formula"].tolist(), padding=True, return_tensors="pt")).logits[:, 0]
-    np.testing.assert_allclose(got.numpy(), expected["predicted_gap"].to_numpy(), atol=1e-4)
+    np.testing.assert_allclose(got.numpy(), expected["prediction"].to_numpy(), atol=1e-4)
     with pytest.raises(NotAPropertyModelError, match="is not a property model"):
         load_property_model(run / "mlm")
     with pytest.raises(ModelFolderError, match="has no config.json"):

@@ -106,6 +106,11 @@ def build_model(recipe: Mapping[str, Any], data: StageData) -> tuple[torch.nn.Mo
                              id2label={0: "0", 1: "1"}, label2id={"0": 0, "1": 1})
         if recipe["data"]["target_transform"]:
             stage_cfg["target_names"] = [f"{recipe['data']['target_transform']}({t})" for t in targets]
+        unit = recipe["card"].get("property_unit")  # units travel from the recipe into the config and pipeline
+        if unit and data.info["task"] == "regression":
+            units = [unit] * len(targets) if isinstance(unit, str) else [str(u) for u in unit]
+            tf = recipe["data"]["target_transform"]
+            stage_cfg["target_units"] = [f"{tf}({u})" if tf else u for u in units]
         if data.info["task"] == "regression" and recipe["data"]["clip_predictions"] == "auto":
             # non-negative targets (band gaps, moduli, strengths) get non-negative predictions
             low = data.train.tensors["labels"].min(0).values.tolist()
@@ -118,11 +123,6 @@ def build_model(recipe: Mapping[str, Any], data: StageData) -> tuple[torch.nn.Mo
             overrides["element_feature_dim"] = int(element_feature_table(features)[0].shape[1])
         except ValueError as exc:
             raise RecipeError(f"model.config.element_features: {exc}") from None
-        unit = recipe["card"].get("property_unit")  # units travel from the recipe into the config and pipeline
-        if unit and data.info["task"] == "regression":
-            units = [unit] * len(targets) if isinstance(unit, str) else [str(u) for u in unit]
-            tf = recipe["data"]["target_transform"]
-            stage_cfg["target_units"] = [f"{tf}({u})" if tf else u for u in units]
     info: dict[str, Any] = {"class": cls.__name__}
     init = mcfg["init_from"]
     if init:
