@@ -70,14 +70,14 @@ def _per_fold_wall(r: dict) -> str:
 
 
 def summary_table(tasks: dict[str, dict[str, dict]], published: dict) -> list[str]:
-    """One row per task: the default recipe, the best earlier CrossMat run, the forest of the default's run,
+    """One row per task: the default recipe, the forest of the default's run, the best other CrossMat variant,
     and the cited bars (composition-only best, structure-based best)."""
     lines = ["### Summary", "",
              "CrossMat columns are 5-fold means ± std over the official folds, measured here. *RF same run* is the "
              "Magpie random forest trained on the same folds in the same command as `crossmat_default`. Published "
              "columns are cited (see `benchmarks/published.json` for sources), not re-measured. Wall times are "
              "per fold on 2 shared CPU cores.", "",
-             "| task | metric | crossmat_default | RF same run | default vs RF | best earlier CrossMat | "
+             "| task | metric | crossmat_default | RF same run | default vs RF | best other CrossMat variant | "
              "published composition-only | published structure-based | default wall |",
              "|---|---|---|---|---|---|---|---|---|"]
     for task in sorted(tasks):
