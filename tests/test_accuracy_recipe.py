@@ -12,11 +12,9 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers.masking_utils import create_bidirectional_mask
 
 from modeling import CrossMatConfig, CrossMatForMaskedLM, CrossMatForPropertyPrediction
 from modeling.element_features import element_feature_table, install_element_features
-from modeling.modeling_crossmat import decode_composition
 from tokenization import CrossMatTokenizerFast
 from tokenization.vocabulary import ELEMENT_START, ELEMENTS, MASK_ID, token_layout
 from training import apply_overrides, run_recipe, validate_recipe
@@ -35,20 +33,15 @@ def _encode(formulas=FORMULAS):
     return CrossMatTokenizerFast()(formulas, padding=True, return_tensors="pt")
 
 
-def _full_length_reference(model: CrossMatForPropertyPrediction, ids: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
-    """The pre-compaction computation: every token position runs through the transformer, only element
-    slots and [CLS] are attention keys."""
-    enc = model.crossmat
-    slot, frac = decode_composition(ids, model.config)
-    slot = slot & att.bool()
-    keys = slot | (ids == model.config.cls_token_id)
-    keys[:, 0] = True
-    h = enc.embeddings(ids, slot, frac)
-    mask = create_bidirectional_mask(config=model.config, inputs_embeds=h, attention_mask=keys.long())
-    for layer in enc.layers:
-        h, _ = layer(h, mask)
-    h = enc.final_norm(h)
-    return model.head(enc.pool(h, slot, frac)) * model.config.target_std[0] + model.config.target_mean[0]
+def _full_length_reference(model, ids, att):
+    """The pre-compaction computation, as benchmarked in ``benchmarks/modeling/fast_path.py`` (one copy)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "modeling" / "fast_path.py"
+    spec = importlib.util.spec_from_file_location("fast_path_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.full_length(model, ids, att)
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls", "fraction_weighted"])
