@@ -63,6 +63,10 @@ def test_summary_table_commands_once_and_balanced_accuracy_headline(tmp_path):
     write_record(tmp_path, "matbench", old_clf)
     md = _md_module().render(tmp_path, REPO / "benchmarks" / "published.json")
     assert "| matbench_steels | mae | 90 ± 7.071 | 100 ± 7.071 | -10.0% (better) |" in md
+    close = {**default, "folds": [99.0, 109.0, 104.0, 94.0, 89.0], "mean": 99.0}
+    write_record(tmp_path, "matbench", close)
+    md_close = _md_module().render(tmp_path, REPO / "benchmarks" / "published.json")
+    assert "| -1.0% (within spread) |" in md_close
     assert md.count(f"`{cmd}`") == 1 and "**run 1** (crossmat_default, rf_magpie)" in md
     assert "| crossmat_scratch | CrossMat, this machine | 0.83 | not recorded |" in md
     assert "| matbench_glass | balanced_accuracy | not run yet |" in md
