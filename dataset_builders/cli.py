@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-bad", choices=ON_BAD, default="error", help=_ON_BAD_HELP)
 
     p = sub.add_parser("embeddings", help="precomputed structure embeddings (CHGNet / matgl TensorNet)")
-    p.add_argument("--source", required=True, help="perov_5 | aflow_prototypes | <csv/parquet with a cif column>")
+    p.add_argument("--source", required=True, help="perov_5 | mp_structures | aflow_prototypes | <csv/parquet with a cif column>")
     p.add_argument("--encoder", default="chgnet", choices=["chgnet", "matgl-tensornet"])
     p.add_argument("--matgl-model", default=None,
                    help="matgl model folder or registry name (default: $CROSSMAT_MODELS_DIR/matgl/"

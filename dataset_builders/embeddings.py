@@ -9,7 +9,9 @@ Encoders:
   ``$CROSSMAT_MODELS_DIR/matgl/TensorNet-MatPES-PBE-v2025.1-PES``, i.e. ``../shared/models`` here) or by
   matgl registry name (downloads; fails with a clear message offline).
 
-Sources: ``perov_5`` (``$CROSSMAT_DATA_DIR/perov_5/{val,test}.csv.gz``), ``aflow_prototypes`` (the 288
+Sources: ``perov_5`` (``$CROSSMAT_DATA_DIR/perov_5/{train_structures,val,test}.csv.gz``, 18,928 structures),
+``mp_structures`` (``$CROSSMAT_DATA_DIR/mp_structures/structures.csv.gz``, 54,629 Materials Project
+structures, label-free), ``aflow_prototypes`` (the 288
 AFLOW prototype structures bundled with pymatgen: pip-shipped data only), or a CSV/parquet file with a
 ``cif``/``cif_structure``/``structure`` column (CIF text or a pymatgen dict).
 
@@ -97,12 +99,20 @@ def load_structure_table(source: str, limit: int | None = None) -> pd.DataFrame:
     """Rows ``id, structure (raw), source, file, row`` of a structure source (nothing parsed yet)."""
     if source == "perov_5":
         parts = []
-        for split in ("val", "test"):
-            path = data_dir() / "perov_5" / f"{split}.csv.gz"
-            frame = pd.read_csv(path, usecols=["material_id", "cif"])
+        for split, name in (("train", "train_structures"), ("val", "val"), ("test", "test")):
+            path = data_dir() / "perov_5" / f"{name}.csv.gz"
+            if split == "train" and not path.is_file():  # older copies ship only val/test
+                continue
+            frame = pd.read_csv(path).rename(columns={"id": "material_id"})[["material_id", "cif"]]
             parts.append(pd.DataFrame({"id": "perov5-" + frame["material_id"].astype(str), "structure": frame["cif"],
                                        "source": f"perov_5/{split}", "file": str(path), "row": np.arange(len(frame))}))  # fmt: skip
         table = pd.concat(parts, ignore_index=True)
+    elif source == "mp_structures":
+        path = data_dir() / "mp_structures" / "structures.csv.gz"
+        frame = pd.read_csv(path, usecols=["material_id", "source", "cif"])
+        table = pd.DataFrame({"id": frame["material_id"].astype(str), "structure": frame["cif"],
+                              "source": "mp_structures/" + frame["source"].astype(str), "file": str(path),
+                              "row": np.arange(len(frame))})  # fmt: skip
     elif source == "aflow_prototypes":
         import pymatgen.analysis.prototypes as protos
 
@@ -117,7 +127,9 @@ def load_structure_table(source: str, limit: int | None = None) -> pd.DataFrame:
     else:
         path = Path(source)
         if not path.is_file():
-            raise FileNotFoundError(f"structure source {source!r} is neither perov_5, aflow_prototypes nor a file")
+            raise FileNotFoundError(
+                f"structure source {source!r} is neither perov_5, mp_structures, aflow_prototypes nor a file"
+            )
         frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, low_memory=False)
         col = next((c for c in _STRUCT_COLUMNS if c in frame.columns), None)
         if col is None:
