@@ -67,6 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "1 is fastest when the CPU is shared")
     p.add_argument("--on-bad", choices=ON_BAD, default="error", help=_ON_BAD_HELP)
 
+    p = sub.add_parser("alignment", help="imKT alignment set: one structure embedding per formula, leakage guard")
+    p.add_argument("--embeddings", action="append", required=True,
+                   help="an embeddings output folder (repeat to combine, e.g. mp_structures and perov_5)")
+    p.add_argument("--encoder", action="append", required=True, choices=["chgnet", "matgl-tensornet"],
+                   help="encoder config to use (repeat to concatenate, in order)")
+    p.add_argument("--polymorphs", default="lowest_energy", choices=["lowest_energy", "mean"],
+                   help="one target per formula: the lowest-energy structure (first encoder's energy) or the mean")
+    p.add_argument("--exclude", action="append", default=[],
+                   help="leakage guard: matbench=<task>[@fold] | llm4mat=<folder>[@split] | file=<path> (repeat)")
+    p.add_argument("--max-formulas", type=int, default=None, help="seeded nested subset (scaling curves)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output dataset folder")
+
     p = sub.add_parser("publish", help="upload a built dataset folder to the Hugging Face Hub")
     p.add_argument("--folder", required=True)
     p.add_argument("--repo-id", required=True, help="e.g. your-name/matbench-v0.1-compositions")
@@ -98,6 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             result = build_embeddings(args.source, args.encoder, args.out, args.batch_size, args.shard_size,
                                       args.limit, args.on_bad, args.matgl_model, num_threads=args.num_threads)  # fmt: skip
+        elif args.command == "alignment":
+            from .alignment import build_alignment_set
+
+            result = build_alignment_set(args.embeddings, args.encoder, args.out, args.polymorphs, args.exclude,
+                                         args.max_formulas, args.seed)  # fmt: skip
         else:
             from .publish import publish_folder
 

@@ -515,8 +515,25 @@ def prepare_stage_data(recipe: Mapping[str, Any], tokenizer: CrossMatTokenizerFa
         info["target_std"] = y.std(0).clamp(min=1e-12).tolist() if len(y) > 1 else [1.0] * y.shape[1]
     if stage == "imkt":
         info["structure_embedding_dim"] = int(splits["train"].tensors["structure_embeddings"].shape[1])
+        if data["standardize_embeddings"]:
+            info["embedding_standardization"] = _standardize_embeddings(splits)
     rejected = pd.DataFrame(rejects.rows) if rejects.rows else None
     return StageData(splits["train"], splits.get("validation"), splits.get("test"), info, rejected)
+
+
+def _standardize_embeddings(splits: dict[str, TensorSplit]) -> dict[str, Any]:
+    """Z-score every structure-embedding dimension with the train split's statistics (all splits, in place).
+
+    Raw encoder features share a large common offset, so without this a cosine loss is near 0 from the
+    start and an MSE loss is dominated by a few high-variance dimensions."""
+    train = splits["train"].tensors["structure_embeddings"].double()
+    mean, std = train.mean(0), train.std(0) if len(train) > 1 else torch.ones(train.shape[1], dtype=train.dtype)
+    constant = std <= 1e-8
+    std = torch.where(constant, torch.ones_like(std), std)  # constant dimensions are centred, not divided
+    for split in splits.values():
+        emb = split.tensors["structure_embeddings"].double()
+        split.tensors["structure_embeddings"] = ((emb - mean) / std).float()
+    return {"mean_norm": float(mean.norm()), "constant_dimensions": int(constant.sum())}
 
 
 def _resolve_duplicates(split: TensorSplit, policy: str, task: str) -> tuple[TensorSplit, dict[str, Any]]:

@@ -54,6 +54,7 @@ STAGE_DEFAULTS: dict[str, Any] = {
         "formula_column": "formula",
         "target_column": None,
         "embedding_column": "embedding",
+        "standardize_embeddings": False,  # imkt: z-score each embedding dimension with the train split's mean/std
         "id_column": None,
         "task": "auto",
         "target_transform": None,
