@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Pretrain one backbone of the imKT transfer measurement (resumes when rerun).
+# Usage: bash benchmarks/imkt/pretrain.sh ARM
+#   mlm                MLM only (control)                              recipes/pretrain_mlm.yaml
+#   imkt               MLM + InfoNCE onto CHGNet (recommended default) recipes/pretrain_imkt.yaml
+#   imkt_cosine        same, cosine alignment loss
+#   imkt_tensornet     same, TensorNet embeddings
+#   imkt_both          same, CHGNet and TensorNet concatenated
+#   imkt_mean          same, mean over polymorphs instead of the lowest-energy one
+# Output: benchmarks/_work/imkt/backbones/ARM (a CrossMat model folder with its card).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
+ARM="$1"
+R=benchmarks/imkt/recipes
+A=benchmarks/_work/imkt/alignment
+case "$ARM" in
+  mlm) ARGS=(--config $R/pretrain_mlm.yaml) ;;
+  imkt) ARGS=(--config $R/pretrain_imkt.yaml) ;;
+  imkt_cosine) ARGS=(--config $R/pretrain_imkt.yaml model.config.alignment_loss=cosine) ;;
+  imkt_tensornet) ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/tensornet) ;;
+  imkt_both) ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/chgnet_tensornet) ;;
+  imkt_mean) ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/chgnet_mean) ;;
+  *) echo "unknown arm $ARM" >&2; exit 2 ;;
+esac
+exec python train.py "${ARGS[@]}" --output-dir "benchmarks/_work/imkt/backbones/$ARM" --resume
