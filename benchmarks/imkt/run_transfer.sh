@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The transfer measurement: the default fine-tuning recipe (benchmarks/matbench/recipes/crossmat_default.yaml,
+# unchanged: same epochs, batch rule, schedule, SWA) started from a pretrained backbone instead of from
+# scratch, on the official MatBench v0.1 5 folds. The scratch arm is the record crossmat_default.json.
+# Usage: bash benchmarks/imkt/run_transfer.sh ARM TASK [TASK ...]   (ARM as in pretrain.sh)
+# Records: benchmarks/results/matbench/<task>/crossmat_default_from_<ARM>.json
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
+export CROSSMAT_CACHE_DIR="${CROSSMAT_CACHE_DIR:-benchmarks/_work/cache}"
+ARM="$1"; shift
+BACKBONE="benchmarks/_work/imkt/backbones/$ARM"
+[ -f "$BACKBONE/model.safetensors" ] || { echo "no backbone at $BACKBONE: run bash benchmarks/imkt/pretrain.sh $ARM" >&2; exit 2; }
+for t in "$@"; do
+  python evaluate.py --benchmark matbench --task "$t" --config benchmarks/matbench/recipes/crossmat_default.yaml \
+    --set "model.init_from=$BACKBONE" --variant "crossmat_default_from_$ARM" --baselines none \
+    --output-dir "benchmarks/_work/imkt/transfer/$ARM/$t" --results-dir benchmarks/results \
+    --notes "crossmat_default fine-tuned from the $ARM backbone (benchmarks/imkt/pretrain.sh $ARM); 1 thread, 2 CPU cores shared"
+done
