@@ -1,0 +1,55 @@
+"""Pretrained backbones by name: the shipped folder, a Hub id (real HTTP against a local Hub stand-in), offline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modeling.pretrained import PretrainedNotFoundError, resolve_model_path
+from tests.conftest import free_port
+from tests.local_hub import serve_model_repo
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _resolve_in_subprocess(name: str, env_extra: dict[str, str], home: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HOME=str(home), **env_extra)
+    env.pop("HF_HUB_OFFLINE", None)
+    code = ("from modeling.pretrained import resolve_model_path\n"
+            f"p = resolve_model_path({name!r})\nprint(p)\nprint(sorted(x.name for x in p.iterdir()))")  # fmt: skip
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, check=False)
+
+
+def test_local_folder_is_itself_and_nonsense_is_refused(tmp_path):
+    assert resolve_model_path(tmp_path) == tmp_path
+    with pytest.raises(PretrainedNotFoundError, match="shipped backbone"):
+        resolve_model_path(str(tmp_path / "missing-folder"))
+
+
+def test_hub_id_downloads_model_files_only(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "config.json").write_text('{"model_type": "crossmat"}')
+    (repo / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    (repo / "README.md").write_text("card")
+    (repo / "evil.py").write_text("raise SystemExit('executed')")  # never fetched
+    (repo / "optimizer.pt").write_bytes(b"pickle")  # never fetched
+    server, requested = serve_model_repo(repo, "someone/backbone")
+    try:
+        proc = _resolve_in_subprocess("someone/backbone", {"HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}"},
+                                      tmp_path / "home")  # fmt: skip
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "['README.md', 'config.json', 'model.safetensors']"
+    assert not any("evil.py" in r or "optimizer.pt" in r for r in requested if "/resolve/" in r)
+
+
+def test_hub_id_offline_fails_with_a_clear_message(tmp_path):
+    proc = _resolve_in_subprocess("someone/backbone", {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}, tmp_path)
+    assert proc.returncode == 1
+    assert "cannot download 'someone/backbone' from the Hugging Face Hub: offline or unreachable" in proc.stderr
