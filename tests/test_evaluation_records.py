@@ -84,3 +84,18 @@ def test_model_index_written_and_replaced(tmp_path):
     results = card.data.eval_results
     assert len(results) == 1 and results[0].metric_value == 110.0
     assert "model-index" in (tmp_path / "README.md").read_text()
+
+
+def test_transfer_table_pairs_arms_with_the_scratch_default(tmp_path):
+    """Backbone arms against the default recipe from scratch: paired relative change, verdict at 2 SE."""
+    scratch = _rec("crossmat_default", [100.0, 100.0, 100.0, 100.0, 100.0])
+    arms = {"crossmat_default_from_mlm": [99.0, 101.0, 100.0, 98.0, 102.0],  # +0.0% ± 0.7: no clear difference
+            "crossmat_default_from_imkt": [90.0, 91.0, 89.0, 90.0, 90.0]}  # -10%: better
+    for rec in (scratch, *(_rec(n, f) for n, f in arms.items())):
+        write_record(tmp_path, "matbench", rec)
+    md = _md_module().render(tmp_path, REPO / "benchmarks" / "published.json")
+    section = md[md.index("### Pretrained backbones"):]
+    row = next(line for line in section.splitlines() if line.startswith("| matbench_steels | mae | 100 "))
+    assert "-10.0% ± 0.3 (better)" in row and "+0.0% ± 0.7 (no clear difference)" in row
+    assert row.rstrip(" |").endswith("-10.0% ± 0.6 (better)")  # imkt vs mlm: paired against the MLM arm
+    assert "- matbench_steels, imkt: 90, 91, 89, 90, 90" in md
