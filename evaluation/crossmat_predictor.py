@@ -56,12 +56,20 @@ def check_model_folder(model_dir: Path, task: TaskInfo) -> None:
 
 
 def _finetune_stage(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """The stage mapping the fold data goes into: the recipe, or a pipeline's last stage; its stage type must
+    train a property model (``Stage.property_model``, e.g. ``finetune``)."""
+    from training.stage_kinds import STAGE_TYPES
+
+    def trains_property_model(stage: Mapping[str, Any]) -> bool:
+        kind = STAGE_TYPES.get(stage.get("stage"))  # type: ignore[arg-type]
+        return kind is not None and kind.property_model
+
     if "pipeline" in recipe:
         stage = recipe["pipeline"][-1]
-        if stage.get("stage") != "finetune":
+        if not trains_property_model(stage):
             raise ValueError("the last stage of a pipeline recipe used for evaluation must be 'finetune'")
         return stage
-    if recipe.get("stage") != "finetune":
+    if not trains_property_model(recipe):
         raise ValueError(f"evaluation needs a 'finetune' recipe (or a pipeline ending in one), got stage {recipe.get('stage')!r}")
     return recipe  # type: ignore[return-value]
 
@@ -135,12 +143,9 @@ class CrossMatPredictor:
 
     def fit_predict(self, data: FoldData, task: TaskInfo, workdir: Path, seed: int) -> FoldPrediction:
         from training import run_recipe
-        from training.recipe import apply_overrides, validate_recipe
 
         recipe = self.fold_recipe(data, task, seed)
-        out = Path(run_recipe(recipe, workdir / "model", overrides=self.overrides or None))
-        if "pipeline" in recipe:  # run_recipe returns the pipeline root; the model is the last stage's folder
-            out = out / validate_recipe(apply_overrides(recipe, self.overrides))[-1]["name"]
+        out = Path(run_recipe(recipe, workdir / "model", overrides=self.overrides or None))  # the final stage's folder
         preds, unc = predict_folder(out, data.test["formula"].tolist(), task.task_type, self.predict_batch_size,
                                     return_uncertainty=True)
         return FoldPrediction(preds, {"model_dir": str(out), "overrides": self.overrides}, unc)

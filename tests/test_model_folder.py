@@ -44,7 +44,9 @@ def run(tmp_path_factory, data_dir: Path) -> Path:
         {"name": "lora", "stage": "finetune", "model": {"init_from": "@mlm"}, "lora": {"enabled": True, "r": 4},
          "data": {"train": str(csv), "target_column": "gap", "test_fraction": 0.2}, "train": STEPS},
     ]}
-    return run_recipe(recipe, root / "run")
+    final = run_recipe(recipe, root / "run")
+    assert final == root / "run" / "lora"  # a pipeline returns its final stage's folder
+    return final.parent
 
 
 def _plain_forward(folder: Path, formulas: list[str]) -> np.ndarray:

@@ -45,7 +45,7 @@ def test_recipe_rejects_unknown_and_bad_keys(gap_csv):
                                       {"stage": "finetune", "model": {"init_from": "@b"},
                                        "data": {"train": "x", "target_column": "y"}}]})
     resolved = validate_recipe(_stage(gap_csv, **{"train.learning_rate": 0.5}))[0]
-    assert resolved["train"]["learning_rate"] == 0.5 and resolved["train"]["epochs"] == 3  # default filled
+    assert resolved.train.learning_rate == 0.5 and resolved.train.epochs == 3  # default filled
     piped = apply_overrides({"pipeline": [{"name": "a", "stage": "mlm"}, {"name": "b", "stage": "mlm"}]},
                             ["b.train.epochs=7", "seed=3"])
     assert piped["pipeline"][1]["train"]["epochs"] == 7 and "train" not in piped["pipeline"][0]

@@ -3,11 +3,36 @@
 from .collator import MaskedElementCollator
 from .data import StageData, load_source, prepare_stage_data
 from .loop import StageTrainer, latest_checkpoint
-from .recipe import STAGE_DEFAULTS, RecipeError, apply_overrides, load_recipe, validate_recipe
-from .stages import build_model, init_element_embeddings, load_lora_model, run_recipe, run_stage
+from .recipe import (
+    STAGE_DEFAULTS,
+    RecipeError,
+    StageRecipe,
+    apply_overrides,
+    load_recipe,
+    resolve_stage,
+    validate_recipe,
+)
+from .stage_kinds import STAGE_TYPES, FinetuneStage, ImktStage, MLMStage, Stage, register_stage
+from .stages import (
+    StageRun,
+    build_model,
+    init_element_embeddings,
+    load_lora_model,
+    run_recipe,
+    run_stage,
+    train_recipe,
+    train_stage,
+)
 
 __all__ = [
     "STAGE_DEFAULTS",
+    "STAGE_TYPES",
+    "FinetuneStage",
+    "ImktStage",
+    "MLMStage",
+    "Stage",
+    "StageRecipe",
+    "StageRun",
     "MaskedElementCollator",
     "RecipeError",
     "StageData",
@@ -20,7 +45,11 @@ __all__ = [
     "load_recipe",
     "load_source",
     "prepare_stage_data",
+    "register_stage",
+    "resolve_stage",
     "run_recipe",
     "run_stage",
+    "train_recipe",
+    "train_stage",
     "validate_recipe",
 ]

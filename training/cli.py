@@ -73,5 +73,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train.py: error: {msg}. Finished stages and complete checkpoints under {output_dir} are kept: "
               "free space (or fix the folder) and rerun with --resume", file=sys.stderr)
         return 2
-    print(f"[crossmat] all outputs under {out}")
+    print(f"[crossmat] all outputs under {output_dir}; final model: {out}")
     return 0

@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,10 @@ import torch
 from dataset_builders.paths import cache_dir
 from tokenization import CrossMatTokenizerFast, FormulaError, canonical_formula
 
-from .recipe import RecipeError
+from .recipe import DataSection, RecipeError, StageRecipe, as_stage_recipe
+
+if TYPE_CHECKING:
+    from .stage_kinds import Stage
 
 __all__ = ["StageData", "TensorSplit", "apply_filter", "load_source", "prepare_stage_data", "split_buckets"]
 
@@ -375,148 +378,94 @@ def _targets(df: pd.DataFrame, columns: list[str], task: str, transform: str | N
 def _frame_to_split(
     df: pd.DataFrame,
     split: str,
-    stage: str,
-    data: Mapping[str, Any],
+    kind: Stage,
+    data: DataSection,
     tokenizer: CrossMatTokenizerFast,
     rejects: _Rejects,
     task: str,
     target_columns: list[str],
 ) -> tuple[TensorSplit, str]:
-    fcol = data["formula_column"]
-    on_invalid = data["on_invalid"]
-    formulas, keep = _canonicalise(df[fcol], split, on_invalid, rejects)
-    tensors: dict[str, torch.Tensor] = {}
-    if stage == "finetune":
-        y, task = _targets(df, target_columns, task, data["target_transform"], split)
-        bad = ~np.isfinite(y).all(axis=1) & keep
-        if bad.any():
-            rows = np.flatnonzero(bad)
-            if on_invalid == "error":
-                raise DataError(
-                    f"{split} row {int(rows[0])}: target {y[rows[0]].tolist()} is missing or not finite "
-                    f"(after transform {data['target_transform']}); {len(rows)} such row(s); set data.on_invalid=skip to skip them"
-                )
-            rejects.add(split, rows, df[fcol].to_numpy()[rows], ["target missing or not finite"] * len(rows))
-            keep &= ~bad
-        tensors["labels"] = torch.as_tensor(y, dtype=torch.float32) if task == "regression" else torch.as_tensor(y[:, 0]).long()
-    weights = None
-    if stage == "imkt":
-        emb = df[data["embedding_column"]].to_numpy(dtype=object)
-        lengths = np.array([len(e) if hasattr(e, "__len__") else -1 for e in emb])
-        dim = int(np.bincount(lengths[lengths > 0]).argmax()) if (lengths > 0).any() else 0
-        bad = (lengths != dim) & keep
-        if dim == 0 or bad.any():
-            rows = np.flatnonzero(bad) if dim else np.arange(len(df))
-            if on_invalid == "error" or dim == 0:
-                raise DataError(
-                    f"{split} row {int(rows[0])}: embedding has length {lengths[rows[0]]}, expected {dim} "
-                    f"({len(rows)} such row(s))"
-                )
-            rejects.add(split, rows, df[fcol].to_numpy()[rows], [f"embedding length != {dim}"] * len(rows))
-            keep &= ~bad
-        mat = np.zeros((len(df), dim), dtype=np.float32)
-        mat[keep] = np.stack([np.asarray(e, dtype=np.float32) for e in emb[keep]])
-        if not np.isfinite(mat).all():
-            raise DataError(f"{split}: embedding column {data['embedding_column']!r} holds non-finite values")
-        tensors["structure_embeddings"] = torch.from_numpy(mat)
-        if data["stability_bias"] != "none":
-            ehull = pd.to_numeric(df[data["stability_column"]], errors="coerce").to_numpy(dtype=np.float64)
-            if data["stability_bias"] == "filter":
-                unstable = ~(ehull <= float(data["stability_max"])) & keep
-                rows = np.flatnonzero(unstable)
-                rejects.add(split, rows, df[fcol].to_numpy()[rows], [f"{data['stability_column']} > {data['stability_max']} or missing"] * len(rows))
-                keep &= ~unstable
-            else:
-                w = np.exp(-np.clip(np.nan_to_num(ehull, nan=np.inf), 0, None) / float(data["stability_temperature"]))
-                weights = torch.as_tensor(w, dtype=torch.float64)
+    fcol = data.formula_column
+    formulas, keep = _canonicalise(df[fcol], split, data.on_invalid, rejects)
+    part = kind.split_tensors(df, split, data, rejects, task, target_columns, keep)  # may clear rows in keep
+    tensors = dict(part.tensors)
     ids, mask = _tokenize(tokenizer, np.where(keep, formulas, "H"))
     tensors["input_ids"], tensors["attention_mask"] = ids, mask
     tensors["row_id"] = torch.arange(len(df), dtype=torch.long)
     k = torch.as_tensor(keep)
     tensors = {name: t[k] for name, t in tensors.items()}
+    weights = part.weights
     if weights is not None:
         weights = weights[k]
         if float(weights.sum()) <= 0:
             raise DataError(f"{split}: every stability weight is 0; raise data.stability_temperature")
-    targets = y[keep] if stage == "finetune" else None
+    targets = part.targets[keep] if part.targets is not None else None
     source = [str(f) for f in df[fcol].to_numpy(dtype=object)[keep]]
-    ids = [str(i) for i in df[data["id_column"]].to_numpy(dtype=object)[keep]] if data["id_column"] else None
-    return TensorSplit(tensors, list(formulas[keep]), weights, targets, source, ids), task
+    ids = [str(i) for i in df[data.id_column].to_numpy(dtype=object)[keep]] if data.id_column else None
+    return TensorSplit(tensors, list(formulas[keep]), weights, targets, source, ids), part.task
 
 
-def prepare_stage_data(recipe: Mapping[str, Any], tokenizer: CrossMatTokenizerFast) -> StageData:
-    """Load, validate, split and tokenize the data of one stage (fails before training on bad input)."""
-    data, stage = recipe["data"], recipe["stage"]
-    train_df, train_desc = load_source(data["train"], "data.train", data["formula_column"])
-    target_columns: list[str] = []
-    if stage == "finetune":
-        tc = data["target_column"]
-        target_columns = [tc] if isinstance(tc, str) else list(tc)
-    needed = [data["formula_column"], *target_columns] + ([data["embedding_column"]] if stage == "imkt" else [])
-    needed += [data["id_column"]] if data["id_column"] else []
-    if data["stability_bias"] != "none":
-        needed.append(data["stability_column"])
+def prepare_stage_data(recipe: StageRecipe | Mapping[str, Any], tokenizer: CrossMatTokenizerFast) -> StageData:
+    """Load, validate, split and tokenize the data of one stage (fails before training on bad input); what
+    the stage adds (targets, structure embeddings) comes from its stage object (``recipe.kind``)."""
+    recipe = as_stage_recipe(recipe)
+    data, kind = recipe.data, recipe.kind
+    train_df, train_desc = load_source(data.train, "data.train", data.formula_column)
+    target_columns = kind.target_columns(data)
+    needed = [data.formula_column, *kind.required_columns(data)]
+    needed += [data.id_column] if data.id_column else []
+    if data.stability_bias != "none":
+        needed.append(data.stability_column)
     _require_columns(train_df, needed, f"data.train ({train_desc})")
     frames: dict[str, pd.DataFrame] = {}
     descs = {"train": train_desc}
     groups = (
-        train_df[data["formula_column"]].astype(str).tolist()
-        if data["group_by_formula"]
+        train_df[data.formula_column].astype(str).tolist()
+        if data.group_by_formula
         else [str(i) for i in range(len(train_df))]
     )
-    if data["group_by_formula"]:  # group polymorphs / spellings of one composition together
+    if data.group_by_formula:  # group polymorphs / spellings of one composition together
         uniq, inverse = np.unique(np.asarray(groups, dtype=object), return_inverse=True)
         groups = list(np.array([_safe_canonical(g) for g in uniq], dtype=object)[inverse])
-    salt = str(data["split_seed"])
+    salt = str(data.split_seed)
     in_test = np.zeros(len(train_df), dtype=bool)
-    if data["test"] is not None:
-        frames["test"], descs["test"] = load_source(data["test"], "data.test", data["formula_column"])
+    if data.test is not None:
+        frames["test"], descs["test"] = load_source(data.test, "data.test", data.formula_column)
         _require_columns(frames["test"], needed, f"data.test ({descs['test']})")
-    elif data["test_fraction"] > 0:
-        in_test = split_buckets(groups, float(data["test_fraction"]), f"test|{salt}")
+    elif data.test_fraction > 0:
+        in_test = split_buckets(groups, float(data.test_fraction), f"test|{salt}")
         frames["test"] = train_df[in_test].reset_index(drop=True)
-        descs["test"] = f"{train_desc} (held-out {data['test_fraction']:.0%} of formulas, split_seed={salt})"
+        descs["test"] = f"{train_desc} (held-out {data.test_fraction:.0%} of formulas, split_seed={salt})"
     remaining = ~in_test
-    if data["validation"] is not None:
-        frames["validation"], descs["validation"] = load_source(data["validation"], "data.validation", data["formula_column"])
+    if data.validation is not None:
+        frames["validation"], descs["validation"] = load_source(data.validation, "data.validation", data.formula_column)
         _require_columns(frames["validation"], needed, f"data.validation ({descs['validation']})")
-    elif data["validation_fraction"] > 0:
-        in_val = split_buckets(groups, float(data["validation_fraction"]), f"validation|{salt}") & remaining
+    elif data.validation_fraction > 0:
+        in_val = split_buckets(groups, float(data.validation_fraction), f"validation|{salt}") & remaining
         frames["validation"] = train_df[in_val].reset_index(drop=True)
-        descs["validation"] = f"{train_desc} (validation: {data['validation_fraction']:.0%} of training formulas)"
+        descs["validation"] = f"{train_desc} (validation: {data.validation_fraction:.0%} of training formulas)"
         remaining &= ~in_val
     frames["train"] = train_df[remaining].reset_index(drop=True)
-    if data["max_train_rows"]:
-        frames["train"] = frames["train"].iloc[: int(data["max_train_rows"])]
+    if data.max_train_rows:
+        frames["train"] = frames["train"].iloc[: int(data.max_train_rows)]
     rejects = _Rejects()
-    task = data["task"]
+    task = data.task
     splits: dict[str, TensorSplit] = {}
     for name in ("train", "validation", "test"):
         if name in frames and len(frames[name]):
-            splits[name], task = _frame_to_split(frames[name], name, stage, data, tokenizer, rejects, task, target_columns)
+            splits[name], task = _frame_to_split(frames[name], name, kind, data, tokenizer, rejects, task, target_columns)
     if "train" not in splits or len(splits["train"]) == 0:
         raise DataError(f"data.train ({train_desc}): no usable training rows")
-    duplicates = None
-    if stage == "finetune":
-        splits["train"], duplicates = _resolve_duplicates(splits["train"], data["duplicates"], task)
+    extra = kind.finish_splits(splits, data, task)  # e.g. duplicates, target statistics, embedding size
     info: dict[str, Any] = {
         "sources": descs,
         "rows": {k: len(v) for k, v in splits.items()},
         "rejected_rows": len(rejects.rows),
-        "task": task if stage == "finetune" else None,
+        "task": kind.data_task(task),
         "target_columns": target_columns,
-        "formula_column": data["formula_column"],
+        "formula_column": data.formula_column,
+        **extra,
     }
-    if duplicates is not None:
-        info["duplicates"] = duplicates
-    if stage == "finetune" and task == "regression":
-        y = splits["train"].tensors["labels"].double()
-        info["target_mean"] = y.mean(0).tolist()
-        info["target_std"] = y.std(0).clamp(min=1e-12).tolist() if len(y) > 1 else [1.0] * y.shape[1]
-    if stage == "imkt":
-        info["structure_embedding_dim"] = int(splits["train"].tensors["structure_embeddings"].shape[1])
-        if data["standardize_embeddings"]:
-            info["embedding_standardization"] = _standardize_embeddings(splits)
     rejected = pd.DataFrame(rejects.rows) if rejects.rows else None
     return StageData(splits["train"], splits.get("validation"), splits.get("test"), info, rejected)
 

@@ -23,16 +23,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import get_scheduler
 
-from .collator import MaskedElementCollator, hash_uniform, trim_padding
+from .collator import hash_uniform, trim_padding
 from .data import StageData, TensorSplit
 from .progress import training_progress
-from .recipe import RecipeError
+from .recipe import RecipeError, StageRecipe, as_stage_recipe
+from .stage_kinds import Stage, stage_kind
 
 __all__ = ["LoopState", "StageTrainer", "auto_batch_size", "compute_metrics", "latest_checkpoint", "make_accelerator"]
 
@@ -83,12 +83,13 @@ class LoopState:
         self.__dict__.update(state)
 
 
-def make_accelerator(recipe: Mapping[str, Any], output_dir: Path) -> Accelerator:
+def make_accelerator(recipe: StageRecipe | Mapping[str, Any], output_dir: Path) -> Accelerator:
     """An ``Accelerator`` with the recipe's mixed precision and trackers (TensorBoard/W&B when installed)."""
-    mp = recipe["train"]["mixed_precision"]
+    train = as_stage_recipe(recipe).train
+    mp = train.mixed_precision
     if mp == "auto":
         mp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if torch.cuda.is_available() else "no"
-    trackers = recipe["train"]["trackers"]
+    trackers = train.trackers
     if trackers == "auto":
         import importlib.util
 
@@ -109,62 +110,32 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def compute_metrics(stage: str, pred: Mapping[str, np.ndarray], split: TensorSplit, config: Any) -> dict[str, float]:
-    """Validation/test metrics from per-row predictions (see :meth:`StageTrainer.predict`)."""
-    out: dict[str, float] = {}
-    if stage in ("mlm", "imkt"):
-        n = max(float(pred["mlm_count"].sum()), 1.0)
-        out["mlm_loss"] = float(pred["mlm_sum"].sum() / n)
-        out["masked_accuracy"] = float(pred["mlm_correct"].sum() / n)
-        out["loss"] = out["mlm_loss"]
-    if stage == "imkt":
-        from modeling.modeling_crossmat import alignment_loss
-
-        proj = torch.from_numpy(pred["projected"])
-        target = split.tensors["structure_embeddings"]
-        out["alignment_cosine"] = float(F.cosine_similarity(proj, target, dim=-1).mean())
-        chunks = [alignment_loss(p, t, config.alignment_loss, config.infonce_temperature)
-                  for p, t in zip(proj.split(1024), target.split(1024), strict=True) if len(p) > 1 or config.alignment_loss != "infonce"]
-        out["alignment_loss"] = float(torch.stack(chunks).mean()) if chunks else float("nan")
-        out["loss"] = config.mlm_loss_weight * out["mlm_loss"] + config.alignment_loss_weight * out["alignment_loss"]
-    if stage == "finetune":
-        logits = pred["logits"]
-        labels = split.tensors["labels"].numpy()
-        if config.problem_type == "regression":
-            err = logits.reshape(labels.shape) - labels
-            out["mae"] = float(np.abs(err).mean())
-            out["rmse"] = float(np.sqrt((err**2).mean()))
-            var = ((labels - labels.mean(0)) ** 2).sum(0)
-            out["r2"] = float(np.mean(1.0 - (err**2).sum(0) / np.where(var > 0, var, np.nan)))
-            std = np.asarray(config.target_std or [1.0] * labels.shape[1])
-            out["loss"] = float(np.abs(err / std).mean())
-        else:
-            from sklearn.metrics import roc_auc_score
-
-            prob = torch.softmax(torch.from_numpy(logits).double(), -1)[:, 1].numpy()
-            out["accuracy"] = float(((prob > 0.5).astype(int) == labels).mean())
-            out["roc_auc"] = float(roc_auc_score(labels, prob)) if len(np.unique(labels)) == 2 else float("nan")
-            out["loss"] = float(F.cross_entropy(torch.from_numpy(logits).double(), torch.from_numpy(labels).long()))
-    return out
+def compute_metrics(stage: str | Stage, pred: Mapping[str, np.ndarray], split: TensorSplit, config: Any) -> dict[str, float]:
+    """Validation/test metrics from per-row predictions (see :meth:`StageTrainer.predict`); the stage
+    (object or ``stage:`` name) decides which."""
+    kind = stage_kind(stage) if isinstance(stage, str) else stage
+    return kind.metrics(pred, split, config)
 
 
 class StageTrainer:
     """Runs one stage's optimisation with Accelerate (see module docstring)."""
 
-    def __init__(self, recipe: Mapping[str, Any], model: torch.nn.Module, data: StageData, output_dir: Path,
-                 accelerator: Accelerator) -> None:
+    def __init__(self, recipe: StageRecipe | Mapping[str, Any], model: torch.nn.Module, data: StageData,
+                 output_dir: Path, accelerator: Accelerator) -> None:
+        recipe = as_stage_recipe(recipe)
         self.recipe = recipe
-        self.stage = recipe["stage"]
-        self.cfg = recipe["train"]
-        self.seed = int(recipe["seed"])
+        self.kind = recipe.kind
+        self.stage = recipe.stage
+        self.cfg = recipe.train
+        self.seed = int(recipe.seed)
         self.data = data
         self.output_dir = Path(output_dir)
         self.accelerator = accelerator
         self.world = accelerator.num_processes
         self.rank = accelerator.process_index
-        self.collator = MaskedElementCollator(self.cfg["mlm_probability"], seed=self.seed) if self.stage != "finetune" else None
-        self.global_batch = auto_batch_size(len(data.train)) if self.cfg["batch_size"] == "auto" else int(self.cfg["batch_size"])
-        self.accum = int(self.cfg["gradient_accumulation_steps"])
+        self.collator = self.kind.collator(self.cfg, self.seed)
+        self.global_batch = auto_batch_size(len(data.train)) if self.cfg.batch_size == "auto" else int(self.cfg.batch_size)
+        self.accum = int(self.cfg.gradient_accumulation_steps)
         if self.global_batch % self.world:
             raise RecipeError(f"train.batch_size {self.global_batch} is not divisible by the {self.world} processes")
         self.local_batch = self.global_batch // self.world
@@ -176,14 +147,14 @@ class StageTrainer:
                 f"the training split has {n} rows, fewer than one optimizer step needs "
                 f"(batch_size {self.global_batch} x gradient_accumulation_steps {self.accum}); lower train.batch_size"
             )
-        self.total_steps = int(self.cfg["max_steps"] or self.cfg["epochs"] * self.steps_per_epoch)
-        self.eval_every = int(self.cfg["eval_every"] or self.steps_per_epoch)
+        self.total_steps = int(self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch)
+        self.eval_every = int(self.cfg.eval_every or self.steps_per_epoch)
         self.state = LoopState()
         self.metrics_path = self.output_dir / "metrics.jsonl"
         self.best_dir = self.output_dir / "checkpoints" / "best"
         self.model = model
         epochs_total = math.ceil(self.total_steps / self.steps_per_epoch)
-        self.swa_start_epoch = epochs_total - int(self.cfg["swa_epochs"]) if self.cfg["swa_epochs"] else None
+        self.swa_start_epoch = epochs_total - int(self.cfg.swa_epochs) if self.cfg.swa_epochs else None
         self.swa: dict[str, torch.Tensor] = {}
         self._build_optimizer()
 
@@ -194,13 +165,13 @@ class StageTrainer:
             if not p.requires_grad:
                 continue
             (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
-        groups = [{"params": decay, "weight_decay": float(self.cfg["weight_decay"])},
+        groups = [{"params": decay, "weight_decay": float(self.cfg.weight_decay)},
                   {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW(groups, lr=float(self.cfg["learning_rate"]), betas=tuple(self.cfg["adam_betas"]))
-        warmup = self.cfg["warmup_steps"]
+        optimizer = torch.optim.AdamW(groups, lr=float(self.cfg.learning_rate), betas=tuple(self.cfg.adam_betas))
+        warmup = self.cfg.warmup_steps
         if warmup is None:
-            warmup = int(math.ceil(float(self.cfg["warmup_ratio"]) * self.total_steps))
-        scheduler = get_scheduler(self.cfg["lr_scheduler"], optimizer, num_warmup_steps=warmup,
+            warmup = int(math.ceil(float(self.cfg.warmup_ratio) * self.total_steps))
+        scheduler = get_scheduler(self.cfg.lr_scheduler, optimizer, num_warmup_steps=warmup,
                                   num_training_steps=self.total_steps)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(self.model, optimizer, scheduler)
         # the loop state is saved as JSON (LOOP_STATE_FILE), not registered with accelerate: its custom
@@ -259,12 +230,12 @@ class StageTrainer:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             old = sorted(p for p in root.glob("step_*") if p.is_dir())
-            for p in old[: -int(self.cfg["keep_checkpoints"])]:
+            for p in old[: -int(self.cfg.keep_checkpoints)]:
                 shutil.rmtree(p, ignore_errors=True)
         acc.wait_for_everyone()
 
     def _resume(self) -> None:
-        resume = self.cfg["resume"]
+        resume = self.cfg.resume
         if not resume:
             return
         ckpt = Path(resume) if isinstance(resume, str) and resume not in ("auto", "true") else latest_checkpoint(self.output_dir)
@@ -293,24 +264,11 @@ class StageTrainer:
         model.eval()
         idx = torch.arange(self.rank, len(split), self.world)
         parts: dict[str, list[np.ndarray]] = {}
-        for chunk in idx.split(int(self.cfg["eval_batch_size"])):
+        for chunk in idx.split(int(self.cfg.eval_batch_size)):
             batch = self._batch(split, chunk, epoch=0)
             with self.accelerator.autocast():
                 out = model(**batch)
-            rec: dict[str, torch.Tensor] = {"index": chunk}
-            if self.stage in ("mlm", "imkt"):
-                labels = batch["labels"]
-                ce = F.cross_entropy(out.logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
-                scored = labels != -100
-                rec["mlm_sum"] = ce.sum(1)
-                rec["mlm_count"] = scored.sum(1)
-                rec["mlm_correct"] = ((out.logits.argmax(-1) == labels) & scored).sum(1)
-            if self.stage == "imkt":
-                rec["projected"] = out.projected_embedding.float()
-            if self.stage == "finetune":
-                rec["logits"] = out.logits.float()
-                if getattr(out, "uncertainty", None) is not None:  # optional predictive uncertainty
-                    rec["uncertainty"] = out.uncertainty.float()
+            rec: dict[str, torch.Tensor] = {"index": chunk, **self.kind.batch_outputs(out, batch)}
             for k, v in rec.items():
                 parts.setdefault(k, []).append(v.detach().cpu().numpy())
         mine = {k: np.concatenate(v) for k, v in parts.items()} if parts else {}
@@ -324,14 +282,12 @@ class StageTrainer:
 
     def evaluate(self, split: TensorSplit, name: str) -> dict[str, float]:
         cfg = self.accelerator.unwrap_model(self.model).config
-        metrics = compute_metrics(self.stage, self.predict(split), split, cfg)
-        return metrics
+        return self.kind.metrics(self.predict(split), split, cfg)
 
     def metric_for_best(self) -> tuple[str, bool]:
-        name = self.cfg["metric_for_best"]
+        name = self.cfg.metric_for_best
         if name is None:
-            cfg = self.accelerator.unwrap_model(self.model).config
-            name = "loss" if self.stage != "finetune" else ("mae" if cfg.problem_type == "regression" else "roc_auc")
+            name = self.kind.default_metric(self.accelerator.unwrap_model(self.model).config)
         return name, name in _HIGHER_IS_BETTER
 
     def _validate(self) -> bool:
@@ -357,7 +313,7 @@ class StageTrainer:
             self.accelerator.wait_for_everyone()
         else:
             self.state.bad_evals += 1
-        patience = self.cfg["early_stopping_patience"]
+        patience = self.cfg.early_stopping_patience
         return patience is not None and self.state.bad_evals >= int(patience)
 
     # ----------------------------------------------------------------- stochastic weight averaging
@@ -392,7 +348,7 @@ class StageTrainer:
         fault_step = int(os.environ.get(FAULT_ENV, "0") or 0)
         self.model.train()
         bar = training_progress(self.total_steps, self.state.global_step, f"{self.stage}",
-                                main_process=acc.is_local_main_process, bar=bool(self.cfg["progress_bar"]))
+                                main_process=acc.is_local_main_process, bar=bool(self.cfg.progress_bar))
         t0, samples0 = time.perf_counter(), 0
         run_loss = torch.zeros((), device=acc.device)
         run_n = 0
@@ -411,8 +367,8 @@ class StageTrainer:
                         loss = self.model(**batch).loss / self.accum
                         acc.backward(loss)
                     run_loss += loss.detach()
-                if self.cfg["max_grad_norm"]:
-                    acc.clip_grad_norm_(self.model.parameters(), float(self.cfg["max_grad_norm"]))
+                if self.cfg.max_grad_norm:
+                    acc.clip_grad_norm_(self.model.parameters(), float(self.cfg.max_grad_norm))
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -424,7 +380,7 @@ class StageTrainer:
                 bar.update(1, epoch=self.state.epoch,
                            loss=lambda rl=run_loss, rn=run_n: float(rl) / rn if rn else None)
                 last = self.state.global_step >= self.total_steps
-                if self.state.global_step % int(self.cfg["log_every"]) == 0 or last:
+                if self.state.global_step % int(self.cfg.log_every) == 0 or last:
                     mean_loss = float(acc.reduce(run_loss, reduction="mean")) / max(run_n, 1)
                     rate = samples0 / max(time.perf_counter() - t0, 1e-9)
                     self._log({"split": "train", "loss": mean_loss, "learning_rate": self.scheduler.get_last_lr()[0],
@@ -439,7 +395,7 @@ class StageTrainer:
                         self._swa_update()
                 if self.state.global_step % self.eval_every == 0 or last:
                     self.state.stopped_early = self._validate()
-                if self.state.global_step % int(self.cfg["checkpoint_every"]) == 0 or last or self.state.stopped_early:
+                if self.state.global_step % int(self.cfg.checkpoint_every) == 0 or last or self.state.stopped_early:
                     self._save_checkpoint()
                 if fault_step and self.state.global_step == fault_step:
                     os.kill(os.getpid(), signal.SIGKILL)

@@ -1,6 +1,8 @@
-"""Training recipes: the schema (every key and its default), YAML loading, ``key=value`` overrides and
-validation. A recipe is either one *stage* (``stage: mlm | imkt | finetune``) or a *pipeline*
-(``pipeline: [stage, ...]``) whose stages can start from an earlier stage's output (``init_from: "@name"``).
+"""Training recipes: the schema (every key and its default, as the :class:`StageRecipe` dataclasses), YAML
+loading, ``key=value`` overrides and validation. A recipe is either one *stage* (``stage: mlm | imkt |
+finetune``, any name of the stage registry in :mod:`training.stage_kinds`) or a *pipeline* (``pipeline:
+[stage, ...]``) whose stages can start from an earlier stage's output (``init_from: "@name"``). The YAML
+stays a plain mapping; :func:`resolve_stage` turns one stage of it into a typed :class:`StageRecipe`.
 See docs/training.md for the meaning of every key.
 """
 
@@ -10,109 +12,181 @@ import copy
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from dataset_builders.paths import data_dir
 
+if TYPE_CHECKING:
+    from .stage_kinds import Stage
+
 __all__ = [
     "PIPELINE_KEYS",
+    "DataSection",
+    "LoraSection",
+    "ModelSection",
     "RecipeError",
-    "STAGES",
     "STAGE_DEFAULTS",
+    "StageRecipe",
+    "TrainSection",
     "apply_overrides",
+    "as_stage_recipe",
     "load_recipe",
     "resolve_stage",
     "validate_recipe",
 ]
-
-STAGES = ("mlm", "imkt", "finetune")
 
 
 class RecipeError(ValueError):
     """A recipe that cannot run; the message names the offending key and the reason."""
 
 
-_SOURCE = None  # marker: a data source (path string, mapping or in-memory datasets.Dataset)
+# A data source (``data.train`` / ``validation`` / ``test``) is a path string, a mapping or an in-memory
+# ``datasets.Dataset`` / ``pandas.DataFrame`` (evaluation injects fold frames); ``None`` when absent.
+Source = Any
 
-STAGE_DEFAULTS: dict[str, Any] = {
-    "stage": None,
-    "name": None,
-    "seed": 42,
-    "model": {
-        "init_from": None,
-        "config": {},
-        "element_embedding_init": None,
-        "gradient_checkpointing": False,
-    },
-    "data": {
-        "train": _SOURCE,
-        "validation": _SOURCE,
-        "test": _SOURCE,
-        "formula_column": "formula",
-        "target_column": None,
-        "embedding_column": "embedding",
-        "standardize_embeddings": False,  # imkt: z-score each embedding dimension with the train split's mean/std
-        "id_column": None,
-        "task": "auto",
-        "target_transform": None,
-        "validation_fraction": 0.1,
-        "test_fraction": 0.0,
-        "split_seed": 0,
-        "group_by_formula": True,
-        "max_train_rows": None,
-        "on_invalid": "error",
-        "clip_predictions": "none",
-        "duplicates": "keep",  # fine-tune train rows of one composition: keep | mean | first | error (reported always)
-        "stability_column": None,
-        "stability_bias": "none",
-        "stability_temperature": 0.05,
-        "stability_max": 0.1,
-    },
-    "train": {
-        "epochs": 3,
-        "max_steps": None,
-        "batch_size": 256,
-        "eval_batch_size": 1024,
-        "gradient_accumulation_steps": 1,
-        "learning_rate": 1e-3,
-        "weight_decay": 0.01,
-        "adam_betas": [0.9, 0.999],
-        "lr_scheduler": "linear",
-        "warmup_ratio": 0.05,
-        "warmup_steps": None,
-        "max_grad_norm": 1.0,
-        "mixed_precision": "auto",
-        "mlm_probability": 0.15,
-        "eval_every": None,
-        "early_stopping_patience": None,
-        "metric_for_best": None,
-        "checkpoint_every": 200,
-        "keep_checkpoints": 2,
-        "resume": False,
-        "log_every": 10,
-        "trackers": "auto",
-        "progress_bar": True,
-        "swa_epochs": 0,
-    },
-    "lora": {
-        "enabled": False,
-        "r": 8,
-        "alpha": 16,
-        "dropout": 0.0,
-        "target_modules": ["qkv", "out_proj", "fc1", "fc2"],
-        "modules_to_save": ["head"],
-        "merge": False,
-    },
-    "push_to_hub": None,
-    "card": {},
-}
+
+@dataclass(frozen=True)
+class ModelSection:
+    """``model:``: where the weights start and the config overrides."""
+
+    init_from: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    element_embedding_init: str | None = None
+    gradient_checkpointing: bool = False
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """``data:``: the sources, columns, splits and per-stage data options."""
+
+    train: Source = None
+    validation: Source = None
+    test: Source = None
+    formula_column: str = "formula"
+    target_column: str | list[str] | None = None
+    embedding_column: str = "embedding"
+    standardize_embeddings: bool = False  # imkt: z-score each embedding dimension with the train split's mean/std
+    id_column: str | None = None
+    task: str = "auto"
+    target_transform: str | None = None
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.0
+    split_seed: int = 0
+    group_by_formula: bool = True
+    max_train_rows: int | None = None
+    on_invalid: str = "error"
+    clip_predictions: str = "none"
+    duplicates: str = "keep"  # fine-tune train rows of one composition: keep | mean | first | error (reported always)
+    stability_column: str | None = None
+    stability_bias: str = "none"
+    stability_temperature: float = 0.05
+    stability_max: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """``train:``: optimisation, evaluation, checkpoints and logging."""
+
+    epochs: int = 3
+    max_steps: int | None = None
+    batch_size: int | str = 256
+    eval_batch_size: int = 1024
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.05
+    warmup_steps: int | None = None
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "auto"
+    mlm_probability: float = 0.15
+    eval_every: int | None = None
+    early_stopping_patience: int | None = None
+    metric_for_best: str | None = None
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    resume: bool | str = False
+    log_every: int = 10
+    trackers: Any = "auto"
+    progress_bar: bool = True
+    swa_epochs: int = 0
+
+
+@dataclass(frozen=True)
+class LoraSection:
+    """``lora:``: LoRA adaptation (stages whose :attr:`Stage.supports_lora` is true)."""
+
+    enabled: bool = False
+    r: int = 8
+    alpha: float = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["qkv", "out_proj", "fc1", "fc2"])
+    modules_to_save: list[str] | None = field(default_factory=lambda: ["head"])
+    merge: bool = False
+
+
+@dataclass(frozen=True)
+class StageRecipe:
+    """One resolved stage: every key filled with its default and validated (built by :func:`resolve_stage`).
+
+    ``stage`` names the stage type in the registry (:mod:`training.stage_kinds`); :attr:`kind` is its
+    object, which owns everything that differs between stages. Change a field with
+    ``dataclasses.replace``; :meth:`to_dict` is the plain mapping written to ``recipe.yaml`` and cards."""
+
+    stage: str | None = None
+    name: str | None = None
+    seed: int = 42
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    push_to_hub: str | None = None
+    card: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> Stage:
+        """The stage object (MLM, imKT, fine-tune, ...) for :attr:`stage`."""
+        from .stage_kinds import stage_kind
+
+        return stage_kind(self.stage)
+
+    @classmethod
+    def from_dict(cls, resolved: Mapping[str, Any]) -> StageRecipe:
+        """The dataclass for a fully resolved mapping (every key present; see :func:`resolve_stage`)."""
+        return cls(**{k: (_SECTIONS[k](**v) if k in _SECTIONS else v) for k, v in resolved.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as a plain nested mapping in schema order (in-memory data sources are kept as is)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+
+_SECTIONS: dict[str, type] = {"model": ModelSection, "data": DataSection, "train": TrainSection, "lora": LoraSection}
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    return value if _is_dataset(value) else copy.deepcopy(value)
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        value = f.default_factory() if f.default_factory is not MISSING else f.default
+        out[f.name] = _defaults(type(value)) if is_dataclass(value) else value
+    return out
+
+
+# every stage key and its default, as a nested mapping (derived from the dataclasses above)
+STAGE_DEFAULTS: dict[str, Any] = _defaults(StageRecipe)
 
 PIPELINE_KEYS = {"pipeline", "name", "description", "seed"}
 _CHOICES = {
-    "stage": STAGES,
     "data.task": ("auto", "regression", "classification"),
     "data.target_transform": (None, "log10", "log10_abs"),
     "data.on_invalid": ("error", "skip"),
@@ -219,13 +293,19 @@ def _is_dataset(obj: Any) -> bool:
     return type(obj).__name__ in {"Dataset", "DataFrame"}
 
 
-def resolve_stage(stage: Mapping[str, Any]) -> dict[str, Any]:
-    """Fill defaults into one stage recipe, rejecting unknown keys and bad values, naming the key."""
+def resolve_stage(stage: Mapping[str, Any]) -> StageRecipe:
+    """Fill defaults into one stage recipe, rejecting unknown keys and bad values, naming the key; the
+    stage type adds its own checks (:meth:`Stage.validate`)."""
+    from .stage_kinds import STAGE_TYPES
+
     if not isinstance(stage, Mapping):
         raise RecipeError(f"a stage recipe must be a mapping, got {type(stage).__name__}")
     resolved = _merge(STAGE_DEFAULTS, {k: v for k, v in stage.items()}, "")
     resolved = {k: (_expand_env(v) if k != "data" else v) for k, v in resolved.items()}
     resolved["data"] = {k: (v if _is_dataset(v) else _expand_env(v)) for k, v in resolved["data"].items()}
+    if resolved["stage"] not in STAGE_TYPES:
+        raise RecipeError(f"recipe key 'stage' is {resolved['stage']!r}; choose one of {list(STAGE_TYPES)}")
+    kind = STAGE_TYPES[resolved["stage"]]
     for dotted, choices in _CHOICES.items():
         node: Any = resolved
         for key in dotted.split("."):
@@ -235,8 +315,6 @@ def resolve_stage(stage: Mapping[str, Any]) -> dict[str, Any]:
     data, train = resolved["data"], resolved["train"]
     if data["train"] is None:
         raise RecipeError("recipe key 'data.train' is required (a dataset folder, CSV/parquet file or builtin source)")
-    if resolved["stage"] == "finetune" and not data["target_column"]:
-        raise RecipeError("stage 'finetune' needs 'data.target_column'")
     for key in ("validation_fraction", "test_fraction"):
         if not 0.0 <= float(data[key]) < 1.0:
             raise RecipeError(f"recipe key 'data.{key}' must be in [0, 1), got {data[key]!r}")
@@ -250,16 +328,29 @@ def resolve_stage(stage: Mapping[str, Any]) -> dict[str, Any]:
         raise RecipeError(f"recipe key 'train.swa_epochs' must be a non-negative integer, got {train['swa_epochs']!r}")
     if train["max_steps"] is not None and (not isinstance(train["max_steps"], int) or train["max_steps"] < 1):
         raise RecipeError(f"recipe key 'train.max_steps' must be a positive integer, got {train['max_steps']!r}")
-    if resolved["lora"]["enabled"] and resolved["stage"] != "finetune":
-        raise RecipeError("recipe key 'lora.enabled' is only supported for stage 'finetune'")
+    if resolved["lora"]["enabled"] and not kind.supports_lora:
+        allowed = " or ".join(repr(n) for n, t in STAGE_TYPES.items() if t.supports_lora)
+        raise RecipeError(f"recipe key 'lora.enabled' is only supported for stage {allowed}")
+    explain = resolved["card"].get("explain")
+    if explain is not None and (not kind.supports_explain or not isinstance(explain, (bool, str))):
+        allowed = " or ".join(repr(n) for n, t in STAGE_TYPES.items() if t.supports_explain)
+        raise RecipeError(f"card.explain {explain!r}: true or a formula, for stage {allowed} only "
+                          f"(stage {resolved['stage']!r})")
     if resolved["model"]["init_from"] is not None and resolved["model"]["element_embedding_init"]:
         raise RecipeError("'model.element_embedding_init' only applies to models trained from scratch (no init_from)")
     if data["stability_bias"] != "none" and not data["stability_column"]:
         raise RecipeError("'data.stability_bias' needs 'data.stability_column' (e.g. energy_above_hull)")
-    return resolved
+    recipe = StageRecipe.from_dict(resolved)
+    kind().validate(recipe)
+    return recipe
 
 
-def validate_recipe(recipe: Mapping[str, Any]) -> list[dict[str, Any]]:
+def as_stage_recipe(recipe: StageRecipe | Mapping[str, Any]) -> StageRecipe:
+    """``recipe`` as a :class:`StageRecipe`: a resolved one as is, a stage mapping resolved."""
+    return recipe if isinstance(recipe, StageRecipe) else resolve_stage(recipe)
+
+
+def validate_recipe(recipe: Mapping[str, Any]) -> list[StageRecipe]:
     """Validate a stage or pipeline recipe; return the resolved stages (each with a unique ``name``)."""
     if "pipeline" in recipe:
         unknown = sorted(set(recipe) - PIPELINE_KEYS)
@@ -279,16 +370,14 @@ def validate_recipe(recipe: Mapping[str, Any]) -> list[dict[str, Any]]:
                 r = resolve_stage(merged)
             except RecipeError as err:
                 raise RecipeError(f"pipeline stage {i} ({stage.get('name', stage.get('stage'))}): {err}") from None
-            r["name"] = r["name"] or f"{i}_{r['stage']}"
-            resolved.append(r)
-        names = [r["name"] for r in resolved]
+            resolved.append(replace(r, name=r.name or f"{i}_{r.stage}"))
+        names = [r.name for r in resolved]
         if len(set(names)) != len(names):
             raise RecipeError(f"pipeline stage names must be unique, got {names}")
         for i, r in enumerate(resolved):
-            ref = r["model"]["init_from"]
+            ref = r.model.init_from
             if isinstance(ref, str) and ref.startswith("@") and ref[1:] not in names[:i]:
-                raise RecipeError(f"stage {r['name']!r}: init_from {ref!r} names no earlier stage (have {names[:i]})")
+                raise RecipeError(f"stage {r.name!r}: init_from {ref!r} names no earlier stage (have {names[:i]})")
         return resolved
     r = resolve_stage(recipe)
-    r["name"] = r["name"] or r["stage"]
-    return [r]
+    return [replace(r, name=r.name or r.stage)]

@@ -11,6 +11,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import yaml
 
 import modeling  # noqa: F401  (registers CrossMat with the Auto classes)
 from model_cards import write_model_card
-from modeling import CrossMatConfig, CrossMatForMaskedLM, CrossMatForPropertyPrediction, CrossMatForStructureAlignment
+from modeling import CrossMatConfig
 from modeling.model_folder import (
     ModelFolderError,
     check_folder,
@@ -36,12 +37,11 @@ from tokenization.vocabulary import ELEMENT_START, ELEMENTS, token_layout
 
 from .data import StageData, prepare_stage_data
 from .loop import StageTrainer, latest_checkpoint, make_accelerator
-from .recipe import RecipeError, apply_overrides, validate_recipe
+from .recipe import RecipeError, StageRecipe, apply_overrides, as_stage_recipe, validate_recipe
 
-__all__ = ["build_model", "init_element_embeddings", "load_lora_model", "run_recipe", "run_stage", "prediction_table"]
+__all__ = ["StageRun", "build_model", "init_element_embeddings", "load_lora_model", "prediction_table", "run_recipe", "run_stage",
+           "train_recipe", "train_stage"]
 
-STAGE_CLASSES = {"mlm": CrossMatForMaskedLM, "imkt": CrossMatForStructureAlignment, "finetune": CrossMatForPropertyPrediction}
-CARD_KIND = {"mlm": "clm-mlm", "imkt": "clm-imkt", "finetune": "property"}
 DONE_FILE = "training_info.json"
 
 
@@ -84,37 +84,18 @@ def init_element_embeddings(model: torch.nn.Module, source: str, seed: int = 0) 
     return len(symbols)
 
 
-def build_model(recipe: Mapping[str, Any], data: StageData) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The stage's model: from ``model.init_from`` (a checked CrossMat folder) or from scratch."""
-    stage = recipe["stage"]
-    cls = STAGE_CLASSES[stage]
-    mcfg = recipe["model"]
-    overrides = dict(mcfg["config"])
+def build_model(recipe: StageRecipe | Mapping[str, Any], data: StageData) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The stage's model: from ``model.init_from`` (a checked CrossMat folder) or from scratch; the class
+    and the config keys it adds come from the stage object (``recipe.kind``)."""
+    recipe = as_stage_recipe(recipe)
+    kind = recipe.kind
+    cls = kind.model_class
+    mcfg = recipe.model
+    overrides = dict(mcfg.config)
     bad = sorted(set(overrides) & set(token_layout()))
     if bad:
         raise RecipeError(f"model.config may not change the token layout keys {bad}")
-    stage_cfg: dict[str, Any] = {}
-    if stage == "imkt":
-        stage_cfg["structure_embedding_dim"] = data.info["structure_embedding_dim"]
-    if stage == "finetune":
-        targets = data.info["target_columns"]
-        if data.info["task"] == "regression":
-            stage_cfg.update(num_labels=len(targets), problem_type="regression", target_mean=data.info["target_mean"],
-                             target_std=data.info["target_std"], target_names=targets)
-        else:
-            stage_cfg.update(num_labels=2, problem_type="single_label_classification", target_names=targets,
-                             id2label={0: "0", 1: "1"}, label2id={"0": 0, "1": 1})
-        if recipe["data"]["target_transform"]:
-            stage_cfg["target_names"] = [f"{recipe['data']['target_transform']}({t})" for t in targets]
-        unit = recipe["card"].get("property_unit")  # units travel from the recipe into the config and pipeline
-        if unit and data.info["task"] == "regression":
-            units = [unit] * len(targets) if isinstance(unit, str) else [str(u) for u in unit]
-            tf = recipe["data"]["target_transform"]
-            stage_cfg["target_units"] = [f"{tf}({u})" if tf else u for u in units]
-        if data.info["task"] == "regression" and recipe["data"]["clip_predictions"] == "auto":
-            # non-negative targets (band gaps, moduli, strengths) get non-negative predictions
-            low = data.train.tensors["labels"].min(0).values.tolist()
-            stage_cfg["target_min"] = [0.0 if v >= 0 else None for v in low]
+    stage_cfg = kind.model_config(recipe, data)
     features = overrides.get("element_features")
     if features:
         from modeling.element_features import element_feature_table
@@ -124,7 +105,7 @@ def build_model(recipe: Mapping[str, Any], data: StageData) -> tuple[torch.nn.Mo
         except ValueError as exc:
             raise RecipeError(f"model.config.element_features: {exc}") from None
     info: dict[str, Any] = {"class": cls.__name__}
-    init = mcfg["init_from"]
+    init = mcfg.init_from
     if init:
         path = Path(init)
         config = _check_checkpoint(path)
@@ -137,7 +118,7 @@ def build_model(recipe: Mapping[str, Any], data: StageData) -> tuple[torch.nn.Mo
                 load_model(path).save_pretrained(tmp)
                 source = Path(tmp)
             try:
-                model = cls.from_pretrained(str(source), config=config, ignore_mismatched_sizes=stage == "finetune",
+                model = cls.from_pretrained(str(source), config=config, ignore_mismatched_sizes=kind.ignore_mismatched_sizes,
                                             use_safetensors=True)
             except (OSError, ValueError, RuntimeError) as exc:
                 raise RecipeError(f"model.init_from {str(path)!r} cannot be loaded as {cls.__name__} ({exc})") from exc
@@ -145,39 +126,37 @@ def build_model(recipe: Mapping[str, Any], data: StageData) -> tuple[torch.nn.Mo
         if features and not getattr(_check_checkpoint(path), "element_features", None):
             raise RecipeError("model.config.element_features applies to models trained from scratch; "
                               f"{str(path)!r} has no element feature table")
-        if stage == "finetune":
-            for member in model.ensemble_members:  # every ensemble member starts from the pretrained encoder
-                member.crossmat.load_state_dict(model.crossmat.state_dict())
+        kind.after_init_from(model)
     else:
         try:
             config = CrossMatConfig(**{**token_layout(), **overrides, **stage_cfg})
         except (TypeError, ValueError) as exc:
             raise RecipeError(f"model.config: {exc}") from None
-        torch.manual_seed(int(recipe["seed"]))
+        torch.manual_seed(int(recipe.seed))
         model = cls(config)
         if features:
             from modeling.element_features import install_element_features
 
             info["element_features"] = features
             info["elements_with_features"] = install_element_features(model, features)
-        if mcfg["element_embedding_init"]:
-            info["element_embedding_init"] = mcfg["element_embedding_init"]
-            info["elements_initialised"] = init_element_embeddings(model, mcfg["element_embedding_init"])
-    if mcfg["gradient_checkpointing"]:
+        if mcfg.element_embedding_init:
+            info["element_embedding_init"] = mcfg.element_embedding_init
+            info["elements_initialised"] = init_element_embeddings(model, mcfg.element_embedding_init)
+    if mcfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    if recipe["lora"]["enabled"]:
+    if recipe.lora.enabled:
         if not init:
             raise RecipeError("lora.enabled needs model.init_from (a pretrained CrossMat model to adapt)")
         from peft import LoraConfig, get_peft_model
 
-        lc = recipe["lora"]
+        lc = recipe.lora
         names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-        missing = [t for t in lc["target_modules"] if t not in names]
+        missing = [t for t in lc.target_modules if t not in names]
         if missing:
             raise RecipeError(f"lora.target_modules {missing} are not modules of {cls.__name__} (e.g. qkv, out_proj, fc1, fc2)")
-        model = get_peft_model(model, LoraConfig(r=int(lc["r"]), lora_alpha=float(lc["alpha"]), lora_dropout=float(lc["dropout"]),
-                                                 target_modules=list(lc["target_modules"]),
-                                                 modules_to_save=list(lc["modules_to_save"] or []) or None))
+        model = get_peft_model(model, LoraConfig(r=int(lc.r), lora_alpha=float(lc.alpha), lora_dropout=float(lc.dropout),
+                                                 target_modules=list(lc.target_modules),
+                                                 modules_to_save=list(lc.modules_to_save or []) or None))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         info["lora_trainable_parameters"] = int(trainable)
     info["parameters"] = int(sum(p.numel() for p in model.parameters()))
@@ -216,11 +195,8 @@ def prediction_table(split: Any, pred: Mapping[str, np.ndarray], target_names: l
     return frame
 
 
-def _card_metrics(stage: str, metrics: Mapping[str, Mapping[str, float]], sources: Mapping[str, str],
-                  task: str | None) -> list[dict]:
+def _card_metrics(task_type: str, metrics: Mapping[str, Mapping[str, float]], sources: Mapping[str, str]) -> list[dict]:
     """model-index entries, each attributed to the data its split really came from."""
-    task_type = {"mlm": "fill-mask", "imkt": "feature-extraction"}.get(stage) or (
-        "tabular-regression" if task == "regression" else "tabular-classification")
     out = []
     for split, values in metrics.items():
         desc = source_description(sources.get(split, "unknown"))
@@ -247,29 +223,26 @@ def _benchmark_of(desc: str) -> str | None:
     return "matbench" if "matbench" in low else "llm4mat" if "llm4mat" in low else None
 
 
-def _write_card(out: Path, recipe: Mapping[str, Any], data: StageData, metrics: Mapping[str, Mapping[str, float]],
+def _write_card(out: Path, recipe: StageRecipe, data: StageData, metrics: Mapping[str, Mapping[str, float]],
                 lora_adapter: bool) -> Path:
-    stage = recipe["stage"]
-    kind = "lora-adapter" if lora_adapter else CARD_KIND[stage]
-    base = recipe["model"]["init_from"]
+    stage = recipe.kind
+    kind = "lora-adapter" if lora_adapter else stage.card_kind
+    base = recipe.model.init_from
     sources = data.info["sources"]
-    card_metrics = _card_metrics(stage, metrics, sources, data.info.get("task"))
-    extra = {k: v for k, v in recipe["card"].items()}
+    card_metrics = _card_metrics(stage.card_task_type(data.info.get("task")), metrics, sources)
+    extra = {k: v for k, v in recipe.card.items()}
     hub_ids = list(extra.pop("datasets", None) or [])  # recipe card.datasets: Hub ids of the training data
     train_desc = source_description(sources["train"])  # training data only; local sources -> prose, not metadata
     extra.setdefault("training_data", f"Trained on {train_desc}" + (f" (Hub: {', '.join(hub_ids)})" if hub_ids else "")
                      + f"; validation (model selection): {source_description(sources.get('validation', 'none'))}.")
     datasets = hub_ids
     extra.setdefault("benchmark", _benchmark_of(source_description(sources["train"])))
-    if data.test is not None and stage == "finetune":
-        train_f = set(data.train.formulas)
-        shared = sum(f in train_f for f in set(data.test.formulas))
-        extra["leakage_notes"] = [*(extra.get("leakage_notes") or []),
-                                  f"{shared} of the {len(set(data.test.formulas))} distinct test formulas also occur in the "
-                                  "training split (same composition, e.g. polymorphs or repeated measurements)."]
+    notes = stage.card_notes(data)
+    if notes:
+        extra["leakage_notes"] = [*(extra.get("leakage_notes") or []), *notes]
     extra.pop("explain", None)
     explanation = None
-    explain = recipe["card"].get("explain")
+    explain = recipe.card.get("explain")
     if explain:  # opt-in: an example explanation computed here and passed to the card
         from interpretability import card_section
 
@@ -281,13 +254,13 @@ def _write_card(out: Path, recipe: Mapping[str, Any], data: StageData, metrics: 
                             recipe=_printable(recipe), metrics=card_metrics, explanation=explanation, **extra)
 
 
-def _printable(recipe: Mapping[str, Any]) -> dict[str, Any]:
+def _printable(recipe: StageRecipe) -> dict[str, Any]:
     """The resolved recipe with in-memory data replaced by a description (for YAML and cards)."""
-    out = json.loads(json.dumps(recipe, default=lambda o: f"<in-memory {type(o).__name__}>"))
+    out = json.loads(json.dumps(recipe.to_dict(), default=lambda o: f"<in-memory {type(o).__name__}>"))
     return out
 
 
-def _recipe_hash(recipe: Mapping[str, Any]) -> str:
+def _recipe_hash(recipe: StageRecipe) -> str:
     r = _printable(recipe)
     r.get("train", {}).pop("resume", None)
     return hashlib.sha256(json.dumps(r, sort_keys=True).encode()).hexdigest()[:16]
@@ -307,10 +280,10 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: node}
 
 
-def _check_resume_recipe(recipe: Mapping[str, Any], out: Path) -> None:
+def _check_resume_recipe(recipe: StageRecipe, out: Path) -> None:
     """Refuse to resume a checkpoint with a recipe other than the one it was trained with (its output folder's
     ``recipe.yaml``), naming the changed keys; :data:`RESUME_FREE_KEYS` may change."""
-    resume = recipe["train"]["resume"]
+    resume = recipe.train.resume
     if not resume:
         return
     explicit = isinstance(resume, str) and resume not in ("auto", "true")
@@ -341,16 +314,31 @@ def _check_resume_recipe(recipe: Mapping[str, Any], out: Path) -> None:
                           f"{shown}{more}; resume with the same recipe, or start a new run in another output folder")
 
 
-def run_stage(recipe: Mapping[str, Any], output_dir: str | Path) -> Path:
-    """Run one resolved stage recipe; return its output folder (see module docstring)."""
+@dataclass
+class StageRun:
+    """A finished stage: its output folder and, when it trained in this process, the trained model as
+    saved there (eval mode; a LoRA adapter stays a peft model) and its tokenizer (``None`` on other
+    processes and for a stage skipped as already finished)."""
+
+    folder: Path
+    model: torch.nn.Module | None = None
+    tokenizer: CrossMatTokenizerFast | None = None
+
+
+def run_stage(recipe: StageRecipe | Mapping[str, Any], output_dir: str | Path) -> Path:
+    """Run one stage recipe; return its output folder (see module docstring)."""
+    return train_stage(recipe, output_dir).folder
+
+
+def train_stage(recipe: StageRecipe | Mapping[str, Any], output_dir: str | Path) -> StageRun:
+    """Run one stage recipe (resolved, or a stage mapping); return its folder and the trained model."""
+    recipe = as_stage_recipe(recipe)
     out = Path(output_dir)
-    stage = recipe["stage"]
+    kind = recipe.kind
+    stage = recipe.stage
     _check_resume_recipe(recipe, out)
-    if recipe["push_to_hub"] and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise RecipeError(f"push_to_hub {recipe['push_to_hub']!r} requested but HF_HUB_OFFLINE is set; unset it or drop --push-to-hub")
-    explain = recipe["card"].get("explain")
-    if explain is not None and (stage != "finetune" or not isinstance(explain, (bool, str))):
-        raise RecipeError(f"card.explain {explain!r}: true or a formula, for stage 'finetune' only (stage {stage!r})")
+    if recipe.push_to_hub and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise RecipeError(f"push_to_hub {recipe.push_to_hub!r} requested but HF_HUB_OFFLINE is set; unset it or drop --push-to-hub")
     tokenizer = CrossMatTokenizerFast()
     data = prepare_stage_data(recipe, tokenizer)  # validates everything before any training
     model, model_info = build_model(recipe, data)
@@ -364,9 +352,9 @@ def run_stage(recipe: Mapping[str, Any], output_dir: str | Path) -> Path:
     if data.rejected is not None:
         accelerator.print(f"[crossmat] {len(data.rejected)} row(s) rejected; see {out / 'rejected_rows.csv'}")
     if accelerator.log_with:
-        accelerator.init_trackers(recipe["name"] or stage, config={"stage": stage, "seed": recipe["seed"]})
+        accelerator.init_trackers(recipe.name or stage, config={"stage": stage, "seed": recipe.seed})
     trainer = StageTrainer(recipe, model, data, out, accelerator)
-    accelerator.print(f"[crossmat] stage {recipe['name']!r} ({stage}): {len(data.train)} train rows, "
+    accelerator.print(f"[crossmat] stage {recipe.name!r} ({stage}): {len(data.train)} train rows, "
                       f"{len(data.validation) if data.validation else 0} validation, {len(data.test) if data.test else 0} test; "
                       f"{trainer.total_steps} steps on {accelerator.num_processes} process(es), device {accelerator.device}")
     summary = trainer.train()
@@ -376,16 +364,15 @@ def run_stage(recipe: Mapping[str, Any], output_dir: str | Path) -> Path:
     if data.test is not None:
         metrics["test"] = trainer.evaluate(data.test, "test")
         trainer._log({"split": "test", **metrics["test"]})
-    # collective: every process takes part in the gather (only the main process writes the file below)
-    # every process takes part in the gather; only the main process writes the table below
-    test_pred = trainer.predict(data.test) if data.test is not None and stage == "finetune" else None
+    # collective: every process takes part in the gather; only the main process writes the table below
+    test_pred = trainer.predict(data.test) if data.test is not None and kind.writes_test_predictions else None
     unwrapped = accelerator.unwrap_model(trainer.model)
-    lora = recipe["lora"]
-    lora_adapter = bool(lora["enabled"] and not lora["merge"])
+    lora = recipe.lora
+    lora_adapter = bool(lora.enabled and not lora.merge)
     if accelerator.is_main_process:
         for stale in ("model.safetensors", "adapter_model.safetensors", "adapter_config.json"):
             (out / stale).unlink(missing_ok=True)
-        if lora["enabled"] and lora["merge"]:
+        if lora.enabled and lora.merge:
             unwrapped = unwrapped.merge_and_unload()
         unwrapped.save_pretrained(str(out), safe_serialization=True)
         if lora_adapter:
@@ -396,9 +383,9 @@ def run_stage(recipe: Mapping[str, Any], output_dir: str | Path) -> Path:
             frame = prediction_table(data.test, test_pred, list(cfg.target_names or []),
                                      cfg.problem_type == "regression")
             frame.to_csv(out / "test_predictions.csv", index=False)
-        info = {"stage": stage, "name": recipe["name"], "recipe_hash": _recipe_hash(recipe), "model": model_info,
+        info = {"stage": stage, "name": recipe.name, "recipe_hash": _recipe_hash(recipe), "model": model_info,
                 "data": data.info, "training": summary, "metrics": metrics}
-        if stage == "finetune" and not lora_adapter:
+        if kind.writes_pipeline_files and not lora_adapter:
             add_pipeline_to_model_dir(out)  # pipeline remote code + widget labels, before the card
         (out / DONE_FILE).write_text(json.dumps(info, indent=2, default=str))
         card = _write_card(out, recipe, data, metrics, lora_adapter)
@@ -407,9 +394,11 @@ def run_stage(recipe: Mapping[str, Any], output_dir: str | Path) -> Path:
     accelerator.wait_for_everyone()
     if accelerator.log_with:
         accelerator.end_training()
-    if recipe["push_to_hub"] and accelerator.is_main_process:
-        _push(out, recipe["push_to_hub"])
-    return out
+    if recipe.push_to_hub and accelerator.is_main_process:
+        _push(out, recipe.push_to_hub)
+    if not accelerator.is_main_process:
+        return StageRun(out)
+    return StageRun(out, unwrapped.eval(), tokenizer)
 
 
 class PushError(RecipeError):
@@ -456,7 +445,7 @@ def _push(out: Path, repo_id: str) -> None:
     print(f"[crossmat] pushed {out} to https://huggingface.co/{repo_id}")
 
 
-def _stage_done(out: Path, recipe: Mapping[str, Any]) -> bool:
+def _stage_done(out: Path, recipe: StageRecipe) -> bool:
     f = out / DONE_FILE
     if not f.is_file():
         return False
@@ -468,23 +457,32 @@ def _stage_done(out: Path, recipe: Mapping[str, Any]) -> bool:
 
 def run_recipe(recipe: Mapping[str, Any], output_dir: str | Path, overrides: list[str] | None = None) -> Path:
     """Validate ``recipe`` (stage or pipeline) with ``overrides`` applied, run it in-process with
-    Accelerate, and return the output folder (a pipeline returns its root, with one sub-folder per stage).
-    With ``train.resume`` set, finished pipeline stages are skipped and an interrupted stage resumes
-    from its newest checkpoint."""
+    Accelerate, and return the folder of the final stage: ``output_dir`` itself for a single stage,
+    ``output_dir/<last stage name>`` for a pipeline (which writes one sub-folder per stage under
+    ``output_dir``; ``.parent`` of the result is that root). With ``train.resume`` set, finished
+    pipeline stages are skipped and an interrupted stage resumes from its newest checkpoint."""
+    return train_recipe(recipe, output_dir, overrides).folder
+
+
+def train_recipe(recipe: Mapping[str, Any], output_dir: str | Path, overrides: list[str] | None = None) -> StageRun:
+    """:func:`run_recipe`, returning the final stage's :class:`StageRun` (its folder and, when it was
+    trained here, the trained model and tokenizer)."""
     recipe = apply_overrides(recipe, overrides)
     stages = validate_recipe(recipe)
     root = Path(output_dir)
     if "pipeline" not in recipe:
-        return run_stage(stages[0], root)
+        return train_stage(stages[0], root)
     outputs: dict[str, Path] = {}
+    last = StageRun(root)
     for stage in stages:
-        ref = stage["model"]["init_from"]
+        ref = stage.model.init_from
         if isinstance(ref, str) and ref.startswith("@"):
-            stage["model"]["init_from"] = str(outputs[ref[1:]])
-        out = root / stage["name"]
-        if stage["train"]["resume"] and _stage_done(out, stage):
-            print(f"[crossmat] stage {stage['name']!r} already finished in {out}; skipping")
+            stage = replace(stage, model=replace(stage.model, init_from=str(outputs[ref[1:]])))
+        out = root / stage.name
+        if stage.train.resume and _stage_done(out, stage):
+            print(f"[crossmat] stage {stage.name!r} already finished in {out}; skipping")
+            last = StageRun(out)
         else:
-            run_stage(stage, out)
-        outputs[stage["name"]] = out
-    return root
+            last = train_stage(stage, out)
+        outputs[stage.name] = out
+    return last
