@@ -1,5 +1,6 @@
-"""CrossMat as a benchmark predictor: per fold, fine-tune through ``training.run_recipe`` on the fold's
-training rows (validation carved from them), then predict the fold's test rows in batches."""
+"""CrossMat as a benchmark predictor: per fold, fine-tune through ``training.train_recipe`` on the fold's
+training rows (validation carved from them), then predict the fold's test rows in batches with the
+predictor users run (:class:`inference.FormulaPredictor`), on the trained model still in memory."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ import copy
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from .baselines import FoldData, FoldPrediction
 from .tasks import TaskInfo
+
+if TYPE_CHECKING:
+    from inference.engine import FormulaPredictor
+    from training.stages import StageRun
 
 # Fine-tuning used with ``--model DIR`` when no recipe is given (sized for CPU; override with --set).
 DEFAULT_FINETUNE: dict[str, Any] = {
@@ -75,7 +80,7 @@ def _finetune_stage(recipe: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class CrossMatPredictor:
-    """Fine-tunes CrossMat per fold via ``training.run_recipe`` and predicts the test rows."""
+    """Fine-tunes CrossMat per fold via ``training.train_recipe`` and predicts the test rows."""
 
     def __init__(
         self,
@@ -142,13 +147,25 @@ class CrossMatPredictor:
         validate_recipe(apply_overrides(self.fold_recipe(data, task, 0), self.overrides))
 
     def fit_predict(self, data: FoldData, task: TaskInfo, workdir: Path, seed: int) -> FoldPrediction:
-        from training import run_recipe
+        from training import train_recipe
 
         recipe = self.fold_recipe(data, task, seed)
-        out = Path(run_recipe(recipe, workdir / "model", overrides=self.overrides or None))  # the final stage's folder
-        preds, unc = predict_folder(out, data.test["formula"].tolist(), task.task_type, self.predict_batch_size,
-                                    return_uncertainty=True)
-        return FoldPrediction(preds, {"model_dir": str(out), "overrides": self.overrides}, unc)
+        run = train_recipe(recipe, workdir / "model", overrides=self.overrides or None)  # the final stage
+        predictor = fold_predictor(run, self.predict_batch_size)
+        preds, unc = predict_with(predictor, data.test["formula"].tolist(), task.task_type, return_uncertainty=True)
+        return FoldPrediction(preds, {"model_dir": str(run.folder), "overrides": self.overrides}, unc)
+
+
+def fold_predictor(run: StageRun, batch_size: int = 1024) -> FormulaPredictor:
+    """The :class:`inference.FormulaPredictor` of a just-trained fold model (a ``training.StageRun``): the
+    model in memory, as its folder would load (full folders; a LoRA adapter folder, which loading merges,
+    and a run without a model in memory are loaded from the folder)."""
+    from inference.engine import FormulaPredictor
+    from modeling.model_folder import is_lora_folder
+
+    if run.model is None or is_lora_folder(run.folder):
+        return FormulaPredictor(run.folder, batch_size=batch_size)
+    return FormulaPredictor.from_model(run.model, run.tokenizer, name=str(run.folder), batch_size=batch_size)
 
 
 def predict_folder(model_dir: Path, formulas: list[str], task_type: str, batch_size: int = 1024,
@@ -158,14 +175,20 @@ def predict_folder(model_dir: Path, formulas: list[str], task_type: str, batch_s
     With ``return_uncertainty`` also the ensemble spread of those values (``None`` for a single model)."""
     from inference.engine import FormulaPredictor
 
-    predictor = FormulaPredictor(model_dir, batch_size=batch_size)
+    return predict_with(FormulaPredictor(model_dir, batch_size=batch_size), formulas, task_type, return_uncertainty)
+
+
+def predict_with(predictor: FormulaPredictor, formulas: list[str], task_type: str, return_uncertainty: bool = False
+                 ) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
+    """:func:`predict_folder` with a ready :class:`inference.FormulaPredictor` (loaded or in memory)."""
+    where = predictor.model_path
     if (predictor.problem_type == "regression") != (task_type == "regression"):
-        raise ModelTaskMismatch(f"{model_dir} is a {predictor.problem_type} model but the task is {task_type}")
+        raise ModelTaskMismatch(f"{where} is a {predictor.problem_type} model but the task is {task_type}")
     pred = predictor.predict(formulas)
     bad = [(i, f, e) for i, (f, e) in enumerate(zip(formulas, pred.errors, strict=True)) if e is not None]
     if bad:
         i, f, e = bad[0]
-        raise ValueError(f"{model_dir}: {len(bad)} test formula(s) cannot be predicted; row {i}: {f!r}: {e}")
+        raise ValueError(f"{where}: {len(bad)} test formula(s) cannot be predicted; row {i}: {f!r}: {e}")
     col = 0 if task_type == "regression" or pred.values.shape[1] == 1 else 1
     values = pred.values[:, col]
     if not return_uncertainty:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from modeling.model_folder import load_property_model, output_info, scores_from_logits
+from modeling.model_folder import is_property_config, load_property_model, output_info, scores_from_logits
 from modeling.pipeline_crossmat import DEFAULT_MAX_CHARS
 
 __all__ = ["DEFAULT_MAX_CHARS", "PRECISIONS", "FormulaPredictor", "Predictions"]
@@ -55,9 +55,37 @@ class FormulaPredictor:
         max_chars: int = DEFAULT_MAX_CHARS,
         precision: str = "float32",
     ) -> None:
-        self.model_path = str(model)
-        self.device = torch.device(device or "cpu")
-        self.model, self.tokenizer = load_property_model(self.model_path, self.device)
+        device_ = torch.device(device or "cpu")
+        loaded, tokenizer = load_property_model(str(model), device_)
+        self._setup(str(model), loaded, tokenizer, device_, batch_size, max_chars, precision)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        name: str = "<in-memory model>",
+        device: str | None = None,
+        batch_size: int = 2048,
+        max_chars: int = DEFAULT_MAX_CHARS,
+        precision: str = "float32",
+    ) -> FormulaPredictor:
+        """A predictor for a property model already in memory (e.g. one just trained, as
+        ``load_property_model`` would load it from its folder): moved to ``device`` (CPU by default) and put in
+        eval mode in place; ``bfloat16`` / ``int8`` change it in place too. ``name`` appears in messages."""
+        if not is_property_config(model.config):
+            raise ValueError(f"{name}: not a property model (architectures {getattr(model.config, 'architectures', None)})")
+        self = cls.__new__(cls)
+        device_ = torch.device(device or "cpu")
+        self._setup(name, model.to(device_).eval(), tokenizer, device_, batch_size, max_chars, precision)
+        return self
+
+    def _setup(self, name: str, model: torch.nn.Module, tokenizer: Any, device: torch.device, batch_size: int,
+               max_chars: int, precision: str) -> None:
+        self.model_path = name
+        self.device = device
+        self.model, self.tokenizer = model, tokenizer
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.precision = precision

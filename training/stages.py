@@ -316,9 +316,10 @@ def _check_resume_recipe(recipe: StageRecipe, out: Path) -> None:
 
 @dataclass
 class StageRun:
-    """A finished stage: its output folder and, when it trained in this process, the trained model as
-    saved there (eval mode; a LoRA adapter stays a peft model) and its tokenizer (``None`` on other
-    processes and for a stage skipped as already finished)."""
+    """A finished stage: its output folder and, when it trained in this process, the trained model with the
+    weights saved there (eval mode, on the training device, without Accelerate's mixed-precision wrapper; a
+    LoRA adapter stays a peft model, unmerged) and its tokenizer (``None`` on other processes and for a
+    stage skipped as already finished)."""
 
     folder: Path
     model: torch.nn.Module | None = None
@@ -398,6 +399,8 @@ def train_stage(recipe: StageRecipe | Mapping[str, Any], output_dir: str | Path)
         _push(out, recipe.push_to_hub)
     if not accelerator.is_main_process:
         return StageRun(out)
+    if not (lora.enabled and lora.merge):  # the merged model is a fresh module; otherwise drop the autocast wrapper
+        unwrapped = accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     return StageRun(out, unwrapped.eval(), tokenizer)
 
 
