@@ -32,6 +32,7 @@ from modeling.model_folder import (
     load_property_model,
 )
 from modeling.pipeline_files import add_pipeline_to_model_dir
+from modeling.pretrained import PretrainedNotFoundError, resolve_model_path
 from tokenization import CrossMatTokenizerFast
 from tokenization.vocabulary import ELEMENT_START, ELEMENTS, token_layout
 
@@ -107,7 +108,10 @@ def build_model(recipe: StageRecipe | Mapping[str, Any], data: StageData) -> tup
     info: dict[str, Any] = {"class": cls.__name__}
     init = mcfg.init_from
     if init:
-        path = Path(init)
+        try:  # a folder, a shipped backbone's short name, or a Hub id
+            path = resolve_model_path(init)
+        except PretrainedNotFoundError as exc:
+            raise RecipeError(f"model.init_from: {exc}") from None
         config = _check_checkpoint(path)
         for key, value in {**overrides, **stage_cfg}.items():
             setattr(config, key, value)

@@ -1,0 +1,96 @@
+"""Copy a pretrained imKT backbone into the package (``modeling/pretrained_models/<name>``) with its card.
+
+Run from the repo root after ``bash benchmarks/imkt/pretrain.sh imkt`` and the transfer runs:
+    python benchmarks/imkt/ship_backbone.py [--arm imkt] [--name crossmat-imkt-mp-small]
+The card states the data, encoder and losses, and the measured downstream effect read from
+``benchmarks/results/matbench/*/crossmat_default_from_<arm>.json`` against ``crossmat_default.json``
+(paired over the official folds), whatever its sign.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from model_cards import write_model_card
+from modeling.pretrained import SHIPPED
+
+ROOT = Path(__file__).resolve().parents[2]
+FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+         "configuration_crossmat.py", "modeling_crossmat.py", "tokenization_crossmat_base.py", "formula_grammar.py")  # fmt: skip
+
+
+def measured_effect(arm: str) -> list[str]:
+    """One line per task: the arm vs the scratch default recipe and vs the MLM-only arm, paired over folds."""
+    lines = []
+    for task_dir in sorted((ROOT / "benchmarks" / "results" / "matbench").iterdir()):
+        arm_path, base_path = task_dir / f"crossmat_default_from_{arm}.json", task_dir / "crossmat_default.json"
+        if not (arm_path.is_file() and base_path.is_file()):
+            continue
+        a, b = json.loads(arm_path.read_text()), json.loads(base_path.read_text())
+        err = (lambda r: np.asarray(r["folds"]) if r["metric"] == "mae" else 1 - np.asarray(r["folds"]))  # noqa: E731
+        rel = 100 * (err(a) - err(b)) / err(b)
+        text = (f"{task_dir.name} ({a['metric']}): {a['mean']:.4g} ± {a['std']:.2g} vs {b['mean']:.4g} ± {b['std']:.2g} "
+                f"from scratch, paired change {rel.mean():+.1f}% ± {rel.std(ddof=1) / np.sqrt(len(rel)):.1f}% (SE)")  # fmt: skip
+        mlm_path = task_dir / "crossmat_default_from_mlm.json"
+        if arm != "mlm" and mlm_path.is_file():
+            m = json.loads(mlm_path.read_text())
+            rel_m = 100 * (err(a) - err(m)) / err(m)
+            text += f"; vs the MLM-only backbone {rel_m.mean():+.1f}% ± {rel_m.std(ddof=1) / np.sqrt(len(rel_m)):.1f}%"
+        lines.append(text)
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arm", default="imkt")
+    ap.add_argument("--name", default="crossmat-imkt-mp-small")
+    args = ap.parse_args()
+    src = ROOT / "benchmarks" / "_work" / "imkt" / "backbones" / args.arm
+    dst = ROOT / "modeling" / "pretrained_models" / SHIPPED[args.name][0]
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    for name in FILES:
+        shutil.copy2(src / name, dst / name)
+    info = json.loads((src / "training_info.json").read_text())
+    metrics = [{"type": k, "value": v, "task_type": "feature-extraction", "dataset_type": "mp_structures", "dataset_name": "Materials Project "
+                "structures (leakage-free formulas), 5% validation", "split": "validation", "name": f"validation {k}"}
+               for k, v in info["metrics"].get("validation", {}).items()]  # fmt: skip
+    effect = measured_effect(args.arm) or ["not measured yet"]
+    write_model_card(
+        dst, kind="clm-imkt", metrics=metrics, model_name=args.name, repo_id=SHIPPED[args.name][1],
+        recipe=(src / "recipe.yaml").read_text(),
+        description=(
+            "A small CrossMat formula encoder (hidden 128, 3 layers, frozen mat2vec element vectors, sinusoid fraction "
+            "tables: the encoder of the default fine-tuning recipe) pretrained with imKT at Materials Project scale: "
+            "masked-element modelling plus an InfoNCE alignment of its pooled embedding onto the z-scored CHGNet crystal "
+            "features of each formula's lowest-energy Materials Project structure. Ships inside the `crossmat` package: "
+            f"`model.init_from: {args.name}` in a recipe, or `modeling.pretrained.resolve_model_path('{args.name}')`.\n\n"
+            "Measured downstream effect (the unchanged default fine-tuning recipe started from this backbone, official "
+            "MatBench folds, `bash benchmarks/imkt/run_transfer.sh`):\n\n" + "\n".join(f"- {e}" for e in effect)
+        ),
+        training_data=(
+            f"{info['data']['rows']['train']} formulas (plus {info['data']['rows'].get('validation', 0)} for validation): "
+            "every reduced formula of the 54,629 Materials Project structures in the CrossMat shared data that occurs in "
+            "none of the MatBench tasks steels, expt_gap, expt_is_metal, glass, jdft2d, phonons, dielectric, log_gvrh, "
+            "log_kvrh, perovskites (built by `bash benchmarks/imkt/build_data.sh`). No property labels."
+        ),
+        leakage_notes=[
+            "Every formula of the 10 MatBench tasks listed under training data (all folds) was removed before "
+            "pretraining, so the backbone can be evaluated on any fold of those tasks. Do not evaluate it on "
+            "matbench_mp_e_form, mp_gap or mp_is_metal: their formulas were not removed.",
+            "The alignment targets come from CHGNet, which was trained on MPtrj (Materials Project relaxation "
+            "trajectories: energies, forces, stresses, magnetic moments). MatBench structure tasks are Materials "
+            "Project materials too, so CHGNet saw DFT data of many of their structures (not their target properties).",
+        ],
+    )
+    print(f"shipped {src} -> {dst} ({sum(p.stat().st_size for p in dst.iterdir()) / 2**20:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
