@@ -53,3 +53,16 @@ def test_hub_id_offline_fails_with_a_clear_message(tmp_path):
     proc = _resolve_in_subprocess("someone/backbone", {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}, tmp_path)
     assert proc.returncode == 1
     assert "cannot download 'someone/backbone' from the Hugging Face Hub: offline or unreachable" in proc.stderr
+
+
+def test_recipe_init_from_names_what_it_accepts(tmp_path):
+    import pandas as pd
+
+    from training import run_recipe
+    from training.recipe import RecipeError
+
+    frame = pd.DataFrame({"formula": ["NaCl", "KCl", "LiF", "MgO", "CaO", "SrO", "BaO", "ZnS"] * 3, "y": range(24)})
+    recipe = {"stage": "finetune", "model": {"init_from": "crossmat-no-such-backbone"},
+              "data": {"train": frame, "target_column": "y"}, "train": {"epochs": 1}}  # fmt: skip
+    with pytest.raises(RecipeError, match="model.init_from: 'crossmat-no-such-backbone' is not a model folder, a shipped"):
+        run_recipe(recipe, tmp_path / "out")
