@@ -66,3 +66,30 @@ def test_recipe_init_from_names_what_it_accepts(tmp_path):
               "data": {"train": frame, "target_column": "y"}, "train": {"epochs": 1}}  # fmt: skip
     with pytest.raises(RecipeError, match="model.init_from: 'crossmat-no-such-backbone' is not a model folder, a shipped"):
         run_recipe(recipe, tmp_path / "out")
+
+
+def test_shipped_backbone_loads_offline_by_name_and_fine_tunes_through_accelerate(tmp_path, data_dir):
+    import torch
+    from transformers import AutoModel
+
+    import modeling  # noqa: F401  (Auto registration)
+    from modeling.pretrained import shipped_path
+    from tokenization import CrossMatTokenizerFast
+
+    folder = resolve_model_path("crossmat-imkt-mp-small")
+    assert folder == shipped_path("crossmat-imkt-mp-small") and (folder / "README.md").is_file()
+    card = (folder / "README.md").read_text()
+    assert "Measured downstream effect" in card and "30053 formulas (plus 1531 for validation)" in card
+    encoder = AutoModel.from_pretrained(folder).eval()
+    batch = CrossMatTokenizerFast()(["Fe2O3", "LiCoO2"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        pooled = encoder(**batch).pooler_output
+    assert pooled.shape == (2, 128) and torch.isfinite(pooled).all() and not torch.allclose(pooled[0], pooled[1])
+    env = dict(os.environ, CROSSMAT_DATA_DIR=str(data_dir), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    cmd = ["accelerate", "launch", "--config_file", "configs/accelerate/single_process.yaml", "train.py",
+           "--config", "configs/matbench_finetune.yaml", "--output-dir", str(tmp_path / "ft"),
+           "model.init_from=crossmat-imkt-mp-small", "train.max_steps=3", "train.progress_bar=false"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = (tmp_path / "ft" / "training_info.json").read_text()
+    assert "pretrained_models/crossmat-imkt-mp-small" in info and '"mae"' in info

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from model_cards import write_model_card
 from modeling.pretrained import SHIPPED
@@ -28,7 +29,9 @@ def measured_effect(arm: str) -> list[str]:
     """One line per task: the arm vs the scratch default recipe and vs the MLM-only arm, paired over folds."""
     lines = []
     for task_dir in sorted((ROOT / "benchmarks" / "results" / "matbench").iterdir()):
-        arm_path, base_path = task_dir / f"crossmat_default_from_{arm}.json", task_dir / "crossmat_default.json"
+        arm_path, base_path = task_dir / f"crossmat_default_from_{arm}.json", task_dir / "crossmat_default_from_scratch.json"
+        if not base_path.is_file():  # the same-code scratch rerun when there is one, else the default record
+            base_path = task_dir / "crossmat_default.json"
         if not (arm_path.is_file() and base_path.is_file()):
             continue
         a, b = json.loads(arm_path.read_text()), json.loads(base_path.read_text())
@@ -56,7 +59,7 @@ def main() -> None:
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
     for name in FILES:
-        shutil.copy2(src / name, dst / name)
+        shutil.copyfile(src / name, dst / name)  # contents only (no 0600 modes into the wheel)
     info = json.loads((src / "training_info.json").read_text())
     metrics = [{"type": k, "value": v, "task_type": "feature-extraction", "dataset_type": "mp_structures", "dataset_name": "Materials Project "
                 "structures (leakage-free formulas), 5% validation", "split": "validation", "name": f"validation {k}"}
@@ -64,7 +67,7 @@ def main() -> None:
     effect = measured_effect(args.arm) or ["not measured yet"]
     write_model_card(
         dst, kind="clm-imkt", metrics=metrics, model_name=args.name, repo_id=SHIPPED[args.name][1],
-        recipe=(src / "recipe.yaml").read_text(),
+        recipe=yaml.safe_load((src / "recipe.yaml").read_text()),
         description=(
             "A small CrossMat formula encoder (hidden 128, 3 layers, frozen mat2vec element vectors, sinusoid fraction "
             "tables: the encoder of the default fine-tuning recipe) pretrained with imKT at Materials Project scale: "

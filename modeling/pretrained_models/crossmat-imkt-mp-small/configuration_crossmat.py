@@ -1,0 +1,196 @@
+"""``CrossMatConfig``: hyper-parameters of the CrossMat formula encoder and its heads.
+
+Travels as Hub remote code: imports transformers only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PretrainedConfig
+
+ALIGNMENT_LOSSES = ("cosine", "mse", "infonce")
+REGRESSION_LOSSES = ("l1", "mse", "huber")
+POOLINGS = ("cls", "mean", "fraction_weighted")
+FRACTION_ENCODINGS = ("projected", "sinusoid_table")
+
+
+class CrossMatConfig(PretrainedConfig):
+    """Configuration of a CrossMat chemical language model.
+
+    The token-id layout (``digit_token_start`` ... ``num_elements``) must match the tokenizer: the
+    model reads element amounts back from the digit tokens. Property heads store
+    ``target_mean``/``target_std`` (one value per label) so regression outputs are in physical units,
+    plus ``target_names``/``target_units`` for display.
+
+    Composition-model options (see docs/models.md): ``element_features`` names a frozen per-element
+    feature table (``element_feature_dim`` columns, stored in the weights, projected by a trained linear
+    layer) that replaces the trainable element embedding; ``fraction_encoding`` is ``projected``
+    (sinusoids of the fraction and log-fraction through a linear layer) or ``sinusoid_table`` (fixed
+    CrabNet-style sinusoid tables added to the element vector with learned scales); ``fraction_jitter``
+    multiplies fractions by ``1 + jitter * N(0, 1)`` during training only; ``ensemble_size`` property
+    models average that many independently initialised encoder+head members and report their spread;
+    ``target_min``/``target_max`` clip regression outputs (per label, ``None`` = open) at inference.
+    """
+
+    model_type = "crossmat"
+
+    def __init__(
+        self,
+        vocab_size: int = 136,
+        hidden_size: int = 256,
+        num_hidden_layers: int = 4,
+        num_attention_heads: int = 8,
+        intermediate_size: int = 1024,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.1,
+        attention_probs_dropout_prob: float = 0.0,
+        layer_norm_eps: float = 1e-5,
+        initializer_range: float = 0.02,
+        fraction_frequencies: int = 16,
+        pooling: str = "cls",
+        max_position_embeddings: int = 256,
+        pad_token_id: int = 0,
+        unk_token_id: int = 1,
+        cls_token_id: int = 2,
+        sep_token_id: int = 3,
+        mask_token_id: int = 4,
+        digit_token_start: int = 5,
+        decimal_token_id: int = 15,
+        group_open_token_id: int = 16,
+        group_close_token_id: int = 17,
+        element_token_start: int = 18,
+        num_elements: int = 118,
+        structure_embedding_dim: int = 64,
+        alignment_loss: str = "cosine",
+        mlm_loss_weight: float = 1.0,
+        alignment_loss_weight: float = 1.0,
+        infonce_temperature: float = 0.1,
+        regression_loss: str = "l1",
+        classifier_dropout: float | None = None,
+        target_mean: list[float] | None = None,
+        target_std: list[float] | None = None,
+        target_names: list[str] | None = None,
+        target_units: list[str] | None = None,
+        tie_word_embeddings: bool = True,
+        element_features: str | None = None,
+        element_feature_dim: int = 0,
+        fraction_encoding: str = "projected",
+        fraction_jitter: float = 0.0,
+        ensemble_size: int = 1,
+        target_min: list[float | None] | None = None,
+        target_max: list[float | None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if alignment_loss not in ALIGNMENT_LOSSES:
+            raise ValueError(f"alignment_loss must be one of {ALIGNMENT_LOSSES}, got {alignment_loss!r}")
+        if regression_loss not in REGRESSION_LOSSES:
+            raise ValueError(f"regression_loss must be one of {REGRESSION_LOSSES}, got {regression_loss!r}")
+        if fraction_encoding not in FRACTION_ENCODINGS:
+            raise ValueError(f"fraction_encoding must be one of {FRACTION_ENCODINGS}, got {fraction_encoding!r}")
+        if fraction_encoding == "sinusoid_table" and hidden_size % 4:
+            raise ValueError(f"fraction_encoding 'sinusoid_table' needs hidden_size divisible by 4, got {hidden_size}")
+        if element_features and element_feature_dim < 1:
+            raise ValueError("element_features needs element_feature_dim >= 1 (the width of the feature table)")
+        if not 0.0 <= fraction_jitter < 1.0:
+            raise ValueError(f"fraction_jitter must be in [0, 1), got {fraction_jitter}")
+        if int(ensemble_size) < 1:
+            raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size}")
+        if hidden_size % num_attention_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}")
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.fraction_frequencies = fraction_frequencies
+        self.pooling = pooling
+        self.max_position_embeddings = max_position_embeddings
+        self.unk_token_id = unk_token_id
+        self.cls_token_id = cls_token_id
+        self.sep_token_id = sep_token_id
+        self.mask_token_id = mask_token_id
+        self.digit_token_start = digit_token_start
+        self.decimal_token_id = decimal_token_id
+        self.group_open_token_id = group_open_token_id
+        self.group_close_token_id = group_close_token_id
+        self.element_token_start = element_token_start
+        self.num_elements = num_elements
+        self.structure_embedding_dim = structure_embedding_dim
+        self.alignment_loss = alignment_loss
+        self.mlm_loss_weight = mlm_loss_weight
+        self.alignment_loss_weight = alignment_loss_weight
+        self.infonce_temperature = infonce_temperature
+        self.regression_loss = regression_loss
+        self.classifier_dropout = classifier_dropout
+        self.target_mean = target_mean
+        self.target_std = target_std
+        self.target_names = target_names
+        self.target_units = target_units
+        self.element_features = element_features
+        self.element_feature_dim = int(element_feature_dim) if element_features else 0
+        self.fraction_encoding = fraction_encoding
+        self.fraction_jitter = float(fraction_jitter)
+        self.ensemble_size = int(ensemble_size)
+        self.target_min = target_min
+        self.target_max = target_max
+        super().__init__(pad_token_id=pad_token_id, tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+
+def _get(config: Any, key: str, default: Any = None) -> Any:
+    if isinstance(config, dict):
+        return config.get(key, default)
+    return getattr(config, key, default)
+
+
+def problem_type_of(config: Any, float_labels: bool | None = None) -> str:
+    """The one rule for what a property head outputs: the stored ``problem_type`` when set, otherwise
+    regression for one label (or float training labels), single-label classification for several.
+
+    ``config``: a config object or a ``config.json`` dict; ``float_labels``: whether training labels are
+    floating point (``None`` at inference).
+    """
+    problem = _get(config, "problem_type")
+    if problem:
+        if problem not in PROBLEM_TYPES:
+            raise ValueError(f"problem_type must be one of {PROBLEM_TYPES}, got {problem!r}")
+        return str(problem)
+    if num_labels_of(config) == 1 or float_labels:
+        return "regression"
+    return "single_label_classification"
+
+
+def num_labels_of(config: Any) -> int:
+    """Number of outputs (``len(id2label)``; a config object's ``num_labels``)."""
+    labels = _get(config, "id2label")
+    if labels:
+        return len(labels)
+    return int(_get(config, "num_labels", 2))
+
+
+def output_info(config: Any) -> dict[str, Any]:
+    """What a property model outputs, read from its config (object or ``config.json`` dict).
+
+    ``problem_type``; ``labels`` (class label per output index, from ``id2label``); ``names`` (regression:
+    ``target_names``, falling back to the labels; classification: the labels); ``units`` (one per output,
+    ``""`` when unknown).
+    """
+    n = num_labels_of(config)
+    problem = problem_type_of(config)
+    raw = {int(k): str(v) for k, v in (_get(config, "id2label") or {}).items()}
+    labels = [raw.get(i, f"LABEL_{i}") for i in range(n)]
+    names = list(_get(config, "target_names") or []) if problem == "regression" else []
+    names = names or list(labels)
+    units = list(_get(config, "target_units") or [])
+    units = (units + [""] * n)[:n]
+    return {"problem_type": problem, "num_labels": n, "labels": labels, "names": names, "units": units}
