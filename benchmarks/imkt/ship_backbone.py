@@ -21,8 +21,8 @@ from model_cards import write_model_card
 from modeling.pretrained import SHIPPED
 
 ROOT = Path(__file__).resolve().parents[2]
-FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-         "configuration_crossmat.py", "modeling_crossmat.py", "tokenization_crossmat_base.py", "formula_grammar.py")  # fmt: skip
+# weights, config and tokenizer only: the package's own modeling code loads them (no second copy of the code)
+FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 
 def measured_effect(arm: str) -> list[str]:
