@@ -188,7 +188,7 @@ def load_source(source: Any, what: str = "data.train", formula_column: str | Non
             try:
                 ds = datasets.load_dataset(str(path), name=source.get("name"), split=source.get("split") or "train")
             except Exception as exc:  # datasets raises several types for a bad folder / config / split
-                raise DataError(f"{what}: cannot load dataset folder {str(path)!r} ({exc})") from None
+                raise DataError(f"{what}: cannot load dataset folder {str(path)!r} ({exc})") from exc  # cause kept
             df = ds.to_pandas()
             desc = f"{path} (config={source.get('name')}, split={source.get('split') or 'train'})"
         else:
