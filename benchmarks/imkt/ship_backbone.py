@@ -2,6 +2,8 @@
 
 Run from the repo root after ``bash benchmarks/imkt/pretrain.sh imkt`` and the transfer runs:
     python benchmarks/imkt/ship_backbone.py [--arm imkt] [--name crossmat-imkt-mp-small]
+After more transfer runs, refresh only the card of the already shipped weights (no pretraining folder needed):
+    python benchmarks/imkt/ship_backbone.py --card-only
 The card states the data, encoder and losses, and the measured downstream effect read from
 ``benchmarks/results/matbench/*/crossmat_default_from_<arm>.json`` against ``crossmat_default.json``
 (paired over the official folds), whatever its sign.
@@ -11,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import yaml
+from huggingface_hub import ModelCard
 
 from model_cards import write_model_card
 from modeling.pretrained import SHIPPED
@@ -48,26 +52,46 @@ def measured_effect(arm: str) -> list[str]:
     return lines
 
 
+def shipped_provenance(dst: Path) -> tuple[list[dict], dict, int, int]:
+    """Validation metrics, recipe and train/validation row counts recorded in an already shipped card
+    (for ``--card-only``: the pretraining folder they came from need not exist any more)."""
+    card = (dst / "README.md").read_text()
+    metrics = ModelCard(card).data.to_dict()["model-index"][0]["results"]
+    block = card.split("## Training procedure", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    rows = [{**m, "task_type": r["task"]["type"], "dataset_type": r["dataset"]["type"], "dataset_name": r["dataset"]["name"],
+             "split": r["dataset"]["split"]} for r in metrics for m in r["metrics"]]  # fmt: skip
+    counts = re.search(r"(\d+) formulas \(plus (\d+) for validation\)", card)
+    if counts is None:
+        raise SystemExit(f"{dst / 'README.md'} does not state its training rows; ship the backbone again")
+    return rows, yaml.safe_load(block), int(counts[1]), int(counts[2])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arm", default="imkt")
     ap.add_argument("--name", default="crossmat-imkt-mp-small")
+    ap.add_argument("--card-only", action="store_true", help="re-render the shipped card with the current records")
     args = ap.parse_args()
     src = ROOT / "benchmarks" / "_work" / "imkt" / "backbones" / args.arm
     dst = ROOT / "modeling" / "pretrained_models" / SHIPPED[args.name][0]
-    if dst.exists():
-        shutil.rmtree(dst)
-    dst.mkdir(parents=True)
-    for name in FILES:
-        shutil.copyfile(src / name, dst / name)  # contents only (no 0600 modes into the wheel)
-    info = json.loads((src / "training_info.json").read_text())
-    metrics = [{"type": k, "value": v, "task_type": "feature-extraction", "dataset_type": "mp_structures", "dataset_name": "Materials Project "
-                "structures (leakage-free formulas), 5% validation", "split": "validation", "name": f"validation {k}"}
-               for k, v in info["metrics"].get("validation", {}).items()]  # fmt: skip
+    if args.card_only:
+        metrics, recipe, train_rows, val_rows = shipped_provenance(dst)
+    else:
+        if dst.exists():
+            shutil.rmtree(dst)
+        dst.mkdir(parents=True)
+        for name in FILES:
+            shutil.copyfile(src / name, dst / name)  # contents only (no 0600 modes into the wheel)
+        info = json.loads((src / "training_info.json").read_text())
+        metrics = [{"type": k, "value": v, "task_type": "feature-extraction", "dataset_type": "mp_structures", "dataset_name": "Materials Project "
+                    "structures (leakage-free formulas), 5% validation", "split": "validation", "name": f"validation {k}"}
+                   for k, v in info["metrics"].get("validation", {}).items()]  # fmt: skip
+        recipe = yaml.safe_load((src / "recipe.yaml").read_text())
+        train_rows, val_rows = info["data"]["rows"]["train"], info["data"]["rows"].get("validation", 0)
     effect = measured_effect(args.arm) or ["not measured yet"]
     write_model_card(
         dst, kind="clm-imkt", metrics=metrics, model_name=args.name, repo_id=SHIPPED[args.name][1],
-        recipe=yaml.safe_load((src / "recipe.yaml").read_text()),
+        recipe=recipe,
         description=(
             "A small CrossMat formula encoder (hidden 128, 3 layers, frozen mat2vec element vectors, sinusoid fraction "
             "tables: the encoder of the default fine-tuning recipe) pretrained with imKT at Materials Project scale: "
@@ -78,7 +102,7 @@ def main() -> None:
             "MatBench folds, `bash benchmarks/imkt/run_transfer.sh`):\n\n" + "\n".join(f"- {e}" for e in effect)
         ),
         training_data=(
-            f"{info['data']['rows']['train']} formulas (plus {info['data']['rows'].get('validation', 0)} for validation): "
+            f"{train_rows} formulas (plus {val_rows} for validation): "
             "every reduced formula of the 54,629 Materials Project structures in the CrossMat shared data that occurs in "
             "none of the MatBench tasks steels, expt_gap, expt_is_metal, glass, jdft2d, phonons, dielectric, log_gvrh, "
             "log_kvrh, perovskites (built by `bash benchmarks/imkt/build_data.sh`). No property labels."
@@ -92,7 +116,7 @@ def main() -> None:
             "Project materials too, so CHGNet saw DFT data of many of their structures (not their target properties).",
         ],
     )
-    print(f"shipped {src} -> {dst} ({sum(p.stat().st_size for p in dst.iterdir()) / 2**20:.1f} MiB)")
+    print(f"{'card of' if args.card_only else 'shipped ' + str(src) + ' ->'} {dst} ({sum(p.stat().st_size for p in dst.iterdir()) / 2**20:.1f} MiB)")
 
 
 if __name__ == "__main__":
