@@ -44,6 +44,23 @@ def _check_writable(folder: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        _shutdown_process_group()
+
+
+def _shutdown_process_group() -> None:
+    """Tear the torch.distributed group down before the interpreter exits (``accelerate launch`` with several
+    processes): left to interpreter teardown, a gloo worker could abort with "terminate called without an
+    active exception" after its work was done, failing the launch."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     config = Path(args.config) if args.config else QUICKSTART
     if not config.exists() and not config.is_absolute() and (REPO_ROOT / config).is_file():
