@@ -101,6 +101,20 @@ class PrototypeGenerator(StructureGenerator):
             name, s = t if isinstance(t, tuple) else (f"user:{i}", t)
             self.add_template(s, name)
 
+    @classmethod
+    def from_perov5(cls, split: str = "train", **kwargs: object) -> PrototypeGenerator:
+        """Generator whose user templates are a perov_5 generator-training split (``train``, the CSP protocol).
+
+        Keyword arguments go to :func:`explicit_transfer.data.perov5_templates` (``limit``, ``seed``,
+        ``exclude_ids``, ``frame``) or to the constructor (``use_aflow``, ``rescale_volume``, ...).
+        """
+        from .data import perov5_templates
+
+        data_keys = {"limit", "seed", "exclude_ids", "frame"}
+        data_kw = {k: v for k, v in kwargs.items() if k in data_keys}
+        gen_kw = {k: v for k, v in kwargs.items() if k not in data_keys}
+        return cls(templates=perov5_templates(split, **data_kw), **gen_kw)  # type: ignore[arg-type]
+
     def add_template(self, structure: Structure, name: str) -> None:
         """Add one ordered structure to the library."""
         if not structure.is_ordered:
