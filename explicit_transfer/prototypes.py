@@ -57,12 +57,14 @@ class _Group:
         self.names: list[str] = []
         self.structures: list[Structure] = []
         self.species: list[list[str]] = []
+        self.formulas: list[str] = []  # reduced formulas, for exclude_same_formula without re-deriving them
         self._feats: np.ndarray | None = None
 
     def add(self, name: str, s: Structure) -> None:
         self.names.append(name)
         self.structures.append(s)
         self.species.append(_ordered_species(s.composition))
+        self.formulas.append(s.composition.reduced_formula)
         self._feats = None
 
     @property
@@ -150,7 +152,7 @@ class PrototypeGenerator(StructureGenerator):
         dist = np.sqrt(((group.feats[:, None] - perm_feats[None]) ** 2).sum(-1)).sum(-1)  # [T, P]
         target = composition.reduced_formula
         if self.exclude_same_formula:
-            same = np.array([s.composition.reduced_formula == target for s in group.structures])
+            same = np.array([f == target for f in group.formulas])
             dist[same] = np.inf
         order = np.argsort(dist, axis=None, kind="stable")
         out: list[Candidate] = []
