@@ -54,6 +54,9 @@ def perov5_templates(
         raise ValueError(f"perov_5 split {split!r} cannot be a template source; use one of {list(TEMPLATE_SPLITS)} "
                          "(test structures would leak the answers into the generator)")
     df = load_perov5(split, limit=limit, seed=seed) if frame is None else frame
+    missing = {"material_id", "structure"} - set(df.columns)
+    if missing:
+        raise ValueError(f"template frame lacks column(s) {sorted(missing)}; pass a load_perov5() result")
     drop = {str(i) for i in exclude_ids}
     return [(f"perov5-{split}:{m}", s) for m, s in zip(df.material_id, df.structure, strict=True) if str(m) not in drop]
 

@@ -107,6 +107,8 @@ def test_prototype_templates_from_train_split(data_dir):
         perov5_templates("test")
     with pytest.raises(ValueError, match="unknown perov_5 split"):
         load_perov5("training")
+    with pytest.raises(ValueError, match="lacks column"):
+        perov5_templates("train", frame=train.drop(columns="structure"))
 
     gen = et.PrototypeGenerator.from_perov5("train", frame=frame, use_aflow=False)
     assert gen.n_templates == len(frame)
