@@ -55,6 +55,7 @@ class ChgnetEncoder:
             self.model = CHGNet.load(use_device=device, verbose=False)
         self.model.eval()
         self.dim = 64
+        self._optimizer = None  # chgnet StructOptimizer, made on the first relax()
 
     @staticmethod
     def unsupported_elements(structure: Structure) -> list[str]:
@@ -84,9 +85,10 @@ class ChgnetEncoder:
         """Bounded FIRE relaxation (cell + positions): (relaxed structure, energy per atom)."""
         from chgnet.model import StructOptimizer
 
-        opt = StructOptimizer(model=self.model, use_device="cpu")
-        with contextlib.redirect_stdout(io.StringIO()):
-            res = opt.relax(structure, steps=steps, fmax=fmax, verbose=False)
+        with contextlib.redirect_stdout(io.StringIO()):  # StructOptimizer prints "CHGNet will run on cpu"
+            if self._optimizer is None:
+                self._optimizer = StructOptimizer(model=self.model, use_device="cpu")
+            res = self._optimizer.relax(structure, steps=steps, fmax=fmax, verbose=False)
         final = res["final_structure"]
         return final, float(res["trajectory"].energies[-1]) / len(final)
 

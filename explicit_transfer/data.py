@@ -1,26 +1,64 @@
-"""perov_5 loading (read-only, from ``CROSSMAT_DATA_DIR``)."""
+"""perov_5 loading (read-only, from ``CROSSMAT_DATA_DIR``) and perov_5 template libraries for the generators."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import pandas as pd
 from pymatgen.core import Structure
 
 from dataset_builders.paths import data_dir
 
-__all__ = ["load_perov5", "structures_from_cifs"]
+__all__ = ["PEROV5_FILES", "TEMPLATE_SPLITS", "load_perov5", "perov5_templates", "structures_from_cifs"]
+
+# split -> file under <data>/perov_5; ``train`` holds structures only (id, formula, cif; no targets)
+PEROV5_FILES = {"train": "train_structures.csv.gz", "val": "val.csv.gz", "test": "test.csv.gz"}
+# splits a generator may learn from; ``test`` is never a template source (it would leak the answers)
+TEMPLATE_SPLITS = ("train", "val")
 
 
 def load_perov5(split: str = "val", limit: int | None = None, seed: int | None = None) -> pd.DataFrame:
-    """perov_5 split (``val`` or ``test``) as a DataFrame with a parsed ``structure`` column."""
-    path = data_dir() / "perov_5" / f"{split}.csv.gz"
+    """perov_5 split (``train``, ``val`` or ``test``) as a DataFrame with a parsed ``structure`` column.
+
+    Every split has ``material_id``, ``formula``, ``cif`` (``train``'s ``id`` column is renamed); only ``val`` and
+    ``test`` carry targets (``heat_ref``, ...).
+    """
+    if split not in PEROV5_FILES:
+        raise ValueError(f"unknown perov_5 split {split!r}; choose one of {sorted(PEROV5_FILES)}")
+    path = data_dir() / "perov_5" / PEROV5_FILES[split]
     if not path.exists():
         raise FileNotFoundError(f"perov_5 split {split!r} not found at {path}; set CROSSMAT_DATA_DIR")
     df = pd.read_csv(path)
+    if "material_id" not in df.columns and "id" in df.columns:
+        df = df.rename(columns={"id": "material_id"})
     if limit is not None and limit < len(df):
         df = df.sample(n=limit, random_state=seed) if seed is not None else df.head(limit)
     df = df.reset_index(drop=True)
     df["structure"] = structures_from_cifs(df["cif"].tolist())
     return df
+
+
+def perov5_templates(
+    split: str = "train",
+    limit: int | None = None,
+    seed: int | None = None,
+    exclude_ids: Iterable[object] = (),
+    frame: pd.DataFrame | None = None,
+) -> list[tuple[str, Structure]]:
+    """``(name, structure)`` template pairs from a perov_5 generator-training split, named ``perov5-<split>:<id>``.
+
+    The standard CSP protocol learns from ``train`` only; ``val`` is allowed (earlier benchmarks), ``test`` is
+    refused. ``exclude_ids`` drops rows by ``material_id``; ``frame`` reuses an already loaded split.
+    """
+    if split not in TEMPLATE_SPLITS:
+        raise ValueError(f"perov_5 split {split!r} cannot be a template source; use one of {list(TEMPLATE_SPLITS)} "
+                         "(test structures would leak the answers into the generator)")
+    df = load_perov5(split, limit=limit, seed=seed) if frame is None else frame
+    missing = {"material_id", "structure"} - set(df.columns)
+    if missing:
+        raise ValueError(f"template frame lacks column(s) {sorted(missing)}; pass a load_perov5() result")
+    drop = {str(i) for i in exclude_ids}
+    return [(f"perov5-{split}:{m}", s) for m, s in zip(df.material_id, df.structure, strict=True) if str(m) not in drop]
 
 
 def structures_from_cifs(cifs: list[str]) -> list[Structure]:

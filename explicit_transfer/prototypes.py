@@ -57,12 +57,14 @@ class _Group:
         self.names: list[str] = []
         self.structures: list[Structure] = []
         self.species: list[list[str]] = []
+        self.formulas: list[str] = []  # reduced formulas, for exclude_same_formula without re-deriving them
         self._feats: np.ndarray | None = None
 
     def add(self, name: str, s: Structure) -> None:
         self.names.append(name)
         self.structures.append(s)
         self.species.append(_ordered_species(s.composition))
+        self.formulas.append(s.composition.reduced_formula)
         self._feats = None
 
     @property
@@ -101,6 +103,20 @@ class PrototypeGenerator(StructureGenerator):
             name, s = t if isinstance(t, tuple) else (f"user:{i}", t)
             self.add_template(s, name)
 
+    @classmethod
+    def from_perov5(cls, split: str = "train", **kwargs: object) -> PrototypeGenerator:
+        """Generator whose user templates are a perov_5 generator-training split (``train``, the CSP protocol).
+
+        Keyword arguments go to :func:`explicit_transfer.data.perov5_templates` (``limit``, ``seed``,
+        ``exclude_ids``, ``frame``) or to the constructor (``use_aflow``, ``rescale_volume``, ...).
+        """
+        from .data import perov5_templates
+
+        data_keys = {"limit", "seed", "exclude_ids", "frame"}
+        data_kw = {k: v for k, v in kwargs.items() if k in data_keys}
+        gen_kw = {k: v for k, v in kwargs.items() if k not in data_keys}
+        return cls(templates=perov5_templates(split, **data_kw), **gen_kw)  # type: ignore[arg-type]
+
     def add_template(self, structure: Structure, name: str) -> None:
         """Add one ordered structure to the library."""
         if not structure.is_ordered:
@@ -136,7 +152,7 @@ class PrototypeGenerator(StructureGenerator):
         dist = np.sqrt(((group.feats[:, None] - perm_feats[None]) ** 2).sum(-1)).sum(-1)  # [T, P]
         target = composition.reduced_formula
         if self.exclude_same_formula:
-            same = np.array([s.composition.reduced_formula == target for s in group.structures])
+            same = np.array([f == target for f in group.formulas])
             dist[same] = np.inf
         order = np.argsort(dist, axis=None, kind="stable")
         out: list[Candidate] = []

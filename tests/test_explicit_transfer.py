@@ -76,6 +76,56 @@ def test_prototype_substitution_recovers_known_structure(perov):
     assert cand.structure.volume != pytest.approx(val.structure[1].volume)
 
 
+def test_prototype_templates_from_train_split(data_dir):
+    """CSP protocol: templates come from perov_5 train (ids disjoint from val/test), test is refused as a source."""
+    import pandas as pd
+
+    from explicit_transfer.data import load_perov5, perov5_templates
+
+    ids = {s: set(pd.read_csv(data_dir / "perov_5" / f"{s}.csv.gz", usecols=["material_id"]).material_id)
+           for s in ("val", "test")}
+    test_formulas = pd.read_csv(data_dir / "perov_5" / "test.csv.gz", usecols=["formula"]).formula
+    train_raw = pd.read_csv(data_dir / "perov_5" / "train_structures.csv.gz", usecols=["id", "formula"])
+    shared = sorted(set(train_raw.formula) & set(test_formulas))
+    assert shared, "perov_5 train and test share 444 formula strings"
+    # a small real subset: 30 seeded train rows plus every train row of one formula that also occurs in test
+    train = load_perov5("train", limit=30, seed=0)
+    assert {"material_id", "formula", "structure"} <= set(train.columns) and "heat_ref" not in train.columns
+    own = train_raw[train_raw.formula == shared[0]]
+    rows = pd.read_csv(data_dir / "perov_5" / "train_structures.csv.gz").rename(columns={"id": "material_id"})
+    rows = rows[rows.material_id.isin(own.id)].reset_index(drop=True)
+    rows["structure"] = [Structure.from_str(c, fmt="cif") for c in rows.cif]
+    frame = pd.concat([train, rows], ignore_index=True)
+
+    templates = perov5_templates("train", frame=frame)
+    names = [n for n, _ in templates]
+    assert all(n.startswith("perov5-train:") for n in names)
+    tids = {int(n.split(":")[1]) for n in names}
+    assert tids and not tids & ids["val"] and not tids & ids["test"]
+    assert len(perov5_templates("train", frame=frame, exclude_ids=own.id)) == len(frame) - len(own)
+    with pytest.raises(ValueError, match="cannot be a template source"):
+        perov5_templates("test")
+    with pytest.raises(ValueError, match="unknown perov_5 split"):
+        load_perov5("training")
+    with pytest.raises(ValueError, match="lacks column"):
+        perov5_templates("train", frame=train.drop(columns="structure"))
+
+    gen = et.PrototypeGenerator.from_perov5("train", frame=frame, use_aflow=False)
+    assert gen.n_templates == len(frame)
+    cands = gen.generate([shared[0], train.formula[0]], 5)
+    assert not cands.failures
+    for f, row in zip([shared[0], train.formula[0]], cands, strict=True):
+        for c in row:
+            assert c.structure.composition.reduced_composition == Composition(f).reduced_composition
+            assert c.metadata["template"].startswith("perov5-train:")
+    # the test formula that occurs in train gets (one of) its train structure(s) back, unchanged
+    own_names = {f"perov5-train:{i}" for i in own.id}
+    hit = [c for c in cands[0] if c.metadata["template"] in own_names]
+    assert hit and hit[0].metadata["distance"] == pytest.approx(0.0)
+    truth = rows.structure[rows.material_id == int(hit[0].metadata["template"].split(":")[1])].iloc[0]
+    assert match_rms(hit[0].structure, truth) == pytest.approx(0.0, abs=1e-3)
+
+
 def test_aflow_prototypes_cover_common_stoichiometries():
     gen = et.PrototypeGenerator()
     batch = gen.generate(["NaCl", "SrTiO3", "Al2O3"], 3)
