@@ -32,6 +32,7 @@ warnings.filterwarnings("ignore")
 
 from pymatgen.core import Composition  # noqa: E402
 
+from dataset_builders.embeddings import parse_structure  # noqa: E402
 from dataset_builders.paths import cache_dir, data_dir  # noqa: E402
 from explicit_transfer import (  # noqa: E402
     GenerationBatch,
@@ -51,14 +52,17 @@ GROUPS = ("formula in train", "composition in train, other site order", "composi
 
 
 def load(split: str) -> pd.DataFrame:
-    """perov_5 split with parsed structures, pickled once per source-file size (parsing 11k CIFs takes minutes)."""
+    """perov_5 split with parsed structures, cached once per source-file size as parquet with pymatgen JSON
+    (parsing 11k CIFs takes minutes; JSON reloads fast and, unlike a pickle, runs no code)."""
     src = data_dir() / "perov_5" / PEROV5_FILES[split]
-    path = cache_dir() / "exkt_perov5" / f"{split}-{src.stat().st_size}.pkl"
+    path = cache_dir() / "exkt_perov5" / f"{split}-{src.stat().st_size}.parquet"
     if path.exists():
-        return pd.read_pickle(path)
+        df = pd.read_parquet(path)
+        df["structure"] = [parse_structure(text) for text in df.pop("structure_json")]
+        return df
     df = load_perov5(split)
     path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_pickle(path)
+    df.drop(columns="structure").assign(structure_json=[s.to_json() for s in df.structure]).to_parquet(path)
     return df
 
 
