@@ -9,7 +9,8 @@ from pymatgen.core import Structure
 
 from dataset_builders.paths import data_dir
 
-__all__ = ["PEROV5_FILES", "TEMPLATE_SPLITS", "load_perov5", "perov5_templates", "structures_from_cifs"]
+__all__ = ["PEROV5_FILES", "TEMPLATE_SPLITS", "composition_key", "load_perov5", "map_rows_to_structures",
+           "perov5_templates", "structures_from_cifs"]
 
 # split -> file under <data>/perov_5; ``train`` holds structures only (id, formula, cif; no targets)
 PEROV5_FILES = {"train": "train_structures.csv.gz", "val": "val.csv.gz", "test": "test.csv.gz"}
@@ -64,3 +65,31 @@ def perov5_templates(
 def structures_from_cifs(cifs: list[str]) -> list[Structure]:
     """Parse CIF strings (the dataset's own, known-good CIFs)."""
     return [Structure.from_str(c, fmt="cif") for c in cifs]
+
+
+def composition_key(formulas: pd.Series) -> pd.Series:
+    """Alphabetical composition per formula (site order and spelling removed), computed once per distinct string."""
+    from pymatgen.core import Composition
+
+    keys = {f: Composition(f).alphabetical_formula.replace(" ", "") for f in formulas.unique()}
+    return formulas.map(keys)
+
+
+def map_rows_to_structures(rows: pd.DataFrame, structures: pd.DataFrame, target: str = "e_form",
+                           reference: str = "heat_all", tol: float = 0.005) -> pd.DataFrame:
+    """One-to-one pairs of a labelled table without structures and a labelled structure table.
+
+    A row and a structure pair up when they share ``key`` (see :func:`composition_key`) and
+    ``|rows[target] - structures[reference]| < tol``, and neither matches anything else in the given tables.
+    Returns ``row`` / ``structure`` index pairs. Pass only the rows whose labels may be used (e.g. the
+    training folds): the rule sees nothing else, so held-out labels cannot steer which structures are used.
+    """
+    for frame, col, what in ((rows, target, "rows"), (structures, reference, "structures")):
+        missing = {"key", col} - set(frame.columns)
+        if missing:
+            raise ValueError(f"{what} table lacks column(s) {sorted(missing)}")
+    pairs = rows[["key", target]].reset_index(names="row").merge(
+        structures[["key", reference]].reset_index(names="structure"), on="key")
+    pairs = pairs[(pairs[target] - pairs[reference]).abs() < tol]
+    once = pairs.row.map(pairs.row.value_counts()).eq(1) & pairs.structure.map(pairs.structure.value_counts()).eq(1)
+    return pairs.loc[once, ["row", "structure"]].reset_index(drop=True)

@@ -126,6 +126,38 @@ def test_prototype_templates_from_train_split(data_dir):
     assert match_rms(hit[0].structure, truth) == pytest.approx(0.0, abs=1e-3)
 
 
+def test_map_rows_to_structures_is_one_to_one_and_sees_only_given_rows(data_dir):
+    """The fold-safe matbench_perovskites mapping: composition + target match, ambiguous pairs dropped, and only the
+    rows passed in (the training folds) decide which structures are used."""
+    import pandas as pd
+
+    from explicit_transfer.data import composition_key, map_rows_to_structures
+
+    rows = pd.DataFrame({"key": ["A", "A", "B", "C"], "e_form": [1.00, 2.00, 0.50, 0.70]}, index=[10, 11, 12, 13])
+    structs = pd.DataFrame({"key": ["A", "A", "B", "B", "C"], "heat_all": [1.001, 2.5, 0.501, 0.503, 0.9]})
+    pairs = map_rows_to_structures(rows, structs)
+    assert list(zip(pairs.row, pairs.structure, strict=True)) == [(10, 0)]  # B is ambiguous, A2 and C miss the target
+    # a held-out row that would make structure 0 ambiguous changes nothing while it is not passed in
+    held_out = pd.DataFrame({"key": ["A"], "e_form": [1.002]}, index=[99])
+    assert map_rows_to_structures(rows, structs).equals(pairs)
+    assert map_rows_to_structures(pd.concat([rows, held_out]), structs).empty
+    with pytest.raises(ValueError, match="lacks column"):
+        map_rows_to_structures(rows.drop(columns="key"), structs)
+
+    # real data: MatBench perovskites fold 0 training rows onto perov_5 val+test (heat_all), as the benchmark does
+    mb = pd.read_csv(data_dir / "matbench_v0.1" / "matbench_perovskites.csv.gz")
+    lab = pd.concat([pd.read_csv(data_dir / "perov_5" / f"{s}.csv.gz", usecols=["formula", "heat_all"])
+                     for s in ("val", "test")], ignore_index=True)
+    mb["key"], lab["key"] = composition_key(mb.formula), composition_key(lab.formula)
+    train = mb[mb.test_fold != 0]
+    pairs = map_rows_to_structures(train, lab)
+    assert len(pairs) == 5577 and pairs.row.is_unique and pairs.structure.is_unique
+    assert set(pairs.row) <= set(train.index)
+    matched = train.loc[pairs.row].reset_index(drop=True)
+    assert (matched.key.to_numpy() == lab.key[pairs.structure].to_numpy()).all()
+    assert (abs(matched.e_form.to_numpy() - lab.heat_all[pairs.structure].to_numpy()) < 0.005).all()
+
+
 def test_aflow_prototypes_cover_common_stoichiometries():
     gen = et.PrototypeGenerator()
     batch = gen.generate(["NaCl", "SrTiO3", "Al2O3"], 3)

@@ -11,15 +11,9 @@ test-fold rows share their composition with a training-fold row.
 from __future__ import annotations
 
 import pandas as pd
-from pymatgen.core import Composition
 
 from dataset_builders.paths import data_dir
-
-
-def composition_key(formulas: pd.Series) -> pd.Series:
-    """Alphabetical composition (site order and formula spelling removed), computed once per distinct string."""
-    keys = {f: Composition(f).alphabetical_formula.replace(" ", "") for f in formulas.unique()}
-    return formulas.map(keys)
+from explicit_transfer.data import composition_key
 
 
 def main() -> None:
