@@ -5,6 +5,8 @@
   wrapped as ``PreTrainedTokenizerFast``; ``decode`` gives back the CIF text.
 * :func:`preprocess_cif` — canonical training text (no comments, 4-decimal numbers, single spaces,
   ``data_`` header = cell composition, ends with a blank line as CrystaLLM's CIFs do).
+* :func:`render_cif` — the training text of a structure in one augmentation form (``symmetrized``: space
+  group + symmetry-distinct sites; ``p1``: every site), coordinates rounded to a chosen number of decimals.
 * :func:`train_cif_lm` — ``transformers.Trainer`` on any CIF corpus.
 * :class:`CIFLanguageModelGenerator` — samples (temperature / top-k, several Z), validates every CIF
   (:mod:`.cif_validation`), ranks valid ones by mean token log-probability.
@@ -28,7 +30,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, S
 from .base import Candidate, StructureGenerator
 from .cif_validation import validate_cif
 
-__all__ = ["CIF_KEYWORDS", "default_cif_vocabulary", "build_cif_tokenizer", "preprocess_cif", "cell_formula",
+__all__ = ["CIF_FORMS", "CIF_KEYWORDS", "default_cif_vocabulary", "build_cif_tokenizer", "preprocess_cif", "render_cif",
+           "cell_formula",
            "prompt_for", "encode_cif", "new_cif_lm", "train_cif_lm", "CIFLanguageModelGenerator"]
 
 CIF_KEYWORDS = (
@@ -109,18 +112,46 @@ def prompt_for(comp: Composition, z: int = 1) -> str:
 _NUM = re.compile(r"-?\d+\.\d+")
 
 
-def preprocess_cif(cif: str) -> str:
-    """Canonical CIF training text (see module docstring)."""
+def preprocess_cif(cif: str, decimals: int = 4) -> str:
+    """Canonical CIF training text (see module docstring); the CIF is parsed once to check it."""
     from pymatgen.core import Structure
 
-    s = Structure.from_str(cif, fmt="cif")
+    return _canonical(cif, Structure.from_str(cif, fmt="cif").composition, decimals)
+
+
+CIF_FORMS = ("symmetrized", "p1")
+# the symmetry-operation loop: dropped from training text; CifParser rebuilds the operations from the H-M symbol
+_SYMOPS_LOOP = re.compile(r"loop_\n _symmetry_equiv_pos_site_id\n _symmetry_equiv_pos_as_xyz\n(?: +\d+ +'[^'\n]*'\n)+")
+_SUM = re.compile(r"_chemical_formula_sum\s+'?([^'\n]+)'?")
+
+
+def render_cif(structure: Any, form: str = "symmetrized", decimals: int = 4, symprec: float = 0.1) -> str:
+    """Training text of a pymatgen ``Structure`` in one augmentation form of :data:`CIF_FORMS`.
+
+    ``symmetrized``: the refined conventional cell, its space-group symbol and the symmetry-distinct sites with
+    multiplicities (pymatgen ``CifWriter(symprec=...)``); ``p1``: every site of the given cell. The
+    symmetry-operation loop is left out (as CrystaLLM does; pymatgen's parser rebuilds the operations from the
+    space-group symbol). Numbers are rounded to ``decimals``; the ``data_`` header is the written cell's composition.
+    """
+    from pymatgen.io.cif import CifWriter
+
+    if form not in CIF_FORMS:
+        raise ValueError(f"CIF form {form!r}; choose one of {list(CIF_FORMS)}")
+    text = str(CifWriter(structure, symprec=symprec if form == "symmetrized" else None))
+    m = _SUM.search(text)
+    comp = Composition(m.group(1)) if m else structure.composition
+    return _canonical(_SYMOPS_LOOP.sub("", text), comp, decimals)
+
+
+def _canonical(cif: str, composition: Composition, decimals: int) -> str:
     lines = [ln for ln in cif.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     body = "\n".join(ln for ln in lines if not ln.startswith("data_"))
-    body = _NUM.sub(lambda m: f"{float(m.group(0)) + 0.0:.4f}".replace("-0.0000", "0.0000"), body)
+    zero = "0." + "0" * decimals
+    body = _NUM.sub(lambda m: f"{float(m.group(0)) + 0.0:.{decimals}f}".replace("-" + zero, zero), body)
     body = re.sub(r"(_symmetry_space_group_name_H-M\s+)'([^'\n]*)'", lambda m: m.group(1) + m.group(2).replace(" ", ""), body)
     body = re.sub(r"[ \t]+", " ", body)
     body = "\n".join(ln.strip() if not ln.startswith(" ") else " " + ln.strip() for ln in body.splitlines())
-    return f"data_{cell_formula(s.composition)}\n{body}\n\n"
+    return f"data_{cell_formula(composition)}\n{body}\n\n"
 
 
 def new_cif_lm(tokenizer: PreTrainedTokenizerFast, n_embd: int = 128, n_layer: int = 4, n_head: int = 4,
@@ -131,7 +162,9 @@ def new_cif_lm(tokenizer: PreTrainedTokenizerFast, n_embd: int = 128, n_layer: i
                      layer_norm_epsilon=1e-5, bos_token_id=tokenizer.convert_tokens_to_ids("data_"),
                      eos_token_id=tokenizer.convert_tokens_to_ids("\n"), pad_token_id=tokenizer.pad_token_id,
                      tie_word_embeddings=True)
-    return GPT2LMHeadModel(cfg)
+    model = GPT2LMHeadModel(cfg)
+    model.generation_config.eos_token_id = None  # a CIF ends with a blank line, not at its first newline
+    return model
 
 
 def train_cif_lm(

@@ -146,6 +146,22 @@ KINDS: dict[str, _Kind] = {
             "the real ones; a wrong prototype gives a confident but wrong prediction.",
         ),
     ),
+    "cif-lm": _Kind(
+        label="CIF language model (crystal-structure generator for explicit knowledge transfer, exKT)",
+        pipeline_tag="text-generation",
+        library_name="transformers",
+        tags=("exkt", "cif", "crystal-structure-prediction", "text-generation"),
+        description=(
+            "A GPT-2 language model over CIF tokens (CrystaLLM-style): prompted with `data_<cell composition>`, it "
+            "writes a crystal structure as CIF text. CrossMat samples several CIFs per formula, keeps the valid ones "
+            "(they parse, match the prompt's composition, have sensible distances and density) and ranks them."
+        ),
+        limitations=(
+            "Generated CIFs are unrelaxed guesses; validate and, where it matters, relax them (e.g. with CHGNet) "
+            "before trusting a property predicted from them.",
+            "It writes structures like those it was trained on (element set, cell sizes up to its context length).",
+        ),
+    ),
 }
 
 _DEFAULT_EXAMPLES = ["Fe2O3", "LiCoO2", "SrTiO3"]
@@ -281,8 +297,8 @@ def _usage_blocks(kind: str, ctx: dict[str, Any], usage: str | None) -> list[dic
     blocks: list[dict[str, str]] = []
     if usage is not None:
         blocks.append({"text": "Python:", "lang": "python", "code": usage.strip()})
-    elif kind == "structure-predictor":
-        raise ValueError("kind 'structure-predictor' needs usage=<python snippet that loads and runs the model>")
+    elif kind in ("structure-predictor", "cif-lm"):
+        raise ValueError(f"kind {kind!r} needs usage=<python snippet that loads and runs the model>")
     else:
         code = env.get_template(f"usage_{kind}.py.j2").render(**ctx).strip()
         blocks.append({"text": "Python (only `transformers` and `torch` are needed):", "lang": "python", "code": code})
@@ -434,7 +450,7 @@ def build_model_card(
             base_model=base_models,
             property=prop,
             library_name=spec.library_name,
-            needs_remote_code=kind != "structure-predictor",
+            needs_remote_code=kind not in ("structure-predictor", "cif-lm"),
             usage_blocks=usage_blocks,
             input_notes=input_notes,
             metrics=metrics_rows,
@@ -443,7 +459,8 @@ def build_model_card(
             leakage_notes=_as_list(extra.get("leakage_notes")) + _leakage_defaults(kind, datasets or local_data, benchmark),
             recipe=_recipe_text(recipe),
             explanation=explanation.strip() if explanation else None,
-            limitations=_as_list(extra.get("limitations")) + list(spec.limitations) + list(_COMMON_LIMITATIONS),
+            limitations=_as_list(extra.get("limitations")) + list(spec.limitations)
+            + (list(_COMMON_LIMITATIONS) if kind != "cif-lm" else []),
         )
     )
     body = re.sub(r"\n{3,}", "\n\n", body).strip()  # template blocks leave runs of blank lines

@@ -65,11 +65,21 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     structure.mkdir()
     (structure / "config.json").write_text(json.dumps({"model": "CHGNet", "head": "linear", "embedding_dim": 64}))
     out["structure-predictor"] = structure
+    from explicit_transfer.cif_lm import build_cif_tokenizer, new_cif_lm
+
+    cif_tok = build_cif_tokenizer()
+    new_cif_lm(cif_tok, n_embd=16, n_layer=1, n_head=2, n_positions=64).save_pretrained(root / "cif-lm-model")
+    cif_tok.save_pretrained(root / "cif-lm-model")
+    out["cif-lm"] = root / "cif-lm-model"
     return out
 
 
 def _write(kind: str, folder: Path) -> Path:
     extra = {}
+    if kind == "cif-lm":
+        from training.cif_lm_stage import USAGE
+
+        extra["usage"] = USAGE.format(model_id=folder.name)
     if kind == "structure-predictor":
         extra["usage"] = (
             "import json, pathlib\n"
@@ -124,6 +134,8 @@ def test_cards_for_every_kind_parse_and_validate(folders: dict[str, Path]) -> No
             assert meta["base_model"]
         else:
             assert "model-index" not in meta
+        if kind == "cif-lm":  # a plain transformers GPT-2: no remote code, no composition-only caveats
+            assert "trust_remote_code" not in text and "Composition only" not in text and "GPT-2" in text
 
 
 def test_property_card_details(folders: dict[str, Path]) -> None:
@@ -178,6 +190,7 @@ def test_usage_snippets_run_without_the_package(folders: dict[str, Path]) -> Non
     assert "ALL SNIPPETS RAN" in out
     assert "'property': 'band_gap'" in out and "'unit': 'eV'" in out  # the property pipeline snippet
     assert "torch.Size([3, 32])" in out and "torch.Size([3, 16])" in out  # embeddings / imKT projection
+    assert "=== cif-lm\ndata_SrTiO3\n" in out  # the CIF LM snippet samples from the prompt
 
 
 def test_card_metadata_holds_hub_ids_only_and_tags_follow_the_data(folders: dict[str, Path]) -> None:

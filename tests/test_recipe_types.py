@@ -70,7 +70,7 @@ def test_in_memory_data_is_kept_as_is() -> None:
 def test_errors_name_the_key() -> None:
     with pytest.raises(RecipeError, match=r"unknown recipe key\(s\) \['bogus'\] under 'data'"):
         resolve_stage({"stage": "mlm", "data": {"train": "x", "bogus": 1}})
-    with pytest.raises(RecipeError, match=r"recipe key 'stage' is 'pretrain'; choose one of \['mlm', 'imkt', 'finetune'\]"):
+    with pytest.raises(RecipeError, match=r"recipe key 'stage' is 'pretrain'; choose one of \['mlm', 'imkt', 'finetune', 'cif_lm'\]"):
         resolve_stage({"stage": "pretrain", "data": {"train": "x"}})
     with pytest.raises(RecipeError, match="recipe key 'data.train' is required"):
         resolve_stage({"stage": "mlm"})
@@ -98,9 +98,11 @@ def test_pipeline_overrides_reach_the_typed_stages() -> None:
 
 
 def test_stage_objects_own_what_differs() -> None:
-    assert list(STAGE_TYPES) == ["mlm", "imkt", "finetune"]
+    assert list(STAGE_TYPES) == ["mlm", "imkt", "finetune", "cif_lm"]
     assert issubclass(ImktStage, MLMStage)
-    mlm, imkt, ft = (stage_kind(n) for n in STAGE_TYPES)
+    mlm, imkt, ft, cif = (stage_kind(n) for n in STAGE_TYPES)
+    assert [k.own_loop for k in (mlm, imkt, ft, cif)] == [False, False, False, True]  # cif_lm: HF Trainer on CIF text
+    assert (cif.card_kind, cif.model_class.__name__) == ("cif-lm", "GPT2LMHeadModel")
     assert [k.card_kind for k in (mlm, imkt, ft)] == ["clm-mlm", "clm-imkt", "property"]
     assert [k.model_class.__name__ for k in (mlm, imkt, ft)] == [
         "CrossMatForMaskedLM", "CrossMatForStructureAlignment", "CrossMatForPropertyPrediction"]

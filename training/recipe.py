@@ -85,6 +85,9 @@ class DataSection:
     stability_bias: str = "none"
     stability_temperature: float = 0.05
     stability_max: float = 0.1
+    cif_column: str = "cif"  # cif_lm: the CIF column of every structure table
+    cif_forms: list[str] = field(default_factory=lambda: ["symmetrized", "p1"])  # cif_lm augmentation forms
+    cif_decimals: list[int] = field(default_factory=lambda: [4])  # cif_lm: one corpus copy per rounding
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from transformers import GPT2LMHeadModel
 
 from modeling import CrossMatForMaskedLM, CrossMatForPropertyPrediction, CrossMatForStructureAlignment
 
@@ -26,7 +27,7 @@ from .recipe import DataSection, RecipeError, StageRecipe, TrainSection
 if TYPE_CHECKING:
     from .data import StageData
 
-__all__ = ["STAGE_TYPES", "FinetuneStage", "ImktStage", "MLMStage", "SplitTensors", "Stage", "register_stage", "stage_kind"]
+__all__ = ["STAGE_TYPES", "CIFLMStage", "FinetuneStage", "ImktStage", "MLMStage", "SplitTensors", "Stage", "register_stage", "stage_kind"]
 
 STAGE_TYPES: dict[str, type[Stage]] = {}
 
@@ -67,6 +68,7 @@ class Stage:
     writes_test_predictions: ClassVar[bool] = False  # test_predictions.csv
     writes_pipeline_files: ClassVar[bool] = False  # the Hub pipeline code + widget labels
     ignore_mismatched_sizes: ClassVar[bool] = False  # init_from with a new head
+    own_loop: ClassVar[bool] = False  # the stage trains itself (:meth:`run`), not through the formula loop
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -130,6 +132,10 @@ class Stage:
     def card_notes(self, data: StageData) -> list[str]:
         """Extra leakage notes for the card."""
         return []
+
+    def run(self, recipe: StageRecipe, out: Any) -> Any:
+        """Train a stage whose :attr:`own_loop` is set; returns its ``StageRun``."""
+        raise NotImplementedError(f"stage {self.name!r} trains through the shared loop")
 
 
 @register_stage
@@ -355,3 +361,43 @@ class FinetuneStage(Stage):
         shared = sum(f in train_f for f in test_f)
         return [f"{shared} of the {len(test_f)} distinct test formulas also occur in the training split "
                 "(same composition, e.g. polymorphs or repeated measurements)."]
+
+
+@register_stage
+class CIFLMStage(Stage):
+    """CIF language model (GPT-2 over CIF tokens, the exKT structure generator): trains on structure tables with
+    the Hugging Face ``Trainer`` (see :mod:`training.cif_lm_stage`), not on formulas."""
+
+    name = "cif_lm"
+    model_class = GPT2LMHeadModel
+    card_kind = "cif-lm"
+    own_loop = True
+    MODEL_KEYS = ("n_embd", "n_layer", "n_head", "n_positions", "dropout")
+
+    def validate(self, recipe: StageRecipe) -> None:
+        from explicit_transfer.cif_lm import CIF_FORMS
+
+        data = recipe.data
+        sources = data.train if isinstance(data.train, list) else [data.train]
+        if not all(isinstance(src, str) for src in sources):
+            raise RecipeError("recipe key 'data.train' of a cif_lm stage: a structure table path or a list of them")
+        if not data.cif_forms or any(f not in CIF_FORMS for f in data.cif_forms):
+            raise RecipeError(f"recipe key 'data.cif_forms' is {data.cif_forms!r}; choose from {list(CIF_FORMS)}")
+        if not data.cif_decimals or any(not isinstance(d, int) or not 1 <= d <= 8 for d in data.cif_decimals):
+            raise RecipeError(f"recipe key 'data.cif_decimals' is {data.cif_decimals!r}; integers from 1 to 8")
+        unknown = sorted(set(recipe.model.config) - set(self.MODEL_KEYS))
+        if unknown:
+            raise RecipeError(f"unknown cif_lm model.config key(s) {unknown}; allowed: {list(self.MODEL_KEYS)}")
+        if recipe.model.element_embedding_init:
+            raise RecipeError("'model.element_embedding_init' does not apply to a cif_lm stage")
+        if data.test is not None:
+            raise RecipeError("a cif_lm stage has no test split; score generation with "
+                              "benchmarks/explicit_transfer/run_cif_lm.py --model <folder>")
+
+    def run(self, recipe: StageRecipe, out: Any) -> Any:
+        from .cif_lm_stage import train_cif_lm_stage
+
+        return train_cif_lm_stage(recipe, out)
+
+    def card_task_type(self, task: str | None) -> str:
+        return "text-generation"

@@ -284,14 +284,15 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: node}
 
 
-def _check_resume_recipe(recipe: StageRecipe, out: Path) -> None:
+def _check_resume_recipe(recipe: StageRecipe, out: Path, checkpoint: Path | None = None) -> None:
     """Refuse to resume a checkpoint with a recipe other than the one it was trained with (its output folder's
-    ``recipe.yaml``), naming the changed keys; :data:`RESUME_FREE_KEYS` may change."""
+    ``recipe.yaml``), naming the changed keys; :data:`RESUME_FREE_KEYS` may change. ``checkpoint``: the one a
+    stage with its own loop resumes from (default: the shared loop's newest)."""
     resume = recipe.train.resume
     if not resume:
         return
     explicit = isinstance(resume, str) and resume not in ("auto", "true")
-    ckpt = Path(resume) if explicit else latest_checkpoint(out)
+    ckpt = Path(resume) if explicit else (checkpoint or latest_checkpoint(out))
     if ckpt is None:
         return
     stored = (ckpt.parent.parent if explicit else out) / "recipe.yaml"
@@ -342,6 +343,8 @@ def train_stage(recipe: StageRecipe | Mapping[str, Any], output_dir: str | Path)
     kind = recipe.kind
     stage = recipe.stage
     _check_resume_recipe(recipe, out)
+    if kind.own_loop:
+        return kind.run(recipe, out)
     if recipe.push_to_hub and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise RecipeError(f"push_to_hub {recipe.push_to_hub!r} requested but HF_HUB_OFFLINE is set; unset it or drop --push-to-hub")
     tokenizer = CrossMatTokenizerFast()
