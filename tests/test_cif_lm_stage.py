@@ -14,7 +14,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Composition, Structure
 from pymatgen.io.cif import CifParser
 
-from explicit_transfer.cif_corpus import CorpusError, build_cif_corpus
+from dataset_builders.cif_corpus import CorpusError, build_cif_corpus
 from explicit_transfer.cif_lm import CIFLanguageModelGenerator, build_cif_tokenizer, render_cif
 from training import run_recipe
 from training.cif_lm_stage import _split_by_formula

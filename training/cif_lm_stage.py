@@ -2,7 +2,7 @@
 ``Trainer`` on structure tables, through ``accelerate launch train.py --config configs/cif_lm.yaml``.
 
 Data: every table of ``data.train`` (a path or a list; a ``cif`` column) is rendered in each form of
-``data.cif_forms`` and rounding of ``data.cif_decimals`` (:func:`explicit_transfer.cif_corpus.build_cif_corpus`,
+``data.cif_forms`` and rounding of ``data.cif_decimals`` (:func:`dataset_builders.cif_corpus.build_cif_corpus`,
 cached in ``<output>/corpus``); rejected rows go to ``rejected_rows.csv`` with the reason. A
 ``data.validation_fraction`` of the *formulas* is held out (all forms of a formula on one side) for the
 validation loss. Checkpoints (``checkpoints/checkpoint-<step>``, safetensors weights; the Trainer reads its
@@ -56,9 +56,10 @@ def train_cif_lm_stage(recipe: StageRecipe, out: Path) -> Any:
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
-    from explicit_transfer.cif_corpus import CorpusError, build_cif_corpus
-    from explicit_transfer.cif_lm import build_cif_tokenizer, encode_cif, new_cif_lm
+    from dataset_builders.cif_corpus import CorpusError, build_cif_corpus
+    from dataset_builders.cif_text import build_cif_tokenizer, encode_cif
     from model_cards import write_model_card
+    from modeling.cif_lm import new_cif_lm
 
     from .stages import DONE_FILE, StageRun, _check_resume_recipe, _printable, _recipe_hash
 

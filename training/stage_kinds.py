@@ -375,7 +375,7 @@ class CIFLMStage(Stage):
     MODEL_KEYS = ("n_embd", "n_layer", "n_head", "n_positions", "dropout")
 
     def validate(self, recipe: StageRecipe) -> None:
-        from explicit_transfer.cif_lm import CIF_FORMS
+        from dataset_builders.cif_text import CIF_FORMS
 
         data = recipe.data
         sources = data.train if isinstance(data.train, list) else [data.train]

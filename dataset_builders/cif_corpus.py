@@ -2,7 +2,7 @@
 
 Structures come from CSV / CSV.gz / Parquet tables with a CIF column (perov_5's ``train_structures.csv.gz``,
 the Materials Project ``structures.csv.gz``, your own). Every structure is rendered in each augmentation form
-(:data:`~explicit_transfer.cif_lm.CIF_FORMS`) and rounding (``decimals``), tokenized and length-checked. Rows that
+(:data:`~dataset_builders.cif_text.CIF_FORMS`) and rounding (``decimals``), tokenized and length-checked. Rows that
 do not parse, cannot be symmetrized, hold tokens outside the vocabulary or exceed the context are rejected with a
 reason, never dropped silently. The work is done in shards of ``shard_size`` rows, each saved as Parquet as soon
 as it is finished, so an interrupted build resumes where it stopped; ``workers`` processes render in parallel.
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .cif_lm import CIF_FORMS, encode_cif, render_cif
+from .cif_text import CIF_FORMS, encode_cif, render_cif
 
 __all__ = ["CorpusError", "read_structure_table", "build_cif_corpus"]
 
