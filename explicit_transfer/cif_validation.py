@@ -52,7 +52,8 @@ def validate_structure(structure: Structure, expected: Composition | str | None 
         dm = structure.distance_matrix
         iu = np.triu_indices(len(structure), k=1)
         d = dm[iu]
-        radii = np.array([element_radius(sp.symbol) for sp in structure.species])
+        # the dominant species of each site: a disordered sample is already invalid, but its distances are still checked
+        radii = np.array([element_radius(max(site.species.items(), key=lambda kv: kv[1])[0].symbol) for site in structure])
         ratio = d / (radii[iu[0]] + radii[iu[1]])
         if d.min() < MIN_DISTANCE:
             reasons.append(f"atoms {d.min():.2f} Å apart (< {MIN_DISTANCE} Å)")

@@ -412,3 +412,34 @@ def test_cli_train_predictor_and_predict(perov, tmp_path):
           "--output", str(tmp_path / "pred.csv")])
     pred = pd.read_csv(tmp_path / "pred.csv")
     assert pred["prediction"][:2].notna().all() and pd.isna(pred["prediction"][2]) and "unknown element" in pred["failure"][2]
+
+
+def test_disordered_sample_is_an_invalid_sample_not_a_crash():
+    """A generated CIF with partial occupancy (seen in CIF LM samples) gets a reason; validation never raises."""
+    cif = """data_SrTiO3
+_symmetry_space_group_name_H-M P1
+_cell_length_a 3.9050
+_cell_length_b 3.9050
+_cell_length_c 3.9050
+_cell_angle_alpha 90.0000
+_cell_angle_beta 90.0000
+_cell_angle_gamma 90.0000
+_symmetry_Int_Tables_number 1
+_chemical_formula_sum 'Sr1 Ti1 O3'
+loop_
+ _atom_site_type_symbol
+ _atom_site_label
+ _atom_site_symmetry_multiplicity
+ _atom_site_fract_x
+ _atom_site_fract_y
+ _atom_site_fract_z
+ _atom_site_occupancy
+ Sr Sr0 1 0.0000 0.0000 0.0000 0.5
+ Ti Ti1 1 0.5000 0.5000 0.5000 1.0
+ O O2 1 0.5000 0.5000 0.0000 1.0
+ O O3 1 0.5000 0.0000 0.5000 1.0
+ O O4 1 0.0000 0.5000 0.5000 1.0
+
+"""
+    res = validate_cif(cif, Composition("SrTiO3"), exact_cell=True)
+    assert not res.valid and "disordered sites (partial occupancy)" in res.reasons
