@@ -23,10 +23,12 @@ import numpy as np
 import pandas as pd
 
 from .cif_text import CIF_FORMS, encode_cif, render_cif
+from .corpus import _read_table
 
 __all__ = ["CorpusError", "read_structure_table", "build_cif_corpus"]
 
-COLUMNS = ["source", "row", "id", "formula", "form", "decimals", "text", "n_tokens", "reason"]
+COLUMNS = ["source", "row", "id", "formula", "form", "decimals", "text", "input_ids", "n_tokens", "reason"]
+SCHEMA = 2  # cache key: bump when the shard columns change
 
 
 class CorpusError(ValueError):
@@ -38,20 +40,16 @@ def read_structure_table(path: str | Path, cif_column: str = "cif") -> pd.DataFr
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"structure table {str(path)!r} does not exist")
-    name = path.name.lower()
-    if name.endswith(".parquet"):
-        frame = pd.read_parquet(path)
-    elif name.endswith((".csv", ".csv.gz")):
-        frame = pd.read_csv(path)
-    else:
+    if not path.name.lower().endswith((".parquet", ".csv", ".csv.gz")):
         raise CorpusError(f"structure table {str(path)!r}: use .csv, .csv.gz or .parquet")
+    frame = _read_table(path)
     if cif_column not in frame.columns:
         raise CorpusError(f"structure table {str(path)!r} has no {cif_column!r} column (columns: {list(frame.columns)})")
     return frame
 
 
-def _render_rows(job: tuple[list[str], Sequence[str], Sequence[int], float]) -> list[tuple[str | None, str | None]]:
-    """Worker: (text, None) or (None, reason) for every (CIF, form, decimals), in that order."""
+def _render_rows(job: tuple[list[str], Sequence[str], Sequence[int], float]) -> list[tuple[str, str | None, str | None]]:
+    """Worker: (reduced formula, text, None) or (formula or "", None, reason) for every (CIF, form, decimals), in order."""
     from pymatgen.core import Structure
 
     cifs, forms, decimals, symprec = job
@@ -63,19 +61,20 @@ def _render_rows(job: tuple[list[str], Sequence[str], Sequence[int], float]) -> 
                 structure = Structure.from_str(str(cif), fmt="cif")
         except Exception as err:  # noqa: BLE001 - a broken CIF is a rejected row with its reason
             reason = f"CIF does not parse: {type(err).__name__}: {str(err)[:120]}"
-            out.extend((None, reason) for _ in forms for _ in decimals)
+            out.extend(("", None, reason) for _ in forms for _ in decimals)
             continue
+        formula = structure.composition.reduced_formula
         if not structure.is_ordered:
-            out.extend((None, "disordered sites (partial occupancy)") for _ in forms for _ in decimals)
+            out.extend((formula, None, "disordered sites (partial occupancy)") for _ in forms for _ in decimals)
             continue
         for form in forms:
             for dec in decimals:
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        out.append((render_cif(structure, form, dec, symprec), None))
+                        out.append((formula, render_cif(structure, form, dec, symprec), None))
                 except Exception as err:  # noqa: BLE001 - e.g. symmetry analysis failed
-                    out.append((None, f"{form} form failed: {type(err).__name__}: {str(err)[:120]}"))
+                    out.append((formula, None, f"{form} form failed: {type(err).__name__}: {str(err)[:120]}"))
     return out
 
 
@@ -88,11 +87,11 @@ def _fingerprint(path: Path, settings: dict[str, Any]) -> str:
 def build_cif_corpus(
     sources: Sequence[str | Path], tokenizer: Any, cache_dir: str | Path, *, forms: Sequence[str] = CIF_FORMS,
     decimals: Sequence[int] = (4,), max_tokens: int = 512, cif_column: str = "cif", id_column: str | None = None,
-    formula_column: str = "formula", symprec: float = 0.1, shard_size: int = 2000, workers: int | None = None,
-    progress: bool = True,
+    symprec: float = 0.1, shard_size: int = 2000, workers: int | None = None, progress: bool = True,
 ) -> pd.DataFrame:
     """Render, tokenize and length-check every structure of ``sources`` in every form; returns one row per
-    (structure, form, decimals) with ``text`` and ``n_tokens`` for kept rows and ``reason`` for rejected ones.
+    (structure, form, decimals) with ``text``, ``input_ids`` and ``n_tokens`` for kept rows and ``reason`` for
+    rejected ones. ``formula`` is the reduced formula of the parsed structure (empty when the CIF does not parse).
 
     Shards are cached under ``cache_dir`` keyed by the source file and the settings, so a rerun (or resume)
     renders nothing twice. ``workers`` defaults to the CPU count (at most 8)."""
@@ -104,7 +103,7 @@ def build_cif_corpus(
     if not decimals or any(not isinstance(d, int) or not 1 <= d <= 8 for d in decimals):
         raise CorpusError(f"CIF decimals {list(decimals)}: integers from 1 to 8")
     workers = workers or min(os.cpu_count() or 1, 8)
-    settings = {"forms": list(forms), "decimals": list(decimals), "symprec": symprec, "max_tokens": max_tokens,
+    settings = {"schema": SCHEMA, "forms": list(forms), "decimals": list(decimals), "symprec": symprec, "max_tokens": max_tokens,
                 "cif_column": cif_column, "vocab": len(tokenizer)}
     unk = tokenizer.unk_token_id
     frames = []
@@ -112,7 +111,6 @@ def build_cif_corpus(
         path = Path(source)
         table = read_structure_table(path, cif_column)
         ids = table[id_column] if id_column and id_column in table else pd.Series(np.arange(len(table)))
-        formulas = table[formula_column] if formula_column in table else pd.Series([""] * len(table))
         folder = Path(cache_dir) / f"{path.name.split('.')[0]}-{_fingerprint(path, settings)}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "settings.json").write_text(json.dumps({"source": str(path), **settings}, indent=1))
@@ -133,24 +131,27 @@ def build_cif_corpus(
                 parts = [_render_rows(job) for job in jobs]
             results = [r for part in parts for r in part]  # contiguous chunks: row order kept
             combos = [(f, d) for f in forms for d in decimals]
-            texts = [t for t, _ in results]
-            kept = [i for i, t in enumerate(texts) if t is not None]
+            texts = [t for _, t, _ in results]
+            reasons = [r for _, _, r in results]
+            ids_out: list[list[int] | None] = [None] * len(texts)
             lengths = np.zeros(len(texts), dtype=np.int64)
-            reasons = [r for _, r in results]
-            if kept:
-                encoded = [encode_cif(tokenizer, texts[i]) for i in kept]
-                for i, seq in zip(kept, encoded, strict=True):
-                    lengths[i] = len(seq)
-                    if unk in seq:
-                        reasons[i] = "contains tokens outside the CIF vocabulary"
-                    elif len(seq) > max_tokens:
-                        reasons[i] = f"{len(seq)} tokens > context {max_tokens}"
+            for i, text in enumerate(texts):
+                if text is None:
+                    continue
+                seq = encode_cif(tokenizer, text)
+                lengths[i] = len(seq)
+                if unk in seq:
+                    reasons[i] = "contains tokens outside the CIF vocabulary"
+                elif len(seq) > max_tokens:
+                    reasons[i] = f"{len(seq)} tokens > context {max_tokens}"
+                else:
+                    ids_out[i] = seq
             shard = pd.DataFrame({
                 "source": path.name, "row": np.repeat(np.arange(lo, hi), per_row),
                 "id": np.repeat(ids.iloc[lo:hi].astype(str).to_numpy(), per_row),
-                "formula": np.repeat(formulas.iloc[lo:hi].astype(str).to_numpy(), per_row),
+                "formula": [f for f, _, _ in results],
                 "form": [c[0] for c in combos] * (hi - lo), "decimals": [c[1] for c in combos] * (hi - lo),
-                "text": [t if r is None else None for t, r in zip(texts, reasons, strict=True)],
+                "text": [t if r is None else None for t, r in zip(texts, reasons, strict=True)], "input_ids": ids_out,
                 "n_tokens": lengths, "reason": reasons,
             }, columns=COLUMNS)
             tmp = folder / f"shard_{k:05d}.parquet.tmp"

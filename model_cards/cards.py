@@ -59,6 +59,7 @@ class _Kind:
     tags: tuple[str, ...]
     description: str
     limitations: tuple[str, ...]
+    crossmat_model: bool = True  # a CrossMat formula model: remote code, generated usage, composition-only caveats
 
 
 _COMMON_LIMITATIONS = (
@@ -145,6 +146,7 @@ KINDS: dict[str, _Kind] = {
             "Its accuracy on generated structures is bounded by how close the generated structures are to "
             "the real ones; a wrong prototype gives a confident but wrong prediction.",
         ),
+        crossmat_model=False,
     ),
     "cif-lm": _Kind(
         label="CIF language model (crystal-structure generator for explicit knowledge transfer, exKT)",
@@ -161,6 +163,7 @@ KINDS: dict[str, _Kind] = {
             "before trusting a property predicted from them.",
             "It writes structures like those it was trained on (element set, cell sizes up to its context length).",
         ),
+        crossmat_model=False,
     ),
 }
 
@@ -297,7 +300,7 @@ def _usage_blocks(kind: str, ctx: dict[str, Any], usage: str | None) -> list[dic
     blocks: list[dict[str, str]] = []
     if usage is not None:
         blocks.append({"text": "Python:", "lang": "python", "code": usage.strip()})
-    elif kind in ("structure-predictor", "cif-lm"):
+    elif not KINDS[kind].crossmat_model:
         raise ValueError(f"kind {kind!r} needs usage=<python snippet that loads and runs the model>")
     else:
         code = env.get_template(f"usage_{kind}.py.j2").render(**ctx).strip()
@@ -450,7 +453,7 @@ def build_model_card(
             base_model=base_models,
             property=prop,
             library_name=spec.library_name,
-            needs_remote_code=kind not in ("structure-predictor", "cif-lm"),
+            needs_remote_code=spec.crossmat_model,
             usage_blocks=usage_blocks,
             input_notes=input_notes,
             metrics=metrics_rows,
@@ -460,7 +463,7 @@ def build_model_card(
             recipe=_recipe_text(recipe),
             explanation=explanation.strip() if explanation else None,
             limitations=_as_list(extra.get("limitations")) + list(spec.limitations)
-            + (list(_COMMON_LIMITATIONS) if kind != "cif-lm" else []),
+            + (list(_COMMON_LIMITATIONS) if spec.crossmat_model else []),
         )
     )
     body = re.sub(r"\n{3,}", "\n\n", body).strip()  # template blocks leave runs of blank lines

@@ -15,7 +15,7 @@ from pymatgen.core import Composition, Structure
 from pymatgen.io.cif import CifParser
 
 from dataset_builders.cif_corpus import CorpusError, build_cif_corpus
-from explicit_transfer.cif_lm import CIFLanguageModelGenerator, build_cif_tokenizer, render_cif
+from explicit_transfer.cif_lm import CIFLanguageModelGenerator, build_cif_tokenizer, encode_cif, render_cif
 from training import run_recipe
 from training.cif_lm_stage import _split_by_formula
 from training.recipe import RecipeError, validate_recipe
@@ -71,6 +71,11 @@ def test_corpus_reports_rejected_rows_and_resumes_by_shard(tables, tmp_path):
     assert len(long) >= 1 and (long.n_tokens > 512).all()
     kept = corpus[corpus.reason.isna()]
     assert kept.text.notna().all() and (kept.n_tokens.between(1, 512)).all()
+    first = kept.iloc[0]  # the stored ids are the text's tokens (training does not tokenize again)
+    assert list(first.input_ids) == encode_cif(tok, first.text) and len(first.input_ids) == first.n_tokens
+    # formula = the parsed structure's reduced formula (validation holds out whole compositions)
+    assert first.formula == Structure.from_str(p5.cif[int(first.row)], fmt="cif").composition.reduced_formula
+    assert corpus[corpus.reason.notna()].input_ids.isna().all()
     # resume: a deleted shard is rebuilt, finished shards are read back, the corpus is identical
     shards = sorted((tmp_path / "c").glob("p5-*/shard_*.parquet"))
     assert len(shards) == 4

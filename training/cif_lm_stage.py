@@ -4,7 +4,8 @@
 Data: every table of ``data.train`` (a path or a list; a ``cif`` column) is rendered in each form of
 ``data.cif_forms`` and rounding of ``data.cif_decimals`` (:func:`dataset_builders.cif_corpus.build_cif_corpus`,
 cached in ``<output>/corpus``); rejected rows go to ``rejected_rows.csv`` with the reason. A
-``data.validation_fraction`` of the *formulas* is held out (all forms of a formula on one side) for the
+``data.validation_fraction`` of the *compositions* (reduced formula of each parsed structure) is held out (all
+forms and polymorphs of a composition on one side) for the
 validation loss. Checkpoints (``checkpoints/checkpoint-<step>``, safetensors weights; the Trainer reads its
 optimizer and RNG states back weights-only) every ``train.checkpoint_every`` steps; ``--resume`` continues from
 the newest one after checking that the recipe is unchanged.
@@ -45,8 +46,7 @@ def _split_by_formula(corpus: pd.DataFrame, fraction: float, seed: int) -> tuple
     unique = np.unique(formulas)
     rng = np.random.default_rng(seed)
     n_val = int(round(fraction * len(unique))) if fraction > 0 else 0
-    held = set(rng.choice(unique, size=n_val, replace=False)) if n_val else set()
-    val = np.array([f in held for f in formulas], dtype=bool)
+    val = np.isin(formulas, rng.choice(unique, size=n_val, replace=False)) if n_val else np.zeros(len(formulas), bool)
     return ~val, val
 
 
@@ -57,7 +57,7 @@ def train_cif_lm_stage(recipe: StageRecipe, out: Path) -> Any:
     from transformers.trainer_utils import get_last_checkpoint
 
     from dataset_builders.cif_corpus import CorpusError, build_cif_corpus
-    from dataset_builders.cif_text import build_cif_tokenizer, encode_cif
+    from dataset_builders.cif_text import build_cif_tokenizer
     from model_cards import write_model_card
     from modeling.cif_lm import new_cif_lm
 
@@ -72,8 +72,7 @@ def train_cif_lm_stage(recipe: StageRecipe, out: Path) -> Any:
     try:
         corpus = build_cif_corpus(sources, tokenizer, out / "corpus", forms=data.cif_forms, decimals=data.cif_decimals,
                                   max_tokens=int(cfg["n_positions"]), cif_column=data.cif_column,
-                                  id_column=data.id_column, formula_column=data.formula_column,
-                                  progress=train.progress_bar)
+                                  id_column=data.id_column, progress=train.progress_bar)
     except CorpusError as err:
         raise RecipeError(f"data.train: {err}") from None
     rejected = corpus[corpus.reason.notna()]
@@ -82,8 +81,8 @@ def train_cif_lm_stage(recipe: StageRecipe, out: Path) -> Any:
         raise RecipeError(f"data.train: no usable CIF ({len(rejected)} rejected; first: "
                           f"{rejected.iloc[0][['source', 'row', 'reason']].to_dict() if len(rejected) else None})")
     is_train, is_val = _split_by_formula(kept, float(data.validation_fraction), data.split_seed)
-    train_ds = Dataset.from_dict({"input_ids": [encode_cif(tokenizer, t) for t in kept.text[is_train]]})
-    val_ds = Dataset.from_dict({"input_ids": [encode_cif(tokenizer, t) for t in kept.text[is_val]]}) if is_val.any() else None
+    train_ds = Dataset.from_dict({"input_ids": [list(ids) for ids in kept.input_ids[is_train]]})
+    val_ds = Dataset.from_dict({"input_ids": [list(ids) for ids in kept.input_ids[is_val]]}) if is_val.any() else None
 
     init = recipe.model.init_from
     if init:
@@ -118,7 +117,7 @@ def train_cif_lm_stage(recipe: StageRecipe, out: Path) -> Any:
             _check_resume_recipe(recipe, out, Path(resume_from))
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(yaml.safe_dump(_printable(recipe), sort_keys=False))
-    rejected.drop(columns=["text"]).to_csv(out / "rejected_rows.csv", index=False)
+    rejected.drop(columns=["text", "input_ids"]).to_csv(out / "rejected_rows.csv", index=False)
     print(f"[crossmat] stage {recipe.name!r} (cif_lm): {len(kept)} CIF texts kept ({int(is_train.sum())} train, "
           f"{int(is_val.sum())} validation), {len(rejected)} rejected (see {out / 'rejected_rows.csv'}); {total} steps"
           + (f"; resuming from {resume_from}" if resume_from else ""))
