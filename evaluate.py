@@ -33,6 +33,6 @@ if __name__ == "evaluate":  # imported as a library from the repo root: hand ove
     _load_hf_evaluate()
 elif __name__ == "__main__":
     _load_hf_evaluate()
-    from evaluation.cli import main  # noqa: E402
+    from crossmat.evaluation.cli import main  # noqa: E402
 
     sys.exit(main())

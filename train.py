@@ -4,7 +4,7 @@
 
 import sys
 
-from training.cli import main
+from crossmat.training.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

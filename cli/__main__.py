@@ -1,4 +1,4 @@
-"""``python -m cli`` = ``crossmat`` (e.g. under ``accelerate launch -m cli train ...``)."""
+"""``python -m crossmat.cli`` = ``crossmat`` (e.g. under ``accelerate launch -m cli train ...``)."""
 
 import sys
 

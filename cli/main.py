@@ -1,6 +1,6 @@
 """``crossmat``: one command for every CrossMat capability. Each subcommand forwards its arguments to the
 module that implements it (``train.py``, ``evaluate.py``, ``crossmat-predict``, ``python -m
-interpretability``, ``python -m dataset_builders``, ``python -m explicit_transfer``, ``app.py``), so the
+crossmat.interpretability``, ``python -m crossmat.dataset_builders``, ``python -m crossmat.explicit_transfer``, ``app.py``), so the
 options are the same whichever way it is started."""
 
 from __future__ import annotations
@@ -11,9 +11,6 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -38,42 +35,42 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "train": Command(
         "train a model from a YAML recipe (MLM, imKT, fine-tune, LoRA); no --config = the quickstart",
-        "training.cli:main",
+        "crossmat.training.cli:main",
         ("crossmat train --config configs/own_data.yaml --output-dir outputs/my_gap data.train=train.csv "
          "data.validation=val.csv data.test=test.csv data.target_column=band_gap card.property_unit=eV",),
     ),
     "evaluate": Command(
         "CrossMat and the baselines on the same split, one table: your own files, MatBench or LLM4Mat-Bench",
-        "evaluation.cli:main",
+        "crossmat.evaluation.cli:main",
         ("crossmat evaluate --train train.csv --validation val.csv --test test.csv --target band_gap "
          "--output-dir runs/my_gap",),
     ),
     "predict": Command(
         "predict a property for every formula of a CSV/Parquet file (streams; bad rows reported)",
-        "inference.predict:main",
+        "crossmat.inference.predict:main",
         ("crossmat predict --model outputs/my_gap --input candidates.csv --output predictions.csv",),
     ),
     "explain": Command(
         "element attributions and interactions for formulas (captum + shapiq); 'explain aggregate' for a dataset",
-        "interpretability.cli:main",
+        "crossmat.interpretability.cli:main",
         ("crossmat explain --model outputs/my_gap --formula LiCoO2 --out explanations",),
         prefix=("explain",), passthrough=("aggregate",),
     ),
     "build": Command(
         "build datasets: MatBench, LLM4Mat-Bench, pretraining corpora, structure embeddings; publish to the Hub",
-        "dataset_builders.cli:main",
+        "crossmat.dataset_builders.cli:main",
         ("crossmat build matbench --tasks matbench_steels --out data/matbench_steels",),
     ),
     "generate": Command(
         "exKT: candidate crystal structures for formulas (prototypes or a CIF language model), optional ranking; "
         "'generate train-predictor|predict|train-cif-lm|convert-crystallm' for the rest of exKT",
-        "explicit_transfer.__main__:main",
+        "crossmat.explicit_transfer.__main__:main",
         ("crossmat generate LiCoO2 NaCl --output candidates.jsonl",),
         prefix=("generate",), passthrough=("train-cif-lm", "convert-crystallm", "train-predictor", "predict"),
     ),
     "app": Command(
         "local web app (Gradio) for a property model; needs the [app] extra",
-        "app:main",
+        "crossmat.inference.app:main",
         ("crossmat app --model outputs/my_gap --port 7860",),
     ),
 }
@@ -103,8 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _target(cmd: Command) -> Callable[..., int | None]:
     module, func = cmd.target.split(":")
-    if module == "app":  # app.py lives at the repository root, outside the installed packages
-        sys.path.insert(0, str(REPO_ROOT))
     return getattr(importlib.import_module(module), func)
 
 

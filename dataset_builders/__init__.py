@@ -9,5 +9,5 @@ Sub-modules (imported on demand, so ``import dataset_builders`` stays light):
 * :mod:`dataset_builders.embeddings` — CHGNet / matgl TensorNet structure embeddings, sharded and resumable;
 * :mod:`dataset_builders.publish` — upload a built folder to the Hub.
 
-Command line: ``python -m dataset_builders <matbench|llm4mat|corpus|embeddings|publish> --help``.
+Command line: ``python -m crossmat.dataset_builders <matbench|llm4mat|corpus|embeddings|publish> --help``.
 """

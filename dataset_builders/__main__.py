@@ -1,4 +1,4 @@
-"""``python -m dataset_builders <matbench|llm4mat|corpus|embeddings|publish> --help``."""
+"""``python -m crossmat.dataset_builders <matbench|llm4mat|corpus|embeddings|publish> --help``."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """imKT alignment sets: one structure-embedding target per formula, with the leakage guard of the corpora.
 
-Input: one or more embedding folders written by ``python -m dataset_builders embeddings`` (for example
+Input: one or more embedding folders written by ``python -m crossmat.dataset_builders embeddings`` (for example
 ``mp_structures`` and ``perov_5``) and one or more encoders (``chgnet``, ``matgl-tensornet``; several are
 concatenated in the given order, per structure). Output folder::
 
@@ -48,7 +48,7 @@ def load_embedding_rows(folder: str | Path, encoder: str) -> pd.DataFrame:
     if not shards:
         raise FileNotFoundError(
             f"{shard_dir}: no embedding shards; build them with "
-            f"`python -m dataset_builders embeddings --source ... --encoder {encoder} --out {folder}`"
+            f"`python -m crossmat.dataset_builders embeddings --source ... --encoder {encoder} --out {folder}`"
         )
     n_expected = int(shards[0].stem.rsplit("-of-", 1)[1])
     if len(shards) != n_expected:
@@ -189,7 +189,7 @@ def _card_body(meta: dict[str, Any]) -> str:
 # CrossMat imKT alignment set
 
 Targets for the imKT alignment loss: one structure embedding per reduced formula, built by
-`python -m dataset_builders alignment` from {", ".join(f"`{f}`" for f in meta["embedding_folders"])} with
+`python -m crossmat.dataset_builders alignment` from {", ".join(f"`{f}`" for f in meta["embedding_folders"])} with
 encoder(s) {", ".join(f"`{e}`" for e in meta["encoders"])} (sizes {meta["embedding_dims"]}, concatenated per
 structure). {meta["rows"]} rows. No property labels.
 

@@ -20,8 +20,8 @@ _ON_BAD_HELP = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m dataset_builders`` argument parser."""
-    parser = argparse.ArgumentParser(prog="python -m dataset_builders", description=__doc__)
+    """The ``python -m crossmat.dataset_builders`` argument parser."""
+    parser = argparse.ArgumentParser(prog="python -m crossmat.dataset_builders", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("matbench", help="MatBench v0.1, 13 tasks x official 5 folds")

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from tokenization import FormulaError, canonical_formula
+from crossmat.tokenization import FormulaError, canonical_formula
 
 __all__ = [
     "BadInputError",

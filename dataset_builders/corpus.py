@@ -188,7 +188,7 @@ def _card_body(meta: dict[str, Any]) -> str:
     return f"""
 # CrossMat formula corpus (masked-language-model pretraining)
 
-Built by `python -m dataset_builders corpus` from: {", ".join(f"`{s}`" for s in meta["sources"])}.
+Built by `python -m crossmat.dataset_builders corpus` from: {", ".join(f"`{s}`" for s in meta["sources"])}.
 Rows: {meta["rows"]}. Each row is one canonical composition (`tokenization.canonical_formula`: groups and
 hydrates expanded, integer amounts reduced, elements ordered by electronegativity); `source` lists the
 sources it came from and `n_entries` how many raw rows mapped to it ({meta["raw_rows"]} raw rows,

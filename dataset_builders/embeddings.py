@@ -353,7 +353,7 @@ def _card_body(meta: dict[str, Any]) -> str:
     return f"""
 # CrossMat precomputed structure embeddings
 
-Built by `python -m dataset_builders embeddings`. Config `<encoder>`: every structure (all polymorphs kept);
+Built by `python -m crossmat.dataset_builders embeddings`. Config `<encoder>`: every structure (all polymorphs kept);
 config `<encoder>_per_formula`: one row per formula, the polymorph with the **lowest energy per atom**
 predicted by the same encoder (ties and missing energies: first in source order), with `n_polymorphs`.
 Columns: `id`, `formula` (canonical composition of the structure), `embedding` (list of float32),

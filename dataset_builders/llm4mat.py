@@ -276,7 +276,7 @@ def _card_body(meta: dict[str, Any]) -> str:
     return f"""
 # LLM4Mat-Bench — `{meta["dataset"]}` (composition input)
 
-Built by `python -m dataset_builders llm4mat` (CrossMat) from the official CSVs in `{Path(meta["source"]).name}/`.
+Built by `python -m crossmat.dataset_builders llm4mat` (CrossMat) from the official CSVs in `{Path(meta["source"]).name}/`.
 One config per property task; splits `train`, `validation`, `test` (the official ones). Columns: `id`
 (official `{meta["id_column"]}`), `formula` (official `{meta["formula_column"]}`), `target` (float; 0/1 int for
 classification), and `cif_structure` when the source has it (used for structure embeddings).

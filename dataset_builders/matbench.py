@@ -301,7 +301,7 @@ def _card_body(meta: dict[str, Any], n_rejected: int) -> str:
     return f"""
 # MatBench v0.1 — compositions with the official 5-fold splits
 
-Built by `python -m dataset_builders matbench` (CrossMat). One config per task; split names
+Built by `python -m crossmat.dataset_builders matbench` (CrossMat). One config per task; split names
 `train_fold0 … train_fold4` and `test_fold0 … test_fold4`. `train_fold{{k}}` holds every row whose official
 test fold is not *k* (the MatBench protocol: report the metric mean ± std over the 5 test folds).
 

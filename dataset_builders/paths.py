@@ -26,6 +26,7 @@ __all__ = [
     "matbench_dir",
     "models_dir",
     "repo_root",
+    "resolve_recipe",
     "tensornet_dir",
 ]
 
@@ -40,6 +41,25 @@ def _env(name: str) -> Path | None:
 def repo_root() -> Path:
     """The checkout root (the folder holding ``dataset_builders/``)."""
     return Path(__file__).resolve().parent.parent
+
+
+def resolve_recipe(name: str | Path) -> Path:
+    """The YAML recipe a user names: an existing file as given; else a recipe shipped with the package
+    (``own_data``, ``configs/own_data.yaml``, ``configs/accelerate/two_processes.yaml``); else a path relative
+    to the checkout root (``benchmarks/.../x.yaml``, only in a source checkout). Raises ``FileNotFoundError``
+    listing the shipped recipes."""
+    from crossmat.configs import recipe_path, shipped_recipes
+
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    shipped = recipe_path(path) if not path.is_absolute() else None
+    if shipped is not None:
+        return shipped
+    if not path.is_absolute() and (repo_root() / path).is_file():
+        return repo_root() / path
+    raise FileNotFoundError(f"recipe {str(name)!r} not found: not a file, and not a shipped recipe "
+                            f"({', '.join(shipped_recipes())})")
 
 
 def data_dir(must_exist: bool = True) -> Path:

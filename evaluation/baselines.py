@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dataset_builders import paths
+from crossmat.dataset_builders import paths
 
 from .tasks import TaskInfo
 

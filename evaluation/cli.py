@@ -14,7 +14,7 @@ from .own_data import CSV, TASK_TYPES
 from .records import update_model_index
 from .tasks import LLM4MAT, MATBENCH
 
-DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "own_data.yaml"
+DEFAULT_RECIPE = "own_data"  # the shipped recipe crossmat/configs/own_data.yaml
 
 EXAMPLES = """examples:
   # your own data: CrossMat (default recipe configs/own_data.yaml) + dummy + Magpie RF, one table
@@ -49,8 +49,8 @@ def build_parser(prog: str = "evaluate.py") -> argparse.ArgumentParser:
     own.add_argument("--unit", default=None, help="unit of the target (carried into the model config and card)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", type=Path, help="CrossMat model folder (pretrained encoder or property model) to fine-tune per fold")
-    src.add_argument("--config", type=Path, help=f"training recipe YAML (finetune stage, or pipeline ending in one); "
-                     f"default {DEFAULT_RECIPE.relative_to(DEFAULT_RECIPE.parents[1])}")
+    src.add_argument("--config", help=f"training recipe YAML (finetune stage, or pipeline ending in one); "
+                     f"default: the shipped {DEFAULT_RECIPE} recipe")
     src.add_argument("--baselines-only", action="store_true", help="run only the baselines")
     p.add_argument("--output-dir", required=True, type=Path)
     p.add_argument("--variant", help="name of the CrossMat variant in the results (default: recipe name / model folder name)")
@@ -120,15 +120,20 @@ def main(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
         parser.error(f"--benchmark {args.benchmark} needs --task")
     if not (args.model or args.config or args.baselines_only):
         args.config = DEFAULT_RECIPE
-    if args.config and not args.config.exists() and not args.config.is_absolute() and (DEFAULT_RECIPE.parents[1] / args.config).is_file():
-        args.config = DEFAULT_RECIPE.parents[1] / args.config  # shipped recipes work from any folder
+    if args.config:
+        from crossmat.dataset_builders.paths import resolve_recipe
+
+        try:
+            args.config = resolve_recipe(args.config)
+        except FileNotFoundError as err:
+            parser.error(str(err))
     from .crossmat_predictor import CrossMatPredictor
     from .protocol import BASELINE_NAMES, run_benchmark
 
     predictors = []
     try:
         if args.config:
-            from training.recipe import load_recipe
+            from crossmat.training.recipe import load_recipe
 
             recipe = load_recipe(args.config)
             name = args.variant or recipe.get("name") or args.config.stem

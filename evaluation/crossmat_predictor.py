@@ -17,8 +17,8 @@ from .baselines import FoldData, FoldPrediction
 from .tasks import TaskInfo
 
 if TYPE_CHECKING:
-    from inference.engine import FormulaPredictor
-    from training.stages import StageRun
+    from crossmat.inference.engine import FormulaPredictor
+    from crossmat.training.stages import StageRun
 
 # Fine-tuning used with ``--model DIR`` when no recipe is given (sized for CPU; override with --set).
 DEFAULT_FINETUNE: dict[str, Any] = {
@@ -35,7 +35,7 @@ class ModelTaskMismatch(ValueError):
 def check_model_folder(model_dir: Path, task: TaskInfo) -> None:
     """Fail before any training when ``model_dir`` is not a CrossMat folder (full or LoRA) or its head
     does not fit the task."""
-    from modeling.model_folder import ModelFolderError, check_folder, is_property_config, output_info
+    from crossmat.modeling.model_folder import ModelFolderError, check_folder, is_property_config, output_info
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
@@ -63,7 +63,7 @@ def check_model_folder(model_dir: Path, task: TaskInfo) -> None:
 def _finetune_stage(recipe: Mapping[str, Any]) -> dict[str, Any]:
     """The stage mapping the fold data goes into: the recipe, or a pipeline's last stage; its stage type must
     train a property model (``Stage.property_model``, e.g. ``finetune``)."""
-    from training.stage_kinds import STAGE_TYPES
+    from crossmat.training.stage_kinds import STAGE_TYPES
 
     def trains_property_model(stage: Mapping[str, Any]) -> bool:
         kind = STAGE_TYPES.get(stage.get("stage"))  # type: ignore[arg-type]
@@ -142,12 +142,12 @@ class CrossMatPredictor:
         """Validate the model folder and the fold recipe before any training."""
         if self.model_dir is not None:
             check_model_folder(self.model_dir, task)
-        from training.recipe import apply_overrides, validate_recipe
+        from crossmat.training.recipe import apply_overrides, validate_recipe
 
         validate_recipe(apply_overrides(self.fold_recipe(data, task, 0), self.overrides))
 
     def fit_predict(self, data: FoldData, task: TaskInfo, workdir: Path, seed: int) -> FoldPrediction:
-        from training import train_recipe
+        from crossmat.training import train_recipe
 
         recipe = self.fold_recipe(data, task, seed)
         run = train_recipe(recipe, workdir / "model", overrides=self.overrides or None)  # the final stage
@@ -160,8 +160,8 @@ def fold_predictor(run: StageRun, batch_size: int = 1024) -> FormulaPredictor:
     """The :class:`inference.FormulaPredictor` of a just-trained fold model (a ``training.StageRun``): the
     model in memory, as its folder would load (full folders; a LoRA adapter folder, which loading merges,
     and a run without a model in memory are loaded from the folder)."""
-    from inference.engine import FormulaPredictor
-    from modeling.model_folder import is_lora_folder
+    from crossmat.inference.engine import FormulaPredictor
+    from crossmat.modeling.model_folder import is_lora_folder
 
     if run.model is None or is_lora_folder(run.folder):
         return FormulaPredictor(run.folder, batch_size=batch_size)
@@ -173,7 +173,7 @@ def predict_folder(model_dir: Path, formulas: list[str], task_type: str, batch_s
     """Predictions of a saved CrossMat property model (full or LoRA folder) through the predictor users
     run (:class:`inference.FormulaPredictor`): values (regression) or P(class 1); every formula must be valid.
     With ``return_uncertainty`` also the ensemble spread of those values (``None`` for a single model)."""
-    from inference.engine import FormulaPredictor
+    from crossmat.inference.engine import FormulaPredictor
 
     return predict_with(FormulaPredictor(model_dir, batch_size=batch_size), formulas, task_type, return_uncertainty)
 

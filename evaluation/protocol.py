@@ -46,7 +46,7 @@ class Predictor(Protocol):
 
 def _validate_tokens(frame: pd.DataFrame) -> list[str]:
     """Messages for rows whose formula the CrossMat tokenizer rejects (checked in one pass, up front)."""
-    from tokenization import CrossMatTokenizerFast, FormulaError
+    from crossmat.tokenization import CrossMatTokenizerFast, FormulaError
 
     msgs = []
     for i, (rid, f) in enumerate(zip(frame["id"], frame["formula"], strict=True)):

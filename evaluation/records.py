@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+from crossmat.dataset_builders.paths import repo_root
+
+DEFAULT_RESULTS_DIR = repo_root() / "benchmarks" / "results"
 RECORD_KEYS = ("task", "variant", "metric", "folds", "mean", "std", "baseline_same_run", "command", "hardware",
                "wall_seconds")
 

@@ -50,14 +50,14 @@ class TaskInfo:
 
 def data_dir() -> Path:
     """The benchmark data root (``CROSSMAT_DATA_DIR``, default ``<repo>/../shared/data``)."""
-    from dataset_builders.paths import data_dir as _data_dir
+    from crossmat.dataset_builders.paths import data_dir as _data_dir
 
     return _data_dir(must_exist=False)
 
 
 def matbench_tasks() -> dict[str, TaskInfo]:
     """All MatBench v0.1 tasks by name (official metadata from ``dataset_builders.matbench``)."""
-    from dataset_builders.matbench import TASKS, task_info
+    from crossmat.dataset_builders.matbench import TASKS, task_info
 
     out = {}
     for name in TASKS:
@@ -77,7 +77,7 @@ def matbench_task(name: str) -> TaskInfo:
 def load_matbench_frame(name: str, root: Path | None = None) -> pd.DataFrame:
     """``DataFrame(id, formula, target, test_fold)`` of one MatBench task, rows in official order, read by
     ``dataset_builders.matbench.load_task_frame`` from ``<root or data_dir()>/matbench_v0.1``."""
-    from dataset_builders.matbench import load_task_frame
+    from crossmat.dataset_builders.matbench import load_task_frame
 
     matbench_task(name)  # clear error for unknown names first
     folder = (root or data_dir()) / "matbench_v0.1"
@@ -159,8 +159,8 @@ def load_llm4mat(task: str, root: Path | None = None) -> tuple[TaskInfo, dict[st
     """Official split frames ``{"train","validation","test"}`` with columns ``id, formula, target`` plus
     the list of rejected-row messages: exactly the preprocessing of the published dataset
     (:func:`dataset_builders.llm4mat.load_llm4mat_task`, the function ``build_llm4mat`` writes with)."""
-    from dataset_builders.common import BadInputError
-    from dataset_builders.llm4mat import load_llm4mat_task
+    from crossmat.dataset_builders.common import BadInputError
+    from crossmat.dataset_builders.llm4mat import load_llm4mat_task
 
     ds, prop = parse_llm4mat_task(task)
     folder = llm4mat_dataset_dir(ds, root)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m explicit_transfer {generate,train-cif-lm,convert-crystallm,train-predictor,predict}``."""
+"""Command line: ``python -m crossmat.explicit_transfer {generate,train-cif-lm,convert-crystallm,train-predictor,predict}``."""
 
 from __future__ import annotations
 
@@ -190,7 +190,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m explicit_transfer", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m crossmat.explicit_transfer", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     g = sub.add_parser("generate", help="formulas -> ranked candidate structures (JSON lines, resumable)")

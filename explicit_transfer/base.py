@@ -9,7 +9,7 @@ from typing import Any
 
 from pymatgen.core import Composition, Structure
 
-from tokenization import FormulaError, parse_formula
+from crossmat.tokenization import FormulaError, parse_formula
 
 __all__ = [
     "GENERATION_ERRORS",

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Structure
 
-from tokenization import canonical_formula
+from crossmat.tokenization import canonical_formula
 
 from .pipeline import read_jsonl
 
@@ -26,7 +26,7 @@ def generated_embeddings(generated_jsonl: str | Path, output: str | Path, encode
 
     Formulas without a candidate are listed in ``<output stem>_rejected.csv`` (row, formula, reason).
     """
-    from dataset_builders.structure_encoders import get_encoder
+    from crossmat.dataset_builders.structure_encoders import get_encoder
 
     recs = read_jsonl(generated_jsonl)
     keep = [r for r in recs if r["candidates"]]

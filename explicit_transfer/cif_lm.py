@@ -21,7 +21,7 @@ import torch
 from pymatgen.core import Composition
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast, StoppingCriteria, StoppingCriteriaList
 
-from dataset_builders.cif_text import (
+from crossmat.dataset_builders.cif_text import (
     CIF_FORMS,
     CIF_KEYWORDS,
     PAD,
@@ -34,7 +34,7 @@ from dataset_builders.cif_text import (
     prompt_for,
     render_cif,
 )
-from modeling.cif_lm import new_cif_lm
+from crossmat.modeling.cif_lm import new_cif_lm
 
 from .base import Candidate, StructureGenerator
 from .cif_validation import validate_cif

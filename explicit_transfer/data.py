@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import pandas as pd
 from pymatgen.core import Structure
 
-from dataset_builders.paths import data_dir
+from crossmat.dataset_builders.paths import data_dir
 
 __all__ = ["PEROV5_FILES", "TEMPLATE_SPLITS", "composition_key", "load_perov5", "map_rows_to_structures",
            "perov5_templates", "structures_from_cifs"]

@@ -4,7 +4,7 @@ The implementation lives in :mod:`dataset_builders.structure_encoders` (one home
 encoders, shared with the imKT embedding builder); this module names the functions exKT uses.
 """
 
-from dataset_builders.structure_encoders import (
+from crossmat.dataset_builders.structure_encoders import (
     POTENTIALS,
     crystal_features,
     get_encoder,

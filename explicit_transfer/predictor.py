@@ -183,7 +183,7 @@ def _write_card(out: Path, model: StructurePropertyPredictor, metrics: Sequence[
         f"model = AutoModel.from_pretrained('{out.name}')\n"
         "print(model.predict_structures([Structure.from_file('my.cif')]))"
     )
-    from model_cards import write_model_card
+    from crossmat.model_cards import write_model_card
 
     write_model_card(out, kind="structure-predictor", datasets=list(datasets), metrics=list(metrics), usage=usage,
                      property_name=model.config.target_names[0], property_unit=model.config.target_units[0])

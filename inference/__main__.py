@@ -1,4 +1,4 @@
-"""``python -m inference`` = ``crossmat-predict``."""
+"""``python -m crossmat.inference`` = ``crossmat-predict``."""
 
 from .predict import main
 

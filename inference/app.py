@@ -14,10 +14,13 @@ and the page never shows where the model lives on disk.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib
 import logging
+import os
 import re
+import sys
 import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +30,7 @@ from typing import Any
 
 import torch
 
-from tokenization import MAX_FORMULA_CHARS
+from crossmat.tokenization import MAX_FORMULA_CHARS
 
 from .engine import FormulaPredictor
 
@@ -115,7 +118,7 @@ def _n_elements(predictor: FormulaPredictor, formula: str) -> int:
 def explain_markdown(predictor: FormulaPredictor, formula: str) -> str:
     """Markdown explanation of a valid formula (interactions up to :data:`MAX_INTERACTION_ELEMENTS` elements)."""
     try:
-        interp = importlib.import_module("interpretability")
+        interp = importlib.import_module("crossmat.interpretability")
     except ImportError:
         interp = None
     n = _n_elements(predictor, formula)
@@ -201,3 +204,21 @@ def build_app(model: str | Path | FormulaPredictor, *, explain: bool = True) -> 
                        concurrency_id="predict")
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
     return demo
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Gradio app for a CrossMat property model")
+    parser.add_argument("--model", default=os.environ.get("CROSSMAT_MODEL"), help="model folder or Hub id")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--no-explain", action="store_true", help="predictions only (no explanation panel)")
+    args = parser.parse_args(argv)
+    if not args.model:
+        parser.error("no model: pass --model DIR_OR_HUB_ID or set CROSSMAT_MODEL")
+    try:
+        demo = build_app(args.model, explain=not args.no_explain)
+    except (OSError, ValueError) as err:
+        print(f"app.py: error: {err}", file=sys.stderr)
+        return 2
+    demo.launch(server_name=args.host, server_port=args.port, show_error=False)  # queue bounded by build_app
+    return 0

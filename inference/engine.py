@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from modeling.model_folder import is_property_config, load_property_model, output_info, scores_from_logits
-from modeling.pipeline_crossmat import DEFAULT_MAX_CHARS
+from crossmat.modeling.model_folder import is_property_config, load_property_model, output_info, scores_from_logits
+from crossmat.modeling.pipeline_crossmat import DEFAULT_MAX_CHARS
 
 __all__ = ["DEFAULT_MAX_CHARS", "PRECISIONS", "FormulaPredictor", "Predictions"]
 

@@ -10,9 +10,9 @@ from typing import Any
 
 from transformers import Pipeline, pipeline
 
-from modeling.model_folder import load_model, load_tokenizer
-from modeling.pipeline_crossmat import TASK, CompositionPropertyPipeline
-from modeling.pipeline_files import add_pipeline_to_model_dir, register_pipeline
+from crossmat.modeling.model_folder import load_model, load_tokenizer
+from crossmat.modeling.pipeline_crossmat import TASK, CompositionPropertyPipeline
+from crossmat.modeling.pipeline_files import add_pipeline_to_model_dir, register_pipeline
 
 __all__ = ["TASK", "CompositionPropertyPipeline", "add_pipeline_to_model_dir", "load_pipeline", "register_pipeline"]
 

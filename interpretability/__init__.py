@@ -8,7 +8,7 @@
 * :func:`explain`: both, written as JSON/CSV and PNG/SVG figures; :func:`aggregate_interactions`: the
   element pairs that interact most over a dataset; :func:`card_section`: a model-card section.
 
-CLI: ``python -m interpretability --help``.
+CLI: ``python -m crossmat.interpretability --help``.
 """
 
 from .aggregate import aggregate_interactions, summarise_pairs

@@ -1,4 +1,4 @@
-"""Entry point of ``python -m interpretability``."""
+"""Entry point of ``python -m crossmat.interpretability``."""
 
 import sys
 

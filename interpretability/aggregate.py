@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from tokenization import FormulaError
+from crossmat.tokenization import FormulaError
 
 from .interactions import explain_interactions
 from .model_output import ModelOutputSpec

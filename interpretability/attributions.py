@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from captum.attr import IntegratedGradients
 
-from modeling.model_folder import problem_type_of
-from tokenization.vocabulary import ELEMENT_START, MASK_ID, NUM_ELEMENTS, PAD_ID
+from crossmat.modeling.model_folder import problem_type_of
+from crossmat.tokenization.vocabulary import ELEMENT_START, MASK_ID, NUM_ELEMENTS, PAD_ID
 
 from .model_output import ModelOutputSpec, select_output
 from .players import FormulaPlayers, formula_players_batch

@@ -1,4 +1,4 @@
-"""``python -m interpretability``: explain formulas or aggregate interactions over a dataset."""
+"""``python -m crossmat.interpretability``: explain formulas or aggregate interactions over a dataset."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tokenization import FormulaError
+from crossmat.tokenization import FormulaError
 
 from .aggregate import aggregate_interactions
 from .attributions import BASELINES
@@ -43,7 +43,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m interpretability", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m crossmat.interpretability", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     e = sub.add_parser("explain", help="attributions + interactions for formulas (JSON, CSV, figures)")
     _common(e)
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (OSError, RuntimeError) as err:  # full / read-only disk while writing the output, or an unreadable input
-        from dataset_builders.common import describe_write_error
+        from crossmat.dataset_builders.common import describe_write_error
 
         msg = describe_write_error(err, args.out)
         if msg is None and isinstance(err, OSError):

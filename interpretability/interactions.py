@@ -20,7 +20,7 @@ import shapiq
 import torch
 from tqdm.auto import tqdm
 
-from modeling.model_folder import problem_type_of
+from crossmat.modeling.model_folder import problem_type_of
 
 from .model_output import ModelOutputSpec, select_output
 from .players import STRATEGIES, FormulaPlayers, coalition_inputs, formula_players_batch

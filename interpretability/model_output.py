@@ -7,14 +7,14 @@ from dataclasses import dataclass
 
 import torch
 
-from modeling.model_folder import NotAPropertyModelError, load_property_model, output_info
+from crossmat.modeling.model_folder import NotAPropertyModelError, load_property_model, output_info
 
 __all__ = ["ModelOutputSpec", "NotAPropertyModelError", "check_property_model", "load_property_model", "select_output"]
 
 
 def check_property_model(model: torch.nn.Module) -> None:
     """Raise :class:`NotAPropertyModelError` unless ``model`` is a ``CrossMatForPropertyPrediction``."""
-    from modeling import CrossMatForPropertyPrediction
+    from crossmat.modeling import CrossMatForPropertyPrediction
 
     if not isinstance(model, CrossMatForPropertyPrediction):
         raise NotAPropertyModelError(

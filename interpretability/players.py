@@ -20,9 +20,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from modeling import decode_composition
-from tokenization import FormulaError
-from tokenization.vocabulary import ELEMENT_START, MASK_ID, NUM_ELEMENTS, PAD_ID, SEP_ID, VOCAB, token_layout
+from crossmat.modeling import decode_composition
+from crossmat.tokenization import FormulaError
+from crossmat.tokenization.vocabulary import ELEMENT_START, MASK_ID, NUM_ELEMENTS, PAD_ID, SEP_ID, VOCAB, token_layout
 
 __all__ = ["STRATEGIES", "FormulaPlayers", "coalition_inputs", "formula_players", "formula_players_batch"]
 

@@ -23,7 +23,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from modeling.configuration_crossmat import output_info
+from crossmat.modeling.configuration_crossmat import output_info
 
 __all__ = ["KINDS", "build_model_card", "write_model_card"]
 

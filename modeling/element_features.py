@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tokenization.vocabulary import ELEMENT_START, ELEMENTS, VOCAB
+from crossmat.tokenization.vocabulary import ELEMENT_START, ELEMENTS, VOCAB
 
 __all__ = ["element_feature_table", "install_element_features"]
 

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from tokenization import CrossMatTokenizerFast
-from tokenization.vocabulary import token_layout
+from crossmat.tokenization import CrossMatTokenizerFast
+from crossmat.tokenization.vocabulary import token_layout
 
 from .configuration_crossmat import CrossMatConfig, num_labels_of, output_info, problem_type_of
 from .pipeline_crossmat import scores_from_logits
@@ -36,6 +36,7 @@ __all__ = [
     "check_folder",
     "is_lora_folder",
     "is_property_config",
+    "load_any_model",
     "load_lora_model",
     "load_model",
     "load_property_model",
@@ -156,6 +157,26 @@ def load_tokenizer(path: str | Path) -> CrossMatTokenizerFast:
     if Path(path).is_dir() and not (Path(path) / "tokenizer.json").is_file():
         return CrossMatTokenizerFast()
     return CrossMatTokenizerFast.from_pretrained(str(path))
+
+
+def load_any_model(name_or_path: str | Path, *, merge: bool = True) -> PreTrainedModel:
+    """Any CrossMat model by name, folder or Hub id, in eval mode (``crossmat.load_model``).
+
+    Shipped short names and Hub ids are resolved to a local folder first (``modeling.pretrained``). A property
+    model (full or LoRA folder) loads with its trained head, LoRA merged unless ``merge=False``; a pretraining
+    backbone (MLM / imKT) loads as the architecture saved in its ``config.json``."""
+    from transformers import AutoModel
+
+    from . import modeling_crossmat
+    from .pretrained import resolve_model_path
+
+    path = resolve_model_path(name_or_path)
+    raw = check_folder(path)
+    if is_property_config(raw):
+        return load_model(path, merge=merge)
+    arch = (raw.get("architectures") or [""])[0]
+    cls = getattr(modeling_crossmat, arch, None) or AutoModel  # no recorded architecture: the bare encoder
+    return cls.from_pretrained(str(path), use_safetensors=True).eval()
 
 
 def load_property_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[PreTrainedModel, CrossMatTokenizerFast]:

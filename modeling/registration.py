@@ -11,7 +11,7 @@ from transformers import (
     AutoTokenizer,
 )
 
-from tokenization import CrossMatTokenizerFast
+from crossmat.tokenization import CrossMatTokenizerFast
 
 from .configuration_crossmat import CrossMatConfig
 from .modeling_crossmat import (

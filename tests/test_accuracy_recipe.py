@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from modeling import CrossMatConfig, CrossMatForMaskedLM, CrossMatForPropertyPrediction
-from modeling.element_features import element_feature_table, install_element_features
-from tokenization import CrossMatTokenizerFast
-from tokenization.vocabulary import ELEMENT_START, ELEMENTS, MASK_ID, token_layout
-from training import apply_overrides, run_recipe, validate_recipe
-from training.loop import auto_batch_size
+from crossmat.modeling import CrossMatConfig, CrossMatForMaskedLM, CrossMatForPropertyPrediction
+from crossmat.modeling.element_features import element_feature_table, install_element_features
+from crossmat.tokenization import CrossMatTokenizerFast
+from crossmat.tokenization.vocabulary import ELEMENT_START, ELEMENTS, MASK_ID, token_layout
+from crossmat.training import apply_overrides, run_recipe, validate_recipe
+from crossmat.training.loop import auto_batch_size
 
 FORMULAS = ["Fe2O3", "Li0.5Co0.5O2", "(NH4)2SO4", "Si", "Ba2Ca(Cu(OH)2)3", "CuSO4(H2O)5", "Al0.25Ga0.75N", "O3Fe2"]
 
@@ -232,9 +232,9 @@ def test_swa_weights_are_the_epoch_average(gap_csv, tmp_path):
 
 
 def test_evaluation_trains_on_every_row_when_the_recipe_says_so(data_dir):
-    from evaluation.baselines import FoldData
-    from evaluation.crossmat_predictor import CrossMatPredictor
-    from evaluation.tasks import matbench_task
+    from crossmat.evaluation.baselines import FoldData
+    from crossmat.evaluation.crossmat_predictor import CrossMatPredictor
+    from crossmat.evaluation.tasks import matbench_task
 
     df = pd.read_csv(data_dir / "matbench_v0.1" / "matbench_expt_gap.csv.gz").iloc[:40]
     df = df.rename(columns={df.columns[2]: "target"})
@@ -251,7 +251,7 @@ def test_evaluation_trains_on_every_row_when_the_recipe_says_so(data_dir):
 def test_attributions_explain_the_model_with_element_features():
     """Integrated gradients must perturb the vectors the model really uses (projected element features), so
     the explained prediction equals the model's own prediction."""
-    from interpretability.attributions import explain_attributions
+    from crossmat.interpretability.attributions import explain_attributions
 
     torch.manual_seed(0)
     table, _ = element_feature_table("mat2vec")

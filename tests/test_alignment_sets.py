@@ -8,10 +8,10 @@ import pytest
 import torch
 from datasets import load_dataset
 
-from dataset_builders.alignment import build_alignment_set, polymorph_statistics
-from dataset_builders.cli import main as builders_main
-from dataset_builders.common import BadInputError, canonicalize_formulas, write_parquet
-from dataset_builders.matbench import load_task_frame
+from crossmat.dataset_builders.alignment import build_alignment_set, polymorph_statistics
+from crossmat.dataset_builders.cli import main as builders_main
+from crossmat.dataset_builders.common import BadInputError, canonicalize_formulas, write_parquet
+from crossmat.dataset_builders.matbench import load_task_frame
 
 # Real compositions; Fe2O3 has two polymorphs (different energies), TiO2 three.
 ROWS = [("mp-1", "Fe2O3", -6.0), ("mp-2", "Fe2O3", -6.5), ("mp-3", "TiO2", -8.0), ("mp-4", "TiO2", -8.9),
@@ -117,9 +117,9 @@ def test_polymorph_statistics_see_identical_polymorphs():
 
 
 def test_imkt_data_standardises_embeddings_with_train_statistics():
-    from tokenization import CrossMatTokenizerFast
-    from training.data import prepare_stage_data
-    from training.recipe import resolve_stage
+    from crossmat.tokenization import CrossMatTokenizerFast
+    from crossmat.training.data import prepare_stage_data
+    from crossmat.training.recipe import resolve_stage
 
     rng = np.random.default_rng(0)
     formulas = ["NaCl", "KCl", "LiF", "MgO", "CaO", "SrO", "BaO", "ZnS", "GaAs", "InP", "AlN", "SiC"] * 5

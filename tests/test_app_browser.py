@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from inference import FormulaPredictor
-from inference.app import build_app, predict_markdown
+from crossmat.inference import FormulaPredictor
+from crossmat.inference.app import build_app, predict_markdown
 
 from .test_inference_support import make_property_model
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 
-from inference import FormulaPredictor
-from inference import app as app_mod
-from inference.app import MAX_INPUT_CHARS, build_app, md_escape, respond
-from tokenization.vocabulary import ELEMENTS
+from crossmat.inference import FormulaPredictor
+from crossmat.inference import app as app_mod
+from crossmat.inference.app import MAX_INPUT_CHARS, build_app, md_escape, respond
+from crossmat.tokenization.vocabulary import ELEMENTS
 
 from .test_inference_support import make_property_model
 

@@ -22,7 +22,10 @@ LAYERS: dict[str, int] = {
     "inference": 4,
     "evaluation": 5,  # runs training per fold and scores with inference's predictor
     "cli": 6,  # the `crossmat` command: a front end that forwards to every entry point
+    "crossmat": 7,  # the package root: crossmat.load_model / predict, lazy access to the parts
 }
+# Folders that hold data only (package data, no imports of the package).
+DATA_PACKAGES = {"configs"}
 # (importer, imported) pairs that break the rule on purpose, each with its reason. Empty: none needed.
 EXCEPTIONS: dict[tuple[str, str], str] = {}
 # Files that travel as Hub remote code: only torch, transformers, the standard library and each other.
@@ -44,9 +47,29 @@ def _imports(path: Path) -> list[tuple[int, str, bool]]:
     return out
 
 
+def _layer_name(module: str) -> str | None:
+    """The package folder an absolute import lands in (``crossmat.training.x`` -> ``training``); ``None`` for
+    modules outside the package."""
+    parts = module.split(".")
+    if parts[0] != "crossmat":
+        return None
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "crossmat"
+
+
 def test_layers_cover_every_package():
-    packages = {p.parent.name for p in REPO.glob("*/__init__.py")} - {"tests", "benchmarks"}
+    packages = {p.parent.name for p in REPO.glob("*/__init__.py")} - {"tests", "benchmarks"} - DATA_PACKAGES
     assert packages == set(LAYERS), f"give every package a layer: {sorted(packages ^ set(LAYERS))}"
+
+
+def test_every_import_goes_through_the_crossmat_namespace():
+    """The installed wheel has one top-level name, ``crossmat``: a bare ``import training`` works only in a
+    checkout, so no file of the package, the tests or the benchmarks may use one."""
+    bare = set(LAYERS) | DATA_PACKAGES
+    bad = [f"{path.relative_to(REPO)}:{line} imports {module}"
+           for path in sorted(REPO.rglob("*.py")) if not {".venv", ".ci-venv", "_work", "build"} & set(path.parts)
+           for line, module, relative in _imports(path)
+           if not relative and module.split(".")[0] in bare - {"crossmat"}]
+    assert not bad, "import the package as crossmat.<part>:\n" + "\n".join(bad)
 
 
 def test_no_upward_or_sideways_imports():
@@ -54,8 +77,8 @@ def test_no_upward_or_sideways_imports():
     for package, layer in LAYERS.items():
         for path in sorted((REPO / package).rglob("*.py")):
             for line, module, relative in _imports(path):
-                target = module.split(".")[0]
-                if relative or target == package or target not in LAYERS:
+                target = _layer_name(module)
+                if relative or target is None or target == package:
                     continue
                 if LAYERS[target] >= layer and (package, target) not in EXCEPTIONS:
                     bad.append(f"{path.relative_to(REPO)}:{line} imports {module} "
@@ -72,7 +95,9 @@ def test_remote_code_files_import_only_torch_and_transformers():
 
 def test_checker_sees_imports_of_every_kind(tmp_path):
     src = tmp_path / "m.py"
-    src.write_text("import inference.engine\nfrom training import run_recipe\nfrom . import x\n"
-                   "import importlib\nimportlib.import_module('interpretability')\n")
+    src.write_text("import crossmat.inference.engine\nfrom crossmat.training import run_recipe\nfrom . import x\n"
+                   "import importlib\nimportlib.import_module('crossmat.interpretability')\n")
     assert [(m, r) for _, m, r in _imports(src)] == [
-        ("inference.engine", False), ("training", False), ("", True), ("importlib", False), ("interpretability", False)]
+        ("crossmat.inference.engine", False), ("crossmat.training", False), ("", True), ("importlib", False),
+        ("crossmat.interpretability", False)]
+    assert [_layer_name(m) for _, m, _ in _imports(src)] == ["inference", "training", None, None, "interpretability"]

@@ -14,11 +14,11 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Composition, Structure
 from pymatgen.io.cif import CifParser
 
-from dataset_builders.cif_corpus import CorpusError, build_cif_corpus
-from explicit_transfer.cif_lm import CIFLanguageModelGenerator, build_cif_tokenizer, encode_cif, render_cif
-from training import run_recipe
-from training.cif_lm_stage import _split_by_formula
-from training.recipe import RecipeError, validate_recipe
+from crossmat.dataset_builders.cif_corpus import CorpusError, build_cif_corpus
+from crossmat.explicit_transfer.cif_lm import CIFLanguageModelGenerator, build_cif_tokenizer, encode_cif, render_cif
+from crossmat.training import run_recipe
+from crossmat.training.cif_lm_stage import _split_by_formula
+from crossmat.training.recipe import RecipeError, validate_recipe
 
 warnings.filterwarnings("ignore")
 TINY = {"n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 512}

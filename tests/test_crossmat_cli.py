@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cli import COMMANDS, main
+from crossmat.cli import COMMANDS, main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = '{"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}'
@@ -29,7 +29,7 @@ def test_help_lists_every_capability(capsys):
         assert f"  {name} " in out and f"crossmat {name} " in out
     assert "CROSSMAT_DATA_DIR" in out
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["crossmat"] == "cli.main:main"
+    assert scripts["crossmat"] == "crossmat.cli.main:main"
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
@@ -67,8 +67,8 @@ def test_examples_run(tmp_path, monkeypatch, data_dir):
 
 def test_aliases_still_work(capsys):
     """``accelerate launch train.py`` and ``python evaluate.py`` stay: they run the same parsers."""
-    from evaluation.cli import build_parser as eval_parser
-    from training.cli import build_parser as train_parser
+    from crossmat.evaluation.cli import build_parser as eval_parser
+    from crossmat.training.cli import build_parser as train_parser
 
     assert "--train" in eval_parser().format_help() and "--config" in train_parser().format_help()
     assert "from training.cli import main" in (REPO / "train.py").read_text()

@@ -19,13 +19,13 @@ import pandas as pd
 import pytest
 from datasets import load_dataset
 
-from dataset_builders import paths
-from dataset_builders.cli import main
-from dataset_builders.common import BadInputError, size_category
-from dataset_builders.corpus import build_corpus, transport_formulas
-from dataset_builders.download import DownloadError
-from dataset_builders.llm4mat import DATASETS, build_llm4mat, n_tasks
-from dataset_builders.matbench import (
+from crossmat.dataset_builders import paths
+from crossmat.dataset_builders.cli import main
+from crossmat.dataset_builders.common import BadInputError, size_category
+from crossmat.dataset_builders.corpus import build_corpus, transport_formulas
+from crossmat.dataset_builders.download import DownloadError
+from crossmat.dataset_builders.llm4mat import DATASETS, build_llm4mat, n_tasks
+from crossmat.dataset_builders.matbench import (
     TASKS,
     build_matbench,
     load_task_frame,
@@ -33,8 +33,8 @@ from dataset_builders.matbench import (
     split_names,
     task_info,
 )
-from dataset_builders.publish import PublishError, publish_folder
-from tokenization import canonical_formula
+from crossmat.dataset_builders.publish import PublishError, publish_folder
+from crossmat.tokenization import canonical_formula
 
 DATA = paths.data_dir(must_exist=False)
 MB_DIR = DATA / "matbench_v0.1"
@@ -157,7 +157,7 @@ def test_matbench_download_from_local_http_server(tmp_path, monkeypatch):
 def test_official_json_structure_rows_give_reduced_formula():
     from pymatgen.core import Structure
 
-    from dataset_builders.matbench import _formula_from_obj
+    from crossmat.dataset_builders.matbench import _formula_from_obj
 
     cif = pd.read_csv(DATA / "perov_5" / "val.csv.gz", nrows=2)["cif"]
     for text in cif:
@@ -282,7 +282,7 @@ def test_cli_help_and_errors(capsys, tmp_path):
         assert "--out" in capsys.readouterr().out or name == "publish"
     assert main(["llm4mat", "--source", str(tmp_path), "--dataset", "mp", "--out", str(tmp_path / "o")]) == 2
     assert "no train.csv" in capsys.readouterr().err
-    proc = subprocess.run([sys.executable, "-m", "dataset_builders", "--help"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "crossmat.dataset_builders", "--help"], capture_output=True, text=True,
                           cwd=REPO, check=False)  # fmt: skip
     assert proc.returncode == 0 and "embeddings" in proc.stdout
 
@@ -313,7 +313,7 @@ def test_publish_offline_and_not_a_dataset(tmp_path):
 
 
 def test_one_cache_variable_and_the_old_name_warns(tmp_path, monkeypatch):
-    from dataset_builders import paths
+    from crossmat.dataset_builders import paths
 
     monkeypatch.delenv("CROSSMAT_CACHE_DIR", raising=False)
     monkeypatch.setenv("CROSSMAT_CACHE", str(tmp_path / "old"))

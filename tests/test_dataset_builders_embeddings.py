@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from datasets import load_dataset
 
-from dataset_builders import paths
-from dataset_builders.common import BadInputError
-from dataset_builders.embeddings import (
+from crossmat.dataset_builders import paths
+from crossmat.dataset_builders.common import BadInputError
+from crossmat.dataset_builders.embeddings import (
     DEFAULT_MATGL_MODEL,
     build_embeddings,
     embed_structures,

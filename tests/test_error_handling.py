@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pymatgen.core import Composition
 
-from explicit_transfer.base import StructureGenerator
+from crossmat.explicit_transfer.base import StructureGenerator
 
 
 class _Broken(StructureGenerator):
@@ -28,8 +28,8 @@ def test_generation_failures_are_records_but_bugs_propagate():
 
 
 def test_unknown_element_embedding_keeps_its_cause():
-    from modeling import CrossMatConfig, CrossMatForMaskedLM
-    from training import RecipeError, init_element_embeddings
+    from crossmat.modeling import CrossMatConfig, CrossMatForMaskedLM
+    from crossmat.training import RecipeError, init_element_embeddings
 
     model = CrossMatForMaskedLM(CrossMatConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                                intermediate_size=32))
@@ -41,7 +41,7 @@ def test_unknown_element_embedding_keeps_its_cause():
 def test_exkt_generate_does_not_fall_back_to_one_process(monkeypatch, tmp_path):
     import accelerate
 
-    import explicit_transfer.__main__ as cli
+    import crossmat.explicit_transfer.__main__ as cli
 
     def broken_state():
         raise RuntimeError("distributed init failed")

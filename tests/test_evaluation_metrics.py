@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from evaluation import carve_validation, fold_indices, load_matbench_frame, score
-from evaluation.matbench_json import benchmark_dict, check_matbench_dict, hash_dictionary, task_results
+from crossmat.evaluation import carve_validation, fold_indices, load_matbench_frame, score
+from crossmat.evaluation.matbench_json import benchmark_dict, check_matbench_dict, hash_dictionary, task_results
 
 
 def test_matbench_regression_hand_computed():

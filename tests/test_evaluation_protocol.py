@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation.cli import main
-from evaluation.matbench_json import check_matbench_dict
-from evaluation.records import RECORD_KEYS
-from evaluation.tasks import fold_indices, load_matbench_frame
+from crossmat.evaluation.cli import main
+from crossmat.evaluation.matbench_json import check_matbench_dict
+from crossmat.evaluation.records import RECORD_KEYS
+from crossmat.evaluation.tasks import fold_indices, load_matbench_frame
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "benchmarks" / "matbench" / "recipes" / "tiny_scratch.yaml"
@@ -58,8 +58,8 @@ def test_missing_dataset_folder_fails_before_training(tmp_path, capsys):
 
 
 def test_head_mismatch_fails_before_training(tmp_path, capsys):
-    import modeling
-    from tokenization import CrossMatTokenizerFast
+    import crossmat.modeling as modeling
+    from crossmat.tokenization import CrossMatTokenizerFast
 
     cfg = modeling.CrossMatConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                   num_labels=1, problem_type="regression", target_mean=[0.0], target_std=[1.0])
@@ -162,10 +162,10 @@ def test_ensemble_uncertainty_recorded_and_calibrated(tmp_path):
 
 
 def test_llm4mat_harness_scores_the_published_dataset(tmp_path):
-    """The harness's frames are exactly what ``python -m dataset_builders llm4mat`` publishes, also for
+    """The harness's frames are exactly what ``python -m crossmat.dataset_builders llm4mat`` publishes, also for
     rows the two used to treat differently (an unparseable formula, a duplicated test material)."""
-    from dataset_builders.llm4mat import build_llm4mat
-    from evaluation.tasks import load_llm4mat
+    from crossmat.dataset_builders.llm4mat import build_llm4mat
+    from crossmat.evaluation.tasks import load_llm4mat
 
     sample = tmp_path / "llm4mat_bench_mp_sample"
     sample.mkdir()

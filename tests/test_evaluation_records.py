@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.records import RECORD_KEYS, update_model_index, write_record
+from crossmat.evaluation.records import RECORD_KEYS, update_model_index, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from pymatgen.core import Composition, Lattice, Structure
 
-import explicit_transfer as et
-from explicit_transfer.cif_lm import (
+import crossmat.explicit_transfer as et
+from crossmat.explicit_transfer.cif_lm import (
     CIFLanguageModelGenerator,
     build_cif_tokenizer,
     encode_cif,
@@ -21,11 +21,11 @@ from explicit_transfer.cif_lm import (
     prompt_for,
     train_cif_lm,
 )
-from explicit_transfer.cif_validation import validate_cif, validate_structure
-from explicit_transfer.convert_crystallm import convert_crystallm_checkpoint
-from explicit_transfer.csp_metrics import csp_metrics, match_rms
-from explicit_transfer.data import load_perov5
-from explicit_transfer.pipeline import generate_to_jsonl, read_jsonl
+from crossmat.explicit_transfer.cif_validation import validate_cif, validate_structure
+from crossmat.explicit_transfer.convert_crystallm import convert_crystallm_checkpoint
+from crossmat.explicit_transfer.csp_metrics import csp_metrics, match_rms
+from crossmat.explicit_transfer.data import load_perov5
+from crossmat.explicit_transfer.pipeline import generate_to_jsonl, read_jsonl
 
 warnings.filterwarnings("ignore")
 
@@ -80,7 +80,7 @@ def test_prototype_templates_from_train_split(data_dir):
     """CSP protocol: templates come from perov_5 train (ids disjoint from val/test), test is refused as a source."""
     import pandas as pd
 
-    from explicit_transfer.data import load_perov5, perov5_templates
+    from crossmat.explicit_transfer.data import load_perov5, perov5_templates
 
     ids = {s: set(pd.read_csv(data_dir / "perov_5" / f"{s}.csv.gz", usecols=["material_id"]).material_id)
            for s in ("val", "test")}
@@ -131,7 +131,7 @@ def test_map_rows_to_structures_is_one_to_one_and_sees_only_given_rows(data_dir)
     rows passed in (the training folds) decide which structures are used."""
     import pandas as pd
 
-    from explicit_transfer.data import composition_key, map_rows_to_structures
+    from crossmat.explicit_transfer.data import composition_key, map_rows_to_structures
 
     rows = pd.DataFrame({"key": ["A", "A", "B", "C"], "e_form": [1.00, 2.00, 0.50, 0.70]}, index=[10, 11, 12, 13])
     structs = pd.DataFrame({"key": ["A", "A", "B", "B", "C"], "heat_all": [1.001, 2.5, 0.501, 0.503, 0.9]})
@@ -318,7 +318,7 @@ def test_crystallm_converter_round_trip(tmp_path):
 def test_structure_predictor_save_reload_auto(perov, tmp_path):
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
-    from explicit_transfer.potentials import crystal_features
+    from crossmat.explicit_transfer.potentials import crystal_features
 
     val, test = perov
     feats = crystal_features(val.structure.tolist())
@@ -358,7 +358,7 @@ def test_generate_to_jsonl_resumes(proto, perov, tmp_path):
 
 
 def test_cli_help_and_generate(tmp_path):
-    from explicit_transfer.__main__ import main
+    from crossmat.explicit_transfer.__main__ import main
 
     with pytest.raises(SystemExit) as e:
         main(["--help"])
@@ -371,7 +371,7 @@ def test_cli_help_and_generate(tmp_path):
 def test_bridge_generated_embeddings_flagged(proto, perov, tmp_path):
     import pandas as pd
 
-    from explicit_transfer.bridge import generated_embeddings
+    from crossmat.explicit_transfer.bridge import generated_embeddings
 
     _, test = perov
     generate_to_jsonl(proto, [*test.formula[:2], "Qq"], tmp_path / "g.jsonl", n_candidates=1, progress=False)
@@ -396,7 +396,7 @@ def test_generate_to_jsonl_shards_rows(proto, perov, tmp_path):
 def test_cli_train_predictor_and_predict(perov, tmp_path):
     import pandas as pd
 
-    from explicit_transfer.__main__ import main
+    from crossmat.explicit_transfer.__main__ import main
 
     val, _ = perov
     table = val[["cif", "heat_ref"]].head(12).copy()

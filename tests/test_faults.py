@@ -105,7 +105,7 @@ def read_only(monkeypatch, tmp_path):
 
 
 def test_train_cli_bad_files_and_read_only_output(tmp_path, small_csv, capsys, read_only):
-    from training.cli import main
+    from crossmat.training.cli import main
 
     cfg = tmp_path / "r.yaml"
     cfg.write_text(yaml.safe_dump(_recipe(small_csv, 0.0)))
@@ -128,7 +128,7 @@ def test_train_disk_full_keeps_finished_stage_and_resumes(tmp_path, small_csv, c
 
     import torch
 
-    from training.cli import main
+    from crossmat.training.cli import main
 
     stage = _recipe(small_csv, 0.0)
     pipeline = {"name": "two", "seed": 3, "pipeline": [{**stage, "name": "a"}, {**stage, "name": "b"}]}
@@ -156,7 +156,7 @@ def test_train_disk_full_keeps_finished_stage_and_resumes(tmp_path, small_csv, c
 
 def test_train_full_tmpfs(tmp_path, small_csv, capsys):
     """The real thing where a small tmpfs can be mounted (root): torch's 'iostream error' becomes 'disk is full'."""
-    from training.cli import main
+    from crossmat.training.cli import main
 
     mnt = tmp_path / "tiny"
     mnt.mkdir()
@@ -175,8 +175,8 @@ def test_train_full_tmpfs(tmp_path, small_csv, capsys):
 
 
 def test_builders_and_interpretability_on_broken_disks(tmp_path, capsys, monkeypatch, read_only, data_dir):
-    from dataset_builders.cli import main as build
-    from interpretability.cli import main as interpret
+    from crossmat.dataset_builders.cli import main as build
+    from crossmat.interpretability.cli import main as interpret
 
     from .test_inference_support import make_property_model
 
@@ -204,8 +204,8 @@ def test_push_failure_is_one_line_with_hf_upload_and_no_pickles(tmp_path, monkey
     import huggingface_hub
     from huggingface_hub.utils import filter_repo_objects
 
-    from training import RecipeError
-    from training.stages import PUSH_ALLOW, PUSH_IGNORE, _push
+    from crossmat.training import RecipeError
+    from crossmat.training.stages import PUSH_ALLOW, PUSH_IGNORE, _push
 
     def offline(*a, **k):
         raise huggingface_hub.errors.OfflineModeIsEnabled("Cannot reach https://huggingface.co: offline mode")

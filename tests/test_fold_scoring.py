@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation.baselines import FoldData
-from evaluation.crossmat_predictor import CrossMatPredictor, fold_predictor, predict_folder
-from evaluation.tasks import TaskInfo
-from inference import FormulaPredictor
-from training import train_recipe
+from crossmat.evaluation.baselines import FoldData
+from crossmat.evaluation.crossmat_predictor import CrossMatPredictor, fold_predictor, predict_folder
+from crossmat.evaluation.tasks import TaskInfo
+from crossmat.inference import FormulaPredictor
+from crossmat.training import train_recipe
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
 STEPS = {"max_steps": 3, "batch_size": 16, "progress_bar": False, "checkpoint_every": 1000}

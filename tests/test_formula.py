@@ -7,7 +7,7 @@ import re
 import pytest
 from pymatgen.core import Composition
 
-from tokenization import FormulaError, canonical_formula, parse_formula
+from crossmat.tokenization import FormulaError, canonical_formula, parse_formula
 
 
 def test_every_matbench_formula_parses(matbench_formulas):

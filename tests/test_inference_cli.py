@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from inference import FormulaPredictor
-from inference.predict import main, predict_file
+from crossmat.inference import FormulaPredictor
+from crossmat.inference.predict import main, predict_file
 
 from .test_inference_support import make_pretrained_model, make_property_model
 

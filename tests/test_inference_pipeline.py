@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, pipeline
 
-from inference import TASK, FormulaPredictor, load_pipeline
-from tokenization import CrossMatTokenizerFast
+from crossmat.inference import TASK, FormulaPredictor, load_pipeline
+from crossmat.tokenization import CrossMatTokenizerFast
 
 from .test_inference_support import last_json, make_property_model, run_without_package
 

@@ -11,9 +11,14 @@ from pathlib import Path
 
 import torch
 
-import modeling  # noqa: F401
-from modeling import CrossMatConfig, CrossMatForMaskedLM, CrossMatForPropertyPrediction, CrossMatForStructureAlignment
-from tokenization import CrossMatTokenizerFast
+import crossmat.modeling  # noqa: F401
+from crossmat.modeling import (
+    CrossMatConfig,
+    CrossMatForMaskedLM,
+    CrossMatForPropertyPrediction,
+    CrossMatForStructureAlignment,
+)
+from crossmat.tokenization import CrossMatTokenizerFast
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, hidden_dropout_prob=0.0)
@@ -41,7 +46,7 @@ def _randomise(model: torch.nn.Module, seed: int, scale: float) -> None:
 
 def make_property_model(path: Path, *, classification: bool = False, seed: int = 0, scale: float = 0.3) -> Path:
     """A 2-layer hidden-32 property model (+ tokenizer + pipeline remote code) saved to ``path``."""
-    from inference import add_pipeline_to_model_dir
+    from crossmat.inference import add_pipeline_to_model_dir
 
     if classification:
         cfg = CrossMatConfig(

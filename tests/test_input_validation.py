@@ -15,16 +15,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pymatgen.core import Composition
 
-from inference import FormulaPredictor, load_pipeline
-from inference.app import predict_markdown
-from inference.predict import predict_file
-from interpretability.players import formula_players_batch
-from modeling import decode_composition
-from tokenization import CrossMatTokenizerFast, FormulaError, parse_formula
-from tokenization.formula_grammar import _HYDRATE_SEP, check_formula
-from tokenization.tokenization_crossmat_base import CrossMatBaseTokenizerFast
-from training.data import DataError, _canonicalise, _Rejects, prepare_stage_data
-from training.recipe import resolve_stage
+from crossmat.inference import FormulaPredictor, load_pipeline
+from crossmat.inference.app import predict_markdown
+from crossmat.inference.predict import predict_file
+from crossmat.interpretability.players import formula_players_batch
+from crossmat.modeling import decode_composition
+from crossmat.tokenization import CrossMatTokenizerFast, FormulaError, parse_formula
+from crossmat.tokenization.formula_grammar import _HYDRATE_SEP, check_formula
+from crossmat.tokenization.tokenization_crossmat_base import CrossMatBaseTokenizerFast
+from crossmat.training.data import DataError, _canonicalise, _Rejects, prepare_stage_data
+from crossmat.training.recipe import resolve_stage
 
 from .test_inference_support import last_json, make_property_model, run_without_package
 
@@ -138,7 +138,7 @@ def _fractions(amounts: dict[str, float]) -> dict[str, float]:
 
 def _decoded(tok: CrossMatTokenizerFast, text: str) -> dict[str, float]:
     """What the model reads: ``decode_composition`` over the token ids of ``text``."""
-    from modeling import CrossMatConfig
+    from crossmat.modeling import CrossMatConfig
 
     enc = tok(text, return_tensors="pt")
     slot, frac = decode_composition(enc["input_ids"], CrossMatConfig())
@@ -321,7 +321,7 @@ def test_exkt_predict_missing_file_corrupt_line_and_broken_cif(tmp_path: Path, m
     import transformers
     from pymatgen.core import Lattice, Structure
 
-    from explicit_transfer.__main__ import main
+    from crossmat.explicit_transfer.__main__ import main
 
     with pytest.raises(SystemExit, match="not found"):
         main(["predict", "--model", str(tmp_path), "--generated", str(tmp_path / "nope.jsonl"), "--output",
@@ -352,9 +352,9 @@ def test_exkt_predict_missing_file_corrupt_line_and_broken_cif(tmp_path: Path, m
 def test_exkt_train_predictor_rejects_unknown_elements(tmp_path: Path, monkeypatch) -> None:
     from pymatgen.core import Lattice, Structure
 
-    import explicit_transfer.potentials as potentials
-    import explicit_transfer.predictor as predictor
-    from explicit_transfer.__main__ import main
+    import crossmat.explicit_transfer.potentials as potentials
+    import crossmat.explicit_transfer.predictor as predictor
+    from crossmat.explicit_transfer.__main__ import main
 
     seen = {}
     monkeypatch.setattr(potentials, "crystal_features", lambda structs, enc: seen.setdefault("n", len(structs)) and np.zeros((len(structs), 4)))
@@ -370,7 +370,7 @@ def test_exkt_train_predictor_rejects_unknown_elements(tmp_path: Path, monkeypat
 
 
 def test_interpretability_reads_formula_cells_as_written(tmp_path: Path) -> None:
-    from interpretability.cli import _read_formula_csv
+    from crossmat.interpretability.cli import _read_formula_csv
 
     src = tmp_path / "in.csv"
     src.write_bytes(b"formula,test_fold\nFe\x00O,0\nNA,0\n,1\nLiCoO2,\n")
@@ -384,7 +384,7 @@ def test_pipeline_refuses_a_tokenizer_without_the_grammar(model_dir: Path) -> No
     """A plain PreTrainedTokenizerFast would read '((Fe)' silently; the pipeline says how to load the grammar."""
     from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast
 
-    from modeling.pipeline_crossmat import CompositionPropertyPipeline
+    from crossmat.modeling.pipeline_crossmat import CompositionPropertyPipeline
 
     plain = PreTrainedTokenizerFast(tokenizer_file=str(model_dir / "tokenizer.json"), unk_token="[UNK]", pad_token="[PAD]")
     pipe = CompositionPropertyPipeline(model=AutoModelForSequenceClassification.from_pretrained(model_dir), tokenizer=plain)
@@ -393,7 +393,7 @@ def test_pipeline_refuses_a_tokenizer_without_the_grammar(model_dir: Path) -> No
 
 
 def test_exkt_generate_input_keeps_formula_cells_as_written(tmp_path: Path) -> None:
-    from explicit_transfer.__main__ import _read_table
+    from crossmat.explicit_transfer.__main__ import _read_table
 
     src = tmp_path / "in.csv"
     src.write_bytes(b"id,formula\n1,Fe\x00O\n2,NA\n3,\nNA,NaCl\n")

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
-import modeling  # noqa: F401
-from interpretability import (
+import crossmat.modeling  # noqa: F401
+from crossmat.interpretability import (
     BudgetError,
     ModelOutputSpec,
     NotAPropertyModelError,
@@ -27,10 +27,10 @@ from interpretability import (
     load_property_model,
     minimum_budget,
 )
-from interpretability.cli import main as cli_main
-from modeling import CrossMatConfig, CrossMatForMaskedLM, CrossMatForPropertyPrediction, decode_composition
-from tokenization import CrossMatTokenizerFast, FormulaError
-from tokenization.vocabulary import CLS_ID, ELEMENT_START, MASK_ID, NUM_ELEMENTS, SEP_ID
+from crossmat.interpretability.cli import main as cli_main
+from crossmat.modeling import CrossMatConfig, CrossMatForMaskedLM, CrossMatForPropertyPrediction, decode_composition
+from crossmat.tokenization import CrossMatTokenizerFast, FormulaError
+from crossmat.tokenization.vocabulary import CLS_ID, ELEMENT_START, MASK_ID, NUM_ELEMENTS, SEP_ID
 
 DATA = Path(os.environ.get("CROSSMAT_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 POOL = ["Li", "Na", "K", "Mg", "Fe", "O", "S", "Cl"]

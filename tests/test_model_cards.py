@@ -12,8 +12,8 @@ import yaml
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
 
-from model_cards import KINDS, write_model_card
-from tokenization import CrossMatTokenizerFast
+from crossmat.model_cards import KINDS, write_model_card
+from crossmat.tokenization import CrossMatTokenizerFast
 
 from .test_inference_support import make_pretrained_model, make_property_model, run_without_package
 
@@ -40,7 +40,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    import modeling  # noqa: F401
+    import crossmat.modeling  # noqa: F401
 
     base = AutoModelForSequenceClassification.from_pretrained(
         out["clm-mlm"],
@@ -65,7 +65,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     structure.mkdir()
     (structure / "config.json").write_text(json.dumps({"model": "CHGNet", "head": "linear", "embedding_dim": 64}))
     out["structure-predictor"] = structure
-    from explicit_transfer.cif_lm import build_cif_tokenizer, new_cif_lm
+    from crossmat.explicit_transfer.cif_lm import build_cif_tokenizer, new_cif_lm
 
     cif_tok = build_cif_tokenizer()
     new_cif_lm(cif_tok, n_embd=16, n_layer=1, n_head=2, n_positions=64).save_pretrained(root / "cif-lm-model")
@@ -77,7 +77,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _write(kind: str, folder: Path) -> Path:
     extra = {}
     if kind == "cif-lm":
-        from training.cif_lm_stage import USAGE
+        from crossmat.training.cif_lm_stage import USAGE
 
         extra["usage"] = USAGE.format(model_id=folder.name)
     if kind == "structure-predictor":

@@ -13,16 +13,16 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from modeling.configuration_crossmat import output_info, problem_type_of
-from modeling.model_folder import (
+from crossmat.modeling.configuration_crossmat import output_info, problem_type_of
+from crossmat.modeling.model_folder import (
     ModelFolderError,
     NotAPropertyModelError,
     is_lora_folder,
     load_model,
     load_property_model,
 )
-from tokenization import CrossMatTokenizerFast
-from training import RecipeError, run_recipe
+from crossmat.tokenization import CrossMatTokenizerFast
+from crossmat.training import RecipeError, run_recipe
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
         "initializer_range": 0.3}  # large weights: outputs differ clearly between formulas
@@ -57,8 +57,8 @@ def _plain_forward(folder: Path, formulas: list[str]) -> np.ndarray:
 
 
 def test_unified_predictor_reproduces_a_plain_forward(run: Path, matbench_formulas) -> None:
-    from evaluation.crossmat_predictor import predict_folder
-    from inference import FormulaPredictor, load_pipeline
+    from crossmat.evaluation.crossmat_predictor import predict_folder
+    from crossmat.inference import FormulaPredictor, load_pipeline
 
     formulas = matbench_formulas["matbench_expt_gap"][:200]
     ref = _plain_forward(run / "full", formulas)
@@ -87,12 +87,12 @@ def test_lora_folder_loads_like_a_full_folder(run: Path) -> None:
 
 
 def test_lora_folder_in_every_entry_point(run: Path, tmp_path: Path, capsys) -> None:
-    from evaluation.crossmat_predictor import check_model_folder, predict_folder
-    from evaluation.tasks import TaskInfo
-    from inference import FormulaPredictor, load_pipeline
-    from inference.app import explain_markdown, predict_markdown
-    from inference.predict import main as predict_main
-    from interpretability.cli import main as interpret_main
+    from crossmat.evaluation.crossmat_predictor import check_model_folder, predict_folder
+    from crossmat.evaluation.tasks import TaskInfo
+    from crossmat.inference import FormulaPredictor, load_pipeline
+    from crossmat.inference.app import explain_markdown, predict_markdown
+    from crossmat.inference.predict import main as predict_main
+    from crossmat.interpretability.cli import main as interpret_main
 
     lora = run / "lora"
     model, tok = load_property_model(lora)
@@ -107,7 +107,7 @@ def test_lora_folder_in_every_entry_point(run: Path, tmp_path: Path, capsys) -> 
     assert predict_main(["--model", str(lora), "--input", str(src), "--output", str(tmp_path / "o.csv"),
                          "--no-progress"]) == 0
     np.testing.assert_allclose(pd.read_csv(tmp_path / "o.csv")["predicted_gap"], ref, atol=1e-6)
-    # python -m interpretability
+    # python -m crossmat.interpretability
     assert interpret_main(["explain", "--model", str(lora), "--formula", "LiCoO2", "--out", str(tmp_path / "expl"),
                            "--n-steps", "8", "--format", "png"]) == 0
     assert "LiCoO2" in capsys.readouterr().out

@@ -15,7 +15,7 @@ from transformers import (
     AutoModelForSequenceClassification,
 )
 
-from modeling import (
+from crossmat.modeling import (
     AUTO_MAP,
     CrossMatConfig,
     CrossMatForMaskedLM,
@@ -24,8 +24,8 @@ from modeling import (
     CrossMatModel,
     decode_composition,
 )
-from tokenization import CrossMatTokenizerFast, build_backend_tokenizer
-from tokenization.vocabulary import MASK_ID, token_layout
+from crossmat.tokenization import CrossMatTokenizerFast, build_backend_tokenizer
+from crossmat.tokenization.vocabulary import MASK_ID, token_layout
 
 from .test_tokenizer import _run_isolated
 
@@ -169,7 +169,7 @@ def test_trust_remote_code_load_without_package(tmp_path, batch, tokenizer):
         import json, sys
         from blocker import block; block()
         try:
-            import modeling
+            import crossmat.modeling as modeling
             raise SystemExit("project package importable")
         except ImportError:
             pass

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from evaluation.cli import main
-from evaluation.own_data import load_own_data
+from crossmat.evaluation.cli import main
+from crossmat.evaluation.own_data import load_own_data
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "your_own_data.md"
@@ -92,7 +92,7 @@ def test_own_data_errors_name_file_and_row(tmp_path: Path, capsys):
 
 
 def test_results_dir_defaults_to_none():
-    from evaluation.cli import build_parser
+    from crossmat.evaluation.cli import build_parser
 
     args = build_parser().parse_args(["--benchmark", "matbench", "--task", "matbench_steels", "--output-dir", "x"])
     assert args.results_dir is None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from modeling.pretrained import PretrainedNotFoundError, resolve_model_path
+from crossmat.modeling.pretrained import PretrainedNotFoundError, resolve_model_path
 from tests.conftest import free_port
 from tests.local_hub import serve_model_repo
 
@@ -58,8 +58,8 @@ def test_hub_id_offline_fails_with_a_clear_message(tmp_path):
 def test_recipe_init_from_names_what_it_accepts(tmp_path):
     import pandas as pd
 
-    from training import run_recipe
-    from training.recipe import RecipeError
+    from crossmat.training import run_recipe
+    from crossmat.training.recipe import RecipeError
 
     frame = pd.DataFrame({"formula": ["NaCl", "KCl", "LiF", "MgO", "CaO", "SrO", "BaO", "ZnS"] * 3, "y": range(24)})
     recipe = {"stage": "finetune", "model": {"init_from": "crossmat-no-such-backbone"},
@@ -72,9 +72,9 @@ def test_shipped_backbone_loads_offline_by_name_and_fine_tunes_through_accelerat
     import torch
     from transformers import AutoModel
 
-    import modeling  # noqa: F401  (Auto registration)
-    from modeling.pretrained import shipped_path
-    from tokenization import CrossMatTokenizerFast
+    import crossmat.modeling  # noqa: F401  (Auto registration)
+    from crossmat.modeling.pretrained import shipped_path
+    from crossmat.tokenization import CrossMatTokenizerFast
 
     folder = resolve_model_path("crossmat-imkt-mp-small")
     assert folder == shipped_path("crossmat-imkt-mp-small") and (folder / "README.md").is_file()

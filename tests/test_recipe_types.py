@@ -10,9 +10,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from training import RecipeError, apply_overrides, load_recipe, validate_recipe
-from training.recipe import STAGE_DEFAULTS, DataSection, StageRecipe, resolve_stage
-from training.stage_kinds import STAGE_TYPES, FinetuneStage, ImktStage, MLMStage, Stage, register_stage, stage_kind
+from crossmat.training import RecipeError, apply_overrides, load_recipe, validate_recipe
+from crossmat.training.recipe import STAGE_DEFAULTS, DataSection, StageRecipe, resolve_stage
+from crossmat.training.stage_kinds import (
+    STAGE_TYPES,
+    FinetuneStage,
+    ImktStage,
+    MLMStage,
+    Stage,
+    register_stage,
+    stage_kind,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(REPO.glob("configs/*.yaml")) + sorted(REPO.glob("benchmarks/**/recipes/*.yaml"))

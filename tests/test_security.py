@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from training import RecipeError, apply_overrides, run_recipe
-from training.data import DataError, apply_filter, load_source
+from crossmat.training import RecipeError, apply_overrides, run_recipe
+from crossmat.training.data import DataError, apply_filter, load_source
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
@@ -61,8 +61,8 @@ def test_filter_is_declarative_and_query_is_refused(tmp_path):
 
 # ---------------------------------------------------------------- CrystaLLM vocabulary pickles
 def test_crystallm_meta_pkl_needs_trust_and_never_runs_code(tmp_path):
-    from explicit_transfer.__main__ import main
-    from explicit_transfer.convert_crystallm import load_crystallm_vocabulary
+    from crossmat.explicit_transfer.__main__ import main
+    from crossmat.explicit_transfer.convert_crystallm import load_crystallm_vocabulary
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "meta.pkl"
@@ -158,8 +158,8 @@ def test_sources_have_no_unsafe_loads():
 
 def test_model_weights_are_read_from_safetensors_only(tmp_path):
     """A model folder whose weights are a pickle (``pytorch_model.bin``) is refused, not unpickled."""
-    from inference import FormulaPredictor
-    from modeling.model_folder import load_property_model
+    from crossmat.inference import FormulaPredictor
+    from crossmat.modeling.model_folder import load_property_model
 
     from .test_inference_support import make_property_model
 

@@ -12,7 +12,7 @@ import pytest
 from pymatgen.core import Composition
 from transformers import AutoTokenizer
 
-from tokenization import VOCAB, CrossMatTokenizerFast, FormulaError, canonical_formula
+from crossmat.tokenization import VOCAB, CrossMatTokenizerFast, FormulaError, canonical_formula
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +68,10 @@ def test_fast_batch_path_matches_rust_tokenizer(tokenizer, matbench_formulas):
 
 
 def test_autotokenizer_reload_with_package(tokenizer, tmp_path):
-    import modeling  # noqa: F401  (registers CrossMatTokenizerFast for model_type crossmat)
+    import crossmat.modeling  # noqa: F401  (registers CrossMatTokenizerFast for model_type crossmat)
 
     tokenizer.save_pretrained(tmp_path)
-    modeling.CrossMatConfig().save_pretrained(tmp_path)
+    crossmat.modeling.CrossMatConfig().save_pretrained(tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     assert isinstance(loaded, CrossMatTokenizerFast)
     assert loaded("Fe2O3")["input_ids"] == tokenizer("Fe2O3")["input_ids"]

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from tokenization import CrossMatTokenizerFast
-from tokenization.vocabulary import ELEMENT_START, MASK_ID, NUM_ELEMENTS
-from training import MaskedElementCollator, RecipeError, apply_overrides, run_recipe, validate_recipe
+from crossmat.tokenization import CrossMatTokenizerFast
+from crossmat.tokenization.vocabulary import ELEMENT_START, MASK_ID, NUM_ELEMENTS
+from crossmat.training import MaskedElementCollator, RecipeError, apply_overrides, run_recipe, validate_recipe
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_bad_input_fails_before_training(gap_csv, tmp_path):
 
 
 def test_shipped_configs_validate_and_llm4mat_recipe_trains(tmp_path, data_dir):
-    from training import load_recipe
+    from crossmat.training import load_recipe
 
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
     assert any(c.name == "quickstart.yaml" for c in configs)
@@ -132,7 +132,7 @@ def test_own_csv_run_outputs_say_what_they_are(tmp_path, gap_csv):
     import yaml
     from transformers import pipeline
 
-    from inference import load_pipeline
+    from crossmat.inference import load_pipeline
 
     df = pd.read_csv(gap_csv)
     df["gap"] = df["gap"] + 1e-9 * torch.arange(len(df)).double().numpy()  # digits a 4-decimal round loses
@@ -168,7 +168,7 @@ def test_own_csv_run_outputs_say_what_they_are(tmp_path, gap_csv):
 
 def test_every_recipe_key_is_documented():
     """docs/training.md's key table lists every stage key of the schema (data.id_column was missing)."""
-    from training.recipe import STAGE_DEFAULTS
+    from crossmat.training.recipe import STAGE_DEFAULTS
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
     keys = [f"{k}.{s}" if isinstance(v, dict) and k != "card" else k for k, v in STAGE_DEFAULTS.items()
@@ -181,7 +181,7 @@ def test_progress_is_never_silent(tmp_path, gap_csv, capfd, monkeypatch):
     without a terminal: status lines with step, loss, rate and ETA; a terminal gets a tqdm bar."""
     import io
 
-    from training.progress import StatusLine, _Bar, training_progress
+    from crossmat.training.progress import StatusLine, _Bar, training_progress
 
     monkeypatch.setenv("CROSSMAT_PROGRESS_SECONDS", "0")
     recipe = _stage(gap_csv, **{"train.progress_bar": False, "train.log_every": 100000, "train.max_steps": 3})
@@ -234,8 +234,8 @@ def test_accelerate_launch_without_defaults_warning_and_correct_multiprocess_doc
 def test_test_predictions_frame_columns_with_and_without_uncertainty():
     import numpy as np
 
-    from training.data import TensorSplit
-    from training.stages import prediction_table
+    from crossmat.training.data import TensorSplit
+    from crossmat.training.stages import prediction_table
 
     y = np.array([[1.123456789012], [2.5]])
     split = TensorSplit({"input_ids": torch.zeros(2, 3, dtype=torch.long), "labels": torch.tensor(y, dtype=torch.float32)},

@@ -45,7 +45,7 @@ def gap_csv(expt_gap_csv) -> Path:
 @pytest.fixture(scope="module")
 def perov_embeddings(tmp_path_factory, data_dir: Path) -> Path:
     """CHGNet embeddings of 40 real perov_5 structures, as a parquet with formula + embedding."""
-    from dataset_builders.embeddings import embed_structures, parse_structure
+    from crossmat.dataset_builders.embeddings import embed_structures, parse_structure
 
     df = pd.read_csv(data_dir / "perov_5" / "val.csv.gz").iloc[:40]
     structures = [parse_structure(c) for c in df["cif"]]
@@ -78,8 +78,8 @@ def test_all_stages_lora_and_auto_loading(tmp_path, gap_csv, perov_embeddings):
         AutoTokenizer,
     )
 
-    import modeling  # noqa: F401
-    from training import load_lora_model
+    import crossmat.modeling  # noqa: F401
+    from crossmat.training import load_lora_model
 
     steps = {"max_steps": 3, "batch_size": 16, "progress_bar": False, "log_every": 1}
     recipe = {"name": "tiny", "seed": 1, "pipeline": [

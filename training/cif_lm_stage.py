@@ -56,10 +56,10 @@ def train_cif_lm_stage(recipe: StageRecipe, out: Path) -> Any:
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
-    from dataset_builders.cif_corpus import CorpusError, build_cif_corpus
-    from dataset_builders.cif_text import build_cif_tokenizer
-    from model_cards import write_model_card
-    from modeling.cif_lm import new_cif_lm
+    from crossmat.dataset_builders.cif_corpus import CorpusError, build_cif_corpus
+    from crossmat.dataset_builders.cif_text import build_cif_tokenizer
+    from crossmat.model_cards import write_model_card
+    from crossmat.modeling.cif_lm import new_cif_lm
 
     from .stages import DONE_FILE, StageRun, _check_resume_recipe, _printable, _recipe_hash
 

@@ -8,13 +8,13 @@ import os
 import sys
 from pathlib import Path
 
-from dataset_builders.common import describe_write_error
+from crossmat.dataset_builders.common import describe_write_error
+from crossmat.dataset_builders.paths import resolve_recipe
 
 from .recipe import RecipeError, load_recipe
 from .stages import run_recipe
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = REPO_ROOT / "configs" / "quickstart.yaml"
+QUICKSTART = "quickstart"  # the shipped recipe crossmat/configs/quickstart.yaml
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="CrossMat training (MLM, imKT, finetune/LoRA) with Accelerate. Run through "
         "`accelerate launch train.py ...` for multi-process / GPU / mixed precision.",
     )
-    p.add_argument("--config", help=f"YAML recipe (default: the quickstart, {QUICKSTART.relative_to(REPO_ROOT)})")
+    p.add_argument("--config", help="YAML recipe: a file, or a shipped recipe by name (quickstart, own_data, mlm, imkt, lora_finetune, "
+                   "cif_lm, ...); default: quickstart")
     p.add_argument("--output-dir", help="output folder (default: outputs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the final stage's folder to this Hub repo")
@@ -62,10 +63,13 @@ def _shutdown_process_group() -> None:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    config = Path(args.config) if args.config else QUICKSTART
-    if not config.exists() and not config.is_absolute() and (REPO_ROOT / config).is_file():
-        config = REPO_ROOT / config  # shipped recipes (configs/..., benchmarks/...) work from any folder
     overrides = list(args.overrides)
+    output_dir = Path(args.output_dir or "outputs")
+    try:
+        config = resolve_recipe(args.config or QUICKSTART)
+    except FileNotFoundError as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return 2
     try:
         recipe = load_recipe(config)
         if args.resume:

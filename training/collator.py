@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from tokenization.vocabulary import ELEMENT_START, MASK_ID, NUM_ELEMENTS, PAD_ID
+from crossmat.tokenization.vocabulary import ELEMENT_START, MASK_ID, NUM_ELEMENTS, PAD_ID
 
 __all__ = ["MaskedElementCollator", "hash_uniform", "trim_padding"]
 

@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dataset_builders.paths import cache_dir
-from tokenization import CrossMatTokenizerFast, FormulaError, canonical_formula
+from crossmat.dataset_builders.paths import cache_dir
+from crossmat.tokenization import CrossMatTokenizerFast, FormulaError, canonical_formula
 
 from .recipe import DataSection, RecipeError, StageRecipe, as_stage_recipe
 
@@ -87,7 +87,7 @@ def _aflow_prototypes_chgnet() -> pd.DataFrame:
     lowest-energy polymorph), built once by ``dataset_builders.embeddings`` into the crossmat cache."""
     from accelerate import PartialState
 
-    from dataset_builders.embeddings import build_embeddings
+    from crossmat.dataset_builders.embeddings import build_embeddings
 
     folder = cache_dir() / "aflow_prototypes_chgnet"
     table = folder / "per_formula" / "chgnet.parquet"

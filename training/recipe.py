@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from dataset_builders.paths import data_dir
+from crossmat.dataset_builders.paths import data_dir
 
 if TYPE_CHECKING:
     from .stage_kinds import Stage

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2LMHeadModel
 
-from modeling import CrossMatForMaskedLM, CrossMatForPropertyPrediction, CrossMatForStructureAlignment
+from crossmat.modeling import CrossMatForMaskedLM, CrossMatForPropertyPrediction, CrossMatForStructureAlignment
 
 from .collator import MaskedElementCollator
 from .data import DataError, TensorSplit, _Rejects, _resolve_duplicates, _standardize_embeddings, _targets
@@ -226,7 +226,7 @@ class ImktStage(MLMStage):
         return {**super().batch_outputs(out, batch), "projected": out.projected_embedding.float()}
 
     def metrics(self, pred: Mapping[str, np.ndarray], split: TensorSplit, config: Any) -> dict[str, float]:
-        from modeling.modeling_crossmat import alignment_loss
+        from crossmat.modeling.modeling_crossmat import alignment_loss
 
         out = super().metrics(pred, split, config)
         proj = torch.from_numpy(pred["projected"])
@@ -375,7 +375,7 @@ class CIFLMStage(Stage):
     MODEL_KEYS = ("n_embd", "n_layer", "n_head", "n_positions", "dropout")
 
     def validate(self, recipe: StageRecipe) -> None:
-        from dataset_builders.cif_text import CIF_FORMS
+        from crossmat.dataset_builders.cif_text import CIF_FORMS
 
         data = recipe.data
         sources = data.train if isinstance(data.train, list) else [data.train]

@@ -20,10 +20,10 @@ import pandas as pd
 import torch
 import yaml
 
-import modeling  # noqa: F401  (registers CrossMat with the Auto classes)
-from model_cards import write_model_card
-from modeling import CrossMatConfig
-from modeling.model_folder import (
+import crossmat.modeling  # noqa: F401  (registers CrossMat with the Auto classes)
+from crossmat.model_cards import write_model_card
+from crossmat.modeling import CrossMatConfig
+from crossmat.modeling.model_folder import (
     ModelFolderError,
     check_folder,
     is_lora_folder,
@@ -31,10 +31,10 @@ from modeling.model_folder import (
     load_model,
     load_property_model,
 )
-from modeling.pipeline_files import add_pipeline_to_model_dir
-from modeling.pretrained import PretrainedNotFoundError, resolve_model_path
-from tokenization import CrossMatTokenizerFast
-from tokenization.vocabulary import ELEMENT_START, ELEMENTS, token_layout
+from crossmat.modeling.pipeline_files import add_pipeline_to_model_dir
+from crossmat.modeling.pretrained import PretrainedNotFoundError, resolve_model_path
+from crossmat.tokenization import CrossMatTokenizerFast
+from crossmat.tokenization.vocabulary import ELEMENT_START, ELEMENTS, token_layout
 
 from .data import StageData, prepare_stage_data
 from .loop import StageTrainer, latest_checkpoint, make_accelerator
@@ -99,7 +99,7 @@ def build_model(recipe: StageRecipe | Mapping[str, Any], data: StageData) -> tup
     stage_cfg = kind.model_config(recipe, data)
     features = overrides.get("element_features")
     if features:
-        from modeling.element_features import element_feature_table
+        from crossmat.modeling.element_features import element_feature_table
 
         try:
             overrides["element_feature_dim"] = int(element_feature_table(features)[0].shape[1])
@@ -139,7 +139,7 @@ def build_model(recipe: StageRecipe | Mapping[str, Any], data: StageData) -> tup
         torch.manual_seed(int(recipe.seed))
         model = cls(config)
         if features:
-            from modeling.element_features import install_element_features
+            from crossmat.modeling.element_features import install_element_features
 
             info["element_features"] = features
             info["elements_with_features"] = install_element_features(model, features)
@@ -248,7 +248,7 @@ def _write_card(out: Path, recipe: StageRecipe, data: StageData, metrics: Mappin
     explanation = None
     explain = recipe.card.get("explain")
     if explain:  # opt-in: an example explanation computed here and passed to the card
-        from interpretability import card_section
+        from crossmat.interpretability import card_section
 
         model, tokenizer = load_property_model(out)
         examples = extra.get("examples") or ["Fe2O3"]

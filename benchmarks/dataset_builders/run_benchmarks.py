@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from dataset_builders.embeddings import build_embeddings, get_encoder, load_structure_table, parse_structure
-from dataset_builders.matbench import build_matbench
-from dataset_builders.paths import data_dir
+from crossmat.dataset_builders.embeddings import build_embeddings, get_encoder, load_structure_table, parse_structure
+from crossmat.dataset_builders.matbench import build_matbench
+from crossmat.dataset_builders.paths import data_dir
 
 HERE = Path(__file__).resolve().parent
 

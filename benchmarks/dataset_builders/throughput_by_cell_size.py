@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dataset_builders.embeddings import get_encoder, parse_structure
-from dataset_builders.paths import data_dir
+from crossmat.dataset_builders.embeddings import get_encoder, parse_structure
+from crossmat.dataset_builders.paths import data_dir
 
 HERE = Path(__file__).resolve().parent
 BINS = ((1, 8), (9, 16), (17, 32), (33, 64), (65, 200))

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dataset_builders.paths import data_dir
-from explicit_transfer.data import composition_key
+from crossmat.dataset_builders.paths import data_dir
+from crossmat.explicit_transfer.data import composition_key
 
 
 def main() -> None:

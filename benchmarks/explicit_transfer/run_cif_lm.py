@@ -23,9 +23,9 @@ from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 warnings.filterwarnings("ignore")
 
-from explicit_transfer.cif_lm import CIFLanguageModelGenerator, train_cif_lm  # noqa: E402
-from explicit_transfer.csp_metrics import CSP_MATCHER_KWARGS, csp_metrics  # noqa: E402
-from explicit_transfer.data import load_perov5  # noqa: E402
+from crossmat.explicit_transfer.cif_lm import CIFLanguageModelGenerator, train_cif_lm  # noqa: E402
+from crossmat.explicit_transfer.csp_metrics import CSP_MATCHER_KWARGS, csp_metrics  # noqa: E402
+from crossmat.explicit_transfer.data import load_perov5  # noqa: E402
 
 
 def main() -> None:

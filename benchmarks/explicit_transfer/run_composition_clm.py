@@ -23,10 +23,10 @@ import torch
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments, set_seed
 
-import modeling  # noqa: F401 - registers the CrossMat classes
-from explicit_transfer.base import data_dir
-from modeling import CrossMatConfig, CrossMatForPropertyPrediction
-from tokenization import CrossMatTokenizerFast
+import crossmat.modeling  # noqa: F401 - registers the CrossMat classes
+from crossmat.explicit_transfer.base import data_dir
+from crossmat.modeling import CrossMatConfig, CrossMatForPropertyPrediction
+from crossmat.tokenization import CrossMatTokenizerFast
 
 
 def main() -> None:

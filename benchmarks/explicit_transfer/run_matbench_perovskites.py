@@ -43,10 +43,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from run_train_templates import load  # noqa: E402
 
-from dataset_builders.paths import data_dir  # noqa: E402
-from explicit_transfer import PrototypeGenerator, train_structure_predictor  # noqa: E402
-from explicit_transfer.data import composition_key, map_rows_to_structures  # noqa: E402
-from explicit_transfer.potentials import get_encoder  # noqa: E402
+from crossmat.dataset_builders.paths import data_dir  # noqa: E402
+from crossmat.explicit_transfer import PrototypeGenerator, train_structure_predictor  # noqa: E402
+from crossmat.explicit_transfer.data import composition_key, map_rows_to_structures  # noqa: E402
+from crossmat.explicit_transfer.potentials import get_encoder  # noqa: E402
 
 HERE = Path(__file__).parent
 WORK = HERE.parent / "_work" / "exkt_matbench_perovskites"

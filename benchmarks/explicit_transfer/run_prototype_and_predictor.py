@@ -25,11 +25,11 @@ import torch
 
 warnings.filterwarnings("ignore")
 
-from explicit_transfer import PrototypeGenerator, rank_candidates, train_structure_predictor  # noqa: E402
-from explicit_transfer.cif_validation import validate_structure  # noqa: E402
-from explicit_transfer.csp_metrics import CSP_MATCHER_KWARGS, csp_metrics  # noqa: E402
-from explicit_transfer.data import load_perov5  # noqa: E402
-from explicit_transfer.potentials import crystal_features  # noqa: E402
+from crossmat.explicit_transfer import PrototypeGenerator, rank_candidates, train_structure_predictor  # noqa: E402
+from crossmat.explicit_transfer.cif_validation import validate_structure  # noqa: E402
+from crossmat.explicit_transfer.csp_metrics import CSP_MATCHER_KWARGS, csp_metrics  # noqa: E402
+from crossmat.explicit_transfer.data import load_perov5  # noqa: E402
+from crossmat.explicit_transfer.potentials import crystal_features  # noqa: E402
 
 
 def main() -> None:

@@ -32,19 +32,19 @@ warnings.filterwarnings("ignore")
 
 from pymatgen.core import Composition  # noqa: E402
 
-from dataset_builders.embeddings import parse_structure  # noqa: E402
-from dataset_builders.paths import cache_dir, data_dir  # noqa: E402
-from explicit_transfer import (  # noqa: E402
+from crossmat.dataset_builders.embeddings import parse_structure  # noqa: E402
+from crossmat.dataset_builders.paths import cache_dir, data_dir  # noqa: E402
+from crossmat.explicit_transfer import (  # noqa: E402
     GenerationBatch,
     PrototypeGenerator,
     StructurePropertyPredictor,
     rank_candidates,
     train_structure_predictor,
 )
-from explicit_transfer.cif_validation import validate_structure  # noqa: E402
-from explicit_transfer.csp_metrics import CSP_MATCHER_KWARGS, csp_metrics  # noqa: E402
-from explicit_transfer.data import PEROV5_FILES, load_perov5  # noqa: E402
-from explicit_transfer.potentials import get_encoder  # noqa: E402
+from crossmat.explicit_transfer.cif_validation import validate_structure  # noqa: E402
+from crossmat.explicit_transfer.csp_metrics import CSP_MATCHER_KWARGS, csp_metrics  # noqa: E402
+from crossmat.explicit_transfer.data import PEROV5_FILES, load_perov5  # noqa: E402
+from crossmat.explicit_transfer.potentials import get_encoder  # noqa: E402
 
 HERE = Path(__file__).parent
 WORK = HERE.parent / "_work" / "exkt_train_templates"

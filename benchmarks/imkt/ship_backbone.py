@@ -21,8 +21,8 @@ import numpy as np
 import yaml
 from huggingface_hub import ModelCard
 
-from model_cards import write_model_card
-from modeling.pretrained import SHIPPED
+from crossmat.model_cards import write_model_card
+from crossmat.modeling.pretrained import SHIPPED
 
 ROOT = Path(__file__).resolve().parents[2]
 # weights, config and tokenizer only: the package's own modeling code loads them (no second copy of the code)

@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from inference import FormulaPredictor  # noqa: E402
+from crossmat.inference import FormulaPredictor  # noqa: E402
 
 
 def main() -> None:

@@ -30,10 +30,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-import modeling  # noqa: E402,F401
-from inference import FormulaPredictor  # noqa: E402
-from modeling import CrossMatConfig, CrossMatForPropertyPrediction  # noqa: E402
-from tokenization import CrossMatTokenizerFast  # noqa: E402
+import crossmat.modeling  # noqa: E402,F401
+from crossmat.inference import FormulaPredictor  # noqa: E402
+from crossmat.modeling import CrossMatConfig, CrossMatForPropertyPrediction  # noqa: E402
+from crossmat.tokenization import CrossMatTokenizerFast  # noqa: E402
 
 SIZES = {
     "default (CrossMatConfig(): hidden 256, 4 layers, 8 heads, FFN 1024)": {},

@@ -4,7 +4,7 @@ completeness and approximation-error measurements, timings.
 Trains a small CrossMatForPropertyPrediction per task on the official fold-0 training rows with a short
 plain PyTorch loop (no pretraining; 15% of element tokens are replaced by [MASK] during training with
 the label unchanged, so the model has seen [MASK] and the "mask" coalitions are in-distribution),
-reports its fold-0 test score, then runs ``python -m interpretability explain`` and ``aggregate`` on the
+reports its fold-0 test score, then runs ``python -m crossmat.interpretability explain`` and ``aggregate`` on the
 fold-0 test rows. Models go to benchmarks/_work (git-ignored); everything reported goes next to this file.
 
     python benchmarks/interpretability/run_benchmark.py            # both tasks, ~15 min on 2 busy shared cores
@@ -30,11 +30,11 @@ from sklearn.metrics import mean_absolute_error, roc_auc_score
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import modeling  # noqa: E402,F401
-from interpretability import explain_attributions, explain_interactions, formula_players  # noqa: E402
-from modeling import CrossMatConfig, CrossMatForPropertyPrediction  # noqa: E402
-from tokenization import CrossMatTokenizerFast  # noqa: E402
-from tokenization.vocabulary import ELEMENT_START, MASK_ID, NUM_ELEMENTS  # noqa: E402
+import crossmat.modeling  # noqa: E402,F401
+from crossmat.interpretability import explain_attributions, explain_interactions, formula_players  # noqa: E402
+from crossmat.modeling import CrossMatConfig, CrossMatForPropertyPrediction  # noqa: E402
+from crossmat.tokenization import CrossMatTokenizerFast  # noqa: E402
+from crossmat.tokenization.vocabulary import ELEMENT_START, MASK_ID, NUM_ELEMENTS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 WORK = ROOT / "benchmarks" / "_work" / "interpretability"
@@ -97,13 +97,13 @@ def train(task: str, steps: int, seed: int = 0) -> tuple[Path, dict]:
 
 def cli(*args: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    res = subprocess.run([sys.executable, "-m", "interpretability", *args], cwd=ROOT, env=env, capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "crossmat.interpretability", *args], cwd=ROOT, env=env, capture_output=True,
                          text=True, check=True)
     return res.stdout
 
 
 def measurements(model_dir: Path, task: str) -> dict:
-    from interpretability import load_property_model
+    from crossmat.interpretability import load_property_model
 
     model, tok = load_property_model(model_dir)
     df = pd.read_csv(DATA / f"{task}.csv.gz")
@@ -158,14 +158,14 @@ def measurements(model_dir: Path, task: str) -> dict:
 
 
 def minimum_budget_safe(n: int) -> int:
-    from interpretability import minimum_budget
+    from crossmat.interpretability import minimum_budget
 
     return minimum_budget(n, 2)
 
 
 def write_card_section(task: str, formula: str) -> None:
     """The model-card section ``interpretability.card_section`` generates for this model."""
-    from interpretability import card_section, load_property_model
+    from crossmat.interpretability import card_section, load_property_model
 
     model, tok = load_property_model(WORK / task)
     with warnings.catch_warnings():
@@ -205,7 +205,7 @@ def main() -> None:
                    *[a for f in examples for a in ("--formula", f)], "--format", "png", "--threads", "1")
         explain_s = time.time() - t
         (out / "cli_output.md").write_text(
-            f"$ python -m interpretability explain --model <{task} model> "
+            f"$ python -m crossmat.interpretability explain --model <{task} model> "
             + " ".join(f'--formula "{f}"' for f in examples) + f" --out {task}/explain\n\n" + text
         )
         t = time.time()

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dataset_builders.paths import data_dir
-from explicit_transfer.data import composition_key
+from crossmat.dataset_builders.paths import data_dir
+from crossmat.explicit_transfer.data import composition_key
 
 HERE = Path(__file__).resolve().parent
 

@@ -19,12 +19,12 @@ import pandas as pd
 import torch
 from transformers.masking_utils import create_bidirectional_mask
 
-from modeling import CrossMatConfig, CrossMatForPropertyPrediction
-from modeling.element_features import install_element_features
-from modeling.modeling_crossmat import decode_composition
-from tokenization import CrossMatTokenizerFast
-from tokenization.vocabulary import token_layout
-from training.collator import trim_padding
+from crossmat.modeling import CrossMatConfig, CrossMatForPropertyPrediction
+from crossmat.modeling.element_features import install_element_features
+from crossmat.modeling.modeling_crossmat import decode_composition
+from crossmat.tokenization import CrossMatTokenizerFast
+from crossmat.tokenization.vocabulary import token_layout
+from crossmat.training.collator import trim_padding
 
 HERE = Path(__file__).resolve().parent
 

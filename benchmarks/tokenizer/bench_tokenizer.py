@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from pymatgen.core import Composition
 
-from tokenization import CrossMatTokenizerFast
+from crossmat.tokenization import CrossMatTokenizerFast
 
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("CROSSMAT_DATA_DIR", HERE.parents[2] / "shared" / "data")) / "matbench_v0.1"

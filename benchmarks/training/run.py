@@ -31,7 +31,7 @@ def _load() -> float:
 def throughput(stage_name: str, steps: int) -> dict:
     """Run the quickstart's stage for ``steps`` optimizer steps in-process; samples/s from metrics.jsonl."""
     sys.path.insert(0, str(REPO))
-    from training import run_recipe
+    from crossmat.training import run_recipe
 
     recipe = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
     stages = {s["name"]: s for s in recipe["pipeline"]}

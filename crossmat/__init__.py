@@ -1,0 +1,47 @@
+"""CrossMat: composition-based materials property prediction with cross-modal knowledge transfer.
+
+The installed package is ``crossmat``; its parts live in the repository's top-level folders and install as
+``crossmat.tokenization``, ``crossmat.modeling``, ``crossmat.training`` and so on (see docs/architecture.md).
+
+    >>> import crossmat
+    >>> model = crossmat.load_model("crossmat-imkt-mp-small")   # a shipped name, a folder, a LoRA folder or a Hub id
+
+Importing ``crossmat`` stays light: the subpackages load when first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+try:
+    __version__ = version("crossmat")
+except PackageNotFoundError:  # running from a checkout that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__", "load_model", "predict"]
+
+
+def load_model(name_or_path: str, *, merge: bool = True) -> Any:
+    """Load a CrossMat model by what a user writes: a shipped short name (``crossmat-imkt-mp-small``), a local
+    folder (full or LoRA), or a Hub id. Property models come back with their trained head (LoRA merged unless
+    ``merge=False``); pretraining backbones (MLM / imKT) as the class they were saved with. Eval mode."""
+    from crossmat.modeling.model_folder import load_any_model
+
+    return load_any_model(name_or_path, merge=merge)
+
+
+def predict(model: str, formulas: list[str], **kwargs: Any) -> Any:
+    """Predict a property for formulas with a property model (name, folder or Hub id); see
+    ``crossmat.inference.FormulaPredictor`` for the options and the returned fields."""
+    from crossmat.inference.engine import FormulaPredictor
+
+    return FormulaPredictor(model, **kwargs).predict(formulas)
+
+
+def __getattr__(name: str) -> Any:  # crossmat.modeling, crossmat.training, ... on first use
+    if name in {"tokenization", "modeling", "dataset_builders", "model_cards", "interpretability", "training",
+                "inference", "explicit_transfer", "evaluation", "cli", "configs"}:
+        return importlib.import_module(f"crossmat.{name}")
+    raise AttributeError(f"module 'crossmat' has no attribute {name!r}")
