@@ -12,15 +12,46 @@ Importing ``crossmat`` stays light: the subpackages load when first used.
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
+
+PARTS = ("tokenization", "modeling", "dataset_builders", "model_cards", "interpretability", "training", "inference",
+         "explicit_transfer", "evaluation", "cli", "configs")
 
 try:
     __version__ = version("crossmat")
 except PackageNotFoundError:  # running from a checkout that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "load_model", "predict"]
+__all__ = ["PARTS", "__version__", "load_model", "predict"]
+
+
+class _CheckoutParts(importlib.abc.MetaPathFinder):
+    """In a source checkout (this file in ``<root>/crossmat/``, the parts in ``<root>/<part>/``), import
+    ``crossmat.<part>`` from this checkout's folders, ahead of any installed copy: a second worktree or an
+    uninstalled clone runs its own code. An installed wheel lays the parts inside ``crossmat/`` and never
+    needs this finder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        prefix, _, part = fullname.partition(".")
+        if prefix != "crossmat" or part not in PARTS:
+            return None
+        init = self.root / part / "__init__.py"
+        if not init.is_file():
+            return None
+        return importlib.util.spec_from_file_location(fullname, init, submodule_search_locations=[str(init.parent)])
+
+
+_ROOT = Path(__file__).resolve().parent.parent
+if (_ROOT / "pyproject.toml").is_file() and (_ROOT / "modeling" / "__init__.py").is_file():
+    sys.meta_path.insert(0, _CheckoutParts(_ROOT))
 
 
 def load_model(name_or_path: str, *, merge: bool = True) -> Any:
@@ -41,7 +72,6 @@ def predict(model: str, formulas: list[str], **kwargs: Any) -> Any:
 
 
 def __getattr__(name: str) -> Any:  # crossmat.modeling, crossmat.training, ... on first use
-    if name in {"tokenization", "modeling", "dataset_builders", "model_cards", "interpretability", "training",
-                "inference", "explicit_transfer", "evaluation", "cli", "configs"}:
+    if name in PARTS:
         return importlib.import_module(f"crossmat.{name}")
     raise AttributeError(f"module 'crossmat' has no attribute {name!r}")
