@@ -36,7 +36,7 @@ COMMANDS: dict[str, Command] = {
     "train": Command(
         "train a model from a YAML recipe (MLM, imKT, fine-tune, LoRA); no --config = the quickstart",
         "crossmat.training.cli:main",
-        ("crossmat train --config configs/own_data.yaml --output-dir outputs/my_gap data.train=train.csv "
+        ("crossmat train --config default --output-dir outputs/my_gap data.train=train.csv "
          "data.validation=val.csv data.test=test.csv data.target_column=band_gap card.property_unit=eV",),
     ),
     "evaluate": Command(

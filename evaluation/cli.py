@@ -14,11 +14,16 @@ from .own_data import CSV, TASK_TYPES
 from .records import update_model_index
 from .tasks import LLM4MAT, MATBENCH
 
-DEFAULT_RECIPE = "own_data"  # the shipped recipe crossmat/configs/own_data.yaml
+DEFAULT_RECIPE = "default"  # the shipped recipe crossmat/configs/default.yaml: backbone + default fine-tuning
+QUICK = ["train.epochs=20", "train.swa_epochs=2"]  # --quick: the default recipe on a tenth of its budget
+SCRATCH = ["model.init_from=null"]  # --from-scratch: the same encoder from random weights
 
 EXAMPLES = """examples:
-  # your own data: CrossMat (default recipe configs/own_data.yaml) + dummy + Magpie RF, one table
+  # your own data: CrossMat (the shipped backbone + the default recipe) + dummy + Magpie RF, one table; the
+  # validation rows calibrate the uncertainty (classification: the decision threshold) and are reported
   python evaluate.py --train train.csv --validation val.csv --test test.csv --target band_gap --output-dir runs/gap
+  # a first look in a tenth of the time, or the same recipe without the pretrained backbone
+  python evaluate.py --train train.csv --test test.csv --target band_gap --output-dir runs/gap_quick --quick
   # MatBench v0.1, official 5 folds, a recipe and the baselines in the same run
   python evaluate.py --benchmark matbench --task matbench_steels --config benchmarks/matbench/recipes/crossmat_scratch.yaml --output-dir runs/steels
   # baselines only; also record the results for BENCHMARKS.md (only when asked)
@@ -40,7 +45,9 @@ def build_parser(prog: str = "evaluate.py") -> argparse.ArgumentParser:
                    "for your own data (default: the target column)")
     own = p.add_argument_group("your own data (--benchmark csv)")
     own.add_argument("--train", type=Path, help="training rows (.csv/.csv.gz/.parquet/.jsonl)")
-    own.add_argument("--validation", type=Path, help="validation rows for early stopping (default: a --validation-fraction of --train)")
+    own.add_argument("--validation", type=Path, help="held-out rows that never train the model: they calibrate the "
+                     "uncertainty of every prediction (classification: the decision threshold) and their metrics are "
+                     "reported (default: a --validation-fraction of --train is held out)")
     own.add_argument("--test", type=Path, help="test rows, scored once at the end")
     own.add_argument("--target", help="target column (numbers: regression; 0/1 or true/false: classification)")
     own.add_argument("--formula-column", default="formula")
@@ -52,6 +59,10 @@ def build_parser(prog: str = "evaluate.py") -> argparse.ArgumentParser:
     src.add_argument("--config", help=f"training recipe YAML (finetune stage, or pipeline ending in one); "
                      f"default: the shipped {DEFAULT_RECIPE} recipe")
     src.add_argument("--baselines-only", action="store_true", help="run only the baselines")
+    p.add_argument("--quick", action="store_true", help="a first look: the default recipe with 20 epochs instead of 200 "
+                   "(about 10x faster, less accurate)")
+    p.add_argument("--from-scratch", action="store_true", help="train the default recipe's encoder from random weights "
+                   "instead of the shipped pretrained backbone crossmat-imkt-mp-small")
     p.add_argument("--output-dir", required=True, type=Path)
     p.add_argument("--variant", help="name of the CrossMat variant in the results (default: recipe name / model folder name)")
     p.add_argument("--baselines", default="dummy,rf_magpie", help="comma list from dummy,rf_magpie, or 'none'")
@@ -72,7 +83,63 @@ def build_parser(prog: str = "evaluate.py") -> argparse.ArgumentParser:
     return p
 
 
-TABLE_METRICS = {"regression": ("mae", "rmse", "r2", "mad_mae"),
+def variant_name(recipe: dict, args: argparse.Namespace) -> str:
+    """How the table names the CrossMat row: what it is, not the recipe file it came from (``crossmat`` = the
+    shipped backbone + the default recipe; ``_quick`` / ``_scratch`` for the documented options)."""
+    base = "crossmat" if args.config == _default_path() else str(recipe.get("name") or Path(args.config).stem)
+    return base + ("_quick" if args.quick else "") + ("_scratch" if args.from_scratch else "")
+
+
+def _default_path() -> Path:
+    from crossmat.dataset_builders.paths import resolve_recipe
+
+    return resolve_recipe(DEFAULT_RECIPE)
+
+
+def describe_predictors(predictors: list, args: argparse.Namespace) -> list[str]:
+    """One line per table row saying what the predictor is."""
+    out = []
+    for p in predictors:
+        if p.name in ("dummy", "rf_magpie"):
+            what = ("the training-set mean (regression) or majority class" if p.name == "dummy" else
+                    f"a random forest ({args.rf_trees} trees) on Magpie composition features")
+        elif getattr(p, "model_dir", None) is not None:
+            what = f"fine-tuned from the model folder {p.model_dir}"
+        else:
+            from crossmat.training.recipe import apply_overrides
+
+            full = apply_overrides(p.recipe, p.overrides)
+            stage = full.get("pipeline", [full])[-1]
+            init = (stage.get("model") or {}).get("init_from")
+            epochs = (stage.get("train") or {}).get("epochs")
+            src = f"the pretrained backbone {init}" if init else "random weights (from scratch)"
+            recipe = "the default recipe" if args.config == _default_path() else f"the recipe {args.config}"
+            what = f"CrossMat from {src}, fine-tuned with {recipe} ({epochs} epochs)"
+        out.append(f"[crossmat] {p.name}: {what}")
+    return out
+
+
+def held_out_report(summary: dict) -> list[str]:
+    """What the held-out validation rows did for each CrossMat row: their metrics and the calibration."""
+    lines = []
+    for name, v in summary["variants"].items():
+        for fold, held in zip(summary["folds"], v.get("validation", []), strict=False):
+            val = held.get("validation", {})
+            cal = held.get("calibration", {})
+            keys = [k for k in ("mae", "rmse", "r2", "roc_auc", "accuracy", "coverage_1sigma", "coverage_2sigma") if k in val]
+            msg = ", ".join(f"{k} {val[k]:.4g}" for k in keys)
+            if "scale" in cal:
+                msg += (f"; they calibrated the standard deviation of every prediction (k={cal['k']:.0f} nearest "
+                        f"held-out rows, scale {cal['scale']:.3g})")
+            if "decision_threshold" in cal:
+                msg += f"; they set the decision threshold P(1) >= {cal['decision_threshold']:.3f}"
+            prefix = f"fold {fold} " if len(summary["folds"]) > 1 else ""
+            lines.append(f"{name} {prefix}validation ({summary['n_validation'][summary['folds'].index(fold)]} held-out "
+                         f"rows, never trained on): {msg}")
+    return lines
+
+
+TABLE_METRICS = {"regression": ("mae", "rmse", "r2", "mad_mae", "coverage_1sigma", "coverage_2sigma"),
                  "classification": ("balanced_accuracy", "rocauc", "accuracy", "official_auc_rounded")}
 
 
@@ -136,8 +203,9 @@ def main(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
             from crossmat.training.recipe import load_recipe
 
             recipe = load_recipe(args.config)
-            name = args.variant or recipe.get("name") or args.config.stem
-            predictors.append(CrossMatPredictor(name, recipe=recipe, overrides=args.overrides))
+            extra = (QUICK if args.quick else []) + (SCRATCH if args.from_scratch else [])
+            name = args.variant or variant_name(recipe, args)
+            predictors.append(CrossMatPredictor(name, recipe=recipe, overrides=extra + list(args.overrides)))
         elif args.model:
             if not args.model.is_dir():
                 raise FileNotFoundError(f"--model {args.model}: no such folder")
@@ -153,6 +221,8 @@ def main(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
             predictors.append(MagpieRandomForest(n_estimators=args.rf_trees, n_jobs=args.n_jobs))
         if not predictors:
             raise ValueError("nothing to run: no CrossMat model/recipe and no baselines")
+        for line in describe_predictors(predictors, args):
+            print(line)
         folds = None if args.folds is None else [int(f) for f in args.folds.split(",")]
         results_dir = None if args.results_dir is None or str(args.results_dir) == "none" else args.results_dir
         command = "python evaluate.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
@@ -167,6 +237,8 @@ def main(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
     where = f"{len(summary['folds'])} folds, mean ± std" if len(summary["folds"]) > 1 else f"{summary['n_test'][0]} test rows"
     print(f"\n{args.benchmark} {args.task} ({summary['task_type']}; {where}; headline metric {summary['metric']}):")
     print(results_table(summary))
+    for line in held_out_report(summary):
+        print(line)
     if args.model and not args.no_model_card and predictors and predictors[0].name in summary["variants"]:
         _card(args, summary, predictors[0].name)
     print(f"outputs: {args.output_dir} (summary.csv, summary.json, <predictor>/fold_*/predictions.csv)")

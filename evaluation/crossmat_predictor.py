@@ -153,7 +153,12 @@ class CrossMatPredictor:
         run = train_recipe(recipe, workdir / "model", overrides=self.overrides or None)  # the final stage
         predictor = fold_predictor(run, self.predict_batch_size)
         preds, unc = predict_with(predictor, data.test["formula"].tolist(), task.task_type, return_uncertainty=True)
-        return FoldPrediction(preds, {"model_dir": str(run.folder), "overrides": self.overrides}, unc)
+        params: dict[str, Any] = {"model_dir": str(run.folder), "overrides": self.overrides}
+        info_file = run.folder / "training_info.json"  # what the held-out validation rows did (training.stages)
+        if info_file.is_file():
+            metrics = json.loads(info_file.read_text()).get("metrics", {})
+            params.update({k: metrics[k] for k in ("validation", "calibration") if k in metrics})
+        return FoldPrediction(preds, params, unc)
 
 
 def fold_predictor(run: StageRun, batch_size: int = 1024) -> FormulaPredictor:
@@ -178,6 +183,15 @@ def predict_folder(model_dir: Path, formulas: list[str], task_type: str, batch_s
     return predict_with(FormulaPredictor(model_dir, batch_size=batch_size), formulas, task_type, return_uncertainty)
 
 
+def decision_scores(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """P(class 1) mapped monotonically (piecewise linear) so that 0.5 falls on the model's decision threshold:
+    metrics that cut at 0.5 (MatBench's accuracy, balanced accuracy, F1) score the model's own decision rule,
+    and rank metrics (ROC-AUC) are unchanged."""
+    t = float(np.clip(threshold, 1e-6, 1 - 1e-6))
+    prob = np.asarray(prob, dtype=np.float64)
+    return np.where(prob < t, 0.5 * prob / t, 0.5 + 0.5 * (prob - t) / (1 - t))
+
+
 def predict_with(predictor: FormulaPredictor, formulas: list[str], task_type: str, return_uncertainty: bool = False
                  ) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
     """:func:`predict_folder` with a ready :class:`inference.FormulaPredictor` (loaded or in memory)."""
@@ -191,6 +205,9 @@ def predict_with(predictor: FormulaPredictor, formulas: list[str], task_type: st
         raise ValueError(f"{where}: {len(bad)} test formula(s) cannot be predicted; row {i}: {f!r}: {e}")
     col = 0 if task_type == "regression" or pred.values.shape[1] == 1 else 1
     values = pred.values[:, col]
+    threshold = getattr(predictor, "decision_threshold", None)
+    if task_type != "regression" and threshold is not None:
+        values = decision_scores(values, threshold)
     if not return_uncertainty:
         return values
     return values, (None if pred.uncertainty is None else pred.uncertainty[:, col])

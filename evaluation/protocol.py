@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from crossmat.modeling.calibration import coverage
+
 from . import matbench_json
 from .baselines import FoldData, FoldPrediction
 from .own_data import CSV, load_own_data, score_own
@@ -196,12 +198,18 @@ def run_benchmark(
             refs = fd.test["target"].to_numpy()
             rows.append(score_own(task.task_type, res.predictions, refs) if benchmark == CSV
                         else score(task.benchmark, task.task_type, res.predictions, refs))
+            if res.uncertainty is not None and task.task_type == "regression":  # calibrated sigma: its coverage
+                c1, c2 = coverage(np.asarray(res.predictions) - refs, res.uncertainty)
+                rows[-1].update(coverage_1sigma=c1, coverage_2sigma=c2)
             preds.append(res.predictions)
             uncs.append(res.uncertainty)
             params.append(res.params)
             secs.append(s)
             bar.update(1)
         per[p.name] = {"scores": rows, "predictions": preds, "params": params, "seconds": secs, "uncertainty": uncs}
+        held_out = [{k: prm[k] for k in ("validation", "calibration") if k in prm} for prm in params]
+        if any(held_out):
+            per[p.name]["validation"] = held_out
     bar.close()
 
     metric = task.metric
@@ -221,6 +229,8 @@ def run_benchmark(
             "wall_seconds": float(sum(r["seconds"])),
             "fold_seconds": [float(x) for x in r["seconds"]],
         }
+        if "validation" in r:  # CrossMat: metrics of the held-out validation rows and what they calibrated
+            summary["variants"][name]["validation"] = r["validation"]
         calibration = uncertainty_calibration(r["uncertainty"], r["predictions"],
                                               [fd.test["target"].to_numpy() for fd in fold_data])
         if calibration is not None and task.task_type == "regression":

@@ -75,7 +75,8 @@ def predict_markdown(predictor: FormulaPredictor, formula: str) -> tuple[str, bo
     if "predictions" in out:
         for p in out["predictions"]:
             unit = f" {md_escape(p['unit'])}" if p["unit"] else ""
-            lines.append(f"- {md_escape(p['property'])}: **{p['value']:.4g}{unit}**")
+            std = f" ± {p['std']:.2g}{unit} (1 σ, calibrated on held-out rows)" if p.get("std") is not None else ""
+            lines.append(f"- {md_escape(p['property'])}: **{p['value']:.4g}{unit}**{std}")
     else:
         lines.append(f"- predicted: **{md_escape(out['label'])}** (probability {out['probability']:.3f})")
         lines += [f"  - {md_escape(k)}: {v:.3f}" for k, v in out["probabilities"].items()]

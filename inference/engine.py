@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from crossmat.modeling.model_folder import is_property_config, load_property_model, output_info, scores_from_logits
-from crossmat.modeling.pipeline_crossmat import DEFAULT_MAX_CHARS
+from crossmat.modeling.pipeline_crossmat import DEFAULT_MAX_CHARS, label_indices
 
 __all__ = ["DEFAULT_MAX_CHARS", "PRECISIONS", "FormulaPredictor", "Predictions"]
 
@@ -99,6 +99,8 @@ class FormulaPredictor:
         self.labels: list[str] = info["labels"]
         self.target_names: list[str] = info["names"] if self.problem_type == "regression" else []
         self.target_units: list[str] = info["units"]
+        self.decision_threshold: float | None = getattr(self.model.config, "decision_threshold", None)
+        self.calibrated = bool(getattr(self.model.config, "uncertainty_rows", 0))  # a std per regression value
         if precision == "bfloat16":  # the encoder in bfloat16; the head (and the output) stay float32
             self.model.crossmat.to(torch.bfloat16)
             head_dtype = next(self.model.head.parameters()).dtype
@@ -134,6 +136,18 @@ class FormulaPredictor:
         if self.problem_type == "regression":
             return [f"predicted_{n}" for n in self.target_names]
         return [f"probability_{lab}" for lab in self.labels]
+
+    def uncertainty_columns(self) -> list[str]:
+        """Names of the standard-deviation columns (``std_<target>``), one per regression output."""
+        return [f"std_{n}" for n in self.target_names] if self.problem_type == "regression" else []
+
+    def labels_of(self, values: np.ndarray) -> np.ndarray:
+        """Predicted class index per row of class probabilities (the model's decision threshold for a binary
+        classifier, else the most probable class); rows with NaN get -1."""
+        bad = ~np.isfinite(values).all(axis=1)
+        idx = label_indices(torch.from_numpy(np.nan_to_num(values, nan=-1.0)), self.decision_threshold).numpy()
+        idx[bad] = -1
+        return idx
 
     # -- validation and tokenisation --------------------------------------------------------------
     def _prepare(self, formula: object, row: int) -> str | tuple[None, str]:
@@ -212,15 +226,16 @@ class FormulaPredictor:
             return {"formula": formula, "error": pred.errors[0]}
         vals = pred.values[0].tolist()
         if self.problem_type == "regression":
+            stds = [None] * len(vals) if pred.uncertainty is None else pred.uncertainty[0].tolist()
             return {
                 "formula": formula,
                 "canonical": self.tokenizer.prepare_formula(formula),
                 "predictions": [
-                    {"property": n, "value": v, "unit": u}
-                    for n, v, u in zip(self.target_names, vals, self.target_units, strict=False)
+                    {"property": n, "value": v, "unit": u, "std": s}
+                    for n, v, u, s in zip(self.target_names, vals, self.target_units, stds, strict=False)
                 ],
             }
-        best = int(np.argmax(vals))
+        best = int(self.labels_of(pred.values[:1])[0])
         return {
             "formula": formula,
             "canonical": self.tokenizer.prepare_formula(formula),

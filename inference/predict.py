@@ -312,7 +312,9 @@ def predict_file(
         if isinstance(model, FormulaPredictor)
         else FormulaPredictor(model, device=device, batch_size=batch_size, max_chars=max_chars, precision=precision)
     )
-    new_cols = [*predictor.output_columns(), *(["predicted_label"] if predictor.problem_type != "regression" else [])]
+    std_cols = predictor.uncertainty_columns() if predictor.calibrated else []
+    new_cols = [*predictor.output_columns(), *std_cols,
+                *(["predicted_label"] if predictor.problem_type != "regression" else [])]
     new_cols.append("error")
     summary = PredictionSummary(output=output_path, resumed_from=skip)
     writer = _Writer(output_path, append=skip > 0)
@@ -349,9 +351,11 @@ def predict_file(
             summary.non_utf8_rows += int(bad_bytes.sum())
             for j, col in enumerate(predictor.output_columns()):
                 df[col] = pred.values[:, j]
+            for j, col in enumerate(std_cols):  # calibrated standard deviation (NaN where no prediction)
+                df[col] = np.nan if pred.uncertainty is None else pred.uncertainty[:, j]
             if predictor.problem_type != "regression":
-                best = np.nanargmax(np.nan_to_num(pred.values, nan=-1.0), axis=1)
-                labels = np.array(predictor.labels, dtype=object)[best]
+                best = predictor.labels_of(pred.values)
+                labels = np.array(predictor.labels, dtype=object)[np.maximum(best, 0)]
                 labels[[e is not None for e in errors]] = ""
                 df["predicted_label"] = labels
             df["error"] = [e or "" for e in errors]

@@ -31,6 +31,13 @@ class CrossMatConfig(PretrainedConfig):
     multiplies fractions by ``1 + jitter * N(0, 1)`` during training only; ``ensemble_size`` property
     models average that many independently initialised encoder+head members and report their spread;
     ``target_min``/``target_max`` clip regression outputs (per label, ``None`` = open) at inference.
+
+    Calibrated uncertainty (set after training by ``crossmat.modeling.calibration``, never by hand):
+    ``uncertainty_rows`` held-out calibration rows are stored in the weights (their pooled embeddings and
+    residuals); a regression prediction's standard deviation is ``uncertainty_scale`` times the shrunken RMS
+    residual of its ``uncertainty_k`` nearest calibration rows (cosine similarity of pooled embeddings), shrunk
+    towards the global RMS residual with weight ``uncertainty_prior``. ``decision_threshold``: a binary
+    classifier's label is 1 when P(class 1) reaches it (chosen on held-out rows; ``None`` = the argmax).
     """
 
     model_type = "crossmat"
@@ -80,6 +87,11 @@ class CrossMatConfig(PretrainedConfig):
         ensemble_size: int = 1,
         target_min: list[float | None] | None = None,
         target_max: list[float | None] | None = None,
+        uncertainty_rows: int = 0,
+        uncertainty_k: int = 20,
+        uncertainty_prior: float = 0.0,
+        uncertainty_scale: float = 1.0,
+        decision_threshold: float | None = None,
         **kwargs: Any,
     ) -> None:
         if pooling not in POOLINGS:
@@ -141,6 +153,11 @@ class CrossMatConfig(PretrainedConfig):
         self.ensemble_size = int(ensemble_size)
         self.target_min = target_min
         self.target_max = target_max
+        self.uncertainty_rows = int(uncertainty_rows)
+        self.uncertainty_k = int(uncertainty_k)
+        self.uncertainty_prior = float(uncertainty_prior)
+        self.uncertainty_scale = float(uncertainty_scale)
+        self.decision_threshold = None if decision_threshold is None else float(decision_threshold)
         super().__init__(pad_token_id=pad_token_id, tie_word_embeddings=tie_word_embeddings, **kwargs)
 
 

@@ -628,7 +628,42 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
         self.crossmat = CrossMatModel(config)
         self.head = _property_head(config)
         self.ensemble_members = nn.ModuleList(CrossMatEnsembleMember(config) for _ in range(config.ensemble_size - 1))
+        self._uncertainty_buffers(config.uncertainty_rows)
         self.post_init()
+
+    def _uncertainty_buffers(self, rows: int) -> None:
+        """Calibration rows of the uncertainty (unit-norm pooled embeddings, residuals in physical units); saved
+        with the weights, empty until ``install_uncertainty``."""
+        self.register_buffer("uncertainty_keys", torch.zeros(rows, self.config.hidden_size), persistent=rows > 0)
+        self.register_buffer("uncertainty_residuals", torch.zeros(rows, self.num_labels), persistent=rows > 0)
+
+    def install_uncertainty(self, keys: torch.Tensor, residuals: torch.Tensor, k: int, prior: float,
+                            scale: float) -> None:
+        """Store calibration rows (pooled embeddings ``keys``, out-of-sample ``residuals``) and the fitted
+        ``k``/``prior``/``scale`` (see :class:`CrossMatConfig`); later outputs carry a standard deviation."""
+        if keys.shape[0] != residuals.shape[0] or keys.shape[0] < 2:
+            raise ValueError(f"need >= 2 calibration rows with one residual each, got {tuple(keys.shape)} / "
+                             f"{tuple(residuals.shape)}")
+        ref = next(self.parameters())
+        self._uncertainty_buffers(keys.shape[0])
+        self.uncertainty_keys = F.normalize(keys.detach().float(), dim=-1).to(ref.device)
+        self.uncertainty_residuals = residuals.detach().float().reshape(keys.shape[0], -1).to(ref.device)
+        self.config.uncertainty_rows = int(keys.shape[0])
+        self.config.uncertainty_k, self.config.uncertainty_prior = int(k), float(prior)
+        self.config.uncertainty_scale = float(scale)
+
+    def local_residual_scale(self, pooled: torch.Tensor, exclude_self: bool = False) -> torch.Tensor:
+        """Shrunken RMS residual of each row's nearest calibration rows, ``(batch, labels)`` (before the scale);
+        ``exclude_self`` when ``pooled`` are the calibration rows themselves (leave-one-out)."""
+        keys, res2 = self.uncertainty_keys, self.uncertainty_residuals.double() ** 2
+        k = min(self.config.uncertainty_k, keys.shape[0] - int(exclude_self))
+        sims = F.normalize(pooled.float(), dim=-1) @ keys.T
+        if exclude_self:
+            sims.fill_diagonal_(-float("inf"))
+        idx = sims.topk(k, dim=-1).indices
+        local = res2[idx].sum(1)  # (batch, labels)
+        prior = self.config.uncertainty_prior
+        return ((local + prior * res2.mean(0)) / (k + prior)).sqrt()
 
     def members(self) -> list[tuple[CrossMatModel, nn.Module]]:
         """(encoder, head) of every ensemble member, the first one being ``crossmat``/``head``."""
@@ -678,7 +713,10 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
             mean, std = self._target_stats(raw)
             values = raw * std + mean
             logits = self._clip(values.mean(0))
-            if len(raws) > 1:
+            if self.config.uncertainty_rows > 0:  # calibrated on held-out rows (CrossMatConfig)
+                scale = self.local_residual_scale(first.pooler_output)
+                uncertainty = (self.config.uncertainty_scale * scale).to(values.dtype)
+            elif len(raws) > 1:
                 uncertainty = values.std(0, unbiased=False)
             if labels is not None:
                 target = (labels.to(raw.dtype).view(raw.shape[1:]) - mean) / std

@@ -18,7 +18,7 @@ from transformers import Pipeline
 
 from .configuration_crossmat import output_info
 
-__all__ = ["DEFAULT_MAX_CHARS", "TASK", "CompositionPropertyPipeline", "scores_from_logits"]
+__all__ = ["DEFAULT_MAX_CHARS", "TASK", "CompositionPropertyPipeline", "label_indices", "scores_from_logits"]
 
 TASK = "composition-property-prediction"
 DEFAULT_MAX_CHARS = 512
@@ -35,13 +35,21 @@ def scores_from_logits(logits: torch.Tensor, problem_type: str) -> torch.Tensor:
     return torch.softmax(logits, dim=-1)
 
 
+def label_indices(scores: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+    """Predicted class per row from single-label probabilities: class 1 when P(class 1) reaches ``threshold``
+    (a binary model's ``config.decision_threshold``, chosen on held-out rows), else the most probable class."""
+    if threshold is not None and scores.shape[-1] == 2:
+        return (scores[..., 1] >= threshold).long()
+    return scores.argmax(-1)
+
+
 class CompositionPropertyPipeline(Pipeline):
     """Predict a materials property from chemical formulas.
 
     ``pipe("Fe2O3")`` returns one dict, ``pipe([...], batch_size=256)`` a list of dicts in input order:
 
     * regression: ``{"formula", "property", "value", "unit"}`` (lists for multi-target models), value in
-      physical units;
+      physical units, plus ``"std"`` (same shape as ``value``) when the model carries a calibrated uncertainty;
     * classification: ``{"formula", "label", "probability", "probabilities"}``.
 
     Invalid formulas raise ``ValueError`` naming every bad row and its reason (``on_error="raise"``), or
@@ -123,14 +131,16 @@ class CompositionPropertyPipeline(Pipeline):
         return {"model_inputs": model_inputs, "keep": keep, "errors": errors, "inputs": list(inputs)}
 
     def _forward(self, model_inputs: dict[str, torch.Tensor]):
-        return {"logits": self.model(**model_inputs).logits}
+        out = self.model(**model_inputs)
+        return {"logits": out.logits, "uncertainty": getattr(out, "uncertainty", None)}
 
     # -- output ----------------------------------------------------------------------------------
     def _describe(self) -> tuple[str, list[str], list[str], dict[int, str]]:
         info = output_info(self.model.config)
         return info["problem_type"], info["names"], info["units"], dict(enumerate(info["labels"]))
 
-    def postprocess(self, logits: torch.Tensor | None, batch: dict[str, Any], **_: Any) -> list[dict[str, Any]]:
+    def postprocess(self, logits: torch.Tensor | None, batch: dict[str, Any], uncertainty: torch.Tensor | None = None,
+                    **_: Any) -> list[dict[str, Any]]:
         problem, names, units, labels = self._describe()
         out: list[dict[str, Any]] = [{"formula": f} for f in batch["inputs"]]
         for i, reason in batch["errors"].items():
@@ -140,17 +150,19 @@ class CompositionPropertyPipeline(Pipeline):
         scores = scores_from_logits(logits, problem)
         if problem == "regression":
             values = scores.tolist()
-            for row, vals in zip(batch["keep"], values, strict=True):
-                if len(vals) == 1:
-                    out[row].update(property=names[0], value=vals[0], unit=units[0])
-                else:
-                    out[row].update(property=names, value=vals, unit=units)
+            stds = None if uncertainty is None else uncertainty.float().reshape(scores.shape).tolist()
+            for i, (row, vals) in enumerate(zip(batch["keep"], values, strict=True)):
+                one = len(vals) == 1
+                out[row].update(property=names[0] if one else names, value=vals[0] if one else vals,
+                                unit=units[0] if one else units)
+                if stds is not None:
+                    out[row]["std"] = stds[i][0] if one else stds[i]
         elif problem == "multi_label_classification":
             for row, p in zip(batch["keep"], scores.tolist(), strict=True):
                 named = {labels.get(k, f"LABEL_{k}"): v for k, v in enumerate(p)}
                 out[row].update(labels=[k for k, v in named.items() if v >= 0.5], probabilities=named)
         else:
-            best = scores.argmax(-1).tolist()
+            best = label_indices(scores, getattr(self.model.config, "decision_threshold", None)).tolist()
             for row, p, b in zip(batch["keep"], scores.tolist(), best, strict=True):
                 out[row].update(
                     label=labels.get(b, f"LABEL_{b}"),
@@ -184,8 +196,9 @@ class CompositionPropertyPipeline(Pipeline):
                 raise ValueError(
                     "invalid formula(s) (pass on_error='return' to predict the rest):\n" + "\n".join(lines)
                 )
-            logits = None
+            logits = uncertainty = None
             if batch["model_inputs"] is not None:
-                logits = self.forward(batch["model_inputs"])["logits"]
-            results.extend(self.postprocess(logits, batch))
+                outputs = self.forward(batch["model_inputs"])
+                logits, uncertainty = outputs["logits"], outputs.get("uncertainty")
+            results.extend(self.postprocess(logits, batch, uncertainty=uncertainty))
         return results[0] if single else results

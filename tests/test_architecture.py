@@ -51,7 +51,7 @@ def _layer_name(module: str) -> str | None:
     """The package folder an absolute import lands in (``crossmat.training.x`` -> ``training``); ``None`` for
     modules outside the package."""
     parts = module.split(".")
-    if parts[0] != "crossmat":
+    if parts[0] != "crossmat" or (len(parts) > 1 and parts[1] in DATA_PACKAGES):
         return None
     return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "crossmat"
 

@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = '{"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}'
 # appended to the examples so they finish in seconds (the examples themselves are the documented commands)
 FAST = {
-    "train": ["train.max_steps=3", f"model.config={TINY}"],
-    "evaluate": ["--set", "train.max_steps=3", "--set", f"model.config={TINY}", "--rf-trees", "5"],
+    "train": ["train.max_steps=3"],  # the default recipe: the shipped backbone, 3 steps
+    "evaluate": ["--set", "train.max_steps=3", "--rf-trees", "5"],
 }
 NOT_RUN = {"app"}  # starts a web server; its --help is tested
 
@@ -71,8 +71,8 @@ def test_aliases_still_work(capsys):
     from crossmat.training.cli import build_parser as train_parser
 
     assert "--train" in eval_parser().format_help() and "--config" in train_parser().format_help()
-    assert "from training.cli import main" in (REPO / "train.py").read_text()
-    assert "from evaluation.cli import main" in (REPO / "evaluate.py").read_text()
+    assert "from crossmat.training.cli import main" in (REPO / "train.py").read_text()
+    assert "from crossmat.evaluation.cli import main" in (REPO / "evaluate.py").read_text()
 
 
 def test_every_environment_variable_is_documented():

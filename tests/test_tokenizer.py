@@ -112,7 +112,7 @@ def test_autotokenizer_reload_without_package(tokenizer, tmp_path):
 
 BLOCKER = '''
 import sys
-PROJECT = {"modeling", "tokenization", "dataset_builders", "training", "evaluation", "interpretability",
+PROJECT = {"crossmat", "modeling", "tokenization", "dataset_builders", "training", "evaluation", "interpretability",
            "inference", "explicit_transfer", "model_cards"}
 class _Block:
     def find_spec(self, name, path=None, target=None):

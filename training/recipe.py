@@ -118,6 +118,7 @@ class TrainSection:
     trackers: Any = "auto"
     progress_bar: bool = True
     swa_epochs: int = 0
+    calibrate: bool = True  # property models: uncertainty / decision threshold from the validation rows
 
 
 @dataclass(frozen=True)
@@ -221,8 +222,9 @@ def _expand_env(value: Any) -> Any:
     return value
 
 
-def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a YAML recipe file (not yet validated)."""
+def load_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML recipe file (not yet validated). ``extends: NAME`` (a shipped recipe such as ``default``, or a
+    file relative to this one) starts from that recipe; this file's keys override it, mappings merged key by key."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file {str(path)!r} does not exist")
@@ -230,7 +232,30 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         recipe = yaml.safe_load(fh)
     if not isinstance(recipe, dict):
         raise RecipeError(f"recipe {str(path)!r} must be a YAML mapping, got {type(recipe).__name__}")
-    return recipe
+    base_name = recipe.pop("extends", None)
+    if base_name is None:
+        return recipe
+    if path.resolve() in _seen:
+        raise RecipeError(f"recipe {str(path)!r}: 'extends' forms a loop ({' -> '.join(str(p) for p in _seen)})")
+    base_path = path.parent / str(base_name)
+    if not base_path.is_file():
+        from crossmat.configs import recipe_path
+
+        base_path = recipe_path(str(base_name)) or base_path
+    if not base_path.is_file():
+        raise RecipeError(f"recipe {str(path)!r}: extends {base_name!r}, which is neither a shipped recipe nor a file")
+    return merge_recipes(load_recipe(base_path, (*_seen, path.resolve())), recipe)
+
+
+def merge_recipes(base: Mapping[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
+    """``child`` over ``base``: mappings merge key by key, anything else (lists, scalars, null) replaces."""
+    out = copy.deepcopy(dict(base))
+    for key, value in child.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_recipes(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:

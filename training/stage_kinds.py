@@ -338,6 +338,10 @@ class FinetuneStage(Stage):
             out["r2"] = float(np.mean(1.0 - (err**2).sum(0) / np.where(var > 0, var, np.nan)))
             std = np.asarray(config.target_std or [1.0] * labels.shape[1])
             out["loss"] = float(np.abs(err / std).mean())
+            if "uncertainty" in pred:  # share of errors within 1 and 2 predicted sigma (Gaussian: 0.683, 0.954)
+                sigma = np.asarray(pred["uncertainty"]).reshape(err.shape)
+                out["coverage_1sigma"] = float((np.abs(err) <= sigma).mean())
+                out["coverage_2sigma"] = float((np.abs(err) <= 2 * sigma).mean())
         else:
             from sklearn.metrics import roc_auc_score
 

@@ -167,8 +167,20 @@ def build_model(recipe: StageRecipe | Mapping[str, Any], data: StageData) -> tup
     return model, info
 
 
+def calibrate_on(model: torch.nn.Module, split: Any) -> dict[str, float]:
+    """Calibrate a trained property model on held-out rows (``modeling.calibration``): a standard deviation for
+    every regression prediction, the decision threshold of a binary classifier. Returns what was chosen."""
+    from crossmat.modeling.calibration import calibrate_property_model
+
+    targets = split.targets if split.targets is not None else split.tensors["labels"].numpy()
+    device = next(model.parameters()).device
+    result = calibrate_property_model(model, split.tensors["input_ids"].to(device),
+                                      split.tensors["attention_mask"].to(device), targets)
+    return {k: float(v) for k, v in result.as_dict().items()}
+
+
 def prediction_table(split: Any, pred: Mapping[str, np.ndarray], target_names: list[str],
-                     regression: bool) -> pd.DataFrame:
+                     regression: bool, threshold: float | None = None) -> pd.DataFrame:
     """``[id,] formula, target, prediction`` (+ ``uncertainty`` when the model gives one) at full float64
     precision; several targets get ``target_<name>, prediction_<name>``; classification adds
     ``probability`` (of class 1) and ``prediction`` is the label."""
@@ -182,7 +194,7 @@ def prediction_table(split: Any, pred: Mapping[str, np.ndarray], target_names: l
     if not regression:
         prob = torch.softmax(torch.from_numpy(logits), -1)[:, 1].numpy() if logits.shape[-1] > 1 else 1 / (1 + np.exp(-logits[:, 0]))
         frame["target"] = np.asarray(targets).reshape(len(frame), -1)[:, 0].astype(np.int64)
-        frame["prediction"] = (prob > 0.5).astype(np.int64)
+        frame["prediction"] = (prob >= (0.5 if threshold is None else threshold)).astype(np.int64)
         frame["probability"] = prob
         return frame
     targets = np.asarray(targets, dtype=np.float64).reshape(len(frame), -1)
@@ -367,6 +379,10 @@ def train_stage(recipe: StageRecipe | Mapping[str, Any], output_dir: str | Path)
                       f"{trainer.total_steps} steps on {accelerator.num_processes} process(es), device {accelerator.device}")
     summary = trainer.train()
     metrics: dict[str, dict[str, float]] = {}
+    if kind.property_model and recipe.train.calibrate and data.validation is not None and not recipe.lora.enabled:
+        metrics["calibration"] = calibrate_on(accelerator.unwrap_model(trainer.model), data.validation)
+        accelerator.print(f"[crossmat] calibrated on {len(data.validation)} held-out validation rows: "
+                          + ", ".join(f"{k}={v:.4g}" for k, v in metrics["calibration"].items()))
     if data.validation is not None:
         metrics["validation"] = trainer.evaluate(data.validation, "validation")
     if data.test is not None:
@@ -389,7 +405,7 @@ def train_stage(recipe: StageRecipe | Mapping[str, Any], output_dir: str | Path)
         if test_pred is not None:
             cfg = unwrapped.config if not lora_adapter else unwrapped.get_base_model().config
             frame = prediction_table(data.test, test_pred, list(cfg.target_names or []),
-                                     cfg.problem_type == "regression")
+                                     cfg.problem_type == "regression", getattr(cfg, "decision_threshold", None))
             frame.to_csv(out / "test_predictions.csv", index=False)
         info = {"stage": stage, "name": recipe.name, "recipe_hash": _recipe_hash(recipe), "model": model_info,
                 "data": data.info, "training": summary, "metrics": metrics}

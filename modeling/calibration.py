@@ -1,0 +1,127 @@
+"""Calibrating a trained property model on held-out rows (not Hub remote code; the model only applies it).
+
+* Regression: a standard deviation per prediction. The held-out rows' pooled embeddings and residuals go into
+  the weights; a new row's sigma is ``scale x`` the RMS residual of its ``k`` nearest held-out rows, shrunk
+  towards the global RMS residual (``prior`` pseudo-rows). ``k``, ``prior`` and ``scale`` are chosen on the
+  held-out rows themselves, leave-one-out, so that the share of errors within 1 and 2 sigma is as close as
+  possible to a Gaussian's 0.683 and 0.954.
+* Binary classification: the decision threshold on P(class 1) that maximises balanced accuracy on the
+  held-out rows (the leaderboard scores hard labels).
+
+Held-out means the model never trained on the rows: the user's validation file, or a carve-out of training
+rows (``data.validation_fraction``); see docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["COVERAGE_TARGETS", "Calibration", "calibrate_property_model", "coverage", "fit_threshold"]
+
+COVERAGE_TARGETS = (0.6827, 0.9545)  # a Gaussian's share within 1 and 2 sigma
+_K_GRID = (5, 10, 20, 40, 80)
+_PRIOR_GRID = (0.0, 0.5, 1.0, 2.0)  # in units of k
+_SCALES = np.exp(np.linspace(np.log(0.2), np.log(5.0), 241))
+
+
+@dataclass
+class Calibration:
+    """What calibration chose and how well it covers the held-out rows (leave-one-out)."""
+
+    rows: int
+    k: int | None = None
+    prior: float | None = None
+    scale: float | None = None
+    coverage_1sigma: float | None = None
+    coverage_2sigma: float | None = None
+    decision_threshold: float | None = None
+    balanced_accuracy: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def coverage(errors: np.ndarray, sigma: np.ndarray) -> tuple[float, float]:
+    """Share of ``|errors|`` within 1 and 2 ``sigma`` (flattened over rows and labels)."""
+    err, sig = np.abs(np.asarray(errors, dtype=np.float64)).ravel(), np.asarray(sigma, dtype=np.float64).ravel()
+    return float((err <= sig).mean()), float((err <= 2 * sig).mean())
+
+
+def _best_scale(err: np.ndarray, base: np.ndarray) -> tuple[float, float]:
+    """Scale minimising the squared distance of (1-sigma, 2-sigma) coverage to the Gaussian targets."""
+    ratio = (err / np.maximum(base, 1e-12)).ravel()
+    c1 = (ratio[None, :] <= _SCALES[:, None]).mean(1)
+    c2 = (ratio[None, :] <= 2 * _SCALES[:, None]).mean(1)
+    loss = (c1 - COVERAGE_TARGETS[0]) ** 2 + (c2 - COVERAGE_TARGETS[1]) ** 2
+    i = int(np.argmin(loss))
+    return float(_SCALES[i]), float(loss[i])
+
+
+def fit_threshold(prob: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """``(threshold, balanced accuracy)``: the cut on P(class 1) with the best balanced accuracy on these rows
+    (ties: the one closest to 0.5); ``(0.5, nan)`` when the rows hold one class only."""
+    prob, labels = np.asarray(prob, dtype=np.float64), np.asarray(labels).astype(int)
+    pos, neg = labels == 1, labels == 0
+    if not pos.any() or not neg.any():
+        return 0.5, float("nan")
+    cuts = np.unique(np.concatenate([[0.5], (np.sort(prob)[1:] + np.sort(prob)[:-1]) / 2]))
+    pred = prob[None, :] >= cuts[:, None]
+    bal = 0.5 * (pred[:, pos].mean(1) + (~pred[:, neg]).mean(1))
+    best = np.flatnonzero(bal >= bal.max() - 1e-12)
+    i = best[np.argmin(np.abs(cuts[best] - 0.5))]
+    return float(cuts[i]), float(bal[i])
+
+
+@torch.inference_mode()
+def _pooled_and_outputs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled embeddings of the first member and the model outputs (physical units / class logits)."""
+    pooled, logits = [], []
+    for start in range(0, len(input_ids), batch_size):
+        ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
+        pooled.append(model.crossmat(ids, attention_mask=mask).pooler_output.float())
+        logits.append(model(input_ids=ids, attention_mask=mask).logits.float())
+    return torch.cat(pooled), torch.cat(logits)
+
+
+def calibrate_property_model(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                             targets: np.ndarray) -> Calibration:
+    """Calibrate ``model`` (a ``CrossMatForPropertyPrediction``, eval mode) in place on held-out rows: the
+    uncertainty of a regression model, the decision threshold of a binary classifier. Returns the choice and
+    its leave-one-out coverage on these rows."""
+    was_training = model.training
+    model.eval()
+    try:
+        pooled, out = _pooled_and_outputs(model, input_ids, attention_mask)
+    finally:
+        model.train(was_training)
+    targets = np.asarray(targets, dtype=np.float64)
+    n = len(targets)
+    if model.config.problem_type != "regression":
+        if out.shape[-1] != 2:
+            return Calibration(rows=n)
+        prob = torch.softmax(out.double(), -1)[:, 1].numpy()
+        threshold, bal = fit_threshold(prob, targets.reshape(-1))
+        model.config.decision_threshold = threshold
+        return Calibration(rows=n, decision_threshold=threshold, balanced_accuracy=bal)
+    if n < 10:
+        raise ValueError(f"uncertainty calibration needs at least 10 held-out rows, got {n}")
+    residuals = torch.as_tensor(targets.reshape(n, -1)) - out.double().reshape(n, -1)
+    err = residuals.abs().numpy()
+    best: tuple[float, int, float, float] | None = None
+    for k in [k for k in _K_GRID if k < n] or [n - 1]:
+        for prior_units in _PRIOR_GRID:
+            model.install_uncertainty(pooled, residuals, k, prior_units * k, 1.0)
+            base = model.local_residual_scale(pooled, exclude_self=True).numpy()
+            scale, loss = _best_scale(err, base)
+            if best is None or loss < best[0] - 1e-9:
+                best = (loss, k, prior_units * k, scale)
+    _, k, prior, scale = best  # type: ignore[misc]
+    model.install_uncertainty(pooled, residuals, k, prior, scale)
+    sigma = scale * model.local_residual_scale(pooled, exclude_self=True).numpy()
+    c1, c2 = coverage(err, sigma)
+    return Calibration(rows=n, k=k, prior=prior, scale=scale, coverage_1sigma=c1, coverage_2sigma=c2)
