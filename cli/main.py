@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from crossmat._extras import MissingExtraError
+
 
 @dataclass(frozen=True)
 class Command:
@@ -107,6 +109,9 @@ def _help(name: str, cmd: Command) -> int:
     print(f"crossmat {name}: {cmd.summary}\n(options below are those of {cmd.target.split(':')[0]})\n")
     try:
         _target(cmd)(cmd.forward(["--help"]))
+    except MissingExtraError as exc:
+        print(f"crossmat {name}: error: {exc}", file=sys.stderr)
+        return 1
     except SystemExit as exc:
         if exc.code not in (0, None):
             return int(exc.code) if isinstance(exc.code, int) else 2
@@ -128,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         code = _target(cmd)(cmd.forward(args.args))
+    except MissingExtraError as exc:  # an optional part that is not installed: say which extra brings it
+        print(f"crossmat {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except SystemExit as exc:  # argparse errors and sys.exit() in the forwarded CLIs
         code = exc.code if isinstance(exc.code, int) or exc.code is None else (print(exc.code, file=sys.stderr) or 1)
     return int(code or 0)

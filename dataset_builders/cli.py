@@ -7,6 +7,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from crossmat._extras import needs_extra
+
 from .common import ON_BAD, BadInputError, describe_write_error
 from .download import DownloadError
 from .publish import PublishError
@@ -92,34 +94,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one builder; returns the exit status (2 with a one-line message on bad input / offline)."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "matbench":
-            from .matbench import build_matbench
+        with needs_extra("train", f"crossmat build {args.command}"):
+            if args.command == "matbench":
+                from .matbench import build_matbench
 
-            result = build_matbench(args.source, args.out, args.tasks, on_bad=args.on_bad, timeout=args.timeout)
-            result = {k: v for k, v in result.items() if k != "tasks"} | {"tasks": len(result["tasks"])}
-        elif args.command == "llm4mat":
-            from .llm4mat import build_llm4mat
+                result = build_matbench(args.source, args.out, args.tasks, on_bad=args.on_bad, timeout=args.timeout)
+                result = {k: v for k, v in result.items() if k != "tasks"} | {"tasks": len(result["tasks"])}
+            elif args.command == "llm4mat":
+                from .llm4mat import build_llm4mat
 
-            result = build_llm4mat(args.source, args.dataset, args.out, args.properties, args.on_bad, not args.drop_cif)
-            result = {k: v for k, v in result.items() if k != "tasks"} | {"tasks": list(result["tasks"])}
-        elif args.command == "corpus":
-            from .corpus import build_corpus
+                result = build_llm4mat(args.source, args.dataset, args.out, args.properties, args.on_bad, not args.drop_cif)
+                result = {k: v for k, v in result.items() if k != "tasks"} | {"tasks": list(result["tasks"])}
+            elif args.command == "corpus":
+                from .corpus import build_corpus
 
-            result = build_corpus(args.source, args.out, args.exclude, args.validation_fraction, args.seed, args.on_bad)
-        elif args.command == "embeddings":
-            from .embeddings import build_embeddings
+                result = build_corpus(args.source, args.out, args.exclude, args.validation_fraction, args.seed, args.on_bad)
+            elif args.command == "embeddings":
+                from .embeddings import build_embeddings
 
-            result = build_embeddings(args.source, args.encoder, args.out, args.batch_size, args.shard_size,
-                                      args.limit, args.on_bad, args.matgl_model, num_threads=args.num_threads)  # fmt: skip
-        elif args.command == "alignment":
-            from .alignment import build_alignment_set
+                result = build_embeddings(args.source, args.encoder, args.out, args.batch_size, args.shard_size,
+                                          args.limit, args.on_bad, args.matgl_model, num_threads=args.num_threads)  # fmt: skip
+            elif args.command == "alignment":
+                from .alignment import build_alignment_set
 
-            result = build_alignment_set(args.embeddings, args.encoder, args.out, args.polymorphs, args.exclude,
-                                         args.max_formulas, args.seed)  # fmt: skip
-        else:
-            from .publish import publish_folder
+                result = build_alignment_set(args.embeddings, args.encoder, args.out, args.polymorphs, args.exclude,
+                                             args.max_formulas, args.seed)  # fmt: skip
+            else:
+                from .publish import publish_folder
 
-            result = {"commit": publish_folder(args.folder, args.repo_id, args.token, args.private)}
+                result = {"commit": publish_folder(args.folder, args.repo_id, args.token, args.private)}
     except (BadInputError, DownloadError, PublishError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from pymatgen.core import Structure
 
+from crossmat._extras import needs_extra
+
 from .paths import DEFAULT_MATGL_MODEL, tensornet_dir
 
 __all__ = [
@@ -49,7 +51,8 @@ class ChgnetEncoder:
     max_z = 94
 
     def __init__(self, device: str = "cpu") -> None:
-        from chgnet.model import CHGNet
+        with needs_extra("structure", "the CHGNet structure encoder"):
+            from chgnet.model import CHGNet
 
         with contextlib.redirect_stdout(io.StringIO()):  # CHGNet prints a banner even with verbose=False
             self.model = CHGNet.load(use_device=device, verbose=False)
@@ -83,7 +86,8 @@ class ChgnetEncoder:
 
     def relax(self, structure: Structure, steps: int = 50, fmax: float = 0.1) -> tuple[Structure, float]:
         """Bounded FIRE relaxation (cell + positions): (relaxed structure, energy per atom)."""
-        from chgnet.model import StructOptimizer
+        with needs_extra("structure", "CHGNet relaxation"):
+            from chgnet.model import StructOptimizer
 
         with contextlib.redirect_stdout(io.StringIO()):  # StructOptimizer prints "CHGNet will run on cpu"
             if self._optimizer is None:
@@ -99,8 +103,9 @@ class MatglEncoder:
     name = "matgl-tensornet"
 
     def __init__(self, model: str | Path | None = None) -> None:
-        import matgl
-        from matgl.ext.pymatgen import Structure2Graph
+        with needs_extra("structure", "the matgl TensorNet structure encoder"):
+            import matgl
+            from matgl.ext.pymatgen import Structure2Graph
 
         ref = str(model) if model else str(tensornet_dir())
         if not model and not Path(ref).is_dir():
@@ -140,7 +145,8 @@ class MatglEncoder:
     def __call__(self, structures: Sequence[Structure], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings ``(n, d)`` float32 and energies per atom ``(n,)`` float32."""
         import torch
-        from torch_geometric.data import Batch
+        with needs_extra("structure", "the matgl TensorNet structure encoder"):
+            from torch_geometric.data import Batch
 
         embs, energies = [], []
         for start in range(0, len(structures), batch_size):
@@ -163,7 +169,8 @@ class MatglEncoder:
 
     def relax(self, structure: Structure, steps: int = 50, fmax: float = 0.1) -> tuple[Structure, float]:
         """Bounded FIRE relaxation (cell + positions) with forces and stresses switched on for the run."""
-        from matgl.ext.ase import Relaxer
+        with needs_extra("structure", "matgl relaxation"):
+            from matgl.ext.ase import Relaxer
 
         self.potential.calc_forces = True
         self.potential.calc_stresses = True

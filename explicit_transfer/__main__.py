@@ -93,10 +93,13 @@ def cmd_generate(a: argparse.Namespace) -> None:
     output, shard = a.output, None
     # under `accelerate launch -m explicit_transfer generate ...` each process takes every P-th row; a
     # broken distributed setup raises here instead of silently running the whole input in one process
-    from accelerate import PartialState
+    try:
+        from accelerate import PartialState
+    except ImportError:  # accelerate comes with the [train] extra; without it there is one process
+        PartialState = None
 
-    state = PartialState()
-    if state.num_processes > 1:
+    state = PartialState() if PartialState is not None else None
+    if state is not None and state.num_processes > 1:
         shard = (state.process_index, state.num_processes)
         output = f"{a.output}.part{state.process_index}-of-{state.num_processes}"
     stats = generate_to_jsonl(gen, formulas, output, n_candidates=a.n, rank=rank, relax_steps=a.relax_steps, ids=ids,

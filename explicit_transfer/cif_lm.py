@@ -21,6 +21,7 @@ import torch
 from pymatgen.core import Composition
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast, StoppingCriteria, StoppingCriteriaList
 
+from crossmat._extras import needs_extra
 from crossmat.dataset_builders.cif_text import (
     CIF_FORMS,
     CIF_KEYWORDS,
@@ -53,7 +54,8 @@ def train_cif_lm(
 
     CIFs that do not parse or exceed the context are reported in the returned info (``rejected``), not dropped silently.
     """
-    from datasets import Dataset
+    with needs_extra("train", "training a CIF language model"):
+        from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
 
     set_seed(seed)

@@ -18,6 +18,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from crossmat._extras import needs_extra
+
 from .potentials import crystal_features
 
 __all__ = ["StructurePredictorConfig", "StructurePropertyPredictor", "train_structure_predictor", "register"]
@@ -141,7 +143,8 @@ def train_structure_predictor(
     datasets: Sequence[str] = (),
 ) -> StructurePropertyPredictor:
     """Train the head with ``transformers.Trainer`` on (features, targets); save model + card to ``output_dir``."""
-    from datasets import Dataset
+    with needs_extra("train", "training a structure-aware predictor"):
+        from datasets import Dataset
     from transformers import Trainer, TrainingArguments, set_seed
 
     set_seed(seed)

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from crossmat._extras import MissingExtraError, needs_extra
 from crossmat.tokenization import MAX_FORMULA_CHARS
 
 from .engine import FormulaPredictor
@@ -169,7 +170,8 @@ def respond(predictor: FormulaPredictor, formula: object, explainer: Any = None)
 
 def build_app(model: str | Path | FormulaPredictor, *, explain: bool = True) -> Any:
     """The Gradio Blocks app for one model (folder or Hub id)."""
-    import gradio as gr
+    with needs_extra("app", "crossmat app"):
+        import gradio as gr
 
     predictor = model if isinstance(model, FormulaPredictor) else FormulaPredictor(model)
     cfg = predictor.model.config
@@ -221,5 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as err:
         print(f"app.py: error: {err}", file=sys.stderr)
         return 2
+    except MissingExtraError as err:  # no gradio: name the extra instead of a traceback
+        print(f"app.py: error: {err}", file=sys.stderr)
+        return 1
     demo.launch(server_name=args.host, server_port=args.port, show_error=False)  # queue bounded by build_app
     return 0

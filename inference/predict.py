@@ -22,15 +22,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from crossmat._extras import MissingExtraError, needs_extra
+
 from .engine import DEFAULT_MAX_CHARS, PRECISIONS, FormulaPredictor
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
 __all__ = ["InputError", "PredictionSummary", "main", "predict_file"]
 
@@ -80,6 +84,14 @@ def _kind(path: Path) -> str:
     raise InputError(f"{path}: unknown file type; use .csv (optionally compressed), .tsv or .parquet")
 
 
+def _arrow() -> tuple[Any, Any]:
+    """``(pyarrow, pyarrow.parquet)``, imported on the first Parquet file (the [parquet] extra)."""
+    with needs_extra("parquet", "crossmat predict on Parquet files"):
+        import pyarrow
+        import pyarrow.parquet
+    return pyarrow, pyarrow.parquet
+
+
 def _csv_sep(path: Path) -> str:
     return "\t" if path.name.lower().endswith(".tsv") else ","
 
@@ -89,6 +101,7 @@ def _read_chunks(path: Path, column: str, chunk_size: int, skip: int) -> Iterato
     if not path.is_file():
         raise InputError(f"input file {path} does not exist")
     if _kind(path) == "parquet":
+        pa, pq = _arrow()
         try:
             pf = pq.ParquetFile(path)
         except (pa.ArrowInvalid, OSError) as err:
@@ -258,6 +271,7 @@ class _Writer:
                     os.fsync(fh.fileno())
             self._wrote_header = True
             return
+        pa, pq = _arrow()
         table = pa.Table.from_pandas(df, preserve_index=False)
         if self._pq is None:
             self._schema = table.schema
@@ -270,6 +284,7 @@ class _Writer:
                 with open(self.path, "w", encoding="utf-8", newline="") as fh:
                     csv.writer(fh, delimiter=_csv_sep(self.path)).writerow(empty_columns)
             return
+        pa, pq = _arrow()
         if self._pq is None:
             pq.write_table(pa.table({c: pa.array([], pa.string()) for c in empty_columns}), self._tmp)
         else:
@@ -320,7 +335,7 @@ def predict_file(
     writer = _Writer(output_path, append=skip > 0)
     total = None
     if _kind(input_path) == "parquet":
-        total = max(pq.ParquetFile(input_path).metadata.num_rows - skip, 0)
+        total = max(_arrow()[1].ParquetFile(input_path).metadata.num_rows - skip, 0)
     bar = tqdm(total=total, unit="formula", disable=not progress, desc="crossmat-predict", file=sys.stderr)
     columns: list[str] = []
     row0 = skip
@@ -380,7 +395,7 @@ def predict_file(
 
 def _header(path: Path) -> list[str]:
     if _kind(path) == "parquet":
-        return pq.ParquetFile(path).schema_arrow.names
+        return _arrow()[1].ParquetFile(path).schema_arrow.names
     return [str(c) for c in pd.read_csv(path, nrows=0, sep=_csv_sep(path), encoding_errors="replace").columns]
 
 
@@ -431,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, OSError, ValueError) as err:  # bad file, arguments or model: one line, no traceback
         print(f"crossmat-predict: error: {err}", file=sys.stderr)
         return 2
+    except MissingExtraError as err:  # a Parquet file without pyarrow, a LoRA folder without peft
+        print(f"crossmat-predict: error: {err}", file=sys.stderr)
+        return 1
     print(summary.report(), file=sys.stderr)
     return 3 if (args.strict and summary.invalid) else 0
 

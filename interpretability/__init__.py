@@ -11,22 +11,31 @@
 CLI: ``python -m crossmat.interpretability --help``.
 """
 
-from .aggregate import aggregate_interactions, summarise_pairs
-from .attributions import BASELINES, AttributionResult, explain_attributions
-from .explain import card_section, explain, format_table
-from .interactions import (
-    APPROXIMATORS,
-    INDICES,
-    BudgetError,
-    FormulaGame,
-    InteractionResult,
-    ValueFunction,
-    explain_interactions,
-    minimum_budget,
-)
-from .model_output import ModelOutputSpec, NotAPropertyModelError, check_property_model, load_property_model
-from .players import STRATEGIES, FormulaPlayers, coalition_inputs, formula_players, formula_players_batch
-from .plots import plot_aggregate, plot_attributions, plot_explanation, plot_interaction_graph, plot_interaction_matrix
+from crossmat._extras import needs_extra
+
+with needs_extra("explain", "crossmat explain (crossmat.interpretability)"):
+    from .aggregate import aggregate_interactions, summarise_pairs
+    from .attributions import BASELINES, AttributionResult, explain_attributions
+    from .explain import card_section, explain, format_table
+    from .interactions import (
+        APPROXIMATORS,
+        INDICES,
+        BudgetError,
+        FormulaGame,
+        InteractionResult,
+        ValueFunction,
+        explain_interactions,
+        minimum_budget,
+    )
+    from .model_output import ModelOutputSpec, NotAPropertyModelError, check_property_model, load_property_model
+    from .players import STRATEGIES, FormulaPlayers, coalition_inputs, formula_players, formula_players_batch
+    from .plots import (
+        plot_aggregate,
+        plot_attributions,
+        plot_explanation,
+        plot_interaction_graph,
+        plot_interaction_matrix,
+    )
 
 __all__ = [
     "APPROXIMATORS",

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from crossmat._extras import needs_extra
 from crossmat.tokenization.vocabulary import ELEMENT_START, ELEMENTS, VOCAB
 
 __all__ = ["element_feature_table", "install_element_features"]
@@ -20,7 +21,8 @@ def element_feature_table(source: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(table, covered)``: a ``vocab_size x d`` float32 table whose element rows hold the source's vectors,
     standardised per feature over the covered elements, and the boolean coverage mask (elements the source
     lacks and all non-element tokens are False, their rows zero)."""
-    from elementembeddings.core import Embedding
+    with needs_extra("train", "element features (model.element_features)"):
+        from elementembeddings.core import Embedding
 
     try:
         emb = Embedding.load_data(source)

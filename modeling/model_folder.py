@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from crossmat._extras import needs_extra
 from crossmat.tokenization import CrossMatTokenizerFast
 from crossmat.tokenization.vocabulary import token_layout
 
@@ -110,8 +111,10 @@ def is_property_config(config: Any) -> bool:
 def load_lora_model(path: str | Path, merge: bool = False) -> PreTrainedModel:
     """A LoRA output folder: its base model with this folder's property-head config, then the adapter;
     ``merge=True`` folds the adapter into the weights (a plain ``CrossMatForPropertyPrediction``)."""
-    from peft import PeftConfig, PeftModel
     from transformers import AutoModelForSequenceClassification
+
+    with needs_extra("lora", "loading a LoRA adapter folder"):
+        from peft import PeftConfig, PeftModel
 
     path = Path(path)
     base_path = PeftConfig.from_pretrained(str(path)).base_model_name_or_path

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # THE test command (README; .ci/run calls exactly this): bash scripts/test.sh [pytest arguments]
-#  1. installs the package with its dev extra when it is missing (CPU torch pinned, see README);
+#  1. installs the package with its dev extra (= every extra + the test tools) when any of it is missing
+#     (CPU torch pinned, see README);
 #  2. finds a headless Chromium for the app's browser test, or installs one: Debian's `chromium` through
 #     apt-get (as root, or with password-less sudo), else Playwright's own download where the network allows;
 #  3. finds the benchmark data (CROSSMAT_DATA_DIR, default ../shared/data next to the checkout) or stops
@@ -16,7 +17,7 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     say "installing CPU torch 2.13.0 (on a CUDA machine install your torch first)"
     "$PY" -m pip install -q torch==2.13.0
 fi
-if ! "$PY" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('transformers', 'accelerate', 'peft', 'captum', 'shapiq', 'matgl', 'chgnet', 'matminer', 'pytest', 'playwright', 'gradio')))" \
+if ! "$PY" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('transformers', 'datasets', 'accelerate', 'peft', 'evaluate', 'sklearn', 'elementembeddings', 'pyarrow', 'captum', 'shapiq', 'matgl', 'chgnet', 'matminer', 'gradio', 'pytest', 'playwright', 'hypothesis')))" \
         || ! "$PY" -m ruff --version >/dev/null 2>&1; then
     say "installing the package with its dev extra (pip install -e '.[dev]')"
     "$PY" -m pip install -q -e ".[dev]"

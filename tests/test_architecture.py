@@ -28,6 +28,8 @@ LAYERS: dict[str, int] = {
 DATA_PACKAGES = {"configs"}
 # (importer, imported) pairs that break the rule on purpose, each with its reason. Empty: none needed.
 EXCEPTIONS: dict[tuple[str, str], str] = {}
+# Modules of the package root below every layer (any layer may import them): standard library only.
+BASE_MODULES = {"crossmat._extras": "crossmat/_extras.py"}  # the one MissingExtraError (which extra to install)
 # Files that travel as Hub remote code: only torch, transformers, the standard library and each other.
 REMOTE_CODE = ["modeling/configuration_crossmat.py", "modeling/modeling_crossmat.py", "modeling/pipeline_crossmat.py",
                "tokenization/formula_grammar.py", "tokenization/tokenization_crossmat_base.py"]
@@ -51,8 +53,8 @@ def _layer_name(module: str) -> str | None:
     """The package folder an absolute import lands in (``crossmat.training.x`` -> ``training``); ``None`` for
     modules outside the package."""
     parts = module.split(".")
-    if parts[0] != "crossmat" or (len(parts) > 1 and parts[1] in DATA_PACKAGES):
-        return None
+    if parts[0] != "crossmat" or module in BASE_MODULES or (len(parts) > 1 and parts[1] in DATA_PACKAGES):
+        return None  # outside the package, a base module, or a data package (below every layer)
     return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "crossmat"
 
 
@@ -91,6 +93,13 @@ def test_remote_code_files_import_only_torch_and_transformers():
     bad = [f"{f}:{line} imports {module}" for f in REMOTE_CODE for line, module, relative in _imports(REPO / f)
            if not relative and module.split(".")[0] not in allowed]
     assert not bad, "Hub remote-code files must stay self-contained:\n" + "\n".join(bad)
+
+
+def test_base_modules_import_only_the_standard_library():
+    allowed = {"__future__"} | set(sys.stdlib_module_names)
+    bad = [f"{f}:{line} imports {module}" for f in BASE_MODULES.values() for line, module, relative in _imports(REPO / f)
+           if relative or module.split(".")[0] not in allowed]
+    assert not bad, "base modules sit below every layer (standard library only):\n" + "\n".join(bad)
 
 
 def test_checker_sees_imports_of_every_kind(tmp_path):

@@ -21,6 +21,7 @@ import torch
 import yaml
 
 import crossmat.modeling  # noqa: F401  (registers CrossMat with the Auto classes)
+from crossmat._extras import needs_extra
 from crossmat.model_cards import write_model_card
 from crossmat.modeling import CrossMatConfig
 from crossmat.modeling.model_folder import (
@@ -61,7 +62,8 @@ def init_element_embeddings(model: torch.nn.Module, source: str, seed: int = 0) 
     """Initialise element-token embeddings from an ``elementembeddings`` representation (mat2vec, magpie,
     ...): standardise features, project to ``hidden_size`` by PCA (zero-padded when smaller), rescale to
     ``initializer_range``. Returns how many element tokens were set (others keep their random init)."""
-    from elementembeddings.core import Embedding
+    with needs_extra("train", "model.element_embedding_init"):
+        from elementembeddings.core import Embedding
 
     try:
         emb = Embedding.load_data(source)
