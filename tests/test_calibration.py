@@ -1,0 +1,143 @@
+"""Calibrated uncertainty and decision thresholds (crossmat.modeling.calibration): fitted on held-out rows, stored
+in the weights, carried through save/load, the Hub pipeline, remote code and the evaluation scores."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from crossmat.evaluation.crossmat_predictor import decision_scores
+from crossmat.modeling import CrossMatConfig, CrossMatForPropertyPrediction
+from crossmat.modeling.calibration import calibrate_property_model, coverage, fit_threshold
+from crossmat.tokenization import CrossMatTokenizerFast
+
+from .test_tokenizer import _run_isolated
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return CrossMatTokenizerFast()
+
+
+@pytest.fixture(scope="module")
+def held_out(matbench_formulas):
+    """200 real formulas with a synthetic target whose noise grows with the oxygen fraction (heteroscedastic)."""
+    from pymatgen.core import Composition
+
+    formulas = matbench_formulas["matbench_expt_gap"][:200]
+    rng = np.random.default_rng(0)
+    oxy = np.array([Composition(f).get_atomic_fraction("O") for f in formulas])
+    noise = rng.normal(size=len(formulas)) * (0.1 + 2.0 * oxy)
+    return formulas, noise
+
+
+def _model(**extra) -> CrossMatForPropertyPrediction:
+    torch.manual_seed(0)
+    return CrossMatForPropertyPrediction(CrossMatConfig(**TINY, num_labels=1, problem_type="regression",
+                                                        target_mean=[0.0], target_std=[1.0], **extra)).eval()
+
+
+def _encode(tokenizer, formulas):
+    enc = tokenizer(formulas, padding=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def test_regression_calibration_covers_held_out_rows_and_is_heteroscedastic(tokenizer, held_out):
+    formulas, noise = held_out
+    model = _model()
+    ids, mask = _encode(tokenizer, formulas)
+    with torch.no_grad():
+        pred = model(input_ids=ids, attention_mask=mask).logits[:, 0].numpy()
+        assert model(input_ids=ids, attention_mask=mask).uncertainty is None  # uncalibrated: no sigma
+    result = calibrate_property_model(model, ids, mask, pred + noise)
+    assert result.rows == 200 and result.k and result.scale > 0
+    assert abs(result.coverage_1sigma - 0.683) < 0.1 and abs(result.coverage_2sigma - 0.954) < 0.1
+    with torch.no_grad():
+        sigma = model(input_ids=ids, attention_mask=mask).uncertainty[:, 0].numpy()
+    assert sigma.shape == (200,) and (sigma > 0).all()
+    from pymatgen.core import Composition
+
+    oxy = np.array([Composition(f).get_atomic_fraction("O") for f in formulas])
+    assert np.corrcoef(sigma, oxy)[0, 1] > 0.2  # noisier rows get wider bands
+    assert model.config.uncertainty_rows == 200
+
+
+def test_calibration_survives_save_load_and_runs_as_remote_code(tokenizer, held_out, tmp_path):
+    formulas, noise = held_out
+    model = _model()
+    ids, mask = _encode(tokenizer, formulas)
+    with torch.no_grad():
+        pred = model(input_ids=ids, attention_mask=mask).logits[:, 0].numpy()
+    calibrate_property_model(model, ids, mask, pred + noise)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    test = ["Fe2O3", "NaCl", "LiCoO2"]
+    with torch.no_grad():
+        expected = model(**tokenizer(test, padding=True, return_tensors="pt")).uncertainty[:, 0].tolist()
+    import crossmat
+
+    assert crossmat.predict(str(tmp_path), test).uncertainty[:, 0].tolist() == pytest.approx(expected, abs=1e-6)
+    from transformers import pipeline
+
+    pipe = pipeline("composition-property-prediction", model=str(tmp_path), trust_remote_code=True)
+    assert [r["std"] for r in pipe(test)] == pytest.approx(expected, abs=1e-6)
+    code = textwrap.dedent(f"""
+        import json
+        from blocker import block; block()
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        path = {str(tmp_path)!r}
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+        model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True).eval()
+        out = model(**tok({test!r}, padding=True, return_tensors="pt"))
+        print("RESULT:" + json.dumps({{"std": out.uncertainty[:, 0].tolist()}}))
+    """)
+    assert _run_isolated(code, tmp_path)["std"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_uncalibrated_folders_load_without_new_weights(tmp_path):
+    model = _model()
+    model.save_pretrained(tmp_path)
+    loaded, info = CrossMatForPropertyPrediction.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert loaded.config.uncertainty_rows == 0
+
+
+def test_calibration_needs_enough_rows(tokenizer):
+    model = _model()
+    ids, mask = _encode(tokenizer, ["Fe2O3", "NaCl", "LiCoO2"])
+    with pytest.raises(ValueError, match="at least 10 held-out rows"):
+        calibrate_property_model(model, ids, mask, np.zeros(3))
+
+
+def test_threshold_maximises_balanced_accuracy_and_scores_keep_the_ranking():
+    rng = np.random.default_rng(1)
+    labels = (rng.random(400) < 0.15).astype(int)  # imbalanced: the 0.5 cut misses most positives
+    prob = np.clip(0.25 * labels + rng.normal(0.2, 0.1, 400), 0, 1)
+    t, bal = fit_threshold(prob, labels)
+    at_half = 0.5 * (((prob >= 0.5) & (labels == 1)).sum() / labels.sum()
+                     + ((prob < 0.5) & (labels == 0)).sum() / (1 - labels).sum())
+    assert t < 0.5 and bal > at_half + 0.2
+    scores = decision_scores(prob, t)
+    assert ((scores >= 0.5) == (prob >= t)).all()  # a 0.5 cut on the scores is the model's decision rule
+    assert (np.argsort(scores, kind="stable") == np.argsort(prob, kind="stable")).all()  # ROC-AUC unchanged
+    assert fit_threshold(prob, np.zeros(400))[0] == 0.5
+
+
+def test_binary_classifier_gets_its_threshold(tokenizer, held_out):
+    formulas, noise = held_out
+    torch.manual_seed(0)
+    model = CrossMatForPropertyPrediction(CrossMatConfig(**TINY, num_labels=2,
+                                                         problem_type="single_label_classification")).eval()
+    ids, mask = _encode(tokenizer, formulas)
+    result = calibrate_property_model(model, ids, mask, (noise > 1.0).astype(float))
+    assert model.config.decision_threshold == result.decision_threshold
+    assert 0.0 <= result.decision_threshold <= 1.0 and result.balanced_accuracy >= 0.5
+
+
+def test_coverage_counts_within_one_and_two_sigma():
+    assert coverage(np.array([0.5, 1.5, 2.5, -0.5]), np.ones(4)) == (0.5, 0.75)
