@@ -49,7 +49,7 @@ def load_embedding_rows(folder: str | Path, encoder: str) -> pd.DataFrame:
     if not shards:
         raise FileNotFoundError(
             f"{shard_dir}: no embedding shards; build them with "
-            f"`python -m crossmat.dataset_builders embeddings --source ... --encoder {encoder} --out {folder}`"
+            f"`python -m crossmat.dataset_builders embeddings --source ... --encoder {encoder} --output-dir {folder}`"
         )
     n_expected = int(shards[0].stem.rsplit("-of-", 1)[1])
     if len(shards) != n_expected:

@@ -271,7 +271,7 @@ def build_embeddings(
     if sig_path.exists() and json.loads(sig_path.read_text()) != signature:
         raise ValueError(
             f"{shard_dir} holds shards of a different run {json.loads(sig_path.read_text())}; "
-            f"use another --out or delete it (this run: {signature})"
+            f"use another --output-dir or delete it (this run: {signature})"
         )
     if rank == 0:
         write_json(signature, sig_path)

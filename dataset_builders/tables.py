@@ -32,14 +32,14 @@ import lzma
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import IO, Any, Literal
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["NA_VALUES", "ON_BAD", "BadRow", "Chunk", "Table", "TableError", "iter_table", "read_header", "read_table", "table_format"]
+__all__ = ["NA_VALUES", "ON_BAD", "BadRow", "Chunk", "Table", "TableError", "count_rows", "iter_table", "read_header", "read_table", "table_format"]
 
 NA_VALUES: frozenset[str] = frozenset(
     ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
@@ -287,11 +287,9 @@ def _apply_na(frame: pd.DataFrame, text: set[str]) -> pd.DataFrame:
     for col in frame.columns:
         if col in text or frame[col].dtype != object:
             continue
-        if pd.api.types.infer_dtype(frame[col], skipna=True) not in ("string", "mixed"):
-            continue  # e.g. arrays (embeddings) or nested records: no NA strings to look for
         try:
             hit = frame[col].isin(NA_VALUES)
-        except TypeError:  # unhashable cells
+        except TypeError:  # unhashable cells (arrays, nested records): no NA strings to look for
             continue
         if hit.any():
             frame[col] = frame[col].mask(hit, np.nan)
@@ -392,6 +390,18 @@ def read_header(path: str | Path) -> list[str]:
     return rows.names if fmt in ("csv", "tsv") else list(first[1]) if first else []
 
 
+def count_rows(path: str | Path) -> int:
+    """Data rows of a text table (blank lines and the header not counted, bad rows counted)."""
+    p, fmt = _checked_path(path)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(p).metadata.num_rows)
+    with _open_text(p) as fh:
+        rows = _Rows(p, fmt, "keep")
+        return sum(1 for _ in rows.rows(fh))
+
+
 @dataclass
 class Chunk:
     """One chunk of :func:`iter_table`: its rows, their data row numbers and the bad rows met meanwhile
@@ -427,21 +437,15 @@ def iter_table(
         source = rows.rows(fh)
         first = next(source, None)
         _check_columns(p, rows.names if fmt in ("csv", "tsv") else list(first[1] if first else ()), required, hint)
-        pending = [] if first is None else [first]
-        exhausted = first is None
+        wanted = (pair for pair in chain([] if first is None else [first], source) if pair[0] >= skip)
         while True:
-            if not exhausted:
-                with _gc_paused():
-                    more = list(islice(source, chunk_size - len(pending)))
-                exhausted = len(more) < chunk_size - len(pending)
-                pending += more
-            keep = [(n, item) for n, item in pending if n >= skip]
+            with _gc_paused():
+                keep = list(islice(wanted, chunk_size))
             bad = [b for b in rows.rejected if b.row >= skip]
-            rows.rejected, pending = [], []
+            rows.rejected = []
             if keep or bad:
-                numbers = [n for n, _ in keep]
-                yield Chunk(rows.frame([item for _, item in keep], text_columns), numbers, bad)
-            if exhausted:
+                yield Chunk(rows.frame([item for _, item in keep], text_columns), [n for n, _ in keep], bad)
+            if len(keep) < chunk_size:
                 return
 
 

@@ -96,13 +96,13 @@ def decide_task_type(
         if len(columns) != 1:
             raise TaskTypeError(f"{where}classification needs one target column, got {list(columns)}")
         if not binary:
-            others = [v for v in finite.tolist() if v not in (0.0, 1.0)][:5]
+            others = [float(v) for v in finite.tolist() if v not in (0.0, 1.0)][:5]
             raise TaskTypeError(f"{where}classification needs 0/1, true/false or yes/no labels in target column "
                                 f"{name!r}; it holds {others}" if others else
                                 f"{where}target column {name!r} holds no labels")
     elif word_columns:
         col = word_columns[0]
-        numbers = [v for v in np.unique(y[:, list(columns).index(col)]) if np.isfinite(v) and v not in (0.0, 1.0)][:5]
+        numbers = [float(v) for v in np.unique(y[:, list(columns).index(col)]) if np.isfinite(v) and v not in (0.0, 1.0)][:5]
         if numbers:
             raise TaskTypeError(f"{where}target column {col!r} mixes true/false/yes/no labels with numbers {numbers}")
         raise TaskTypeError(f"{where}target column {col!r} holds true/false/yes/no labels: " + (

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from crossmat.dataset_builders.tables import Chunk, TableError, iter_table, read_header, table_format
+from crossmat.dataset_builders.tables import Chunk, TableError, count_rows, iter_table, read_header, table_format
 
 from .engine import DEFAULT_MAX_CHARS, PRECISIONS, FormulaPredictor
 
@@ -101,8 +101,10 @@ def _count_csv_rows(path: Path) -> int:
             fh.seek(0)
             data = fh.read()
             fh.truncate(data.rfind(b"\n") + 1)
-    with open(path, encoding="utf-8", newline="") as fh:
-        return max(sum(1 for _ in csv.reader(fh, delimiter=_csv_sep(path))) - 1, 0)
+    try:
+        return count_rows(path)
+    except TableError:  # an output with no header row yet
+        return 0
 
 
 class _Writer:
