@@ -62,8 +62,8 @@ def target_values(values: Any, column: str, where: str = "") -> tuple[np.ndarray
     if bad:
         first = next(iter(bad))
         examples = list(dict.fromkeys(map(repr, bad.values())))[:5]
-        raise TaskTypeError(f"{where}target column {column!r} is not numeric (row {first} holds {bad[first]!r}; "
-                            f"{len(bad)} such row(s), e.g. {', '.join(examples)}): {_NEEDS}")
+        raise TaskTypeError(f"{where}target column {column!r} is not numeric (row {first} holds {bad[first]!r}); "
+                            f"{len(bad)} such row(s), e.g. {', '.join(examples)}: {_NEEDS}")
     return num, words
 
 
