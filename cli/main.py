@@ -55,13 +55,13 @@ COMMANDS: dict[str, Command] = {
     "explain": Command(
         "element attributions and interactions for formulas (captum + shapiq); 'explain aggregate' for a dataset",
         "crossmat.interpretability.cli:main",
-        ("crossmat explain --model outputs/my_gap --formula LiCoO2 --out explanations",),
+        ("crossmat explain --model outputs/my_gap --formula LiCoO2 --output-dir explanations",),
         prefix=("explain",), passthrough=("aggregate",),
     ),
     "build": Command(
         "build datasets: MatBench, LLM4Mat-Bench, pretraining corpora, structure embeddings; publish to the Hub",
         "crossmat.dataset_builders.cli:main",
-        ("crossmat build matbench --tasks matbench_steels --out data/matbench_steels",),
+        ("crossmat build matbench --tasks matbench_steels --output-dir data/matbench_steels",),
     ),
     "generate": Command(
         "exKT: candidate crystal structures for formulas (prototypes or a CIF language model), optional ranking; "

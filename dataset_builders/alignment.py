@@ -35,6 +35,7 @@ import pandas as pd
 
 from .common import BadInputError, write_card, write_json, write_parquet
 from .corpus import exclusion_formulas
+from .tables import read_table
 
 __all__ = ["POLYMORPH_RULES", "load_embedding_rows", "build_alignment_set", "polymorph_statistics"]
 
@@ -48,12 +49,12 @@ def load_embedding_rows(folder: str | Path, encoder: str) -> pd.DataFrame:
     if not shards:
         raise FileNotFoundError(
             f"{shard_dir}: no embedding shards; build them with "
-            f"`python -m crossmat.dataset_builders embeddings --source ... --encoder {encoder} --out {folder}`"
+            f"`python -m crossmat.dataset_builders embeddings --source ... --encoder {encoder} --output-dir {folder}`"
         )
     n_expected = int(shards[0].stem.rsplit("-of-", 1)[1])
     if len(shards) != n_expected:
         raise BadInputError(f"{shard_dir}: {len(shards)} of {n_expected} shards exist; rerun the embeddings build to finish")
-    frame = pd.concat([pd.read_parquet(p) for p in shards], ignore_index=True)
+    frame = pd.concat([read_table(p).frame for p in shards], ignore_index=True)
     return frame[["id", "formula", "embedding", "energy_per_atom", "source"]]
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .cif_text import CIF_FORMS, encode_cif, render_cif
-from .corpus import _read_table
+from .tables import TableError, read_table
 
 __all__ = ["CorpusError", "read_structure_table", "build_cif_corpus"]
 
@@ -42,7 +42,10 @@ def read_structure_table(path: str | Path, cif_column: str = "cif") -> pd.DataFr
         raise CorpusError(f"structure table {str(path)!r} does not exist")
     if not path.name.lower().endswith((".parquet", ".csv", ".csv.gz")):
         raise CorpusError(f"structure table {str(path)!r}: use .csv, .csv.gz or .parquet")
-    frame = _read_table(path)
+    try:
+        frame = read_table(path, text_columns=(cif_column,)).frame
+    except TableError as err:
+        raise CorpusError(str(err)) from None
     if cif_column not in frame.columns:
         raise CorpusError(f"structure table {str(path)!r} has no {cif_column!r} column (columns: {list(frame.columns)})")
     return frame
@@ -159,6 +162,6 @@ def build_cif_corpus(
             tmp.replace(folder / f"shard_{k:05d}.parquet")  # atomic: a shard file is always complete
             bar.update(hi - lo)
         bar.close()
-        frames.append(pd.concat([pd.read_parquet(folder / f"shard_{k:05d}.parquet") for k in range(len(starts))],
+        frames.append(pd.concat([read_table(folder / f"shard_{k:05d}.parquet").frame for k in range(len(starts))],
                                 ignore_index=True) if starts else pd.DataFrame(columns=COLUMNS))
     return pd.concat(frames, ignore_index=True)

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .common import BadInputError, Rejects, canonicalize_formulas, write_card, write_json, write_parquet
+from .tables import TableError, read_table
 
 __all__ = ["transport_formulas", "source_formulas", "exclusion_formulas", "build_corpus"]
 
@@ -42,16 +43,18 @@ def transport_formulas() -> pd.DataFrame:
         member = next(m for m in tar.getmembers() if m.name.endswith(".csv"))
         raw = tar.extractfile(member)
         assert raw is not None
-        frame = pd.read_csv(io.BytesIO(raw.read()))
+        frame = read_table(io.BytesIO(raw.read()), name=member.name).frame
     frame = frame.rename(columns={"pretty_formula": "formula"})
     frame.attrs["path"] = f"{path}:{member.name}"
     return frame
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    return pd.read_csv(path, low_memory=False)
+def _read_table(path: Path, text_columns: tuple[str, ...] = ("formula",)) -> pd.DataFrame:
+    """A corpus / exclusion table through the one reader (bad rows raise, naming file, line and reason)."""
+    try:
+        return read_table(path, text_columns=text_columns).frame
+    except TableError as err:
+        raise BadInputError(str(err)) from None
 
 
 def source_formulas(spec: str) -> tuple[pd.DataFrame, str]:
@@ -73,7 +76,7 @@ def source_formulas(spec: str) -> tuple[pd.DataFrame, str]:
         folder = Path(value)
         parts = []
         for split in SPLITS:
-            frame = pd.read_csv(folder / f"{split}.csv", low_memory=False)
+            frame = _read_table(folder / f"{split}.csv", ())
             col = _pick(list(frame.columns), _FORMULA_COLUMNS)
             if col is None:
                 raise BadInputError(f"{folder / f'{split}.csv'}: missing formula column")
@@ -105,7 +108,7 @@ def exclusion_formulas(spec: str) -> set[str]:
         from .llm4mat import _FORMULA_COLUMNS, _pick
 
         path = Path(target) / f"{part or 'test'}.csv"
-        frame = pd.read_csv(path, low_memory=False)
+        frame = _read_table(path, ())
         col = _pick(list(frame.columns), _FORMULA_COLUMNS)
         if col is None:
             raise BadInputError(f"{path}: missing formula column")

@@ -51,6 +51,7 @@ from .structure_encoders import (
     embed_structures,
     get_encoder,
 )
+from .tables import read_table
 
 __all__ = [
     "ENCODERS",
@@ -103,13 +104,13 @@ def load_structure_table(source: str, limit: int | None = None) -> pd.DataFrame:
             path = data_dir() / "perov_5" / f"{name}.csv.gz"
             if split == "train" and not path.is_file():  # older copies ship only val/test
                 continue
-            frame = pd.read_csv(path).rename(columns={"id": "material_id"})[["material_id", "cif"]]
+            frame = read_table(path).frame.rename(columns={"id": "material_id"})[["material_id", "cif"]]
             parts.append(pd.DataFrame({"id": "perov5-" + frame["material_id"].astype(str), "structure": frame["cif"],
                                        "source": f"perov_5/{split}", "file": str(path), "row": np.arange(len(frame))}))  # fmt: skip
         table = pd.concat(parts, ignore_index=True)
     elif source == "mp_structures":
         path = data_dir() / "mp_structures" / "structures.csv.gz"
-        frame = pd.read_csv(path, usecols=["material_id", "source", "cif"])
+        frame = read_table(path, columns=["material_id", "source", "cif"]).frame
         table = pd.DataFrame({"id": frame["material_id"].astype(str), "structure": frame["cif"],
                               "source": "mp_structures/" + frame["source"].astype(str), "file": str(path),
                               "row": np.arange(len(frame))})  # fmt: skip
@@ -130,7 +131,7 @@ def load_structure_table(source: str, limit: int | None = None) -> pd.DataFrame:
             raise FileNotFoundError(
                 f"structure source {source!r} is neither perov_5, mp_structures, aflow_prototypes nor a file"
             )
-        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, low_memory=False)
+        frame = read_table(path).frame
         col = next((c for c in _STRUCT_COLUMNS if c in frame.columns), None)
         if col is None:
             raise BadInputError(f"{path}: missing structure column (one of {list(_STRUCT_COLUMNS)})")
@@ -270,7 +271,7 @@ def build_embeddings(
     if sig_path.exists() and json.loads(sig_path.read_text()) != signature:
         raise ValueError(
             f"{shard_dir} holds shards of a different run {json.loads(sig_path.read_text())}; "
-            f"use another --out or delete it (this run: {signature})"
+            f"use another --output-dir or delete it (this run: {signature})"
         )
     if rank == 0:
         write_json(signature, sig_path)
@@ -310,14 +311,14 @@ def _torch_threads() -> int:
 def _finalize(out: Path, name: str, n_shards: int, signature: dict, n_new: int, elapsed: float, batch_size: int,
               matgl_model: str | None) -> dict[str, Any]:  # fmt: skip
     shard_dir = out / "data" / name
-    frame = pd.concat([pd.read_parquet(shard_dir / f"shard-{i:05d}-of-{n_shards:05d}.parquet")
+    frame = pd.concat([read_table(shard_dir / f"shard-{i:05d}-of-{n_shards:05d}.parquet").frame
                        for i in range(n_shards)], ignore_index=True)  # fmt: skip
     view = per_formula_view(frame)
     write_parquet(view, out / "per_formula" / f"{name}.parquet")
     rej = sorted(shard_dir.glob("rejected-*.csv"))
     n_rej = 0
     if rej:
-        all_rej = pd.concat([pd.read_csv(p) for p in rej], ignore_index=True)
+        all_rej = pd.concat([read_table(p).frame for p in rej], ignore_index=True)
         n_rej = len(all_rej)
         all_rej.to_csv(out / f"rejected_rows_{name}.csv", index=False)
     meta_path = out / "embeddings_metadata.json"

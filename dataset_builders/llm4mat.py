@@ -36,6 +36,7 @@ from .common import (
     write_json,
     write_parquet,
 )
+from .tables import read_table
 
 __all__ = ["DATASETS", "ALIASES", "SPLITS", "resolve_dataset", "dataset_folder", "build_llm4mat", "load_llm4mat_task",
            "n_tasks"]
@@ -158,7 +159,7 @@ def _read_splits(folder: Path, canon: str, props: list[str], rejects: Rejects) -
     frames: dict[str, pd.DataFrame] = {}
     for split in SPLITS:
         path = folder / f"{split}.csv"
-        frame = pd.read_csv(path, low_memory=False)
+        frame = read_table(path).frame
         cols = list(frame.columns)
         fcol = _pick(cols, _FORMULA_COLUMNS)
         if fcol is None:

@@ -44,6 +44,7 @@ from .common import (
 )
 from .download import download, sha256sum
 from .paths import cache_dir, matbench_dir
+from .tables import read_table
 
 __all__ = [
     "TASKS",
@@ -203,7 +204,7 @@ def load_task_frame(
     if path.name.endswith(".json.gz"):
         frame = _read_official_json(path, task)
     else:
-        frame = pd.read_csv(path, dtype={"id": str, "formula": str}, keep_default_na=False, na_values=[""])
+        frame = read_table(path, text_columns=("id", "formula")).frame
     missing = [c for c in ("id", "formula", info["target"], "test_fold") if c not in frame.columns]
     if missing:
         raise BadInputError(f"{path}: missing column(s) {missing}; expected id, formula, {info['target']!r}, test_fold")

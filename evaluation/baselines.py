@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from crossmat.dataset_builders import paths
+from crossmat.dataset_builders.tables import read_table
 
 from .tasks import TaskInfo
 
@@ -61,7 +62,7 @@ class MagpieFeaturizer:
 
     def _load(self) -> pd.DataFrame:
         if self._cache is None:
-            self._cache = pd.read_parquet(self.cache_path) if self.cache_path.is_file() else pd.DataFrame()
+            self._cache = read_table(self.cache_path).frame if self.cache_path.is_file() else pd.DataFrame()
         return self._cache
 
     def transform(self, formulas: pd.Series) -> tuple[np.ndarray, list[str]]:

@@ -11,22 +11,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from crossmat.dataset_builders.tables import TableError, read_table
+from crossmat.dataset_builders.targets import TASK_TYPES, TaskTypeError, decide_task_type, target_values
+
 from .tasks import BenchmarkDataError, TaskInfo, carve_validation
 
 CSV = "csv"
-TASK_TYPES = ("auto", "regression", "classification")
+__all__ = ["CSV", "TASK_TYPES", "load_own_data", "score_own"]
 
 
 def _read(path: Path, what: str) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise BenchmarkDataError(f"--{what} {path}: no such file")
-    name = path.name.lower()
-    if name.endswith(".parquet"):
-        return pd.read_parquet(path)
-    if name.endswith((".jsonl", ".json")):
-        return pd.read_json(path, lines=name.endswith(".jsonl"))
-    return pd.read_csv(path)
+    try:
+        return read_table(path).frame
+    except TableError as err:
+        raise BenchmarkDataError(str(err)) from None
 
 
 def load_own_data(
@@ -53,6 +54,7 @@ def load_own_data(
     files = {"train": train, "validation": validation, "test": test}
     frames: dict[str, pd.DataFrame] = {}
     rejected: list[str] = []
+    raw_targets: list[pd.Series] = []
     for split, path in files.items():
         if path is None:
             continue
@@ -61,31 +63,24 @@ def load_own_data(
             if col not in raw.columns:
                 raise BenchmarkDataError(f"{path}: no column {col!r}; columns are {list(raw.columns)}")
         ids = raw[id_column].astype(str) if id_column else pd.Series([f"{split}-{i}" for i in range(len(raw))])
-        target_raw = raw[target]
-        if target_raw.dtype == object:
-            low = target_raw.astype(str).str.strip().str.lower()
-            target_raw = target_raw.where(~low.isin(["true", "false"]), low.eq("true").astype(float))
-        values = pd.to_numeric(target_raw, errors="coerce")
-        bad_type = values.isna() & target_raw.notna() & (target_raw.astype(str).str.strip() != "")
-        if bad_type.any():
-            r = int(np.flatnonzero(bad_type.to_numpy())[0])
-            raise BenchmarkDataError(f"{path} row {r}: target {target!r} holds {raw[target].iloc[r]!r}, not a number or boolean")
+        try:
+            values, _ = target_values(raw[target], target, f"{path}: ")
+        except TaskTypeError as err:
+            raise BenchmarkDataError(str(err)) from None
         frame = pd.DataFrame({"id": ids.to_numpy(), "formula": raw[formula_column].to_numpy(),
-                              "target": values.to_numpy(dtype=np.float64)})
+                              "target": values})
         missing = frame["formula"].isna() | ~np.isfinite(frame["target"])
+        raw_targets.append(raw[target][~missing.to_numpy()])
         rejected += [f"{Path(path).name} row {i} ({frame['id'].iloc[i]}): missing formula or target"
                      for i in np.flatnonzero(missing.to_numpy())]
         frames[split] = frame[~missing].reset_index(drop=True)
         if frames[split].empty:
             raise BenchmarkDataError(f"{path}: no rows with both a formula and a target")
-    labels = np.concatenate([f["target"].to_numpy() for f in frames.values()])
-    binary = set(np.unique(labels)) <= {0.0, 1.0}
-    if task_type == "auto":
-        task_type = "classification" if binary else "regression"
+    try:
+        task_type, _ = decide_task_type({target: pd.concat(raw_targets, ignore_index=True)}, task_type)
+    except TaskTypeError as err:
+        raise BenchmarkDataError(str(err)) from None
     if task_type == "classification":
-        if not binary:
-            raise BenchmarkDataError(f"classification needs 0/1 (or true/false) targets in {target!r}; "
-                                     f"found {sorted(set(np.unique(labels)))[:5]}")
         for f in frames.values():
             f["target"] = f["target"].astype(np.int64)
     if "validation" not in frames:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from crossmat.dataset_builders.tables import read_table
 from crossmat.modeling.calibration import coverage
 
 from . import matbench_json
@@ -67,7 +68,7 @@ def _run_fold(pred: Predictor, data: FoldData, task: TaskInfo, out: Path, seed: 
     meta_path = fold_dir / "fold.json"
     signature = pred.signature() if hasattr(pred, "signature") else None
     if pred_path.is_file() and meta_path.is_file():
-        done = pd.read_csv(pred_path)
+        done = read_table(pred_path, text_columns=("id",)).frame
         meta = json.loads(meta_path.read_text())
         same = meta.get("signature", signature) == signature
         if same and done["id"].astype(str).tolist() == data.test["id"].astype(str).tolist():

@@ -10,21 +10,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from crossmat.dataset_builders.cli_flags import FlagParser
+
 
 def _read_table(path: str, text_column: str | None = None) -> pd.DataFrame:
-    """A CSV/Parquet table; ``text_column`` (formulas) is kept as written: ``NA``/empty cells stay text and a
-    NUL byte stays in the cell (pandas' C parser would cut ``Fe\\x00O`` to ``Fe``), so the formula grammar
-    refuses them with a reason."""
-    p = Path(path)
-    if not p.exists():
-        sys.exit(f"error: input file {p} not found")
-    if p.suffix == ".parquet":
-        return pd.read_parquet(p)
-    if text_column is None:
-        return pd.read_csv(p)
-    columns = pd.read_csv(p, nrows=0).columns
-    na = {c: ["", "NA", "NaN", "nan", "N/A", "null", "None"] for c in columns if c != text_column}
-    return pd.read_csv(p, engine="python", dtype={text_column: str}, keep_default_na=False, na_values=na)
+    """A table through the one reader (``dataset_builders.tables``); ``text_column`` (formulas, CIFs) is kept as
+    written: ``NA``/empty cells stay text and a NUL byte stays in the cell, so the formula grammar refuses them
+    with a reason. An unreadable file or a bad row exits with the file, line, row and reason."""
+    from crossmat.dataset_builders.tables import TableError, read_table
+
+    try:
+        return read_table(path, text_columns=[text_column] if text_column else ()).frame
+    except TableError as err:
+        sys.exit(f"error: {err}")
 
 
 def _column(df: pd.DataFrame, name: str, path: str) -> list:
@@ -77,7 +75,7 @@ def cmd_generate(a: argparse.Namespace) -> None:
 
         templates = []
         for path in a.templates or []:
-            ok, rejected = _parse_cifs(_column(_read_table(path), a.cif_column, path), f"template file {path}")
+            ok, rejected = _parse_cifs(_column(_read_table(path, a.cif_column), a.cif_column, path), f"template file {path}")
             for r in rejected:
                 print(f"warning: template row {r['row']} skipped: {r['reason']}", file=sys.stderr)
             templates += [(f"{Path(path).name}:{i}", s) for i, s in ok]
@@ -112,11 +110,11 @@ def cmd_train_cif_lm(a: argparse.Namespace) -> None:
 
     cifs = []
     for path in a.input:
-        cifs += _column(_read_table(path), a.cif_column, path)
-    _, _, info = train_cif_lm(cifs, a.output, epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size,
+        cifs += _column(_read_table(path, a.cif_column), a.cif_column, path)
+    _, _, info = train_cif_lm(cifs, a.output_dir, epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size,
                               learning_rate=a.lr, n_embd=a.n_embd, n_layer=a.n_layer, n_head=a.n_head,
                               n_positions=a.n_positions)
-    Path(a.output, "training_info.json").write_text(json.dumps(info, indent=2))
+    Path(a.output_dir, "training_info.json").write_text(json.dumps(info, indent=2))
     print(json.dumps({k: v for k, v in info.items() if k != "rejected"} | {"n_rejected": len(info["rejected"])}))
 
 
@@ -124,17 +122,17 @@ def cmd_convert(a: argparse.Namespace) -> None:
     from .convert_crystallm import convert_crystallm_checkpoint
 
     try:
-        model, tok = convert_crystallm_checkpoint(a.checkpoint, a.output, vocab=a.vocab, trust_pickle=a.trust_pickle)
+        model, tok = convert_crystallm_checkpoint(a.checkpoint, a.output_dir, vocab=a.vocab, trust_pickle=a.trust_pickle)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"convert-crystallm: error: {err}") from None
-    print(f"saved GPT2LMHeadModel ({model.num_parameters()} parameters, vocab {len(tok)}) to {a.output}")
+    print(f"saved GPT2LMHeadModel ({model.num_parameters()} parameters, vocab {len(tok)}) to {a.output_dir}")
 
 
 def cmd_train_predictor(a: argparse.Namespace) -> None:
     from .potentials import crystal_features
     from .predictor import train_structure_predictor
 
-    df = _read_table(a.input)
+    df = _read_table(a.input, a.cif_column)
     ok, rejected = _parse_cifs(_column(df, a.cif_column, a.input), a.input)
     y = pd.to_numeric(df[a.target], errors="coerce").to_numpy() if a.target in df.columns else None
     if y is None:
@@ -145,11 +143,11 @@ def cmd_train_predictor(a: argparse.Namespace) -> None:
     keep = [(i, s) for i, s in ok if np.isfinite(y[i])]
     rejected += [{"row": i, "reason": f"target {a.target} is missing/not a number"} for i, _ in ok if not np.isfinite(y[i])]
     feats = crystal_features([s for _, s in keep], a.encoder)
-    train_structure_predictor(feats, y[[i for i, _ in keep]], a.output, encoder=a.encoder, target_name=a.target,
+    train_structure_predictor(feats, y[[i for i, _ in keep]], a.output_dir, encoder=a.encoder, target_name=a.target,
                               target_unit=a.unit, epochs=a.epochs)
     if rejected:
-        pd.DataFrame(rejected).to_csv(Path(a.output, "rejected_rows.csv"), index=False)
-    print(json.dumps({"trained_on": len(keep), "rejected": len(rejected), "output": a.output}))
+        pd.DataFrame(rejected).to_csv(Path(a.output_dir, "rejected_rows.csv"), index=False)
+    print(json.dumps({"trained_on": len(keep), "rejected": len(rejected), "output": a.output_dir}))
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
@@ -192,8 +190,12 @@ def cmd_predict(a: argparse.Namespace) -> None:
                       "output": a.output}))
 
 
+# folder outputs were once --output (a file flag); still accepted, hidden, with a notice on stderr
+_FOLDER_OUTPUT = {"--output": "--output-dir"}
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m crossmat.explicit_transfer", description=__doc__)
+    ap = FlagParser(prog="python -m crossmat.explicit_transfer", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     g = sub.add_parser("generate", help="formulas -> ranked candidate structures (JSON lines, resumable)")
@@ -216,10 +218,10 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--output", required=True, help="JSON-lines output (resumes if it exists)")
     g.set_defaults(func=cmd_generate)
 
-    t = sub.add_parser("train-cif-lm", help="train a GPT-2 CIF language model on CIF files")
+    t = sub.add_parser("train-cif-lm", help="train a GPT-2 CIF language model on CIF files", deprecated=_FOLDER_OUTPUT)
     t.add_argument("--input", nargs="+", required=True, help="CSV/parquet file(s) with a CIF column")
     t.add_argument("--cif-column", default="cif")
-    t.add_argument("--output", required=True)
+    t.add_argument("--output-dir", required=True, help="folder for the model and tokenizer")
     t.add_argument("--epochs", type=float, default=3.0)
     t.add_argument("--max-steps", type=int, default=-1)
     t.add_argument("--batch-size", type=int, default=32)
@@ -230,22 +232,24 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--n-positions", type=int, default=512)
     t.set_defaults(func=cmd_train_cif_lm)
 
-    c = sub.add_parser("convert-crystallm", help="CrystaLLM ckpt.pt -> transformers GPT-2 + CIF tokenizer")
+    c = sub.add_parser("convert-crystallm", help="CrystaLLM ckpt.pt -> transformers GPT-2 + CIF tokenizer",
+                       deprecated=_FOLDER_OUTPUT)
     c.add_argument("checkpoint")
     c.add_argument("--vocab", help="tokens.json or tokens.txt (token order); CrystaLLM's meta.pkl only with --trust-pickle")
-    c.add_argument("--output", required=True)
+    c.add_argument("--output-dir", required=True, help="folder for the converted model and tokenizer")
     c.add_argument("--trust-pickle", action="store_true",
                    help="trusted files only: allow non-tensor pickles in the checkpoint and a meta.pkl vocabulary")
     c.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("train-predictor", help="MLP head on frozen structure-encoder features of real structures")
+    p = sub.add_parser("train-predictor", help="MLP head on frozen structure-encoder features of real structures",
+                       deprecated=_FOLDER_OUTPUT)
     p.add_argument("--input", required=True, help="CSV/parquet with CIFs and a target column")
     p.add_argument("--cif-column", default="cif")
-    p.add_argument("--target", required=True)
+    p.add_argument("--target", required=True, help="target column")
     p.add_argument("--unit", default="")
     p.add_argument("--encoder", choices=["chgnet", "matgl-tensornet"], default="chgnet")
     p.add_argument("--epochs", type=int, default=150)
-    p.add_argument("--output", required=True)
+    p.add_argument("--output-dir", required=True, help="folder for the predictor")
     p.set_defaults(func=cmd_train_predictor)
 
     q = sub.add_parser("predict", help="exKT: predict a property from the top candidate of a generate job")

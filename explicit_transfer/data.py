@@ -8,6 +8,7 @@ import pandas as pd
 from pymatgen.core import Structure
 
 from crossmat.dataset_builders.paths import data_dir
+from crossmat.dataset_builders.tables import read_table
 
 __all__ = ["PEROV5_FILES", "TEMPLATE_SPLITS", "composition_key", "load_perov5", "map_rows_to_structures",
            "perov5_templates", "structures_from_cifs"]
@@ -29,7 +30,7 @@ def load_perov5(split: str = "val", limit: int | None = None, seed: int | None =
     path = data_dir() / "perov_5" / PEROV5_FILES[split]
     if not path.exists():
         raise FileNotFoundError(f"perov_5 split {split!r} not found at {path}; set CROSSMAT_DATA_DIR")
-    df = pd.read_csv(path)
+    df = read_table(path, text_columns=("cif",)).frame
     if "material_id" not in df.columns and "id" in df.columns:
         df = df.rename(columns={"id": "material_id"})
     if limit is not None and limit < len(df):

@@ -10,25 +10,21 @@ prediction columns and an ``error`` column that names the reason for every row t
 from __future__ import annotations
 
 import argparse
-import bz2
 import csv
-import gc
-import gzip
 import io
-import lzma
 import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from crossmat._extras import MissingExtraError, needs_extra
+from crossmat.dataset_builders.tables import Chunk, TableError, count_rows, iter_table, read_header, table_format
 
 from .engine import DEFAULT_MAX_CHARS, PRECISIONS, FormulaPredictor
 
@@ -38,7 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = ["InputError", "PredictionSummary", "main", "predict_file"]
 
-_SURROGATE = "[\udc80-\udcff]"
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zst", ".tsv")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -75,6 +70,14 @@ class PredictionSummary:
         return "\n".join(lines)
 
 
+def _arrow() -> tuple[Any, Any]:
+    """``(pyarrow, pyarrow.parquet)``, imported on the first Parquet file (the [parquet] extra)."""
+    with needs_extra("parquet", "crossmat predict on Parquet files"):
+        import pyarrow
+        import pyarrow.parquet
+    return pyarrow, pyarrow.parquet
+
+
 def _kind(path: Path) -> str:
     name = path.name.lower()
     if name.endswith(_PARQUET_SUFFIXES):
@@ -84,149 +87,18 @@ def _kind(path: Path) -> str:
     raise InputError(f"{path}: unknown file type; use .csv (optionally compressed), .tsv or .parquet")
 
 
-def _arrow() -> tuple[Any, Any]:
-    """``(pyarrow, pyarrow.parquet)``, imported on the first Parquet file (the [parquet] extra)."""
-    with needs_extra("parquet", "crossmat predict on Parquet files"):
-        import pyarrow
-        import pyarrow.parquet
-    return pyarrow, pyarrow.parquet
-
-
 def _csv_sep(path: Path) -> str:
     return "\t" if path.name.lower().endswith(".tsv") else ","
 
 
-def _read_chunks(path: Path, column: str, chunk_size: int, skip: int) -> Iterator[pd.DataFrame]:
-    """Yield DataFrame chunks; CSV cells are kept as text exactly as written (no NA/number guessing)."""
-    if not path.is_file():
-        raise InputError(f"input file {path} does not exist")
-    if _kind(path) == "parquet":
-        pa, pq = _arrow()
-        try:
-            pf = pq.ParquetFile(path)
-        except (pa.ArrowInvalid, OSError) as err:
-            raise InputError(f"{path} is not a readable Parquet file: {err}") from None
-        names = pf.schema_arrow.names
-        if column not in names:
-            raise InputError(f"column {column!r} not found in {path}; columns are {names}; pass --formula-column")
-        seen = 0
-        for batch in pf.iter_batches(batch_size=chunk_size):
-            if seen + batch.num_rows <= skip:
-                seen += batch.num_rows
-                continue
-            df = batch.to_pandas()
-            if seen < skip:
-                df = df.iloc[skip - seen :]
-            seen += batch.num_rows
-            yield df
-        return
-    yield from _read_csv_chunks(path, column, chunk_size, skip)
-
-
-def _open_text(path: Path) -> IO[str]:
-    """The CSV as text, decompressed by suffix; undecodable bytes become lone surrogates (reported later)."""
-    name = path.name.lower()
-    opts = dict(encoding="utf-8", errors="surrogateescape", newline="")
-    if name.endswith(".gz"):
-        return gzip.open(path, "rt", **opts)
-    if name.endswith(".bz2"):
-        return bz2.open(path, "rt", **opts)
-    if name.endswith(".xz"):
-        return lzma.open(path, "rt", **opts)
-    if name.endswith(".zst"):
-        try:
-            import zstandard
-        except ImportError:
-            raise InputError(f"{path}: reading .zst needs the 'zstandard' package") from None
-        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")), **opts)
-    return open(path, **opts)
-
-
-def _unique_names(names: list[str]) -> list[str]:
-    """Column names made unique the way pandas does (``x``, ``x.1``, ...)."""
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        if name in seen:
-            seen[name] += 1
-            name = f"{name}.{seen[name]}"
-        seen.setdefault(name, 0)
-        out.append(name)
-    return out
-
-
-def _read_csv_chunks(path: Path, column: str, chunk_size: int, skip: int) -> Iterator[pd.DataFrame]:
-    """CSV rows as text exactly as written (``NA``, ``None``, empty cells and NUL bytes kept), in chunks.
-
-    A row with more or fewer fields than the header is kept (padded / cut to the header) and flagged in
-    the ``_ragged`` attribute of its chunk, at every chunk size, so it is reported instead of misread.
-    """
-    with _open_text(path) as fh:
-        reader = csv.reader(fh, delimiter=_csv_sep(path), strict=True)
-        try:
-            header = next(reader, None)
-        except csv.Error as err:
-            raise InputError(f"{path} is not a readable CSV file: {err}") from None
-        if header is None:
-            raise InputError(f"input file {path} is empty (no header row)")
-        names = _unique_names(header)
-        if column not in names:
-            raise InputError(f"column {column!r} not found in {path}; columns are {names}; pass --formula-column")
-        width = len(names)
-        try:
-            skipped = 0
-            while skipped < skip:  # rows already written by an interrupted run (blank lines do not count)
-                row = next(reader, None)
-                if row is None:
-                    return
-                skipped += bool(row)
-            while True:
-                rows = _take(reader, chunk_size)
-                if not rows:
-                    return
-                if not all(rows):
-                    rows = [r for r in rows if r]  # blank lines
-                ragged = [(i, len(r)) for i, r in enumerate(rows) if len(r) != width]
-                for i, _ in ragged:
-                    rows[i] = (rows[i] + [""] * width)[:width]
-                if rows:
-                    yield _chunk(rows, names, ragged, width)
-        except csv.Error as err:
-            raise InputError(f"{path} is not a readable CSV file: line {reader.line_num}: {err}") from None
-
-
-def _take(reader: Iterator[list[str]], n: int) -> list[list[str]]:
-    """The next ``n`` rows; the cyclic GC is paused meanwhile (row lists hold no cycles, and GC passes
-    over a large heap made reading several times slower)."""
-    enabled = gc.isenabled()
-    gc.disable()
+def _read_chunks(path: Path, column: str, chunk_size: int, skip: int) -> Iterator[Chunk]:
+    """Chunks of the input through the one table reader (``dataset_builders.tables.iter_table``): every cell
+    kept as written (no NA / number guessing), bad rows (ragged, not UTF-8) kept and reported per chunk."""
     try:
-        return list(islice(reader, n))
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _chunk(rows: list[list[str]], names: list[str], ragged: list[tuple[int, int]], width: int) -> pd.DataFrame:
-    df = pd.DataFrame(rows, columns=names, dtype=object)
-    df.attrs["ragged"] = {i: f"the row has {n} fields, the header {width} (quote cells that hold the separator)"
-                          for i, n in ragged}
-    return df
-
-
-def _clean_non_utf8(df: pd.DataFrame) -> np.ndarray:
-    """Replace undecodable bytes (read as lone surrogates) by U+FFFD; return the rows that had any."""
-    bad = np.zeros(len(df), dtype=bool)
-    for col in df.columns:
-        s = df[col]
-        if s.dtype != object:
-            continue
-        hit = s.astype(str).str.contains(_SURROGATE, regex=True).to_numpy(dtype=bool)
-        if hit.any():
-            bad |= hit
-            fixed = s[hit].astype(str).str.encode("utf-8", "surrogateescape").str.decode("utf-8", "replace")
-            df.loc[hit, col] = fixed
-    return bad
+        yield from iter_table(path, chunk_size=chunk_size, skip=skip, text_columns="all", required=[column],
+                              on_bad="keep", hint="; pass --formula-column")
+    except TableError as err:
+        raise InputError(str(err)) from None
 
 
 def _count_csv_rows(path: Path) -> int:
@@ -241,8 +113,10 @@ def _count_csv_rows(path: Path) -> int:
             fh.seek(0)
             data = fh.read()
             fh.truncate(data.rfind(b"\n") + 1)
-    with open(path, encoding="utf-8", newline="") as fh:
-        return max(sum(1 for _ in csv.reader(fh, delimiter=_csv_sep(path))) - 1, 0)
+    try:
+        return count_rows(path)
+    except TableError:  # an output with no header row yet
+        return 0
 
 
 class _Writer:
@@ -252,8 +126,8 @@ class _Writer:
         self.path = path
         self.kind = _kind(path)
         self.append = append
-        self._pq: pq.ParquetWriter | None = None
-        self._schema: pa.Schema | None = None
+        self._pq: pq.ParquetWriter | None = None  # type: ignore[name-defined]
+        self._schema: pa.Schema | None = None  # type: ignore[name-defined]
         self._tmp = path.with_name(path.name + ".partial")
         self._wrote_header = append
 
@@ -284,8 +158,8 @@ class _Writer:
                 with open(self.path, "w", encoding="utf-8", newline="") as fh:
                     csv.writer(fh, delimiter=_csv_sep(self.path)).writerow(empty_columns)
             return
-        pa, pq = _arrow()
         if self._pq is None:
+            pa, pq = _arrow()
             pq.write_table(pa.table({c: pa.array([], pa.string()) for c in empty_columns}), self._tmp)
         else:
             self._pq.close()
@@ -311,7 +185,10 @@ def predict_file(
     input_path, output_path = Path(input_path), Path(output_path)
     if input_path.resolve() == output_path.resolve():
         raise InputError("--output must differ from --input")
-    _kind(input_path)
+    try:
+        in_kind = table_format(input_path)
+    except TableError as err:
+        raise InputError(str(err)) from None
     out_kind = _kind(output_path)
     if chunk_size < 1 or batch_size < 1:
         raise InputError("chunk size and batch size must be positive")
@@ -334,36 +211,37 @@ def predict_file(
     summary = PredictionSummary(output=output_path, resumed_from=skip)
     writer = _Writer(output_path, append=skip > 0)
     total = None
-    if _kind(input_path) == "parquet":
+    if in_kind == "parquet":
         total = max(_arrow()[1].ParquetFile(input_path).metadata.num_rows - skip, 0)
     bar = tqdm(total=total, unit="formula", disable=not progress, desc="crossmat-predict", file=sys.stderr)
     columns: list[str] = []
     row0 = skip
 
-    def chunk_iter() -> Iterator[pd.DataFrame]:
+    def chunk_iter() -> Iterator[Chunk]:
         if first is not None:
             yield first
         yield from chunks
 
     try:
-        for df in chunk_iter():
-            df = df.reset_index(drop=True)
+        for chunk in chunk_iter():
+            df = chunk.frame.reset_index(drop=True)
             clash = [c for c in new_cols if c in df.columns]
             if clash:
                 raise InputError(f"the input already has column(s) {clash}; rename them or write to another file")
-            ragged = df.attrs.pop("ragged", {})
-            bad_bytes = _clean_non_utf8(df)
             formulas = df[formula_column].tolist()
             pred = predictor.predict(formulas)
             errors = pred.errors
-            for i, reason in ragged.items():
+            for bad in chunk.rejected:  # kept rows: ragged (padded / cut) or with bytes that are not UTF-8
+                i = bad.row - chunk.rows[0]
+                if bad.kind == "encoding":
+                    summary.non_utf8_rows += 1
+                    if "\ufffd" not in str(df.at[i, formula_column]):
+                        continue  # only another cell was affected: the formula is predicted
+                    reason = "formula contains bytes that are not valid UTF-8"
+                else:
+                    reason = f"the row {bad.reason}"
                 errors[i] = reason
                 pred.values[i] = np.nan
-            for i in np.flatnonzero(bad_bytes):
-                if "\ufffd" in str(df.at[i, formula_column]):
-                    errors[i] = "formula contains bytes that are not valid UTF-8"
-                    pred.values[i] = np.nan
-            summary.non_utf8_rows += int(bad_bytes.sum())
             for j, col in enumerate(predictor.output_columns()):
                 df[col] = pred.values[:, j]
             for j, col in enumerate(std_cols):  # calibrated standard deviation (NaN where no prediction)
@@ -388,15 +266,9 @@ def predict_file(
     finally:
         bar.close()
     if not columns and first is None and skip == 0:
-        columns = list(_header(input_path)) + new_cols
+        columns = read_header(input_path) + new_cols
     writer.close(columns)
     return summary
-
-
-def _header(path: Path) -> list[str]:
-    if _kind(path) == "parquet":
-        return _arrow()[1].ParquetFile(path).schema_arrow.names
-    return [str(c) for c in pd.read_csv(path, nrows=0, sep=_csv_sep(path), encoding_errors="replace").columns]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -406,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Output: the input rows plus prediction columns and an 'error' column (reason for rows not predicted).",
     )
     p.add_argument("--model", required=True, help="model folder or Hub id (a CrossMat property model)")
-    p.add_argument("--input", required=True, type=Path, help=".csv[.gz], .tsv or .parquet with a formula column")
+    p.add_argument("--input", required=True, type=Path,
+                   help=".csv[.gz/.bz2/.xz/.zst], .tsv, .jsonl or .parquet with a formula column")
     p.add_argument("--output", required=True, type=Path, help=".csv or .parquet (the format follows the suffix)")
     p.add_argument("--formula-column", default="formula", help="name of the formula column (default: formula)")
     p.add_argument("--chunk-size", type=int, default=50_000, help="rows read and written at a time (bounds memory)")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from crossmat.dataset_builders.cli_flags import FlagParser
+from crossmat.dataset_builders.tables import read_table
 from crossmat.tokenization import FormulaError
 
 from .aggregate import aggregate_interactions
@@ -20,22 +22,25 @@ from .players import STRATEGIES
 
 
 def _read_formula_csv(path: str, column: str) -> pd.DataFrame:
-    """A CSV whose formula column is kept as written (``NA``/empty cells stay text, a NUL byte stays in
-    the cell and is refused by the formula grammar instead of being cut off by pandas' C parser)."""
-    return pd.read_csv(path, engine="python", dtype={column: str}, keep_default_na=False, na_values={
-        c: ["", "NA", "NaN", "nan", "N/A", "null", "None"] for c in pd.read_csv(path, nrows=0).columns if c != column
-    })
+    """A table (the one reader, ``dataset_builders.tables``) whose formula column is kept as written
+    (``NA``/empty cells stay text, a NUL byte stays in the cell and is refused by the formula grammar)."""
+    return read_table(path, text_columns=[column], required=[column]).frame
+
+
+# the old spellings, still accepted (hidden; a notice on stderr): --out was the folder, --output the scalar
+_DEPRECATED = {"--out": "--output-dir", "--output": "--explained-output", "--column": "--formula-column"}
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="saved CrossMatForPropertyPrediction folder (with tokenizer)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--output-dir", required=True, help="output folder")
     p.add_argument("--index", default="k-SII", choices=INDICES, help="Shapley interaction index (default k-SII)")
     p.add_argument("--strategy", default="mask", choices=STRATEGIES,
                    help="absent players: [MASK] their element token (keeps fractions) or remove them (renormalise)")
     p.add_argument("--budget", type=int, default=None, help="coalition evaluations per approximated formula")
-    p.add_argument("--output", default="auto", choices=["auto", "value", "probability", "logit"],
-                   help="explained scalar: regression value (target units) or class probability/logit")
+    p.add_argument("--explained-output", default="auto", choices=["auto", "value", "probability", "logit"],
+                   help="explained scalar: regression value (target units) or class probability/logit "
+                   "(was --output)")
     p.add_argument("--target", type=int, default=None, help="target column (regression) or class index")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None,
@@ -43,13 +48,14 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m crossmat.interpretability", description=__doc__)
+    parser = FlagParser(prog="python -m crossmat.interpretability", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("explain", help="attributions + interactions for formulas (JSON, CSV, figures)")
+    e = sub.add_parser("explain", help="attributions + interactions for formulas (JSON, CSV, figures)",
+                       deprecated=_DEPRECATED)
     _common(e)
     e.add_argument("--formula", action="append", default=[], help="a formula (repeatable)")
-    e.add_argument("--input", help="CSV (.gz ok) with a formula column")
-    e.add_argument("--column", default="formula")
+    e.add_argument("--input", help="table (.csv[.gz], .tsv, .parquet, .jsonl) with a formula column")
+    e.add_argument("--formula-column", default="formula", help="name of the formula column (default: formula)")
     e.add_argument("--order", type=int, default=2, help="highest interaction order (default 2)")
     e.add_argument("--method", default="auto", choices=["auto", "exact", "approximate"])
     e.add_argument("--max-exact-players", type=int, default=12,
@@ -58,10 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--baseline", choices=BASELINES, default="mask", help="integrated-gradients baseline")
     e.add_argument("--n-steps", type=int, default=64, help="integrated-gradients steps")
     e.add_argument("--format", default="png", help="figure formats, comma separated (png,svg)")
-    a = sub.add_parser("aggregate", help="which element pairs interact most over a dataset")
+    a = sub.add_parser("aggregate", help="which element pairs interact most over a dataset", deprecated=_DEPRECATED)
     _common(a)
-    a.add_argument("--input", required=True, help="CSV (.gz ok), e.g. a MatBench task file")
-    a.add_argument("--column", default="formula")
+    a.add_argument("--input", required=True, help="table (.csv[.gz], .tsv, .parquet, .jsonl), e.g. a MatBench task file")
+    a.add_argument("--formula-column", default="formula", help="name of the formula column (default: formula)")
     a.add_argument("--id-column", default=None, help="row id column (default: row number)")
     a.add_argument("--test-fold", type=int, default=None, help="keep rows whose test_fold equals this")
     a.add_argument("--limit", type=int, default=None, help="first N rows only")
@@ -80,30 +86,30 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         model, tokenizer = load_property_model(args.model, args.device)
-        spec = ModelOutputSpec(args.output, args.target)
+        spec = ModelOutputSpec(args.explained_output, args.target)
         if args.command == "explain":
             formulas = list(args.formula)
             if args.input:
-                formulas += _read_formula_csv(args.input, args.column)[args.column].tolist()
+                formulas += _read_formula_csv(args.input, args.formula_column)[args.formula_column].tolist()
             if not formulas:
                 raise ValueError("give --formula and/or --input")
             results = explain(
-                model, tokenizer, formulas, args.out, index=args.index, order=args.order, strategy=args.strategy,
+                model, tokenizer, formulas, args.output_dir, index=args.index, order=args.order, strategy=args.strategy,
                 method=args.method, max_exact_players=args.max_exact_players, budget=args.budget,
                 approximator=args.approximator, baseline=args.baseline, n_steps=args.n_steps, output=spec,
                 formats=[f.strip() for f in args.format.split(",") if f.strip()],
             )
             for attr, inter in results:
                 print(format_table(attr, inter), end="\n\n")
-            print(f"wrote {len(results)} explanation(s) to {args.out}")
+            print(f"wrote {len(results)} explanation(s) to {args.output_dir}")
         else:
-            df = _read_formula_csv(args.input, args.column)
+            df = _read_formula_csv(args.input, args.formula_column)
             if args.test_fold is not None:
                 df = df[df["test_fold"] == args.test_fold]
             if args.limit is not None:
                 df = df.head(args.limit)
             summary = aggregate_interactions(
-                model, tokenizer, df[args.column].astype(str).tolist(), args.out,
+                model, tokenizer, df[args.formula_column].astype(str).tolist(), args.output_dir,
                 ids=df[args.id_column].astype(str).tolist() if args.id_column else None,
                 task=args.task or Path(args.input).name.split(".")[0], index=args.index, strategy=args.strategy,
                 max_exact_players=args.max_exact_players, budget=args.budget, output=spec,
@@ -116,13 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, RuntimeError) as err:  # full / read-only disk while writing the output, or an unreadable input
         from crossmat.dataset_builders.common import describe_write_error
 
-        msg = describe_write_error(err, args.out)
+        msg = describe_write_error(err, args.output_dir)
         if msg is None and isinstance(err, OSError):
             print(f"error: {err}", file=sys.stderr)
             return 2
         if msg is None:
             raise
-        print(f"error: {msg}. Files already written under {args.out} are kept (aggregate resumes from its finished "
+        print(f"error: {msg}. Files already written under {args.output_dir} are kept (aggregate resumes from its finished "
               "chunks); free space (or fix the folder) and rerun the same command", file=sys.stderr)
         return 2
     return 0

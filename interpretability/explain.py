@@ -110,7 +110,7 @@ def card_section(model, tokenizer, formula: str, *, strategy: str = "mask", inde
             "Reproduce or explain your own formulas:",
             "",
             "```bash",
-            f'python -m crossmat.interpretability explain --model <this model folder> --formula "{formula}" --out explanation/',
+            f'python -m crossmat.interpretability explain --model <this model folder> --formula "{formula}" --output-dir explanation/',
             "```",
             "",
         ]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from crossmat.modeling.model_folder import NotAPropertyModelError, load_property_model, output_info
+from crossmat.modeling.model_folder import NotAPropertyModelError, load_property_model, output_info, scores_from_logits
 
 __all__ = ["ModelOutputSpec", "NotAPropertyModelError", "check_property_model", "load_property_model", "select_output"]
 
@@ -65,6 +65,4 @@ def select_output(logits: torch.Tensor, kind: str, index: int, problem: str | No
     """The explained scalar ``(batch,)`` from model logits."""
     if kind == "value" or kind == "logit":
         return logits[:, index]
-    if problem == "multi_label_classification":
-        return torch.sigmoid(logits[:, index])
-    return torch.softmax(logits, dim=-1)[:, index]
+    return scores_from_logits(logits, problem or "single_label_classification")[:, index]

@@ -25,9 +25,10 @@ DEFAULT_MAX_CHARS = 512
 
 
 def scores_from_logits(logits: torch.Tensor, problem_type: str) -> torch.Tensor:
-    """Model logits -> reported scores (float32): values for regression (already in physical units),
-    softmax probabilities for single-label and sigmoid probabilities for multi-label classification."""
-    logits = logits.float()
+    """Model logits -> reported scores (float32; float64 logits stay float64): values for regression (already in
+    physical units), softmax probabilities for single-label and sigmoid probabilities for multi-label
+    classification. The one place logits become scores (pipeline, predictor, training metrics, explanations)."""
+    logits = logits if logits.dtype == torch.float64 else logits.float()
     if problem_type == "regression":
         return logits
     if problem_type == "multi_label_classification":

@@ -64,7 +64,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     say "ERROR: benchmark data not found: CROSSMAT_DATA_DIR=$CROSSMAT_DATA_DIR lacks ${missing[*]}."
     say "  The tests read the project's shared data folder (matbench_v0.1/*.csv.gz, llm4mat_bench_mp_sample/,"
     say "  perov_5/): point CROSSMAT_DATA_DIR at it, or place it at ../shared/data next to the checkout."
-    say "  MatBench's official files download with: crossmat build matbench --source official --out data/matbench_v0.1"
+    say "  MatBench's official files download with: crossmat build matbench --source official --output-dir data/matbench_v0.1"
     say "  (the raw files land in \${CROSSMAT_CACHE_DIR:-~/.cache/crossmat}/matbench_v0.1); docs/datasets.md says where"
     say "  the LLM4Mat-Bench sample and perov_5 come from."
     exit 2

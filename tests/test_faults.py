@@ -112,8 +112,8 @@ def test_train_cli_bad_files_and_read_only_output(tmp_path, small_csv, capsys, r
     (tmp_path / "empty.csv").write_bytes(b"")
     (tmp_path / "latin1.csv").write_bytes("formula,gap\nFe2O3,1.0\nNaCl,2.0\nCaF\xe9,3.0\n".encode("latin-1"))
     (tmp_path / "ragged.csv").write_text("formula,gap\nFe2O3,1.0\nNaCl,2.0,7\n")
-    for name, reason in [("empty", "is empty (no header row)"), ("latin1", "is not UTF-8 text (byte b'\\xe9' at offset"),
-                         ("ragged", "line 3 has 3 fields, the header 2")]:
+    for name, reason in [("empty", "is empty (no header row)"), ("latin1", "line 4 (data row 2) is not UTF-8 text (byte b'\\xe9')"),
+                         ("ragged", "line 3 (data row 1) has 3 fields, the header 2")]:
         rc = main(["--config", str(cfg), "--output-dir", str(tmp_path / name), f"data.train={tmp_path / name}.csv"])
         assert rc == 2 and reason in _one_line_error(capsys, "train.py: error: data.train:"), name
     rc = main(["--config", str(cfg), "--output-dir", str(read_only / "out")])

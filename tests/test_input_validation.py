@@ -274,7 +274,7 @@ def test_training_loader_refuses_ragged_rows(tmp_path: Path, ragged_line: int) -
     rows.insert(ragged_line - 2, "NaCl,2,extra")
     src = tmp_path / "train.csv"
     src.write_text("formula,y\n" + "\n".join(rows) + "\n")
-    with pytest.raises(DataError, match=f"line {ragged_line} has 3 fields, the header 2"):
+    with pytest.raises(DataError, match=rf"line {ragged_line} \(data row {ragged_line - 2}\) has 3 fields, the header 2"):
         prepare_stage_data(_finetune_recipe(src), CrossMatTokenizerFast())
 
 

@@ -82,7 +82,7 @@ def test_classification_table_and_results_dir_only_when_asked(own_csvs: Path, tm
 
 def test_own_data_errors_name_file_and_row(tmp_path: Path, capsys):
     pd.DataFrame({"formula": ["NaCl", "KBr"], "y": [1.0, "high"]}).to_csv(tmp_path / "t.csv", index=False)
-    with pytest.raises(FileNotFoundError, match=r"t\.csv row 1: target 'y' holds 'high'"):
+    with pytest.raises(FileNotFoundError, match=r"t\.csv: target column 'y' is not numeric \(row 1 holds 'high'"):
         load_own_data(tmp_path / "t.csv", tmp_path / "t.csv", "y")
     with pytest.raises(FileNotFoundError, match="no column 'gap'"):
         load_own_data(tmp_path / "t.csv", tmp_path / "t.csv", "gap")

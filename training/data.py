@@ -25,6 +25,8 @@ import pandas as pd
 import torch
 
 from crossmat.dataset_builders.paths import cache_dir
+from crossmat.dataset_builders.tables import TableError, read_table
+from crossmat.dataset_builders.targets import TaskTypeError, decide_task_type
 from crossmat.tokenization import CrossMatTokenizerFast, FormulaError, canonical_formula
 
 from .recipe import DataSection, RecipeError, StageRecipe, as_stage_recipe
@@ -70,16 +72,13 @@ class StageData:
 
 def _mp_transport() -> pd.DataFrame:
     """matminer's bundled MP transport database (Ricci et al. 2017, 47,737 compounds, no structures)."""
-    import tarfile
+    from crossmat.dataset_builders.corpus import transport_formulas
 
-    import matminer
-
-    path = Path(matminer.__file__).parent / "utils/data_files/mp_transport/transport_database.tar.xz"
-    if not path.is_file():
-        raise DataError(f"builtin 'mp_transport': {path} is missing (matminer installed without its data files?)")
-    with tarfile.open(path) as tar:
-        df = pd.read_csv(tar.extractfile("transport_database.csv"))
-    return df.rename(columns={"mp_id": "id", "pretty_formula": "formula"})
+    try:
+        df = transport_formulas()
+    except FileNotFoundError as err:
+        raise DataError(f"builtin 'mp_transport': {err}") from None
+    return df.rename(columns={"mp_id": "id"})
 
 
 def _aflow_prototypes_chgnet() -> pd.DataFrame:
@@ -96,59 +95,9 @@ def _aflow_prototypes_chgnet() -> pd.DataFrame:
             build_embeddings("aflow_prototypes", "chgnet", folder, on_bad="report", process_index=0, num_processes=1)
     rejected = folder / "rejected_rows_chgnet.csv"
     if rejected.is_file():
-        n = len(pd.read_csv(rejected))
+        n = len(read_table(rejected).frame)
         print(f"[crossmat] builtin:aflow_prototypes_chgnet: {n} structure(s) CHGNet cannot embed were left out; see {rejected}")
-    return pd.read_parquet(table)
-
-
-def _scan_csv(path: Path, what: str) -> bool:
-    """Check every row has as many fields as the header (pandas would silently shift or cut a ragged row);
-    return whether the file holds a NUL byte (pandas' C parser would cut ``Fe\\x00O`` to ``Fe``)."""
-    import bz2
-    import csv
-    import gc
-    import gzip
-    import lzma
-
-    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower(), open)
-    with opener(path, "rb") as fh:
-        nul = any(b"\x00" in block for block in iter(lambda: fh.read(1 << 20), b""))
-    enabled = gc.isenabled()
-    gc.disable()  # row lists hold no cycles; GC passes over a large heap would dominate
-    try:
-        with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:
-            widths = set(map(len, csv.reader(fh))) - {0}  # 0: blank lines
-        if len(widths) > 1:
-            with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:
-                reader = csv.reader(fh)
-                width = len(next(reader))
-                for row in reader:
-                    if row and len(row) != width:
-                        raise DataError(
-                            f"{what}: {path} line {reader.line_num} has {len(row)} fields, the header {width} "
-                            "(a ragged row; quote cells that hold a comma)"
-                        )
-    except csv.Error as err:
-        raise DataError(f"{what}: {path} is not a readable CSV file ({err})") from None
-    finally:
-        if enabled:
-            gc.enable()
-    return nul
-
-
-def _read_csv(path: Path, formula_column: str | None, what: str) -> pd.DataFrame:
-    """A CSV with every row checked for its field count and the formula column kept as written:
-    ``NA``, ``None`` and empty cells stay text (so rejected_rows.csv shows them) and NUL bytes stay in
-    the cell; the other columns get pandas' usual missing-value handling."""
-    engine = "python" if _scan_csv(path, what) else "c"
-    if formula_column is None:
-        return pd.read_csv(path, engine=engine)
-    from pandas._libs.parsers import STR_NA_VALUES
-
-    columns = pd.read_csv(path, nrows=0).columns
-    na = {c: sorted(STR_NA_VALUES) for c in columns if c != formula_column}
-    dtype = {formula_column: str} if formula_column in columns else None
-    return pd.read_csv(path, engine=engine, keep_default_na=False, na_values=na, dtype=dtype)
+    return read_table(table).frame
 
 
 def load_source(source: Any, what: str = "data.train", formula_column: str | None = None) -> tuple[pd.DataFrame, str]:
@@ -255,28 +204,13 @@ def apply_filter(df: pd.DataFrame, spec: Any, what: str = "data.train") -> tuple
 
 
 def _read_file(path: Path, what: str, formula_column: str | None = None) -> pd.DataFrame:
-    """A CSV / parquet / JSON(-lines) file as a DataFrame; unreadable files raise :class:`DataError` naming the
-    file and the reason (empty, not UTF-8, ragged rows, corrupt)."""
-    name = path.name.lower()
+    """A table file through the one reader (:func:`dataset_builders.tables.read_table`): the formula column kept
+    as written (``NA``, ``None``, empty cells and NUL bytes stay, so rejected_rows.csv shows them); an unreadable
+    file or a bad row (ragged, not UTF-8) raises :class:`DataError` naming the file, line, row and reason."""
     try:
-        if name.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.xz")):
-            return _read_csv(path, formula_column, what)
-        if name.endswith(".parquet"):
-            return pd.read_parquet(path)
-        if name.endswith((".jsonl", ".json")):
-            return pd.read_json(path, lines=name.endswith(".jsonl"))
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{what}: {str(path)!r} is empty (no header row)") from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"{what}: {str(path)!r} is not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at "
-                        f"offset {err.start}); save it as UTF-8") from None
-    except pd.errors.ParserError as err:
-        reason = str(err).strip().splitlines()[-1]
-        raise DataError(f"{what}: {str(path)!r} cannot be parsed ({reason}); every row needs as many fields as "
-                        "the header") from None
-    except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError; unreadable files are OSErrors
-        raise DataError(f"{what}: cannot read {str(path)!r} ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
-    raise DataError(f"{what}: unsupported file type {path.name!r} (use csv[.gz], parquet or jsonl)")
+        return read_table(path, text_columns=[formula_column] if formula_column else ()).frame
+    except TableError as err:
+        raise DataError(f"{what}: {err}") from None
 
 
 def _unit_hash(keys: list[str], salt: str) -> np.ndarray:
@@ -343,30 +277,12 @@ def _require_columns(df: pd.DataFrame, columns: list[str], what: str) -> None:
 
 
 def _targets(df: pd.DataFrame, columns: list[str], task: str, transform: str | None, what: str) -> tuple[np.ndarray, str]:
-    """Numeric target matrix (rows x targets); raises on a target of the wrong type."""
-    arrays = []
-    for col in columns:
-        s = df[col]
-        if s.dtype == bool:
-            s = s.astype(np.int64)
-        if not (pd.api.types.is_numeric_dtype(s) or s.dtype == object):
-            raise DataError(f"{what}: target column {col!r} has dtype {s.dtype}; expected numbers or booleans")
-        num = pd.to_numeric(s, errors="coerce")
-        bad = num.isna() & s.notna()
-        if bad.any():
-            r = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(
-                f"{what}: target column {col!r} is not numeric (row {r} holds {s.iloc[r]!r}); "
-                "regression needs numbers, classification needs 0/1 or booleans"
-            )
-        arrays.append(num.to_numpy(dtype=np.float64))
-    y = np.stack(arrays, axis=1)
-    finite = y[np.isfinite(y)]
-    if task == "auto":
-        task = "classification" if len(columns) == 1 and finite.size and set(np.unique(finite)) <= {0.0, 1.0} else "regression"
-    if task == "classification":
-        if len(columns) != 1 or not set(np.unique(finite)) <= {0.0, 1.0}:
-            raise DataError(f"{what}: classification needs one target column of 0/1 labels, got {sorted(set(np.unique(finite)))[:5]}")
+    """Numeric target matrix (rows x targets) and the task (decided by
+    :func:`dataset_builders.targets.decide_task_type`); raises on a target of the wrong type."""
+    try:
+        task, y = decide_task_type({c: df[c] for c in columns}, task, f"{what}: ")
+    except TaskTypeError as err:
+        raise DataError(str(err)) from None
     if transform in ("log10", "log10_abs"):
         if task != "regression":
             raise DataError(f"{what}: target_transform {transform!r} only applies to regression")

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from transformers import GPT2LMHeadModel
 
 from crossmat.modeling import CrossMatForMaskedLM, CrossMatForPropertyPrediction, CrossMatForStructureAlignment
+from crossmat.modeling.model_folder import scores_from_logits
 
 from .collator import MaskedElementCollator
 from .data import DataError, TensorSplit, _Rejects, _resolve_duplicates, _standardize_embeddings, _targets
@@ -345,7 +346,7 @@ class FinetuneStage(Stage):
         else:
             from sklearn.metrics import roc_auc_score
 
-            prob = torch.softmax(torch.from_numpy(logits).double(), -1)[:, 1].numpy()
+            prob = scores_from_logits(torch.from_numpy(logits).double(), "single_label_classification")[:, 1].numpy()
             out["accuracy"] = float(((prob > 0.5).astype(int) == labels).mean())
             out["roc_auc"] = float(roc_auc_score(labels, prob)) if len(np.unique(labels)) == 2 else float("nan")
             out["loss"] = float(F.cross_entropy(torch.from_numpy(logits).double(), torch.from_numpy(labels).long()))

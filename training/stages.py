@@ -31,6 +31,7 @@ from crossmat.modeling.model_folder import (
     load_lora_model,
     load_model,
     load_property_model,
+    scores_from_logits,
 )
 from crossmat.modeling.pipeline_files import add_pipeline_to_model_dir
 from crossmat.modeling.pretrained import PretrainedNotFoundError, resolve_model_path
@@ -194,7 +195,8 @@ def prediction_table(split: Any, pred: Mapping[str, np.ndarray], target_names: l
     logits = np.asarray(pred["logits"], dtype=np.float64)
     unc = pred.get("uncertainty")
     if not regression:
-        prob = torch.softmax(torch.from_numpy(logits), -1)[:, 1].numpy() if logits.shape[-1] > 1 else 1 / (1 + np.exp(-logits[:, 0]))
+        problem = "single_label_classification" if logits.shape[-1] > 1 else "multi_label_classification"
+        prob = scores_from_logits(torch.from_numpy(logits), problem)[:, -1].numpy()
         frame["target"] = np.asarray(targets).reshape(len(frame), -1)[:, 0].astype(np.int64)
         frame["prediction"] = (prob >= (0.5 if threshold is None else threshold)).astype(np.int64)
         frame["probability"] = prob

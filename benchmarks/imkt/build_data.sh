@@ -15,20 +15,20 @@ STEPS=("$@")
 [ ${#STEPS[@]} -eq 0 ] && STEPS=(mp_chgnet mp_tensornet perov_chgnet perov_tensornet corpus alignment)
 for step in "${STEPS[@]}"; do
   case "$step" in
-    mp_chgnet) python -m crossmat.dataset_builders embeddings --source mp_structures --encoder chgnet --out $W/embeddings/mp_structures "${EMB[@]}" ;;
-    mp_tensornet) python -m crossmat.dataset_builders embeddings --source mp_structures --encoder matgl-tensornet --out $W/embeddings/mp_structures "${EMB[@]}" ;;
-    perov_chgnet) python -m crossmat.dataset_builders embeddings --source perov_5 --encoder chgnet --out $W/embeddings/perov_5 "${EMB[@]}" ;;
-    perov_tensornet) python -m crossmat.dataset_builders embeddings --source perov_5 --encoder matgl-tensornet --out $W/embeddings/perov_5 "${EMB[@]}" ;;
+    mp_chgnet) python -m crossmat.dataset_builders embeddings --source mp_structures --encoder chgnet --output-dir $W/embeddings/mp_structures "${EMB[@]}" ;;
+    mp_tensornet) python -m crossmat.dataset_builders embeddings --source mp_structures --encoder matgl-tensornet --output-dir $W/embeddings/mp_structures "${EMB[@]}" ;;
+    perov_chgnet) python -m crossmat.dataset_builders embeddings --source perov_5 --encoder chgnet --output-dir $W/embeddings/perov_5 "${EMB[@]}" ;;
+    perov_tensornet) python -m crossmat.dataset_builders embeddings --source perov_5 --encoder matgl-tensornet --output-dir $W/embeddings/perov_5 "${EMB[@]}" ;;
     corpus)  # the MLM-only control's formulas: the same MP formulas as the alignment sets
       python -m crossmat.dataset_builders corpus --source "file=${CROSSMAT_DATA_DIR:-../shared/data}/mp_structures/structures.csv.gz" \
-        "${EXCLUDE_ARGS[@]}" --out $W/corpus_mp ;;
+        "${EXCLUDE_ARGS[@]}" --output-dir $W/corpus_mp ;;
     alignment)
       A=(--embeddings $W/embeddings/mp_structures "${EXCLUDE_ARGS[@]}")
-      python -m crossmat.dataset_builders alignment "${A[@]}" --encoder chgnet --out $W/alignment/chgnet
-      python -m crossmat.dataset_builders alignment "${A[@]}" --encoder chgnet --polymorphs mean --out $W/alignment/chgnet_mean
+      python -m crossmat.dataset_builders alignment "${A[@]}" --encoder chgnet --output-dir $W/alignment/chgnet
+      python -m crossmat.dataset_builders alignment "${A[@]}" --encoder chgnet --polymorphs mean --output-dir $W/alignment/chgnet_mean
       if [ -d $W/embeddings/mp_structures/data/matgl-tensornet ]; then
-        python -m crossmat.dataset_builders alignment "${A[@]}" --encoder matgl-tensornet --out $W/alignment/tensornet
-        python -m crossmat.dataset_builders alignment "${A[@]}" --encoder chgnet --encoder matgl-tensornet --out $W/alignment/chgnet_tensornet
+        python -m crossmat.dataset_builders alignment "${A[@]}" --encoder matgl-tensornet --output-dir $W/alignment/tensornet
+        python -m crossmat.dataset_builders alignment "${A[@]}" --encoder chgnet --encoder matgl-tensornet --output-dir $W/alignment/chgnet_tensornet
       fi ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac

@@ -201,15 +201,15 @@ def main() -> None:
         examples = pick_examples(task, model_dir)
         out = HERE / task
         t = time.time()
-        text = cli("explain", "--model", str(model_dir), "--out", str(out / "explain"),
+        text = cli("explain", "--model", str(model_dir), "--output-dir", str(out / "explain"),
                    *[a for f in examples for a in ("--formula", f)], "--format", "png", "--threads", "1")
         explain_s = time.time() - t
         (out / "cli_output.md").write_text(
             f"$ python -m crossmat.interpretability explain --model <{task} model> "
-            + " ".join(f'--formula "{f}"' for f in examples) + f" --out {task}/explain\n\n" + text
+            + " ".join(f'--formula "{f}"' for f in examples) + f" --output-dir {task}/explain\n\n" + text
         )
         t = time.time()
-        agg_args = ["aggregate", "--model", str(model_dir), "--out", str(out / "aggregate"), "--input",
+        agg_args = ["aggregate", "--model", str(model_dir), "--output-dir", str(out / "aggregate"), "--input",
                     str(DATA / f"{task}.csv.gz"), "--id-column", "id", "--test-fold", "0", "--task", task,
                     "--threads", "1"]
         if args.limit:

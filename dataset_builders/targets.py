@@ -1,0 +1,111 @@
+"""The one decision between regression and classification from target values (user tables: training data
+and ``evaluate --benchmark csv``).
+
+Numbers are regression targets; a single column holding only 0/1, booleans or the words ``true``/``false``,
+``yes``/``no`` (any case) is a binary classification target. Missing cells (NaN, :data:`NA_VALUES`) stay
+missing. Anything else raises :class:`TaskTypeError` naming the column, the first bad row and example values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .tables import NA_VALUES
+
+__all__ = ["BINARY_WORDS", "TASK_TYPES", "TaskTypeError", "decide_task_type", "target_values"]
+
+TASK_TYPES = ("auto", "regression", "classification")
+BINARY_WORDS = {"true": 1.0, "false": 0.0, "yes": 1.0, "no": 0.0}
+_NEEDS = "regression needs numbers, classification needs 0/1, true/false or yes/no labels"
+
+
+class TaskTypeError(ValueError):
+    """Target values that fit neither regression nor (binary) classification, or not the requested one."""
+
+
+def target_values(values: Any, column: str, where: str = "") -> tuple[np.ndarray, bool]:
+    """``(float64 values, whether any cell was a word or boolean label)`` of one target column: numbers as they
+    are, booleans and true/false/yes/no (any case) as 1/0, missing cells as NaN. Raises :class:`TaskTypeError`
+    for any other cell (the column, first bad row and up to five distinct bad values)."""
+    s = pd.Series(values).reset_index(drop=True)
+    if s.dtype == bool:
+        return s.to_numpy(dtype=np.float64), True
+    if pd.api.types.is_numeric_dtype(s):
+        return s.to_numpy(dtype=np.float64), False
+    num = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
+    rest = np.flatnonzero(np.isnan(num) & s.notna().to_numpy())
+    words = False
+    bad: dict[int, Any] = {}
+    mapping: dict[Any, float] = {}
+    for i in rest:
+        v = s.iloc[i]
+        key = v if isinstance(v, (bool, np.bool_, str)) else repr(v)
+        if key not in mapping:
+            if isinstance(v, (bool, np.bool_)):
+                mapping[key] = float(v)
+            elif isinstance(v, str) and v.strip().lower() in BINARY_WORDS:
+                mapping[key] = BINARY_WORDS[v.strip().lower()]
+            elif isinstance(v, str) and v.strip() in NA_VALUES:
+                mapping[key] = np.nan
+            else:
+                mapping[key] = -np.inf  # marker: not a target value
+        value = mapping[key]
+        if value == -np.inf:
+            bad[int(i)] = v
+        else:
+            num[i] = value
+            words |= not np.isnan(value)
+    if bad:
+        first = next(iter(bad))
+        examples = list(dict.fromkeys(map(repr, bad.values())))[:5]
+        raise TaskTypeError(f"{where}target column {column!r} is not numeric (row {first} holds {bad[first]!r}); "
+                            f"{len(bad)} such row(s), e.g. {', '.join(examples)}: {_NEEDS}")
+    return num, words
+
+
+def decide_task_type(
+    columns: Mapping[str, Any], task_type: str = "auto", where: str = ""
+) -> tuple[str, np.ndarray]:
+    """``(regression | classification, float64 matrix rows x columns)`` for the target ``columns``.
+
+    ``auto``: one column of only 0/1 (or true/false, yes/no, booleans) is classification, numbers are
+    regression; word labels mixed with other numbers, or in several columns, raise. An explicit
+    ``task_type`` is checked against the values."""
+    if task_type not in TASK_TYPES:
+        raise ValueError(f"task type must be one of {TASK_TYPES}, got {task_type!r}")
+    if not columns:
+        raise TaskTypeError(f"{where}no target column")
+    arrays, word_columns = [], []
+    for name, values in columns.items():
+        y, words = target_values(values, name, where)
+        arrays.append(y)
+        if words:
+            word_columns.append(name)
+    y = np.stack(arrays, axis=1)
+    finite = np.unique(y[np.isfinite(y)])
+    binary = bool(finite.size) and set(finite.tolist()) <= {0.0, 1.0}
+    requested = task_type
+    if task_type == "auto":
+        task_type = "classification" if len(columns) == 1 and binary else "regression"
+    name = next(iter(columns))
+    if task_type == "classification":
+        if len(columns) != 1:
+            raise TaskTypeError(f"{where}classification needs one target column, got {list(columns)}")
+        if not binary:
+            others = [float(v) for v in finite.tolist() if v not in (0.0, 1.0)][:5]
+            raise TaskTypeError(f"{where}classification needs 0/1, true/false or yes/no labels in target column "
+                                f"{name!r}; it holds {others}" if others else
+                                f"{where}target column {name!r} holds no labels")
+    elif word_columns:
+        col = word_columns[0]
+        numbers = [float(v) for v in np.unique(y[:, list(columns).index(col)]) if np.isfinite(v) and v not in (0.0, 1.0)][:5]
+        if numbers:
+            raise TaskTypeError(f"{where}target column {col!r} mixes true/false/yes/no labels with numbers {numbers}")
+        raise TaskTypeError(f"{where}target column {col!r} holds true/false/yes/no labels: " + (
+            "regression needs numbers" if requested == "regression" else
+            "a classification target needs exactly one target column"))
+    return task_type, y
