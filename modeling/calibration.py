@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .pipeline_crossmat import scores_from_logits
+
 __all__ = ["COVERAGE_TARGETS", "Calibration", "calibrate_property_model", "coverage", "fit_threshold"]
 
 COVERAGE_TARGETS = (0.6827, 0.9545)  # a Gaussian's share within 1 and 2 sigma
@@ -104,7 +106,7 @@ def calibrate_property_model(model: Any, input_ids: torch.Tensor, attention_mask
     if model.config.problem_type != "regression":
         if out.shape[-1] != 2:
             return Calibration(rows=n)
-        prob = torch.softmax(out.double(), -1)[:, 1].numpy()
+        prob = scores_from_logits(out.double(), "single_label_classification")[:, 1].numpy()
         threshold, bal = fit_threshold(prob, targets.reshape(-1))
         model.config.decision_threshold = threshold
         return Calibration(rows=n, decision_threshold=threshold, balanced_accuracy=bal)
