@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .cif_text import CIF_FORMS, encode_cif, render_cif
-from .corpus import _read_table
+from .corpus import read_table
 
 __all__ = ["CorpusError", "read_structure_table", "build_cif_corpus"]
 
@@ -42,7 +42,7 @@ def read_structure_table(path: str | Path, cif_column: str = "cif") -> pd.DataFr
         raise CorpusError(f"structure table {str(path)!r} does not exist")
     if not path.name.lower().endswith((".parquet", ".csv", ".csv.gz")):
         raise CorpusError(f"structure table {str(path)!r}: use .csv, .csv.gz or .parquet")
-    frame = _read_table(path)
+    frame = read_table(path)
     if cif_column not in frame.columns:
         raise CorpusError(f"structure table {str(path)!r} has no {cif_column!r} column (columns: {list(frame.columns)})")
     return frame

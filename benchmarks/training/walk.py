@@ -90,8 +90,9 @@ def record(run) -> list[Event]:
     return events
 
 
-def walk_of(events: list[Event], max_depth: int) -> list[str]:
-    """The collapsed file sequence of the kept calls (see the module docstring)."""
+def walk_of(events: list[Event], max_depth: int, functions: dict[int, list[str]] | None = None) -> list[str]:
+    """The collapsed file sequence of the kept calls (see the module docstring); ``functions`` collects the
+    functions first called at each visit."""
     walk: list[str] = []
     read: set[tuple[str, str]] = set()
     for name, depth, caller, function in events:
@@ -104,6 +105,8 @@ def walk_of(events: list[Event], max_depth: int) -> list[str]:
         read.add((name, function))
         if not walk or walk[-1] != name:
             walk.append(name)
+        if functions is not None:
+            functions.setdefault(len(walk) - 1, []).append(function)
     return walk
 
 
@@ -136,14 +139,16 @@ def main(argv: list[str] | None = None) -> int:
         events = record(lambda: run_recipe(recipe(csv), out))
         metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         info = json.loads((out / "training_info.json").read_text())
-    walk = walk_of(events, args.depth)
+    functions: dict[int, list[str]] = {}
+    walk = walk_of(events, args.depth, functions)
     numbers = measure(walk)
     lines = [f"walk of run_recipe (tiny fine-tune, calls at package depth <= {args.depth}):",
              f"stops {numbers['stops']}, files {numbers['files']}, returns {numbers['returns']}", "",
              "deeper or shallower (depth: stops/files/returns): "
              + ", ".join(f"{d}: {m['stops']}/{m['files']}/{m['returns']}"
                          for d in (4, 5, 6, 7, 99) for m in [measure(walk_of(events, d))]), "",
-             "the walk:", *(f"  {i:3d} {name}" for i, name in enumerate(walk)), "",
+             "the walk (file: functions first called there):",
+             *(f"  {i:3d} {name}: {', '.join(functions[i])}" for i, name in enumerate(walk)), "",
              "metrics (behaviour check; compare before/after a refactor):",
              *(json.dumps({k: v for k, v in m.items() if k not in ("samples_per_second",)}, sort_keys=True) for m in metrics),
              json.dumps({"final": info["metrics"]}, sort_keys=True)]
