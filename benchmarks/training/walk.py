@@ -25,6 +25,9 @@ Writes the numbers, the walk and the run's metrics (to compare behaviour before 
 ``--output FILE`` also saves them. Run from the repository root::
 
     python benchmarks/training/walk.py --output benchmarks/training/walk.txt
+
+``walk_before.txt`` is the same script on the code before the one-training-path refactor (45 stops, 14 files,
+31 returns); ``walk.txt`` after it (20 / 14 / 6), with identical metrics.
 """
 
 from __future__ import annotations
