@@ -71,19 +71,19 @@ def source_formulas(spec: str) -> tuple[pd.DataFrame, str]:
         parts = [load_task_frame(t)[["id", "formula"]] for t in tasks]
         return pd.concat(parts, ignore_index=True), str(matbench_dir())
     if kind == "llm4mat":
-        from .llm4mat import _FORMULA_COLUMNS, SPLITS, _pick
+        from .llm4mat import FORMULA_COLUMNS, SPLITS, pick_column
 
         folder = Path(value)
         parts = []
         for split in SPLITS:
             frame = _read_table(folder / f"{split}.csv", ())
-            col = _pick(list(frame.columns), _FORMULA_COLUMNS)
+            col = pick_column(list(frame.columns), FORMULA_COLUMNS)
             if col is None:
                 raise BadInputError(f"{folder / f'{split}.csv'}: missing formula column")
             parts.append(pd.DataFrame({"id": [f"{split}-{i}" for i in range(len(frame))], "formula": frame[col]}))
         return pd.concat(parts, ignore_index=True), str(folder)
     if kind == "file":
-        frame = _read_table(Path(value))
+        frame = read_table(Path(value))
         if "formula" not in frame.columns:
             raise BadInputError(f"{value}: missing column 'formula' (has {list(frame.columns)})")
         ids = frame["id"].astype(str) if "id" in frame.columns else pd.Series(np.arange(len(frame)).astype(str))
@@ -105,16 +105,16 @@ def exclusion_formulas(spec: str) -> set[str]:
             frame = frame[frame["test_fold"] == int(part)]
         formulas = frame["formula"]
     elif kind == "llm4mat":
-        from .llm4mat import _FORMULA_COLUMNS, _pick
+        from .llm4mat import FORMULA_COLUMNS, pick_column
 
         path = Path(target) / f"{part or 'test'}.csv"
         frame = _read_table(path, ())
-        col = _pick(list(frame.columns), _FORMULA_COLUMNS)
+        col = pick_column(list(frame.columns), FORMULA_COLUMNS)
         if col is None:
             raise BadInputError(f"{path}: missing formula column")
         formulas = frame[col].dropna()
     elif kind == "file":
-        formulas = _read_table(Path(target))["formula"].dropna()
+        formulas = read_table(Path(target))["formula"].dropna()
     else:
         raise ValueError(f"unknown exclusion {spec!r}; use matbench=<task>[@fold], llm4mat=<folder>[@split], file=<path>")
     canon, _ = canonicalize_formulas(formulas)

@@ -77,7 +77,7 @@ ALIASES: dict[str, str] = {
     "qe_tb": "jarvis_qe_tb",
     "materials_project": "mp",
 }
-_FORMULA_COLUMNS = ("formula_pretty", "formula", "reduced_formula", "pretty_formula", "composition")
+FORMULA_COLUMNS = ("formula_pretty", "formula", "reduced_formula", "pretty_formula", "composition")
 _ID_COLUMNS = ("material_id", "id", "jid", "mof_id", "qmof_id", "name", "MOFname", "mat_id", "ID")
 _DIRECT = {"Direct": 1.0, "Indirect": 0.0}
 _BOOLS = {True: 1.0, False: 0.0, "True": 1.0, "False": 0.0, "true": 1.0, "false": 0.0}
@@ -110,7 +110,7 @@ def dataset_folder(source: str | Path, dataset: str) -> Path:
     )
 
 
-def _pick(columns: list[str], options: tuple[str, ...]) -> str | None:
+def pick_column(columns: list[str], options: tuple[str, ...]) -> str | None:
     return next((c for c in options if c in columns), None)
 
 
@@ -161,14 +161,14 @@ def _read_splits(folder: Path, canon: str, props: list[str], rejects: Rejects) -
         path = folder / f"{split}.csv"
         frame = read_table(path).frame
         cols = list(frame.columns)
-        fcol = _pick(cols, _FORMULA_COLUMNS)
+        fcol = pick_column(cols, FORMULA_COLUMNS)
         if fcol is None:
-            raise BadInputError(f"{path}: missing formula column (looked for {list(_FORMULA_COLUMNS)})")
+            raise BadInputError(f"{path}: missing formula column (looked for {list(FORMULA_COLUMNS)})")
         missing = [p for p in props if p not in cols]
         if missing:
             avail = [c for c in cols if c not in (fcol, "structure", "description", "cif_structure", *_ID_COLUMNS)]
             raise BadInputError(f"{path}: missing property column(s) {missing}; available: {', '.join(avail)}")
-        icol = _pick(cols, _ID_COLUMNS)
+        icol = pick_column(cols, _ID_COLUMNS)
         ids = frame[icol].astype(str) if icol else pd.Series([f"{canon}-{split}-{i}" for i in range(len(frame))])
         no_formula = frame[fcol].isna().to_numpy()
         canon_f, bad = canonicalize_formulas(frame[fcol].where(~no_formula, "H"))

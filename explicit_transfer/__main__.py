@@ -105,17 +105,28 @@ def cmd_generate(a: argparse.Namespace) -> None:
     print(json.dumps(stats))
 
 
-def cmd_train_cif_lm(a: argparse.Namespace) -> None:
-    from .cif_lm import train_cif_lm
+def train_cif_lm_command(a: argparse.Namespace) -> list[str]:
+    """The ``crossmat train --config cif_lm ...`` arguments that ``train-cif-lm`` runs: one CIF-LM trainer, the
+    ``cif_lm`` stage (training/cif_lm_stage.py), with these options as recipe overrides."""
+    inputs = [str(Path(p).resolve()) for p in a.input]
+    for path in inputs:
+        if not Path(path).is_file():
+            sys.exit(f"error: input file {path} not found")
+    overrides = [f"data.train={json.dumps(inputs)}", f"data.cif_column={json.dumps(a.cif_column)}",
+                 f"train.epochs={a.epochs}", f"train.max_steps={a.max_steps if a.max_steps > 0 else 'null'}",
+                 f"train.batch_size={a.batch_size}", f"train.learning_rate={a.lr}",
+                 *(f"model.config.{k}={getattr(a, k)}" for k in ("n_embd", "n_layer", "n_head", "n_positions"))]
+    return ["--config", "cif_lm", "--output-dir", a.output_dir, *(["--resume"] if a.resume else []), *overrides, *a.set]
 
-    cifs = []
-    for path in a.input:
-        cifs += _column(_read_table(path, a.cif_column), a.cif_column, path)
-    _, _, info = train_cif_lm(cifs, a.output_dir, epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size,
-                              learning_rate=a.lr, n_embd=a.n_embd, n_layer=a.n_layer, n_head=a.n_head,
-                              n_positions=a.n_positions)
-    Path(a.output_dir, "training_info.json").write_text(json.dumps(info, indent=2))
-    print(json.dumps({k: v for k, v in info.items() if k != "rejected"} | {"n_rejected": len(info["rejected"])}))
+
+def cmd_train_cif_lm(a: argparse.Namespace) -> None:
+    import shlex
+    import subprocess
+
+    argv = train_cif_lm_command(a)
+    print("train-cif-lm runs: crossmat train " + " ".join(shlex.quote(x) for x in argv), file=sys.stderr, flush=True)
+    # a child process: explicit_transfer does not import training (same layer, docs/architecture.md)
+    sys.exit(subprocess.call([sys.executable, "-m", "crossmat.cli", "train", *argv]))
 
 
 def cmd_convert(a: argparse.Namespace) -> None:
@@ -218,18 +229,22 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--output", required=True, help="JSON-lines output (resumes if it exists)")
     g.set_defaults(func=cmd_generate)
 
-    t = sub.add_parser("train-cif-lm", help="train a GPT-2 CIF language model on CIF files", deprecated=_FOLDER_OUTPUT)
-    t.add_argument("--input", nargs="+", required=True, help="CSV/parquet file(s) with a CIF column")
+    t = sub.add_parser("train-cif-lm", help="train a GPT-2 CIF language model on CIF tables (runs `crossmat train "
+                       "--config cif_lm` with these options)", deprecated=_FOLDER_OUTPUT)
+    t.add_argument("--input", nargs="+", required=True, help="CSV/parquet file(s) with a CIF column (data.train)")
     t.add_argument("--cif-column", default="cif")
-    t.add_argument("--output-dir", required=True, help="folder for the model and tokenizer")
-    t.add_argument("--epochs", type=float, default=3.0)
-    t.add_argument("--max-steps", type=int, default=-1)
+    t.add_argument("--output-dir", required=True, help="output folder for the model and tokenizer")
+    t.add_argument("--epochs", type=int, default=3, help="train.epochs (with --max-steps unset)")
+    t.add_argument("--max-steps", type=int, default=-1, help="train.max_steps (-1: from --epochs)")
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--lr", type=float, default=1e-3, help="train.learning_rate")
     t.add_argument("--n-embd", type=int, default=128)
     t.add_argument("--n-layer", type=int, default=4)
     t.add_argument("--n-head", type=int, default=4)
     t.add_argument("--n-positions", type=int, default=512)
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other cif_lm recipe override, e.g. --set data.cif_forms=[symmetrized] (repeatable)")
     t.set_defaults(func=cmd_train_cif_lm)
 
     c = sub.add_parser("convert-crystallm", help="CrystaLLM ckpt.pt -> transformers GPT-2 + CIF tokenizer",

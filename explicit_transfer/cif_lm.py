@@ -1,7 +1,8 @@
-"""CIF language model for exKT: training on in-memory CIFs and the sampling generator.
+"""CIF language model for exKT: the sampling generator.
 
-* :func:`train_cif_lm` — ``transformers.Trainer`` on a list of CIF strings (the ``cif_lm`` stage of ``train.py``
-  trains from structure tables with augmentation, checkpoints and resume).
+Training has one home, the ``cif_lm`` stage (``crossmat train --config cif_lm``, training/cif_lm_stage.py: structure
+tables, augmentation, checkpoints and resume); ``python -m crossmat.explicit_transfer train-cif-lm`` runs it.
+
 * :class:`CIFLanguageModelGenerator` — samples (temperature / top-k, several Z), validates every CIF
   (:mod:`.cif_validation`), ranks valid ones by mean token log-probability.
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,6 @@ import torch
 from pymatgen.core import Composition
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast, StoppingCriteria, StoppingCriteriaList
 
-from crossmat._extras import needs_extra
 from crossmat.dataset_builders.cif_text import (
     CIF_FORMS,
     CIF_KEYWORDS,
@@ -41,61 +41,8 @@ from .base import Candidate, StructureGenerator
 from .cif_validation import validate_cif
 
 __all__ = ["CIF_FORMS", "CIF_KEYWORDS", "PAD", "UNK", "default_cif_vocabulary", "build_cif_tokenizer", "preprocess_cif",
-           "render_cif", "cell_formula", "prompt_for", "encode_cif", "new_cif_lm", "train_cif_lm",
+           "render_cif", "cell_formula", "prompt_for", "encode_cif", "new_cif_lm",
            "CIFLanguageModelGenerator"]
-
-
-def train_cif_lm(
-    cifs: Iterable[str], output_dir: str | Path, *, model: GPT2LMHeadModel | None = None,
-    tokenizer: PreTrainedTokenizerFast | None = None, epochs: float = 3.0, batch_size: int = 32,
-    learning_rate: float = 1e-3, max_steps: int = -1, seed: int = 0, **model_kwargs: Any,
-) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast, dict[str, Any]]:
-    """Train a CIF LM on CIF strings with ``transformers.Trainer``; saves model + tokenizer to ``output_dir``.
-
-    CIFs that do not parse or exceed the context are reported in the returned info (``rejected``), not dropped silently.
-    """
-    with needs_extra("train", "training a CIF language model"):
-        from datasets import Dataset
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
-
-    set_seed(seed)
-    tokenizer = tokenizer or build_cif_tokenizer()
-    model = model or new_cif_lm(tokenizer, **model_kwargs)
-    ids, rejected = [], []
-    unk = tokenizer.unk_token_id
-    for i, cif in enumerate(cifs):
-        try:
-            seq = encode_cif(tokenizer, preprocess_cif(cif))
-        except Exception as err:  # noqa: BLE001 - reported below
-            rejected.append({"row": i, "reason": f"{type(err).__name__}: {str(err)[:100]}"})
-            continue
-        if unk in seq:
-            rejected.append({"row": i, "reason": "contains tokens outside the CIF vocabulary"})
-        elif len(seq) > model.config.n_positions:
-            rejected.append({"row": i, "reason": f"{len(seq)} tokens > context {model.config.n_positions}"})
-        else:
-            ids.append(seq)
-    if not ids:
-        raise ValueError(f"no usable CIF in the corpus ({len(rejected)} rejected, first: {rejected[:1]})")
-    ds = Dataset.from_dict({"input_ids": ids})
-    out = Path(output_dir)
-    args = TrainingArguments(
-        output_dir=str(out / "checkpoints"), num_train_epochs=epochs, max_steps=max_steps,
-        per_device_train_batch_size=batch_size, learning_rate=learning_rate, weight_decay=0.1, warmup_steps=20,
-        lr_scheduler_type="cosine", logging_steps=20, save_strategy="no", report_to=[], seed=seed,
-        use_cpu=not torch.cuda.is_available(), disable_tqdm=True, dataloader_num_workers=0,
-    )
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
-    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collator)
-    result = trainer.train()
-    import shutil
-
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    info = {"n_train": len(ids), "rejected": rejected, "train_loss": float(result.training_loss),
-            "steps": int(result.global_step), "n_tokens": int(sum(map(len, ids)))}
-    return model, tokenizer, info
 
 
 class _DoubleNewline(StoppingCriteria):
@@ -114,7 +61,7 @@ class CIFLanguageModelGenerator(StructureGenerator):
     """Sample CIFs for each formula, keep the valid ones, rank by mean token log-probability.
 
     Args:
-        model, tokenizer: a causal LM over CIF tokens (e.g. from :func:`train_cif_lm` or the CrystaLLM converter).
+        model, tokenizer: a causal LM over CIF tokens (e.g. a ``cif_lm`` stage folder or the CrystaLLM converter).
         n_samples: draws per formula (spread over ``z_values``); the "valid sample budget".
         z_values: formula units per cell to prompt with (``data_<cell composition>``).
     """

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,7 +23,6 @@ from crossmat.explicit_transfer.cif_lm import (
     encode_cif,
     preprocess_cif,
     prompt_for,
-    train_cif_lm,
 )
 from crossmat.explicit_transfer.cif_validation import validate_cif, validate_structure
 from crossmat.explicit_transfer.convert_crystallm import convert_crystallm_checkpoint
@@ -212,12 +215,22 @@ def test_validate_cif_good_and_corrupted(perov):
 # ---------------------------------------------------------------- CIF language model
 @pytest.fixture(scope="module")
 def tiny_lm(perov, tmp_path_factory):
+    """``train-cif-lm`` forwards to the cif_lm stage (``crossmat train --config cif_lm``) with its options."""
     val, _ = perov
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("cif_lm")
-    model, tok, info = train_cif_lm([val.cif[0]] * 4 + ["not a cif"], out, max_steps=80, batch_size=4,
-                                    learning_rate=5e-3, n_embd=64, n_layer=1, n_head=2, n_positions=320)
-    return out, model, tok, info
+    work = tmp_path_factory.mktemp("cif_lm")
+    table, out = work / "cifs.csv", work / "model"
+    pd.DataFrame({"cif": [val.cif[0]] * 4 + ["not a cif"]}).to_csv(table, index=False)
+    proc = subprocess.run([sys.executable, "-m", "crossmat.explicit_transfer", "train-cif-lm", "--input", str(table),
+                           "--output", str(out), "--max-steps", "80", "--batch-size", "4", "--lr", "5e-3", "--n-embd", "64",
+                           "--n-layer", "1", "--n-head", "2", "--n-positions", "320", "--set", "data.cif_forms=[symmetrized]",
+                           "--set", "data.validation_fraction=0"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "train-cif-lm runs: crossmat train --config cif_lm" in proc.stderr
+    info = json.loads((out / "training_info.json").read_text())
+    assert info["training"]["steps"] == 80 and info["model"]["n_embd"] == 64 and info["data"]["texts_kept"] == 4
+    info["rejected"] = pd.read_csv(out / "rejected_rows.csv").to_dict("records")
+    return out, None, None, info
 
 
 def test_cif_tokenizer_round_trip(perov):

@@ -205,14 +205,14 @@ def test_push_failure_is_one_line_with_hf_upload_and_no_pickles(tmp_path, monkey
     from huggingface_hub.utils import filter_repo_objects
 
     from crossmat.training import RecipeError
-    from crossmat.training.stages import PUSH_ALLOW, PUSH_IGNORE, _push
+    from crossmat.training.folder import PUSH_ALLOW, PUSH_IGNORE, push_folder
 
     def offline(*a, **k):
         raise huggingface_hub.errors.OfflineModeIsEnabled("Cannot reach https://huggingface.co: offline mode")
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", offline)
     with pytest.raises(RecipeError, match=r"push to the Hub \(me/gap\) failed: OfflineModeIsEnabled") as info:
-        _push(tmp_path, "me/gap")
+        push_folder(tmp_path, "me/gap")
     msg = str(info.value)
     assert "\n" not in msg and "huggingface-cli" not in msg and f"`hf upload me/gap {tmp_path} . --include" in msg
     files = ["model.safetensors", "config.json", "README.md", "tokenizer.json", "metrics.jsonl", "recipe.yaml",

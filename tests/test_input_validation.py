@@ -23,7 +23,7 @@ from crossmat.modeling import decode_composition
 from crossmat.tokenization import CrossMatTokenizerFast, FormulaError, parse_formula
 from crossmat.tokenization.formula_grammar import _HYDRATE_SEP, check_formula
 from crossmat.tokenization.tokenization_crossmat_base import CrossMatBaseTokenizerFast
-from crossmat.training.data import DataError, _canonicalise, _Rejects, prepare_stage_data
+from crossmat.training.data import DataError, Rejects, _canonicalise, prepare_stage_data
 from crossmat.training.recipe import resolve_stage
 
 from .test_inference_support import last_json, make_property_model, run_without_package
@@ -51,7 +51,7 @@ def entry(model_dir: Path):
         return True
 
     def verdicts(s: str) -> dict[str, bool]:
-        _, keep = _canonicalise(pd.Series([s], dtype=object), "train", "skip", _Rejects())
+        _, keep = _canonicalise(pd.Series([s], dtype=object), "train", "skip", Rejects())
         return {
             "grammar": check_formula(s) == "",
             "parse_formula": ok(lambda: parse_formula(s)),

@@ -109,19 +109,17 @@ def test_stage_objects_own_what_differs() -> None:
     assert list(STAGE_TYPES) == ["mlm", "imkt", "finetune", "cif_lm"]
     assert issubclass(ImktStage, MLMStage)
     mlm, imkt, ft, cif = (stage_kind(n) for n in STAGE_TYPES)
-    assert [k.own_loop for k in (mlm, imkt, ft, cif)] == [False, False, False, True]  # cif_lm: HF Trainer on CIF text
+    assert [k.trainer is not None for k in (mlm, imkt, ft, cif)] == [False, False, False, True]  # cif_lm: HF Trainer on CIF text
     assert (cif.card_kind, cif.model_class.__name__) == ("cif-lm", "GPT2LMHeadModel")
     assert [k.card_kind for k in (mlm, imkt, ft)] == ["clm-mlm", "clm-imkt", "property"]
     assert [k.model_class.__name__ for k in (mlm, imkt, ft)] == [
         "CrossMatForMaskedLM", "CrossMatForStructureAlignment", "CrossMatForPropertyPrediction"]
-    assert [k.writes_test_predictions and k.writes_pipeline_files for k in (mlm, imkt, ft)] == [False, False, True]
+    assert [k.property_model for k in (mlm, imkt, ft)] == [False, False, True]
     data = DataSection(target_column=["a", "b"], embedding_column="emb")
-    assert mlm.required_columns(data) == [] and imkt.required_columns(data) == ["emb"]
-    assert ft.required_columns(data) == ["a", "b"]
-    assert mlm.collator(resolve_stage({"stage": "mlm", "data": {"train": "x"}}).train, 0) is not None
-    assert ft.collator(resolve_stage({"stage": "mlm", "data": {"train": "x"}}).train, 0) is None
-    assert [k.card_task_type("regression") for k in (mlm, imkt, ft)] == ["fill-mask", "feature-extraction",
-                                                                         "tabular-regression"]
+    assert [k.target_key for k in (mlm, imkt, ft)] == [None, None, "target_column"]
+    assert [[getattr(data, key) for key in k.required_keys] for k in (mlm, imkt, ft)] == [[], ["emb"], []]
+    assert [k.masks_elements for k in (mlm, imkt, ft)] == [True, True, False]
+    assert [k.default_metric.get("regression", "loss") for k in (mlm, imkt, ft)] == ["loss", "loss", "mae"]
 
 
 def test_a_new_stage_is_one_class() -> None:

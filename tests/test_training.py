@@ -235,7 +235,7 @@ def test_test_predictions_frame_columns_with_and_without_uncertainty():
     import numpy as np
 
     from crossmat.training.data import TensorSplit
-    from crossmat.training.stages import prediction_table
+    from crossmat.training.folder import prediction_table
 
     y = np.array([[1.123456789012], [2.5]])
     split = TensorSplit({"input_ids": torch.zeros(2, 3, dtype=torch.long), "labels": torch.tensor(y, dtype=torch.float32)},

@@ -1,35 +1,30 @@
 """Training with Accelerate: MLM and imKT pretraining, full and LoRA fine-tuning (see docs/training.md)."""
 
-from crossmat._extras import needs_extra
+from crossmat.modeling.model_folder import load_lora_model
 
-with needs_extra("train", "crossmat train (crossmat.training)"):
-    from .collator import MaskedElementCollator
-    from .data import StageData, load_source, prepare_stage_data
-    from .loop import StageTrainer, latest_checkpoint
-    from .recipe import (
-        STAGE_DEFAULTS,
-        RecipeError,
-        StageRecipe,
-        apply_overrides,
-        load_recipe,
-        resolve_stage,
-        validate_recipe,
-    )
-    from .stage_kinds import STAGE_TYPES, FinetuneStage, ImktStage, MLMStage, Stage, register_stage
-    from .stages import (
-        StageRun,
-        build_model,
-        init_element_embeddings,
-        load_lora_model,
-        run_recipe,
-        run_stage,
-        train_recipe,
-        train_stage,
-    )
+from .collator import MaskedElementCollator
+from .data import StageData, load_source, prepare_stage_data
+from .folder import StageRun, latest_checkpoint
+from .loop import StageTrainer
+from .model import build_model, init_element_embeddings
+from .recipe import (
+    STAGE_DEFAULTS,
+    STAGE_TYPES,
+    RecipeError,
+    StageRecipe,
+    apply_overrides,
+    load_recipe,
+    register_stage,
+    resolve_stage,
+    validate_recipe,
+)
+from .stage_kinds import CIFLMStage, FinetuneStage, ImktStage, MLMStage, Stage
+from .stages import run_recipe, run_stage, train_recipe, train_stage
 
 __all__ = [
     "STAGE_DEFAULTS",
     "STAGE_TYPES",
+    "CIFLMStage",
     "FinetuneStage",
     "ImktStage",
     "MLMStage",

@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 import yaml
 
+from .folder import DONE_FILE, StageRun, check_resume_recipe, printable_recipe, recipe_hash
 from .recipe import RecipeError, StageRecipe
 
 __all__ = ["train_cif_lm_stage"]
@@ -50,7 +50,7 @@ def _split_by_formula(corpus: pd.DataFrame, fraction: float, seed: int) -> tuple
     return ~val, val
 
 
-def train_cif_lm_stage(recipe: StageRecipe, out: Path) -> Any:
+def train_cif_lm_stage(recipe: StageRecipe, out: Path) -> StageRun:
     """Build the corpus, train, save model + tokenizer + card into ``out``; returns the ``StageRun``."""
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
@@ -60,8 +60,6 @@ def train_cif_lm_stage(recipe: StageRecipe, out: Path) -> Any:
     from crossmat.dataset_builders.cif_text import build_cif_tokenizer
     from crossmat.model_cards import write_model_card
     from crossmat.modeling.cif_lm import new_cif_lm
-
-    from .stages import DONE_FILE, StageRun, _check_resume_recipe, _printable, _recipe_hash
 
     out = Path(out)
     data, train = recipe.data, recipe.train
@@ -114,9 +112,9 @@ def train_cif_lm_stage(recipe: StageRecipe, out: Path) -> Any:
     if train.resume and (out / "checkpoints").is_dir():
         resume_from = get_last_checkpoint(str(out / "checkpoints"))
         if resume_from:
-            _check_resume_recipe(recipe, out, Path(resume_from))
+            check_resume_recipe(recipe, out, Path(resume_from))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.yaml").write_text(yaml.safe_dump(_printable(recipe), sort_keys=False))
+    (out / "recipe.yaml").write_text(yaml.safe_dump(printable_recipe(recipe), sort_keys=False))
     rejected.drop(columns=["text", "input_ids"]).to_csv(out / "rejected_rows.csv", index=False)
     print(f"[crossmat] stage {recipe.name!r} (cif_lm): {len(kept)} CIF texts kept ({int(is_train.sum())} train, "
           f"{int(is_val.sum())} validation), {len(rejected)} rejected (see {out / 'rejected_rows.csv'}); {total} steps"
@@ -132,7 +130,7 @@ def train_cif_lm_stage(recipe: StageRecipe, out: Path) -> Any:
         trainer.save_model(str(out))
         (out / "training_args.bin").unlink(missing_ok=True)  # the Trainer's pickle: never read, not shipped
         tokenizer.save_pretrained(str(out))
-        info = {"stage": "cif_lm", "name": recipe.name, "recipe_hash": _recipe_hash(recipe),
+        info = {"stage": "cif_lm", "name": recipe.name, "recipe_hash": recipe_hash(recipe),
                 "model": {"parameters": int(sum(p.numel() for p in model.parameters())), **cfg},
                 "data": {"sources": [str(s) for s in sources], "structures": int(corpus.drop_duplicates(["source", "row"]).shape[0]),
                          "texts_kept": len(kept), "texts_train": int(is_train.sum()), "texts_validation": int(is_val.sum()),
@@ -145,7 +143,7 @@ def train_cif_lm_stage(recipe: StageRecipe, out: Path) -> Any:
         val_text = (f" Validation loss {metrics['validation']['loss']:.4f} (perplexity "
                     f"{metrics['validation']['perplexity']:.3f}) on held-out formulas." if metrics else "")
         write_model_card(
-            out, kind="cif-lm", datasets=[str(s) for s in sources], recipe=_printable(recipe),
+            out, kind="cif-lm", datasets=[str(s) for s in sources], recipe=printable_recipe(recipe),
             usage=USAGE.format(model_id=out.name), leakage_notes=[
                 "Crystal-structure-prediction scores are valid only for formulas whose structures were not in the "
                 "training tables: for perov_5 train on the `train` split only, never on val/test structures."],

@@ -12,13 +12,12 @@ the tokenizer; invalid rows fail the stage (``on_invalid: error``) or are skippe
 from __future__ import annotations
 
 import hashlib
-import json
 import operator
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,15 +25,12 @@ import torch
 
 from crossmat.dataset_builders.paths import cache_dir
 from crossmat.dataset_builders.tables import TableError, read_table
-from crossmat.dataset_builders.targets import TaskTypeError, decide_task_type
 from crossmat.tokenization import CrossMatTokenizerFast, FormulaError, canonical_formula
 
-from .recipe import DataSection, RecipeError, StageRecipe, as_stage_recipe
+from .recipe import DataSection, RecipeError, StageRecipe, resolve_stage
 
-if TYPE_CHECKING:
-    from .stage_kinds import Stage
-
-__all__ = ["StageData", "TensorSplit", "apply_filter", "load_source", "prepare_stage_data", "split_buckets"]
+__all__ = ["DataError", "Rejects", "StageData", "TensorSplit", "apply_filter", "load_source", "prepare_stage_data",
+           "split_buckets"]
 
 _SOURCE_KEYS = {"path", "name", "split", "filter", "builtin", "data_files"}
 BUILTINS = ("mp_transport", "aflow_prototypes_chgnet")
@@ -227,7 +223,9 @@ def split_buckets(groups: list[str], fraction: float, salt: str) -> np.ndarray:
     return (_unit_hash([str(u) for u in uniq], salt) < fraction)[inverse]
 
 
-class _Rejects:
+class Rejects:
+    """Rows left out of a split, each with its reason (written to ``rejected_rows.csv``)."""
+
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
 
@@ -236,7 +234,7 @@ class _Rejects:
             self.rows.append({"split": split, "row": int(r), "formula": f, "reason": why})
 
 
-def _canonicalise(formulas: pd.Series, split: str, on_invalid: str, rejects: _Rejects) -> tuple[np.ndarray, np.ndarray]:
+def _canonicalise(formulas: pd.Series, split: str, on_invalid: str, rejects: Rejects) -> tuple[np.ndarray, np.ndarray]:
     """Validated tokenizer-ready formulas (per unique string) and a keep-mask."""
     values = formulas.to_numpy(dtype=object)
     keys = np.array([v if isinstance(v, str) else repr(v) for v in values], dtype=object)
@@ -276,36 +274,21 @@ def _require_columns(df: pd.DataFrame, columns: list[str], what: str) -> None:
         raise DataError(f"{what}: column(s) {missing} not found; available columns: {list(df.columns)}")
 
 
-def _targets(df: pd.DataFrame, columns: list[str], task: str, transform: str | None, what: str) -> tuple[np.ndarray, str]:
-    """Numeric target matrix (rows x targets) and the task (decided by
-    :func:`dataset_builders.targets.decide_task_type`); raises on a target of the wrong type."""
-    try:
-        task, y = decide_task_type({c: df[c] for c in columns}, task, f"{what}: ")
-    except TaskTypeError as err:
-        raise DataError(str(err)) from None
-    if transform in ("log10", "log10_abs"):
-        if task != "regression":
-            raise DataError(f"{what}: target_transform {transform!r} only applies to regression")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            y = np.log10(np.abs(y) if transform == "log10_abs" else np.where(y > 0, y, np.nan))
-    return y, task
-
-
 def _frame_to_split(
     df: pd.DataFrame,
     split: str,
-    kind: Stage,
+    kind: Any,
     data: DataSection,
     tokenizer: CrossMatTokenizerFast,
-    rejects: _Rejects,
+    rejects: Rejects,
     task: str,
     target_columns: list[str],
 ) -> tuple[TensorSplit, str]:
     fcol = data.formula_column
     formulas, keep = _canonicalise(df[fcol], split, data.on_invalid, rejects)
+    ids, mask = _tokenize(tokenizer, np.where(keep, formulas, "H"))
     part = kind.split_tensors(df, split, data, rejects, task, target_columns, keep)  # may clear rows in keep
     tensors = dict(part.tensors)
-    ids, mask = _tokenize(tokenizer, np.where(keep, formulas, "H"))
     tensors["input_ids"], tensors["attention_mask"] = ids, mask
     tensors["row_id"] = torch.arange(len(df), dtype=torch.long)
     k = torch.as_tensor(keep)
@@ -324,11 +307,12 @@ def _frame_to_split(
 def prepare_stage_data(recipe: StageRecipe | Mapping[str, Any], tokenizer: CrossMatTokenizerFast) -> StageData:
     """Load, validate, split and tokenize the data of one stage (fails before training on bad input); what
     the stage adds (targets, structure embeddings) comes from its stage object (``recipe.kind``)."""
-    recipe = as_stage_recipe(recipe)
+    recipe = recipe if isinstance(recipe, StageRecipe) else resolve_stage(recipe)
     data, kind = recipe.data, recipe.kind
     train_df, train_desc = load_source(data.train, "data.train", data.formula_column)
-    target_columns = kind.target_columns(data)
-    needed = [data.formula_column, *kind.required_columns(data)]
+    named = getattr(data, kind.target_key) if kind.target_key else None
+    target_columns = [named] if isinstance(named, str) else list(named or [])
+    needed = [data.formula_column, *target_columns, *(getattr(data, key) for key in kind.required_keys)]
     needed += [data.id_column] if data.id_column else []
     if data.stability_bias != "none":
         needed.append(data.stability_column)
@@ -364,7 +348,7 @@ def prepare_stage_data(recipe: StageRecipe | Mapping[str, Any], tokenizer: Cross
     frames["train"] = train_df[remaining].reset_index(drop=True)
     if data.max_train_rows:
         frames["train"] = frames["train"].iloc[: int(data.max_train_rows)]
-    rejects = _Rejects()
+    rejects = Rejects()
     task = data.task
     splits: dict[str, TensorSplit] = {}
     for name in ("train", "validation", "test"):
@@ -377,89 +361,13 @@ def prepare_stage_data(recipe: StageRecipe | Mapping[str, Any], tokenizer: Cross
         "sources": descs,
         "rows": {k: len(v) for k, v in splits.items()},
         "rejected_rows": len(rejects.rows),
-        "task": kind.data_task(task),
+        "task": task if target_columns else None,
         "target_columns": target_columns,
         "formula_column": data.formula_column,
         **extra,
     }
     rejected = pd.DataFrame(rejects.rows) if rejects.rows else None
     return StageData(splits["train"], splits.get("validation"), splits.get("test"), info, rejected)
-
-
-def _standardize_embeddings(splits: dict[str, TensorSplit]) -> dict[str, Any]:
-    """Z-score every structure-embedding dimension with the train split's statistics (all splits, in place).
-
-    Raw encoder features share a large common offset, so without this a cosine loss is near 0 from the
-    start and an MSE loss is dominated by a few high-variance dimensions."""
-    train = splits["train"].tensors["structure_embeddings"].double()
-    mean, std = train.mean(0), train.std(0) if len(train) > 1 else torch.ones(train.shape[1], dtype=train.dtype)
-    constant = std <= 1e-8
-    std = torch.where(constant, torch.ones_like(std), std)  # constant dimensions are centred, not divided
-    for split in splits.values():
-        emb = split.tensors["structure_embeddings"].double()
-        split.tensors["structure_embeddings"] = ((emb - mean) / std).float()
-    return {"mean_norm": float(mean.norm()), "constant_dimensions": int(constant.sum())}
-
-
-def _resolve_duplicates(split: TensorSplit, policy: str, task: str) -> tuple[TensorSplit, dict[str, Any]]:
-    """Report training rows that share a composition with different targets and apply ``data.duplicates``.
-
-    ``keep`` trains on every row (polymorphs are real data), ``mean`` merges each composition into its
-    first row with the mean target (classification: the majority label, ties to the first row's),
-    ``first`` keeps the first row, ``error`` refuses conflicting targets. Always reported in the card
-    info (``duplicates``) and printed.
-    """
-    formulas = np.asarray(split.formulas, dtype=object)
-    uniq, inverse = np.unique(formulas, return_inverse=True)
-    keys = np.array([_safe_canonical(f) for f in uniq], dtype=object)[inverse]
-    _, group, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    labels = split.tensors["labels"].double().reshape(len(formulas), -1).numpy()
-    dup_rows = np.flatnonzero(counts[group] > 1)
-    conflicts: dict[str, list] = {}
-    for r in dup_rows:
-        value = float(labels[r, 0]) if labels.shape[1] == 1 else labels[r].tolist()
-        conflicts.setdefault(str(keys[r]), []).append(value)
-    conflicts = {k: v for k, v in conflicts.items() if len({json.dumps(x) for x in v}) > 1}
-    report = {
-        "policy": policy,
-        "duplicate_rows": int(len(dup_rows)),
-        "conflicting_compositions": len(conflicts),
-        "examples": {k: v[:5] for k, v in list(conflicts.items())[:5]},
-    }
-    if conflicts:
-        first = next(iter(conflicts))
-        msg = (
-            f"data.train: {len(conflicts)} composition(s) appear with different targets (e.g. {first}: "
-            f"{conflicts[first][:5]}); data.duplicates={policy}"
-        )
-        if policy == "error":
-            raise DataError(msg + "; choose data.duplicates=mean|first|keep or clean the data")
-        print(f"[crossmat] {msg}")
-    if policy in ("keep", "error") or not len(dup_rows):
-        return split, report
-    first_row = np.full(int(group.max()) + 1, -1)
-    for r in range(len(formulas) - 1, -1, -1):
-        first_row[group[r]] = r
-    keep = np.zeros(len(formulas), dtype=bool)
-    keep[first_row] = True
-    tensors = dict(split.tensors)
-    if policy == "mean":
-        y = tensors["labels"].clone()
-        if task == "regression":
-            sums = np.zeros((len(first_row), labels.shape[1]))
-            np.add.at(sums, group, labels)
-            y[torch.as_tensor(first_row)] = torch.as_tensor(sums / counts[:, None], dtype=y.dtype).reshape(
-                y[torch.as_tensor(first_row)].shape
-            )
-        else:
-            ones = np.bincount(group, weights=labels[:, 0], minlength=len(first_row))
-            first_label = labels[first_row, 0]
-            major = np.where(ones * 2 == counts, first_label, (ones * 2 > counts).astype(float))
-            y[torch.as_tensor(first_row)] = torch.as_tensor(major, dtype=y.dtype)
-        tensors["labels"] = y
-    k = torch.as_tensor(keep)
-    weights = split.weights[k] if split.weights is not None else None
-    return TensorSplit({n: t[k] for n, t in tensors.items()}, list(formulas[keep]), weights), report
 
 
 def _safe_canonical(formula: str) -> str:

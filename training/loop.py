@@ -28,11 +28,11 @@ from accelerate.utils import gather_object, set_seed
 from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import get_scheduler
 
-from .collator import hash_uniform, trim_padding
+from .collator import MaskedElementCollator, hash_uniform, trim_padding
 from .data import StageData, TensorSplit
+from .folder import latest_checkpoint
 from .progress import training_progress
-from .recipe import RecipeError, StageRecipe, as_stage_recipe
-from .stage_kinds import Stage, stage_kind
+from .recipe import RecipeError, StageRecipe, resolve_stage, stage_kind
 
 __all__ = ["LoopState", "StageTrainer", "auto_batch_size", "compute_metrics", "latest_checkpoint", "make_accelerator"]
 
@@ -85,7 +85,7 @@ class LoopState:
 
 def make_accelerator(recipe: StageRecipe | Mapping[str, Any], output_dir: Path) -> Accelerator:
     """An ``Accelerator`` with the recipe's mixed precision and trackers (TensorBoard/W&B when installed)."""
-    train = as_stage_recipe(recipe).train
+    train = (recipe if isinstance(recipe, StageRecipe) else resolve_stage(recipe)).train
     mp = train.mixed_precision
     if mp == "auto":
         mp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if torch.cuda.is_available() else "no"
@@ -103,14 +103,7 @@ def make_accelerator(recipe: StageRecipe | Mapping[str, Any], output_dir: Path) 
                        step_scheduler_with_optimizer=False)
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The newest complete checkpoint folder under ``output_dir/checkpoints`` (or None)."""
-    root = Path(output_dir) / "checkpoints"
-    found = sorted(p for p in root.glob("step_*") if p.is_dir() and (p / "COMPLETE").is_file()) if root.is_dir() else []
-    return found[-1] if found else None
-
-
-def compute_metrics(stage: str | Stage, pred: Mapping[str, np.ndarray], split: TensorSplit, config: Any) -> dict[str, float]:
+def compute_metrics(stage: Any, pred: Mapping[str, np.ndarray], split: TensorSplit, config: Any) -> dict[str, float]:
     """Validation/test metrics from per-row predictions (see :meth:`StageTrainer.predict`); the stage
     (object or ``stage:`` name) decides which."""
     kind = stage_kind(stage) if isinstance(stage, str) else stage
@@ -122,7 +115,7 @@ class StageTrainer:
 
     def __init__(self, recipe: StageRecipe | Mapping[str, Any], model: torch.nn.Module, data: StageData,
                  output_dir: Path, accelerator: Accelerator) -> None:
-        recipe = as_stage_recipe(recipe)
+        recipe = recipe if isinstance(recipe, StageRecipe) else resolve_stage(recipe)
         self.recipe = recipe
         self.kind = recipe.kind
         self.stage = recipe.stage
@@ -133,7 +126,7 @@ class StageTrainer:
         self.accelerator = accelerator
         self.world = accelerator.num_processes
         self.rank = accelerator.process_index
-        self.collator = self.kind.collator(self.cfg, self.seed)
+        self.collator = MaskedElementCollator(self.cfg.mlm_probability, seed=self.seed) if self.kind.masks_elements else None
         self.global_batch = auto_batch_size(len(data.train)) if self.cfg.batch_size == "auto" else int(self.cfg.batch_size)
         self.accum = int(self.cfg.gradient_accumulation_steps)
         if self.global_batch % self.world:
@@ -287,7 +280,7 @@ class StageTrainer:
     def metric_for_best(self) -> tuple[str, bool]:
         name = self.cfg.metric_for_best
         if name is None:
-            name = self.kind.default_metric(self.accelerator.unwrap_model(self.model).config)
+            name = self.kind.default_metric.get(self.accelerator.unwrap_model(self.model).config.problem_type, "loss")
         return name, name in _HIGHER_IS_BETTER
 
     def _validate(self) -> bool:
@@ -338,6 +331,46 @@ class StageTrainer:
         self.accelerator.print(f"[crossmat] weights averaged over the last {self.state.swa_count} epoch(s) (SWA)")
 
     # ----------------------------------------------------------------- training
+    def run(self) -> tuple[dict[str, Any], dict[str, dict[str, float]], dict[str, np.ndarray] | None]:
+        """Train, then score the validation and test splits: ``(training summary, metrics, test predictions)``
+        (test predictions for property stages; collective: every process takes part)."""
+        acc, data = self.accelerator, self.data
+        if data.rejected is not None:
+            acc.print(f"[crossmat] {len(data.rejected)} row(s) rejected; see {self.output_dir / 'rejected_rows.csv'}")
+        if acc.log_with:
+            acc.init_trackers(self.recipe.name or self.stage, config={"stage": self.stage, "seed": self.recipe.seed})
+        acc.print(f"[crossmat] stage {self.recipe.name!r} ({self.stage}): {len(data.train)} train rows, "
+                  f"{len(data.validation) if data.validation else 0} validation, {len(data.test) if data.test else 0} test; "
+                  f"{self.total_steps} steps on {acc.num_processes} process(es), device {acc.device}")
+        summary = self.train()
+        metrics: dict[str, dict[str, float]] = {}
+        if (self.kind.property_model and self.recipe.train.calibrate and data.validation is not None
+                and not self.recipe.lora.enabled):
+            metrics["calibration"] = self.calibrate(data.validation)
+        if data.validation is not None:
+            metrics["validation"] = self.evaluate(data.validation, "validation")
+        if data.test is not None:
+            metrics["test"] = self.evaluate(data.test, "test")
+            self._log({"split": "test", **metrics["test"]})
+        test_pred = self.predict(data.test) if data.test is not None and self.kind.property_model else None
+        return summary, metrics, test_pred
+
+    def calibrate(self, split: TensorSplit) -> dict[str, float]:
+        """Calibrate the trained property model on held-out rows (``modeling.calibration``): a standard deviation
+        for every regression prediction, the decision threshold of a binary classifier (on every process, so the
+        models stay identical). Returns what was chosen."""
+        from crossmat.modeling.calibration import calibrate_property_model
+
+        model = self.accelerator.unwrap_model(self.model)
+        targets = split.targets if split.targets is not None else split.tensors["labels"].numpy()
+        device = next(model.parameters()).device
+        result = calibrate_property_model(model, split.tensors["input_ids"].to(device),
+                                          split.tensors["attention_mask"].to(device), targets)
+        chosen = {k: float(v) for k, v in result.as_dict().items()}
+        self.accelerator.print(f"[crossmat] calibrated on {len(split)} held-out validation rows: "
+                               + ", ".join(f"{k}={v:.4g}" for k, v in chosen.items()))
+        return chosen
+
     def train(self) -> dict[str, Any]:
         """Train to ``total_steps`` (or early stop), then load the best validation weights."""
         acc = self.accelerator

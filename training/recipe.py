@@ -4,6 +4,9 @@ finetune``, any name of the stage registry in :mod:`training.stage_kinds`) or a 
 [stage, ...]``) whose stages can start from an earlier stage's output (``init_from: "@name"``). The YAML
 stays a plain mapping; :func:`resolve_stage` turns one stage of it into a typed :class:`StageRecipe`.
 See docs/training.md for the meaning of every key.
+
+The stage registry (:data:`STAGE_TYPES`, filled by :func:`register_stage` in :mod:`training.stage_kinds`) lives
+here, at the bottom of the package, so a recipe finds its stage object without importing upwards.
 """
 
 from __future__ import annotations
@@ -14,17 +17,15 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from crossmat.dataset_builders.paths import data_dir
 
-if TYPE_CHECKING:
-    from .stage_kinds import Stage
-
 __all__ = [
     "PIPELINE_KEYS",
+    "STAGE_TYPES",
     "DataSection",
     "LoraSection",
     "ModelSection",
@@ -35,13 +36,32 @@ __all__ = [
     "apply_overrides",
     "as_stage_recipe",
     "load_recipe",
+    "register_stage",
     "resolve_stage",
+    "stage_kind",
     "validate_recipe",
 ]
 
 
 class RecipeError(ValueError):
     """A recipe that cannot run; the message names the offending key and the reason."""
+
+
+# ``stage:`` name -> stage class (a :class:`training.stage_kinds.Stage` subclass); filled by :func:`register_stage`
+STAGE_TYPES: dict[str, type] = {}
+
+
+def register_stage(cls: type) -> type:
+    """Class decorator: make ``cls`` the stage for ``stage: <cls.name>`` in recipes."""
+    STAGE_TYPES[cls.name] = cls
+    return cls
+
+
+def stage_kind(name: str | None) -> Any:
+    """The stage object (a :class:`training.stage_kinds.Stage`) for a recipe's ``stage:`` name."""
+    if name not in STAGE_TYPES:
+        raise RecipeError(f"recipe key 'stage' is {name!r}; choose one of {list(STAGE_TYPES)}")
+    return STAGE_TYPES[name]()
 
 
 # A data source (``data.train`` / ``validation`` / ``test``) is a path string, a mapping or an in-memory
@@ -123,7 +143,7 @@ class TrainSection:
 
 @dataclass(frozen=True)
 class LoraSection:
-    """``lora:``: LoRA adaptation (stages whose :attr:`Stage.supports_lora` is true)."""
+    """``lora:``: LoRA adaptation (property-model stages: :attr:`Stage.property_model`)."""
 
     enabled: bool = False
     r: int = 8
@@ -153,11 +173,11 @@ class StageRecipe:
     card: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def kind(self) -> Stage:
-        """The stage object (MLM, imKT, fine-tune, ...) for :attr:`stage`."""
-        from .stage_kinds import stage_kind
-
-        return stage_kind(self.stage)
+    def kind(self) -> Any:
+        """The stage object (MLM, imKT, fine-tune, ... a :class:`training.stage_kinds.Stage`) for :attr:`stage`."""
+        if self.stage not in STAGE_TYPES:
+            raise RecipeError(f"recipe key 'stage' is {self.stage!r}; choose one of {list(STAGE_TYPES)}")
+        return STAGE_TYPES[self.stage]()
 
     @classmethod
     def from_dict(cls, resolved: Mapping[str, Any]) -> StageRecipe:
@@ -324,8 +344,6 @@ def _is_dataset(obj: Any) -> bool:
 def resolve_stage(stage: Mapping[str, Any]) -> StageRecipe:
     """Fill defaults into one stage recipe, rejecting unknown keys and bad values, naming the key; the
     stage type adds its own checks (:meth:`Stage.validate`)."""
-    from .stage_kinds import STAGE_TYPES
-
     if not isinstance(stage, Mapping):
         raise RecipeError(f"a stage recipe must be a mapping, got {type(stage).__name__}")
     resolved = _merge(STAGE_DEFAULTS, {k: v for k, v in stage.items()}, "")
@@ -356,12 +374,12 @@ def resolve_stage(stage: Mapping[str, Any]) -> StageRecipe:
         raise RecipeError(f"recipe key 'train.swa_epochs' must be a non-negative integer, got {train['swa_epochs']!r}")
     if train["max_steps"] is not None and (not isinstance(train["max_steps"], int) or train["max_steps"] < 1):
         raise RecipeError(f"recipe key 'train.max_steps' must be a positive integer, got {train['max_steps']!r}")
-    if resolved["lora"]["enabled"] and not kind.supports_lora:
-        allowed = " or ".join(repr(n) for n, t in STAGE_TYPES.items() if t.supports_lora)
+    if resolved["lora"]["enabled"] and not kind.property_model:
+        allowed = " or ".join(repr(n) for n, t in STAGE_TYPES.items() if t.property_model)
         raise RecipeError(f"recipe key 'lora.enabled' is only supported for stage {allowed}")
     explain = resolved["card"].get("explain")
-    if explain is not None and (not kind.supports_explain or not isinstance(explain, (bool, str))):
-        allowed = " or ".join(repr(n) for n, t in STAGE_TYPES.items() if t.supports_explain)
+    if explain is not None and (not kind.property_model or not isinstance(explain, (bool, str))):
+        allowed = " or ".join(repr(n) for n, t in STAGE_TYPES.items() if t.property_model)
         raise RecipeError(f"card.explain {explain!r}: true or a formula, for stage {allowed} only "
                           f"(stage {resolved['stage']!r})")
     if resolved["model"]["init_from"] is not None and resolved["model"]["element_embedding_init"]:
@@ -369,7 +387,7 @@ def resolve_stage(stage: Mapping[str, Any]) -> StageRecipe:
     if data["stability_bias"] != "none" and not data["stability_column"]:
         raise RecipeError("'data.stability_bias' needs 'data.stability_column' (e.g. energy_above_hull)")
     recipe = StageRecipe.from_dict(resolved)
-    kind().validate(recipe)
+    recipe.kind.validate(recipe)
     return recipe
 
 

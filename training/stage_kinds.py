@@ -1,16 +1,15 @@
-"""The stage types: one small class per ``stage:`` of a recipe, owning everything that differs between
-stages (the model class, the config it adds, the tensors the data loader builds, the batch inputs,
-metrics, the card kind, and which files its folder gets). :data:`STAGE_TYPES` maps the YAML name to
-the class; adding a stage means adding one class here with :func:`register_stage`.
-
-The shared machinery (:mod:`training.recipe`, :mod:`training.data`, :mod:`training.loop`,
-:mod:`training.stages`) calls these hooks instead of comparing stage names.
+"""The stage types: one small class per ``stage:`` of a recipe. A stage owns its data (the columns it reads and
+the tensors it adds to each split), its model (class and config keys) and its metrics; the shared machinery
+(:mod:`training.data`, :mod:`training.model`, :mod:`training.loop`, :mod:`training.folder`) calls the seven
+methods of :class:`Stage` instead of comparing stage names. :data:`training.recipe.STAGE_TYPES` maps the YAML
+name to the class; adding a stage means adding one class here with :func:`register_stage`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -18,32 +17,18 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2LMHeadModel
 
+from crossmat.dataset_builders.cif_text import CIF_FORMS
+from crossmat.dataset_builders.targets import TaskTypeError, decide_task_type
 from crossmat.modeling import CrossMatForMaskedLM, CrossMatForPropertyPrediction, CrossMatForStructureAlignment
 from crossmat.modeling.model_folder import scores_from_logits
+from crossmat.modeling.modeling_crossmat import alignment_loss
+from crossmat.tokenization import FormulaError, canonical_formula
 
-from .collator import MaskedElementCollator
-from .data import DataError, TensorSplit, _Rejects, _resolve_duplicates, _standardize_embeddings, _targets
-from .recipe import DataSection, RecipeError, StageRecipe, TrainSection
-
-if TYPE_CHECKING:
-    from .data import StageData
+from .cif_lm_stage import train_cif_lm_stage
+from .data import DataError, Rejects, StageData, TensorSplit
+from .recipe import STAGE_TYPES, DataSection, RecipeError, StageRecipe, register_stage, stage_kind
 
 __all__ = ["STAGE_TYPES", "CIFLMStage", "FinetuneStage", "ImktStage", "MLMStage", "SplitTensors", "Stage", "register_stage", "stage_kind"]
-
-STAGE_TYPES: dict[str, type[Stage]] = {}
-
-
-def register_stage(cls: type[Stage]) -> type[Stage]:
-    """Class decorator: make ``cls`` the stage for ``stage: <cls.name>`` in recipes."""
-    STAGE_TYPES[cls.name] = cls
-    return cls
-
-
-def stage_kind(name: str | None) -> Stage:
-    """The stage object for a recipe's ``stage:`` name."""
-    if name not in STAGE_TYPES:
-        raise RecipeError(f"recipe key 'stage' is {name!r}; choose one of {list(STAGE_TYPES)}")
-    return STAGE_TYPES[name]()
 
 
 class SplitTensors:
@@ -58,36 +43,35 @@ class SplitTensors:
 
 
 class Stage:
-    """Base stage: hooks with the defaults of a pretraining stage (no targets, no test predictions)."""
+    """Base stage: the defaults of a pretraining stage (no targets, no test predictions).
+
+    What a stage *is* is declared in class attributes; what it *does* is seven methods: :meth:`validate`
+    (recipe), :meth:`split_tensors`, :meth:`finish_splits` (data), :meth:`model_config`
+    (model), :meth:`batch_outputs`, :meth:`metrics` (evaluation) and :meth:`card` (the model card)."""
 
     name: ClassVar[str]
     model_class: ClassVar[type[torch.nn.Module]]
     card_kind: ClassVar[str]  # model_cards kind of the stage folder
-    property_model: ClassVar[bool] = False  # trains a property head (what evaluation and users predict with)
-    supports_lora: ClassVar[bool] = False
-    supports_explain: ClassVar[bool] = False  # card.explain (an interpretability section)
-    writes_test_predictions: ClassVar[bool] = False  # test_predictions.csv
-    writes_pipeline_files: ClassVar[bool] = False  # the Hub pipeline code + widget labels
-    ignore_mismatched_sizes: ClassVar[bool] = False  # init_from with a new head
-    own_loop: ClassVar[bool] = False  # the stage trains itself (:meth:`run`), not through the formula loop
+    # a property model (what evaluation and users predict with): LoRA, card.explain, test_predictions.csv, the
+    # Hub pipeline files, and init_from with a new head
+    property_model: ClassVar[bool] = False
+    masks_elements: ClassVar[bool] = False  # batches go through the masked-element collator (MLM)
+    # the data columns the stage reads besides the formula and id columns, named by ``data:`` keys: the targets
+    # (``target_key``, one column name or a list) and further required columns (``required_keys``)
+    target_key: ClassVar[str | None] = None
+    required_keys: ClassVar[tuple[str, ...]] = ()
+    # train.metric_for_best when the recipe leaves it unset, by the model's problem_type ("loss" otherwise)
+    default_metric: ClassVar[Mapping[str | None, str]] = {}
+    # a stage with its own trainer: ``trainer(recipe, output_dir) -> StageRun`` instead of the Accelerate loop
+    trainer: ClassVar[Callable[[StageRecipe, Any], Any] | None] = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
-    # ----------------------------------------------------------------- recipe
     def validate(self, recipe: StageRecipe) -> None:
         """Stage-specific recipe checks (raise :class:`RecipeError` naming the key)."""
 
-    # ----------------------------------------------------------------- data
-    def target_columns(self, data: DataSection) -> list[str]:
-        """The target columns the stage reads."""
-        return []
-
-    def required_columns(self, data: DataSection) -> list[str]:
-        """Columns (besides the formula and id columns) every split must have."""
-        return self.target_columns(data)
-
-    def split_tensors(self, df: pd.DataFrame, split: str, data: DataSection, rejects: _Rejects, task: str,
+    def split_tensors(self, df: pd.DataFrame, split: str, data: DataSection, rejects: Rejects, task: str,
                       target_columns: list[str], keep: np.ndarray) -> SplitTensors:
         """The stage tensors of one split; may clear rows in ``keep`` (in place) after reporting them."""
         return SplitTensors(task=task)
@@ -96,22 +80,9 @@ class Stage:
         """Post-process the tokenized splits (in place); return extra ``data.info`` entries."""
         return {}
 
-    def data_task(self, task: str) -> str | None:
-        """The task reported in ``data.info`` (None for stages without targets)."""
-        return None
-
-    # ----------------------------------------------------------------- model
     def model_config(self, recipe: StageRecipe, data: StageData) -> dict[str, Any]:
         """Config keys the stage sets from its data (e.g. the structure-embedding size, the targets)."""
         return {}
-
-    def after_init_from(self, model: torch.nn.Module) -> None:
-        """Adjust a model loaded from ``model.init_from``."""
-
-    # ----------------------------------------------------------------- loop
-    def collator(self, train: TrainSection, seed: int) -> MaskedElementCollator | None:
-        """The batch transform (MLM masking), or None."""
-        return None
 
     def batch_outputs(self, out: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-row prediction records of one evaluation batch (input of :meth:`metrics`)."""
@@ -121,22 +92,9 @@ class Stage:
         """Validation/test metrics from per-row predictions (always with ``loss``)."""
         return {}
 
-    def default_metric(self, config: Any) -> str:
-        """``train.metric_for_best`` when the recipe leaves it unset."""
-        return "loss"
-
-    # ----------------------------------------------------------------- folder / card
-    def card_task_type(self, task: str | None) -> str:
-        """The model-index ``task_type`` of the stage's metrics."""
+    def card(self, data: StageData) -> tuple[str, list[str]]:
+        """The model-index ``task_type`` of the stage's metrics and extra leakage notes for the card."""
         raise NotImplementedError
-
-    def card_notes(self, data: StageData) -> list[str]:
-        """Extra leakage notes for the card."""
-        return []
-
-    def run(self, recipe: StageRecipe, out: Any) -> Any:
-        """Train a stage whose :attr:`own_loop` is set; returns its ``StageRun``."""
-        raise NotImplementedError(f"stage {self.name!r} trains through the shared loop")
 
 
 @register_stage
@@ -146,9 +104,7 @@ class MLMStage(Stage):
     name = "mlm"
     model_class = CrossMatForMaskedLM
     card_kind = "clm-mlm"
-
-    def collator(self, train: TrainSection, seed: int) -> MaskedElementCollator | None:
-        return MaskedElementCollator(train.mlm_probability, seed=seed)
+    masks_elements = True
 
     def batch_outputs(self, out: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         labels = batch["labels"]
@@ -165,8 +121,8 @@ class MLMStage(Stage):
         out["loss"] = out["mlm_loss"]
         return out
 
-    def card_task_type(self, task: str | None) -> str:
-        return "fill-mask"
+    def card(self, data: StageData) -> tuple[str, list[str]]:
+        return "fill-mask", []
 
 
 @register_stage
@@ -176,11 +132,9 @@ class ImktStage(MLMStage):
     name = "imkt"
     model_class = CrossMatForStructureAlignment
     card_kind = "clm-imkt"
+    required_keys = ("embedding_column",)
 
-    def required_columns(self, data: DataSection) -> list[str]:
-        return [data.embedding_column]
-
-    def split_tensors(self, df: pd.DataFrame, split: str, data: DataSection, rejects: _Rejects, task: str,
+    def split_tensors(self, df: pd.DataFrame, split: str, data: DataSection, rejects: Rejects, task: str,
                       target_columns: list[str], keep: np.ndarray) -> SplitTensors:
         fcol, on_invalid = data.formula_column, data.on_invalid
         emb = df[data.embedding_column].to_numpy(dtype=object)
@@ -227,8 +181,6 @@ class ImktStage(MLMStage):
         return {**super().batch_outputs(out, batch), "projected": out.projected_embedding.float()}
 
     def metrics(self, pred: Mapping[str, np.ndarray], split: TensorSplit, config: Any) -> dict[str, float]:
-        from crossmat.modeling.modeling_crossmat import alignment_loss
-
         out = super().metrics(pred, split, config)
         proj = torch.from_numpy(pred["projected"])
         target = split.tensors["structure_embeddings"]
@@ -240,8 +192,8 @@ class ImktStage(MLMStage):
         out["loss"] = config.mlm_loss_weight * out["mlm_loss"] + config.alignment_loss_weight * out["alignment_loss"]
         return out
 
-    def card_task_type(self, task: str | None) -> str:
-        return "feature-extraction"
+    def card(self, data: StageData) -> tuple[str, list[str]]:
+        return "feature-extraction", []
 
 
 @register_stage
@@ -252,23 +204,16 @@ class FinetuneStage(Stage):
     model_class = CrossMatForPropertyPrediction
     card_kind = "property"
     property_model = True
-    supports_lora = True
-    supports_explain = True
-    writes_test_predictions = True
-    writes_pipeline_files = True
-    ignore_mismatched_sizes = True
+    target_key = "target_column"
+    default_metric = {"regression": "mae", "single_label_classification": "roc_auc"}
 
     def validate(self, recipe: StageRecipe) -> None:
         if not recipe.data.target_column:
             raise RecipeError(f"stage {self.name!r} needs 'data.target_column'")
 
-    def target_columns(self, data: DataSection) -> list[str]:
-        tc = data.target_column
-        return [tc] if isinstance(tc, str) else list(tc or [])
-
-    def split_tensors(self, df: pd.DataFrame, split: str, data: DataSection, rejects: _Rejects, task: str,
+    def split_tensors(self, df: pd.DataFrame, split: str, data: DataSection, rejects: Rejects, task: str,
                       target_columns: list[str], keep: np.ndarray) -> SplitTensors:
-        y, task = _targets(df, target_columns, task, data.target_transform, split)
+        y, task = _target_matrix(df, target_columns, task, data.target_transform, split)
         bad = ~np.isfinite(y).all(axis=1) & keep
         if bad.any():
             rows = np.flatnonzero(bad)
@@ -290,9 +235,6 @@ class FinetuneStage(Stage):
             info["target_mean"] = y.mean(0).tolist()
             info["target_std"] = y.std(0).clamp(min=1e-12).tolist() if len(y) > 1 else [1.0] * y.shape[1]
         return info
-
-    def data_task(self, task: str) -> str | None:
-        return task
 
     def model_config(self, recipe: StageRecipe, data: StageData) -> dict[str, Any]:
         cfg: dict[str, Any] = {}
@@ -316,10 +258,6 @@ class FinetuneStage(Stage):
             low = data.train.tensors["labels"].min(0).values.tolist()
             cfg["target_min"] = [0.0 if v >= 0 else None for v in low]
         return cfg
-
-    def after_init_from(self, model: torch.nn.Module) -> None:
-        for member in model.ensemble_members:  # every ensemble member starts from the pretrained encoder
-            member.crossmat.load_state_dict(model.crossmat.state_dict())
 
     def batch_outputs(self, out: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         rec = {"logits": out.logits.float()}
@@ -352,20 +290,15 @@ class FinetuneStage(Stage):
             out["loss"] = float(F.cross_entropy(torch.from_numpy(logits).double(), torch.from_numpy(labels).long()))
         return out
 
-    def default_metric(self, config: Any) -> str:
-        return "mae" if config.problem_type == "regression" else "roc_auc"
-
-    def card_task_type(self, task: str | None) -> str:
-        return "tabular-regression" if task == "regression" else "tabular-classification"
-
-    def card_notes(self, data: StageData) -> list[str]:
+    def card(self, data: StageData) -> tuple[str, list[str]]:
+        task_type = "tabular-regression" if data.info.get("task") == "regression" else "tabular-classification"
         if data.test is None:
-            return []
+            return task_type, []
         train_f = set(data.train.formulas)
         test_f = set(data.test.formulas)
         shared = sum(f in train_f for f in test_f)
-        return [f"{shared} of the {len(test_f)} distinct test formulas also occur in the training split "
-                "(same composition, e.g. polymorphs or repeated measurements)."]
+        return task_type, [f"{shared} of the {len(test_f)} distinct test formulas also occur in the training split "
+                           "(same composition, e.g. polymorphs or repeated measurements)."]
 
 
 @register_stage
@@ -376,12 +309,10 @@ class CIFLMStage(Stage):
     name = "cif_lm"
     model_class = GPT2LMHeadModel
     card_kind = "cif-lm"
-    own_loop = True
+    trainer = staticmethod(train_cif_lm_stage)
     MODEL_KEYS = ("n_embd", "n_layer", "n_head", "n_positions", "dropout")
 
     def validate(self, recipe: StageRecipe) -> None:
-        from crossmat.dataset_builders.cif_text import CIF_FORMS
-
         data = recipe.data
         sources = data.train if isinstance(data.train, list) else [data.train]
         if not all(isinstance(src, str) for src in sources):
@@ -399,10 +330,104 @@ class CIFLMStage(Stage):
             raise RecipeError("a cif_lm stage has no test split; score generation with "
                               "benchmarks/explicit_transfer/run_cif_lm.py --model <folder>")
 
-    def run(self, recipe: StageRecipe, out: Any) -> Any:
-        from .cif_lm_stage import train_cif_lm_stage
+    def card(self, data: StageData) -> tuple[str, list[str]]:
+        return "text-generation", []
 
-        return train_cif_lm_stage(recipe, out)
 
-    def card_task_type(self, task: str | None) -> str:
-        return "text-generation"
+# ----------------------------------------------------------------- the stages' own data helpers
+def _target_matrix(df: pd.DataFrame, columns: list[str], task: str, transform: str | None, what: str) -> tuple[np.ndarray, str]:
+    """Numeric target matrix (rows x targets) and the task (decided by
+    :func:`dataset_builders.targets.decide_task_type`); raises on a target of the wrong type."""
+    try:
+        task, y = decide_task_type({c: df[c] for c in columns}, task, f"{what}: ")
+    except TaskTypeError as err:
+        raise DataError(str(err)) from None
+    if transform in ("log10", "log10_abs"):
+        if task != "regression":
+            raise DataError(f"{what}: target_transform {transform!r} only applies to regression")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = np.log10(np.abs(y) if transform == "log10_abs" else np.where(y > 0, y, np.nan))
+    return y, task
+
+
+def _standardize_embeddings(splits: dict[str, TensorSplit]) -> dict[str, Any]:
+    """Z-score every structure-embedding dimension with the train split's statistics (all splits, in place).
+
+    Raw encoder features share a large common offset, so without this a cosine loss is near 0 from the
+    start and an MSE loss is dominated by a few high-variance dimensions."""
+    train = splits["train"].tensors["structure_embeddings"].double()
+    mean, std = train.mean(0), train.std(0) if len(train) > 1 else torch.ones(train.shape[1], dtype=train.dtype)
+    constant = std <= 1e-8
+    std = torch.where(constant, torch.ones_like(std), std)  # constant dimensions are centred, not divided
+    for split in splits.values():
+        emb = split.tensors["structure_embeddings"].double()
+        split.tensors["structure_embeddings"] = ((emb - mean) / std).float()
+    return {"mean_norm": float(mean.norm()), "constant_dimensions": int(constant.sum())}
+
+
+def _resolve_duplicates(split: TensorSplit, policy: str, task: str) -> tuple[TensorSplit, dict[str, Any]]:
+    """Report training rows that share a composition with different targets and apply ``data.duplicates``.
+
+    ``keep`` trains on every row (polymorphs are real data), ``mean`` merges each composition into its
+    first row with the mean target (classification: the majority label, ties to the first row's),
+    ``first`` keeps the first row, ``error`` refuses conflicting targets. Always reported in the card
+    info (``duplicates``) and printed.
+    """
+    formulas = np.asarray(split.formulas, dtype=object)
+    uniq, inverse = np.unique(formulas, return_inverse=True)
+    keys = np.array([_safe_canonical(f) for f in uniq], dtype=object)[inverse]
+    _, group, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    labels = split.tensors["labels"].double().reshape(len(formulas), -1).numpy()
+    dup_rows = np.flatnonzero(counts[group] > 1)
+    conflicts: dict[str, list] = {}
+    for r in dup_rows:
+        value = float(labels[r, 0]) if labels.shape[1] == 1 else labels[r].tolist()
+        conflicts.setdefault(str(keys[r]), []).append(value)
+    conflicts = {k: v for k, v in conflicts.items() if len({json.dumps(x) for x in v}) > 1}
+    report = {
+        "policy": policy,
+        "duplicate_rows": int(len(dup_rows)),
+        "conflicting_compositions": len(conflicts),
+        "examples": {k: v[:5] for k, v in list(conflicts.items())[:5]},
+    }
+    if conflicts:
+        first = next(iter(conflicts))
+        msg = (
+            f"data.train: {len(conflicts)} composition(s) appear with different targets (e.g. {first}: "
+            f"{conflicts[first][:5]}); data.duplicates={policy}"
+        )
+        if policy == "error":
+            raise DataError(msg + "; choose data.duplicates=mean|first|keep or clean the data")
+        print(f"[crossmat] {msg}")
+    if policy in ("keep", "error") or not len(dup_rows):
+        return split, report
+    first_row = np.full(int(group.max()) + 1, -1)
+    for r in range(len(formulas) - 1, -1, -1):
+        first_row[group[r]] = r
+    keep = np.zeros(len(formulas), dtype=bool)
+    keep[first_row] = True
+    tensors = dict(split.tensors)
+    if policy == "mean":
+        y = tensors["labels"].clone()
+        if task == "regression":
+            sums = np.zeros((len(first_row), labels.shape[1]))
+            np.add.at(sums, group, labels)
+            y[torch.as_tensor(first_row)] = torch.as_tensor(sums / counts[:, None], dtype=y.dtype).reshape(
+                y[torch.as_tensor(first_row)].shape
+            )
+        else:
+            ones = np.bincount(group, weights=labels[:, 0], minlength=len(first_row))
+            first_label = labels[first_row, 0]
+            major = np.where(ones * 2 == counts, first_label, (ones * 2 > counts).astype(float))
+            y[torch.as_tensor(first_row)] = torch.as_tensor(major, dtype=y.dtype)
+        tensors["labels"] = y
+    k = torch.as_tensor(keep)
+    weights = split.weights[k] if split.weights is not None else None
+    return TensorSplit({n: t[k] for n, t in tensors.items()}, list(formulas[keep]), weights), report
+
+
+def _safe_canonical(formula: str) -> str:
+    try:
+        return canonical_formula(formula)
+    except FormulaError:
+        return formula

@@ -23,9 +23,10 @@ from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 warnings.filterwarnings("ignore")
 
-from crossmat.explicit_transfer.cif_lm import CIFLanguageModelGenerator, train_cif_lm  # noqa: E402
+from crossmat.explicit_transfer.cif_lm import CIFLanguageModelGenerator  # noqa: E402
 from crossmat.explicit_transfer.csp_metrics import CSP_MATCHER_KWARGS, csp_metrics  # noqa: E402
 from crossmat.explicit_transfer.data import load_perov5  # noqa: E402
+from crossmat.training import train_recipe  # noqa: E402
 
 
 def main() -> None:
@@ -57,12 +58,21 @@ def main() -> None:
         val = load_perov5("val")
         arch = {"n_embd": args.n_embd, "n_layer": args.n_layer, "n_head": 4, "n_positions": 320}
         t = time.time()
-        model, tok, info = train_cif_lm(val.cif.tolist(), args.work, max_steps=args.max_steps, batch_size=args.batch_size,
-                                        learning_rate=3e-3, seed=args.seed, **arch)
+        table = Path(args.work) / "val_cifs.csv"
+        table.parent.mkdir(parents=True, exist_ok=True)
+        val[["cif"]].to_csv(table, index=False)
+        run = train_recipe({"stage": "cif_lm", "seed": args.seed, "model": {"config": arch},
+                            "data": {"train": str(table), "cif_forms": ["symmetrized"], "validation_fraction": 0},
+                            "train": {"max_steps": args.max_steps, "batch_size": args.batch_size, "learning_rate": 3e-3,
+                                      "weight_decay": 0.1, "lr_scheduler": "cosine", "warmup_steps": 20,
+                                      "trackers": "none", "progress_bar": False}}, Path(args.work) / "model")
+        model, tok = run.model, PreTrainedTokenizerFast.from_pretrained(run.folder)
+        info = json.loads((run.folder / "training_info.json").read_text())
         res["training"] = {"arch": arch, "parameters": model.num_parameters(), "max_steps": args.max_steps,
-                           "batch_size": args.batch_size, "n_train_cifs": info["n_train"], "n_rejected": len(info["rejected"]),
-                           "train_tokens_per_epoch": info["n_tokens"], "final_avg_train_loss": info["train_loss"],
-                           "epochs": args.max_steps * args.batch_size / info["n_train"], "train_s": time.time() - t}
+                           "batch_size": args.batch_size, "n_train_cifs": info["data"]["texts_kept"],
+                           "n_rejected": info["data"]["rejected"], "train_tokens": info["data"]["train_tokens"],
+                           "final_avg_train_loss": info["training"]["train_loss"],
+                           "epochs": args.max_steps * args.batch_size / info["data"]["texts_kept"], "train_s": time.time() - t}
         label = f"cif-lm (GPT-2 {arch['n_layer']}x{arch['n_embd']}, {args.max_steps} steps)"
     print(res["training"], flush=True)
     gen = CIFLanguageModelGenerator(model, tok, n_samples=args.samples, z_values=(1,), temperature=1.0, top_k=10,
