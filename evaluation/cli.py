@@ -8,11 +8,15 @@ import logging
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .baselines import DummyBaseline, MagpieRandomForest
 from .own_data import CSV, TASK_TYPES
 from .records import update_model_index
 from .tasks import LLM4MAT, MATBENCH
+
+if TYPE_CHECKING:
+    from .crossmat_predictor import CrossMatPredictor
 
 DEFAULT_RECIPE = "default"  # the shipped recipe crossmat/configs/default.yaml: backbone + default fine-tuning
 QUICK = ["train.epochs=20", "train.swa_epochs=2"]  # --quick: the default recipe on a tenth of its budget
@@ -81,6 +85,26 @@ def build_parser(prog: str = "evaluate.py") -> argparse.ArgumentParser:
     p.add_argument("--notes", default="", help="free text stored with the results (e.g. size/epochs)")
     p.add_argument("--no-model-card", action="store_true", help="do not write eval results into --model's model card")
     return p
+
+
+def crossmat_predictor(args: argparse.Namespace) -> CrossMatPredictor | None:
+    """The CrossMat row of the table: the same default recipe (``DEFAULT_RECIPE``) for your own files and for
+    the benchmarks unless ``--config`` or ``--model`` says otherwise; ``--quick`` / ``--from-scratch`` add their
+    documented overrides. ``None`` with ``--baselines-only``."""
+    from .crossmat_predictor import CrossMatPredictor
+
+    if args.config:
+        from crossmat.training.recipe import load_recipe
+
+        recipe = load_recipe(args.config)
+        extra = (QUICK if args.quick else []) + (SCRATCH if args.from_scratch else [])
+        name = args.variant or variant_name(recipe, args)
+        return CrossMatPredictor(name, recipe=recipe, overrides=extra + list(args.overrides))
+    if args.model:
+        if not args.model.is_dir():
+            raise FileNotFoundError(f"--model {args.model}: no such folder")
+        return CrossMatPredictor(args.variant or args.model.name, model_dir=args.model, overrides=args.overrides)
+    return None
 
 
 def variant_name(recipe: dict, args: argparse.Namespace) -> str:
@@ -153,13 +177,14 @@ def results_table(summary: dict) -> str:
         cols.insert(0, summary["metric"])
     multi = len(summary["folds"]) > 1
     width = max(len("predictor"), *(len(n) for n in variants)) + 2
-    cell = 20 if multi else 11
-    lines = ["predictor".ljust(width) + "".join(c.upper().rjust(cell) for c in cols) + "time".rjust(9)]
+    cells = [max(20 if multi else 11, len(c) + 2) for c in cols]
+    lines = ["predictor".ljust(width) + "".join(c.upper().rjust(w) for c, w in zip(cols, cells, strict=True))
+             + "time".rjust(9)]
     for name, v in variants.items():
         vals = []
-        for c in cols:
+        for c, w in zip(cols, cells, strict=True):
             st = v["summary"].get(c)
-            vals.append(("-" if st is None else f"{st['mean']:.4f} ± {st['std']:.4f}" if multi else f"{st['mean']:.4f}").rjust(cell))
+            vals.append(("-" if st is None else f"{st['mean']:.4f} ± {st['std']:.4f}" if multi else f"{st['mean']:.4f}").rjust(w))
         lines.append(name.ljust(width) + "".join(vals) + f"{v['wall_seconds']:8.0f}s")
     return "\n".join(lines)
 
@@ -194,23 +219,13 @@ def main(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
             args.config = resolve_recipe(args.config)
         except FileNotFoundError as err:
             parser.error(str(err))
-    from .crossmat_predictor import CrossMatPredictor
     from .protocol import BASELINE_NAMES, run_benchmark
 
     predictors = []
     try:
-        if args.config:
-            from crossmat.training.recipe import load_recipe
-
-            recipe = load_recipe(args.config)
-            extra = (QUICK if args.quick else []) + (SCRATCH if args.from_scratch else [])
-            name = args.variant or variant_name(recipe, args)
-            predictors.append(CrossMatPredictor(name, recipe=recipe, overrides=extra + list(args.overrides)))
-        elif args.model:
-            if not args.model.is_dir():
-                raise FileNotFoundError(f"--model {args.model}: no such folder")
-            name = args.variant or args.model.name
-            predictors.append(CrossMatPredictor(name, model_dir=args.model, overrides=args.overrides))
+        crossmat = crossmat_predictor(args)
+        if crossmat is not None:
+            predictors.append(crossmat)
         wanted = [] if args.baselines == "none" else [b.strip() for b in args.baselines.split(",") if b.strip()]
         for b in wanted:
             if b not in BASELINE_NAMES:

@@ -18,9 +18,7 @@ from crossmat.evaluation.own_data import load_own_data
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "your_own_data.md"
-FAST = ["--set", "train.max_steps=6", "--set", "train.batch_size=32",
-        "--set", 'model.config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}',
-        "--rf-trees", "10"]
+FAST = ["--set", "train.max_steps=6", "--set", "train.batch_size=32", "--rf-trees", "10"]  # the default recipe, 6 steps
 
 
 def _block(marker: str) -> str:
@@ -52,7 +50,11 @@ def test_documented_worked_example_runs_with_baselines_in_one_table(own_csvs: Pa
     header = next(i for i, line in enumerate(lines) if line.startswith("predictor"))
     assert lines[header].split()[1:4] == ["MAE", "RMSE", "R2"]
     rows = {line.split()[0]: line.split()[1:4] for line in lines[header + 1:header + 4]}
-    assert set(rows) == {"crossmat_own_data", "dummy", "rf_magpie"}
+    assert set(rows) == {"crossmat", "dummy", "rf_magpie"}  # the default recipe, named by what it is
+    assert "[crossmat] crossmat: CrossMat from the pretrained backbone crossmat-imkt-mp-small" in proc.stdout
+    # the validation file is used, visibly: its metrics and the calibration it did are printed
+    held = next(line for line in lines if line.startswith("crossmat validation (30 held-out rows, never trained on)"))
+    assert "calibrated the standard deviation" in held and "coverage_1sigma" in held
     assert all(float(v) == float(v) for vals in rows.values() for v in vals)  # numbers, not NaN
     out = own_csvs / "runs" / "my_gap"
     summary = pd.read_csv(out / "summary.csv")
@@ -61,8 +63,11 @@ def test_documented_worked_example_runs_with_baselines_in_one_table(own_csvs: Pa
     # the unit reached the fold model; nothing was recorded in the repository
     import json
 
-    cfg = json.loads((out / "crossmat_own_data" / "fold_0" / "model" / "config.json").read_text())
-    assert cfg["target_units"] == ["eV"]
+    cfg = json.loads((out / "crossmat" / "fold_0" / "model" / "config.json").read_text())
+    assert cfg["target_units"] == ["eV"] and cfg["uncertainty_rows"] == 30
+    preds = pd.read_csv(out / "crossmat" / "fold_0" / "predictions.csv")
+    assert len(preds) == 30 and (preds["uncertainty"] > 0).all()  # every test prediction carries a sigma
+    assert {"coverage_1sigma", "coverage_2sigma"} <= set(summary.columns)
     assert sorted(p.relative_to(REPO) for p in (REPO / "benchmarks" / "results").rglob("*")) == before
 
 

@@ -39,10 +39,7 @@ from .test_inference_support import make_property_model
 REPO = Path(__file__).resolve().parents[1]
 EXTRA_ONLY = ("matgl", "chgnet", "captum", "shapiq", "gradio", "datasets", "accelerate", "peft", "evaluate",
               "matminer", "scikit-learn", "elementembeddings", "pyarrow")
-TINY_EVAL = ["--set", "train.max_steps=6", "--set", "train.batch_size=32",
-             "--set", 'model.config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, '
-                      '"intermediate_size": 64}',
-             "--rf-trees", "5"]
+TINY_EVAL = ["--set", "train.max_steps=6", "--set", "train.batch_size=32", "--rf-trees", "5"]  # default recipe, 6 steps
 
 IN_VENV = """
 import importlib, json, sys
@@ -55,7 +52,7 @@ print(json.dumps({
     "model": type(model).__name__,
     "app": type(demo).__name__,
     "version": crossmat.__version__,
-    "recipe": str(recipe_path("own_data")),
+    "recipe": str(recipe_path("default")),
     "files": {name: getattr(mod, "__file__", None) for name, mod in sys.modules.items()
               if name == "crossmat" or name.startswith("crossmat.")},
     "editable": [name for name in sys.modules if "editable" in name],
@@ -142,7 +139,8 @@ def test_wheel_runs_from_an_empty_folder(wheel: Path, tmp_path: Path, data_dir: 
     proc = _run([crossmat, "evaluate", "--train", "train.csv", "--test", "test.csv", "--target", "y",
                  "--output-dir", "run", *TINY_EVAL], cwd=work, env=env)
     summary = json.loads((work / "run" / "summary.json").read_text())
-    assert "crossmat_own_data" in json.dumps(summary) and "rf_magpie" in proc.stdout
+    assert "crossmat" in summary["variants"] and "rf_magpie" in proc.stdout  # the shipped backbone + default recipe
+    assert (work / "run" / "crossmat" / "fold_0" / "model" / "config.json").is_file()
 
     assert "--config" in _run([crossmat, "train", "--help"], cwd=work, env=env).stdout
     assert "--model" in _run([crossmat, "app", "--help"], cwd=work, env=env).stdout
