@@ -83,7 +83,7 @@ def source_formulas(spec: str) -> tuple[pd.DataFrame, str]:
             parts.append(pd.DataFrame({"id": [f"{split}-{i}" for i in range(len(frame))], "formula": frame[col]}))
         return pd.concat(parts, ignore_index=True), str(folder)
     if kind == "file":
-        frame = read_table(Path(value))
+        frame = _read_table(Path(value))
         if "formula" not in frame.columns:
             raise BadInputError(f"{value}: missing column 'formula' (has {list(frame.columns)})")
         ids = frame["id"].astype(str) if "id" in frame.columns else pd.Series(np.arange(len(frame)).astype(str))
@@ -114,7 +114,7 @@ def exclusion_formulas(spec: str) -> set[str]:
             raise BadInputError(f"{path}: missing formula column")
         formulas = frame[col].dropna()
     elif kind == "file":
-        formulas = read_table(Path(target))["formula"].dropna()
+        formulas = _read_table(Path(target))["formula"].dropna()
     else:
         raise ValueError(f"unknown exclusion {spec!r}; use matbench=<task>[@fold], llm4mat=<folder>[@split], file=<path>")
     canon, _ = canonicalize_formulas(formulas)

@@ -242,8 +242,9 @@ def run_benchmark(
 
     if benchmark == MATBENCH and folds == list(range(N_FOLDS)):
         for name, r in per.items():
+            official = [{k: v for k, v in sc.items() if not k.startswith("coverage_")} for sc in r["scores"]]
             results = matbench_json.task_results(
-                [fd.test["id"].astype(str).tolist() for fd in fold_data], r["predictions"], r["scores"], r["params"],
+                [fd.test["id"].astype(str).tolist() for fd in fold_data], r["predictions"], official, r["params"],
                 r["uncertainty"] if all(u is not None for u in r["uncertainty"]) else None)
             d = matbench_json.benchmark_dict({task_name: results}, {"algorithm": name, "harness": "crossmat evaluate.py"})
             matbench_json.write_benchmark(out / name / "matbench_results.json", d)

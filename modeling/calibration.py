@@ -22,9 +22,10 @@ import torch
 
 from .pipeline_crossmat import scores_from_logits
 
-__all__ = ["COVERAGE_TARGETS", "Calibration", "calibrate_property_model", "coverage", "fit_threshold"]
+__all__ = ["COVERAGE_TARGETS", "MIN_ROWS", "Calibration", "calibrate_property_model", "coverage", "fit_threshold"]
 
-COVERAGE_TARGETS = (0.6827, 0.9545)  # a Gaussian's share within 1 and 2 sigma
+COVERAGE_TARGETS = (0.6827, 0.9545)
+MIN_ROWS = 10  # held-out rows needed to calibrate a regression model's uncertainty  # a Gaussian's share within 1 and 2 sigma
 _K_GRID = (5, 10, 20, 40, 80)
 _PRIOR_GRID = (0.0, 0.5, 1.0, 2.0)  # in units of k
 _SCALES = np.exp(np.linspace(np.log(0.2), np.log(5.0), 241))
@@ -110,8 +111,8 @@ def calibrate_property_model(model: Any, input_ids: torch.Tensor, attention_mask
         threshold, bal = fit_threshold(prob, targets.reshape(-1))
         model.config.decision_threshold = threshold
         return Calibration(rows=n, decision_threshold=threshold, balanced_accuracy=bal)
-    if n < 10:
-        raise ValueError(f"uncertainty calibration needs at least 10 held-out rows, got {n}")
+    if n < MIN_ROWS:  # too few to estimate a spread: the model stays without a standard deviation
+        return Calibration(rows=n)
     residuals = torch.as_tensor(targets.reshape(n, -1)) - out.double().reshape(n, -1)
     err = residuals.abs().numpy()
     best: tuple[float, int, float, float] | None = None

@@ -141,6 +141,8 @@ def _card_metrics(task_type: str, metrics: Mapping[str, Mapping[str, float]], so
     """model-index entries, each attributed to the data its split really came from."""
     out = []
     for split, values in metrics.items():
+        if split == "calibration":  # what the validation rows calibrated, not scores on a split
+            continue
         desc = source_description(sources.get(split, "unknown"))
         for name, value in values.items():
             if name == "loss" or value is None or not np.isfinite(value):

@@ -367,8 +367,11 @@ class StageTrainer:
         result = calibrate_property_model(model, split.tensors["input_ids"].to(device),
                                           split.tensors["attention_mask"].to(device), targets)
         chosen = {k: float(v) for k, v in result.as_dict().items()}
-        self.accelerator.print(f"[crossmat] calibrated on {len(split)} held-out validation rows: "
-                               + ", ".join(f"{k}={v:.4g}" for k, v in chosen.items()))
+        if len(chosen) == 1:
+            self.accelerator.print(f"[crossmat] {len(split)} validation rows: too few to calibrate an uncertainty")
+        else:
+            self.accelerator.print(f"[crossmat] calibrated on {len(split)} held-out validation rows: "
+                                   + ", ".join(f"{k}={v:.4g}" for k, v in chosen.items()))
         return chosen
 
     def train(self) -> dict[str, Any]:
