@@ -258,3 +258,24 @@ def test_test_predictions_frame_columns_with_and_without_uncertainty():
     out = prediction_table(cls, {"logits": np.array([[2.0, 0.0], [0.0, 2.0]])}, ["is_metal"], regression=False)
     assert list(out.columns) == ["formula", "target", "prediction", "probability"]
     assert out["prediction"].tolist() == [0, 1] and out["target"].tolist() == [0, 1]
+
+
+def test_layer_lr_decay_groups():
+    """train.layer_lr_decay: the head at the full rate, each encoder layer one factor lower going down, the
+    embeddings lowest; 1.0 keeps the two plain groups (decay / no decay)."""
+    from crossmat.modeling import CrossMatConfig, CrossMatForPropertyPrediction
+    from crossmat.training.loop import parameter_groups
+
+    model = CrossMatForPropertyPrediction(CrossMatConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                                         intermediate_size=64, num_labels=1))
+    plain = parameter_groups(model, 0.01, 1.0, 1e-3)
+    assert [(g["lr"], g["weight_decay"]) for g in plain] == [(1e-3, 0.01), (1e-3, 0.0)]
+    groups = parameter_groups(model, 0.01, 0.5, 1e-3)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert lr_of[id(named["head.3.weight"])] == 1e-3
+    assert lr_of[id(named["crossmat.layers.2.fc1.weight"])] == 5e-4
+    assert lr_of[id(named["crossmat.layers.0.fc1.weight"])] == 1.25e-4
+    emb = [n for n in named if n.startswith("crossmat.embeddings.")]
+    assert emb and all(lr_of[id(named[n])] == 6.25e-5 for n in emb)
+    assert sum(len(g["params"]) for g in groups) == len(named)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import time
@@ -103,6 +104,30 @@ def make_accelerator(recipe: StageRecipe | Mapping[str, Any], output_dir: Path) 
                        step_scheduler_with_optimizer=False)
 
 
+_LAYER = re.compile(r"(?:^|\.)crossmat\.layers\.(\d+)\.")
+_EMBEDDINGS = re.compile(r"(?:^|\.)crossmat\.embeddings\.")
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float, layer_lr_decay: float,
+                     learning_rate: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: no weight decay for biases and norms; with ``layer_lr_decay`` < 1 the encoder layer
+    ``i`` of ``L`` trains at ``lr * decay ** (L - i)`` and the embeddings at ``lr * decay ** (L + 1)`` (layer-wise
+    learning-rate decay, to keep what a pretrained backbone learned), the head at the full rate."""
+    n_layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+    groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        depth = 0
+        if layer_lr_decay != 1.0:
+            m = _LAYER.search(name)
+            depth = n_layers - int(m.group(1)) if m else (n_layers + 1 if _EMBEDDINGS.search(name) else 0)
+        no_decay = p.ndim < 2 or "norm" in name
+        groups.setdefault((no_decay, layer_lr_decay**depth), []).append(p)
+    return [{"params": ps, "weight_decay": 0.0 if nd else weight_decay, "lr": learning_rate * scale}
+            for (nd, scale), ps in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1]))]
+
+
 def compute_metrics(stage: Any, pred: Mapping[str, np.ndarray], split: TensorSplit, config: Any) -> dict[str, float]:
     """Validation/test metrics from per-row predictions (see :meth:`StageTrainer.predict`); the stage
     (object or ``stage:`` name) decides which."""
@@ -153,13 +178,8 @@ class StageTrainer:
 
     # ----------------------------------------------------------------- setup
     def _build_optimizer(self) -> None:
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
-        groups = [{"params": decay, "weight_decay": float(self.cfg.weight_decay)},
-                  {"params": no_decay, "weight_decay": 0.0}]
+        groups = parameter_groups(self.model, float(self.cfg.weight_decay), float(self.cfg.layer_lr_decay),
+                                  float(self.cfg.learning_rate))
         optimizer = torch.optim.AdamW(groups, lr=float(self.cfg.learning_rate), betas=tuple(self.cfg.adam_betas))
         warmup = self.cfg.warmup_steps
         if warmup is None:

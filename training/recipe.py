@@ -139,6 +139,7 @@ class TrainSection:
     progress_bar: bool = True
     swa_epochs: int = 0
     calibrate: bool = True  # property models: uncertainty / decision threshold from the validation rows
+    layer_lr_decay: float = 1.0  # < 1: encoder layer i of L at lr * decay ** (L - i), embeddings one step lower
 
 
 @dataclass(frozen=True)
@@ -370,6 +371,8 @@ def resolve_stage(stage: Mapping[str, Any]) -> StageRecipe:
                 + (() if train["batch_size"] == "auto" else ("batch_size",))):
         if not isinstance(train[key], int) or train[key] < 1:
             raise RecipeError(f"recipe key 'train.{key}' must be a positive integer, got {train[key]!r}")
+    if not isinstance(train["layer_lr_decay"], (int, float)) or not 0 < float(train["layer_lr_decay"]) <= 1:
+        raise RecipeError(f"recipe key 'train.layer_lr_decay' must be in (0, 1], got {train['layer_lr_decay']!r}")
     if not isinstance(train["swa_epochs"], int) or train["swa_epochs"] < 0:
         raise RecipeError(f"recipe key 'train.swa_epochs' must be a non-negative integer, got {train['swa_epochs']!r}")
     if train["max_steps"] is not None and (not isinstance(train["max_steps"], int) or train["max_steps"] < 1):
