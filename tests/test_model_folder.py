@@ -151,3 +151,18 @@ def test_one_output_rule() -> None:
     info = output_info({"problem_type": "regression", "id2label": {"0": "x", "1": "y"},
                         "target_names": ["gap", "e_form"], "target_units": ["eV"]})
     assert info["names"] == ["gap", "e_form"] and info["units"] == ["eV", ""] and info["num_labels"] == 2
+
+
+def test_crossmat_load_model_takes_every_kind_of_name(run: Path) -> None:
+    """``crossmat.load_model``: a full folder, a LoRA folder (merged), a pretraining folder (its own class), a
+    shipped short name; anything else fails naming what it accepts."""
+    import crossmat
+    from crossmat.modeling.pretrained import PretrainedNotFoundError
+
+    assert type(crossmat.load_model(str(run / "full"))).__name__ == "CrossMatForPropertyPrediction"
+    assert type(crossmat.load_model(str(run / "lora"))).__name__ == "CrossMatForPropertyPrediction"  # merged
+    assert type(crossmat.load_model(str(run / "mlm"))).__name__ == "CrossMatForMaskedLM"
+    shipped = crossmat.load_model("crossmat-imkt-mp-small")
+    assert type(shipped).__name__ == "CrossMatForStructureAlignment" and not shipped.training
+    with pytest.raises(PretrainedNotFoundError, match="not a model folder, a shipped backbone"):
+        crossmat.load_model("no such model")
