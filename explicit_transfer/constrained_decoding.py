@@ -10,7 +10,8 @@ species the next atom-site row holds, its label digits, its multiplicity (``free
 coordinates. What is written for it (forced): every CIF keyword and separator, ``_symmetry_Int_Tables_number``
 (from the chosen space group), ``_chemical_formula_structural`` / ``_chemical_formula_sum`` /
 ``_cell_formula_units_Z`` (from the prompt's composition), ``_cell_volume`` (computed from the written
-lengths and angles), occupancies ``1.0...`` and the end of the CIF.
+lengths and angles) and the end of the CIF; occupancies are ``1`` or ``1.0...``. In P1 the atom-site loop may be
+preceded by the identity-only symmetry-operation loop (the layout of CIFs as given to ``train-cif-lm``).
 
 Rules in the atom-site block (state per sequence: each species' remaining count):
 
@@ -30,9 +31,10 @@ one row per atom fits the token budget, ``free`` otherwise.
 Numbers: lengths 1–99.x Å; angles 30–150° with the third angle kept inside the range that gives a real
 lattice (``|alpha - beta| < gamma < min(alpha + beta, 360 - alpha - beta)``); coordinates 0.x or 1.x;
 ``_cell_length_a`` takes 1–``max_decimals`` decimals and every later number the same count (the training text
-rounds all numbers alike); labels 1–3 digits. With ``max_new_tokens`` the decimals and label digits are capped
-so that the longest CIF the layout allows fits the budget (a CIF cut off by the budget would not parse). No
-reachable state allows zero tokens, so sampling never meets a dead end.
+rounds all numbers alike); labels 1–3 digits. With ``max_new_tokens``, one more decimal of ``_cell_length_a``, one
+more label digit or the longer loop layout is only allowed while the longest completion still fits the budget
+(a CIF cut off by the budget would not parse). No reachable state allows zero tokens, so sampling never meets a
+dead end.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ class _Seq:
     species: str = ""
     coord: int = 0
     done: bool = False
+    n: int = 0  # tokens written so far
 
 
 class CompositionConstrainedLogitsProcessor(LogitsProcessor):
@@ -187,31 +190,63 @@ class CompositionConstrainedLogitsProcessor(LogitsProcessor):
         layout += [("lit", lit("_symmetry_Int_Tables_number ")), ("dyn", "int_number"),
                    ("lit", lit(f"_chemical_formula_structural {f['structural']}\n_chemical_formula_sum {f['sum']}\n"
                                "_cell_volume ")), ("dyn", "volume"),
-                   ("lit", lit(f"_cell_formula_units_Z {f['Z']}\nloop_\n _atom_site_type_symbol\n _atom_site_label\n"
-                               " _atom_site_symmetry_multiplicity\n _atom_site_fract_x\n _atom_site_fract_y\n"
-                               " _atom_site_fract_z\n _atom_site_occupancy\n")),
-                   ("sites", None)]
+                   ("lit", lit(f"_cell_formula_units_Z {f['Z']}\n"))]
+        sites = lit("loop_\n _atom_site_type_symbol\n _atom_site_label\n _atom_site_symmetry_multiplicity\n"
+                    " _atom_site_fract_x\n _atom_site_fract_y\n _atom_site_fract_z\n _atom_site_occupancy\n")
+        # the CIFs as given to `train-cif-lm` (preprocess_cif) keep pymatgen's symmetry-operation loop; in P1 it is
+        # the identity alone, so either layout is allowed (a space group's full operation list is not written)
+        symops = lit("loop_\n _symmetry_equiv_pos_site_id\n _symmetry_equiv_pos_as_xyz\n 1 'x, y, z'\n")
+        layout += [("alt", [sites, symops + sites] if policy == "p1" else [sites]), ("sites", None)]
         for el in comp.elements:
             sym = el.symbol
             if sym not in self.id_of:
                 raise ValueError(f"element {sym} is not a token of the CIF vocabulary")
             self.species_id[sym] = self.id_of[sym]
-        caps = self._caps(layout, policy, int(round(comp.num_atoms)))
-        self._layouts[ci] = (layout, policy, caps)
+        self._layouts[ci] = (layout, policy, (self.max_decimals, 3))
         return self._layouts[ci]
 
-    def _caps(self, layout: list, policy: str, n_atoms: int) -> tuple[int, int]:
-        """(most decimals, most label digits) so that the longest CIF of this layout fits ``max_new_tokens``."""
+    def _worst_rest(self, b: int, st: _Seq, seg: int, dec: int) -> int:
+        """Most tokens the layout can still take from the start of segment ``seg`` (labels of one digit, numbers
+        with ``dec`` decimals, every remaining atom in its own row)."""
+        layout, policy, _ = self._layout(b)
+        mult = 1 if policy == "p1" else 3
+        total = 0
+        for kind, arg in layout[seg:]:
+            if kind == "lit":
+                total += len(arg)
+            elif kind == "alt":
+                total += max(map(len, arg))
+            elif kind == "sg":
+                total += 1
+            elif kind == "num":
+                total += (2 if arg[0] in "abc" else 3) + 2 + dec
+            elif kind == "dyn":
+                total += 4 if arg == "int_number" else 8 + dec  # volume < 99.99**3: 6 integer digits
+            else:
+                total += sum(st.remaining.values()) * self._row_worst(dec, 1, mult) + 1
+        return total
+
+    @staticmethod
+    def _row_worst(dec: int, label: int, mult: int) -> int:
+        return 4 + label + 1 + mult + 1 + 3 * (3 + dec) + (2 + dec) + 1
+
+    def _fits(self, b: int, st: _Seq, extra: int) -> bool:
+        """Whether writing ``extra`` more tokens than the shortest choice still leaves room to finish the CIF."""
         if self.max_new_tokens is None:
-            return self.max_decimals, 3
-        fixed = sum(len(a) for k, a in layout if k == "lit") + 1 + 4  # + space group + "230\n"
-        for label in (3, 2, 1):
-            for dec in range(self.max_decimals, 0, -1):
-                numbers = 3 * (2 + 1 + dec + 1) + 3 * (3 + 1 + dec + 1) + (7 + 1 + dec + 1)  # lengths, angles, volume
-                row = 4 + label + 1 + (1 if policy == "p1" else 3) + 1 + 3 * (1 + 1 + dec + 1) + (2 + dec) + 1
-                if fixed + numbers + n_atoms * row + 1 <= self.max_new_tokens:
-                    return dec, label
-        return 1, 1  # does not fit even so: the shortest format, the budget may still cut it
+            return True
+        layout, policy, _ = self._layout(b)
+        kind, arg = layout[st.seg]
+        dec = int(st.values.get("decimals", 0))
+        if kind == "num":  # only cell_length_a has a free number of decimals: rest with its decimals (+1 if extended)
+            d = len(st.buf) - st.buf.index(".") - 1 + extra
+            need = extra + 1 + self._worst_rest(b, st, st.seg + 1, d)
+        elif kind == "alt":
+            return True  # checked in _allowed
+        else:  # a label digit: the rest of this row, then every other remaining atom in its own row
+            mult = 1 if policy == "p1" else 3
+            rest_row = 1 + mult + 1 + 3 * (3 + dec) + (2 + dec) + 1
+            need = extra + rest_row + (sum(st.remaining.values()) - 1) * self._row_worst(dec, 1, mult) + 1
+        return st.n + need <= self.max_new_tokens
 
     def _new_state(self, b: int) -> _Seq:
         comp = self.compositions[(b // self.k) if len(self.compositions) > 1 else 0]
@@ -262,10 +297,24 @@ class CompositionConstrainedLogitsProcessor(LogitsProcessor):
             return [st.forced[st.pos]]
         if kind == "sg":
             return list(self.sg_tokens)
+        if kind == "alt":  # one of several literals (prefix-free), chosen by the model token by token
+            n = len(st.forced)
+            options = [a for a in arg if len(a) > n and a[:n] == st.forced]
+            if self.max_new_tokens is not None and len(options) > 1:
+                rest = self._worst_rest(b, st, st.seg + 1, int(st.values.get("decimals", 0)))
+                fitting = [a for a in options if st.n + len(a) - n + rest <= self.max_new_tokens]
+                options = fitting or [min(options, key=len)]
+            return sorted({a[n] for a in options})
         if kind == "num":
             _, lo, hi = self._num_spec(st, arg)
-            return self._number_allowed(st.buf, lo, hi, self.NL, decs)
-        return self._site_allowed(st, policy, decs, max_label)
+            out = self._number_allowed(st.buf, lo, hi, self.NL, decs)
+            if "." in st.buf and self.NL in out and len(out) > 1 and not self._fits(b, st, 1):
+                out = [self.NL]  # one more decimal of cell_length_a would not leave room to finish the CIF
+            return out
+        out = self._site_allowed(st, policy, decs, max_label)
+        if st.row == "label" and self.SP in out and len(out) > 1 and not self._fits(b, st, 1):
+            out = [self.SP]
+        return out
 
     def _site_allowed(self, st: _Seq, policy: str, decs: tuple[int, int], max_label: int) -> list[int]:
         r = st.row
@@ -289,16 +338,19 @@ class CompositionConstrainedLogitsProcessor(LogitsProcessor):
             return out + ([self.SP] if st.buf in strs else [])
         if r == "coord":
             return self._number_allowed(st.buf, 0, 1, self.SP, decs)
-        if r == "occ":
-            dec = int(st.values.get("decimals", 4))
-            text = "1." + "0" * dec + "\n"
-            return [self.id_of[text[len(st.buf)]]]
+        if r == "occ":  # 1, or 1.0...0 with at most the numbers' decimals
+            if not st.buf:
+                return [self.digit["1"]]
+            if st.buf == "1":
+                return [self.DOT, self.NL]
+            return ([self.digit["0"]] if len(st.buf) - 2 < decs[1] else []) + ([self.NL] if len(st.buf) > 2 else [])
         raise AssertionError(r)
 
     def _feed(self, b: int, st: _Seq, token: int) -> None:
         """Advance the automaton of sequence ``b`` by the token it just wrote."""
         if st.done:
             return
+        st.n += 1
         layout, policy, _ = self._layout(b)
         kind, arg = layout[st.seg]
         if kind in ("lit", "dyn"):
@@ -306,6 +358,11 @@ class CompositionConstrainedLogitsProcessor(LogitsProcessor):
             st.pos += 1
             if st.pos == len(seq):
                 st.seg, st.pos, st.forced = st.seg + 1, 0, []
+            return
+        if kind == "alt":
+            st.forced.append(token)
+            if any(a == st.forced for a in arg):
+                st.seg, st.forced = st.seg + 1, []
             return
         if kind == "sg":
             _, num, order = self.sg_tokens[token]
