@@ -94,9 +94,13 @@ def cell_formula(comp: Composition) -> str:
 
 
 def prompt_for(comp: Composition, z: int = 1) -> str:
-    """``data_<cell composition>\\n`` for ``z`` formula units of the reduced composition."""
+    """``data_<cell composition>\\n`` for ``z`` formula units of the reduced composition.
+
+    Elements in pymatgen's formula order (by electronegativity), the order of the training headers (they come
+    from ``CifWriter``'s ``_chemical_formula_sum``), whatever order the caller's formula used.
+    """
     red = comp.reduced_composition
-    return f"data_{cell_formula(red * z)}\n"
+    return f"data_{cell_formula(Composition((red * z).formula))}\n"
 
 
 _NUM = re.compile(r"-?\d+\.\d+")

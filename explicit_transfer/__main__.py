@@ -86,7 +86,8 @@ def cmd_generate(a: argparse.Namespace) -> None:
         if not a.model:
             sys.exit("error: --generator cif-lm needs --model <folder with a CIF LM>")
         gen = CIFLanguageModelGenerator.from_pretrained(a.model, n_samples=a.samples, z_values=a.z,
-                                                        temperature=a.temperature, top_k=a.top_k)
+                                                        temperature=a.temperature, top_k=a.top_k,
+                                                        constrained=not a.unconstrained, space_group=a.space_group)
     rank = None if a.rank == "none" else a.rank
     output, shard = a.output, None
     # under `accelerate launch -m explicit_transfer generate ...` each process takes every P-th row; a
@@ -223,6 +224,12 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--z", type=int, nargs="+", default=[1, 2, 4], help="formula units per cell to prompt with")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=10)
+    g.add_argument("--unconstrained", action="store_true",
+                   help="cif-lm: plain sampling (default: composition-constrained decoding, every sample holds the "
+                        "prompt's species in the prompt's counts)")
+    g.add_argument("--space-group", choices=["p1", "free", "auto"], default="p1",
+                   help="cif-lm constrained decoding: force P1 (exact composition), let the model write the space "
+                        "group and Wyckoff multiplicities (free), or P1 when it fits the context (auto)")
     g.add_argument("-n", type=int, default=5, help="candidates kept per formula")
     g.add_argument("--rank", choices=["none", "chgnet", "matgl-tensornet"], default="none")
     g.add_argument("--relax-steps", type=int, default=0, help="bounded relaxation steps before ranking (0: none)")

@@ -20,7 +20,13 @@ from typing import Any
 
 import torch
 from pymatgen.core import Composition
-from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    GPT2LMHeadModel,
+    LogitsProcessorList,
+    PreTrainedTokenizerFast,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from crossmat.dataset_builders.cif_text import (
     CIF_FORMS,
@@ -39,10 +45,20 @@ from crossmat.modeling.cif_lm import new_cif_lm
 
 from .base import Candidate, StructureGenerator
 from .cif_validation import validate_cif
+from .constrained_decoding import CompositionConstrainedLogitsProcessor
 
 __all__ = ["CIF_FORMS", "CIF_KEYWORDS", "PAD", "UNK", "default_cif_vocabulary", "build_cif_tokenizer", "preprocess_cif",
            "render_cif", "cell_formula", "prompt_for", "encode_cif", "new_cif_lm",
            "CIFLanguageModelGenerator"]
+
+
+_REASON_KINDS = ("CIF does not parse", "cell composition", "composition", "declared formula", "disordered sites",
+                 "atoms", "bond length", "density", "non-positive cell volume", "unreadable _chemical_formula_sum")
+
+
+def _reason_kind(reason: str) -> str:
+    """A short kind of a validation reason (no numbers or formulas), for counting failures."""
+    return next((k for k in _REASON_KINDS if reason.startswith(k)), reason[:30])
 
 
 class _DoubleNewline(StoppingCriteria):
@@ -64,21 +80,28 @@ class CIFLanguageModelGenerator(StructureGenerator):
         model, tokenizer: a causal LM over CIF tokens (e.g. a ``cif_lm`` stage folder or the CrystaLLM converter).
         n_samples: draws per formula (spread over ``z_values``); the "valid sample budget".
         z_values: formula units per cell to prompt with (``data_<cell composition>``).
+        constrained: composition-constrained decoding (:mod:`.constrained_decoding`): every sample follows the
+            training layout and holds the prompt's species in the prompt's counts. ``False``: plain sampling.
+        space_group: with ``constrained``, ``"p1"`` (every row one atom: the parsed cell has exactly the prompt's
+            composition), ``"free"`` (the model writes the space group and Wyckoff multiplicities) or ``"auto"``.
     """
 
     name = "cif-lm"
 
     def __init__(self, model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, n_samples: int = 20,
                  z_values: Sequence[int] = (1, 2, 4), temperature: float = 1.0, top_k: int | None = 10,
-                 max_new_tokens: int | None = None, seed: int | None = 0) -> None:
+                 max_new_tokens: int | None = None, seed: int | None = 0, constrained: bool = True,
+                 space_group: str = "p1") -> None:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.n_samples, self.z_values = n_samples, tuple(z_values)
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
+        self.constrained, self.space_group = constrained, space_group
         self.max_new_tokens = max_new_tokens or model.config.n_positions
         self.newline = tokenizer.convert_tokens_to_ids("\n")
         # a CIF ends with a blank line (two newlines), not at the first newline: no single-token EOS
         self.model.generation_config.eos_token_id = None
-        self.last_stats: Counter = Counter()
+        self.last_stats: Counter = Counter()  # samples / valid, summed over generate calls
+        self.last_reasons: Counter = Counter()  # the kind of the first rejection reason of each invalid sample
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> CIFLanguageModelGenerator:
@@ -93,9 +116,16 @@ class CIFLanguageModelGenerator(StructureGenerator):
             raise ValueError(f"prompt {prompt.strip()!r} has tokens outside the CIF vocabulary")
         x = torch.tensor([ids])
         budget = min(self.max_new_tokens, self.model.config.n_positions - len(ids))
+        processors = LogitsProcessorList()
+        if self.constrained:
+            if not prompt.startswith("data_") or not prompt.endswith("\n"):
+                raise ValueError(f"constrained decoding needs a 'data_<cell composition>\\n' prompt, got {prompt!r}")
+            processors.append(CompositionConstrainedLogitsProcessor(
+                self.tokenizer, Composition(prompt[5:].strip()), space_group=self.space_group, max_new_tokens=budget,
+                num_return_sequences=n))
         out = self.model.generate(
             x, attention_mask=torch.ones_like(x), do_sample=True, temperature=self.temperature, top_k=self.top_k,
-            max_new_tokens=budget, num_return_sequences=n, pad_token_id=self.newline,
+            max_new_tokens=budget, num_return_sequences=n, pad_token_id=self.newline, logits_processor=processors,
             stopping_criteria=StoppingCriteriaList([_DoubleNewline(self.newline, len(ids))]),
             output_scores=True, return_dict_in_generate=True,
         )
@@ -130,6 +160,7 @@ class CIFLanguageModelGenerator(StructureGenerator):
                     cands.append(Candidate(v.structure, score, self.name, {"z": z, "cif": text}))
                 else:
                     reasons[v.reasons[0].split(":")[0][:60]] += 1
+                    self.last_reasons[_reason_kind(v.reasons[0])] += 1
         if not cands:
             top = ", ".join(f"{r} (x{c})" for r, c in reasons.most_common(3))
             raise ValueError(f"no valid sample in {self.n_samples} draws; most common problems: {top}")

@@ -248,7 +248,10 @@ def test_cif_lm_generator_interface(perov, tiny_lm):
     val, test = perov
     out, model, tok, info = tiny_lm
     assert info["rejected"] and info["rejected"][0]["row"] == 4  # the malformed training CIF is reported
-    gen = CIFLanguageModelGenerator.from_pretrained(out, n_samples=3, z_values=(1,), temperature=0.3, top_k=1)
+    # plain sampling: the overfit model copies its one training CIF (the composition-constrained default is
+    # tested in test_constrained_decoding.py; this 320-token context leaves it too little room for 4 decimals)
+    gen = CIFLanguageModelGenerator.from_pretrained(out, n_samples=3, z_values=(1,), temperature=0.3, top_k=1,
+                                                    constrained=False)
     formulas = [val.formula[0], *test.formula[:2], "Xx"]
     batch = gen.generate(formulas, n_candidates=2)
     assert len(batch) == 4
@@ -260,6 +263,11 @@ def test_cif_lm_generator_interface(perov, tiny_lm):
             assert c.source == "cif-lm" and validate_structure(c.structure, formulas[row]).valid
     assert "unknown element" in batch.failure_for(3).reason
     assert gen.last_stats["samples"] >= 3
+    constrained = CIFLanguageModelGenerator.from_pretrained(out, z_values=(1,), top_k=5)  # constrained by default
+    target = Composition(test.formula[0]).reduced_composition
+    for text, _ in constrained.sample(prompt_for(target), 3):
+        s = validate_cif(text, target, exact_cell=True).structure
+        assert s is not None and s.composition.almost_equals(target, rtol=0, atol=1e-6), text
 
 
 # ---------------------------------------------------------------- CrystaLLM converter

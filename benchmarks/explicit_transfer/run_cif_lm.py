@@ -4,7 +4,9 @@ for test formulas, validate, match.
     python benchmarks/explicit_transfer/run_cif_lm.py --max-steps 150 --targets 40 --samples 10 --out benchmarks/explicit_transfer
     python benchmarks/explicit_transfer/run_cif_lm.py --model outputs/cif_lm --targets 0 --samples 20   # all test formulas
 
-The model folder goes to benchmarks/_work/cif_lm_perov5 (git-ignored). Prompts use Z=1 (every perov_5 cell
+The model folder goes to benchmarks/_work/cif_lm_perov5 (git-ignored). Sampling is composition-constrained unless
+``--unconstrained`` (results written before issue 24 are plain sampling with prompts in the formula's element
+order). Prompts use Z=1 (every perov_5 cell
 holds one formula unit). Candidates are ranked by mean token log-probability (n=1 = the most likely valid CIF).
 """
 
@@ -42,6 +44,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent))
     ap.add_argument("--work", default="benchmarks/_work/cif_lm_perov5")
     ap.add_argument("--results-name", default="results_cif_lm.json")
+    ap.add_argument("--unconstrained", action="store_true",
+                    help="plain sampling (default since issue 24: composition-constrained decoding, P1)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     res: dict = {"hardware": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs), no GPU",
@@ -76,7 +80,7 @@ def main() -> None:
         label = f"cif-lm (GPT-2 {arch['n_layer']}x{arch['n_embd']}, {args.max_steps} steps)"
     print(res["training"], flush=True)
     gen = CIFLanguageModelGenerator(model, tok, n_samples=args.samples, z_values=(1,), temperature=1.0, top_k=10,
-                                    seed=args.seed)
+                                    seed=args.seed, constrained=not args.unconstrained)
     t = time.time()
     batch = gen.generate(test.formula.tolist(), args.samples)
     dt = time.time() - t
