@@ -131,13 +131,15 @@ class CrossMatModelOutput(ModelOutput):
 class CrossMatPropertyOutput(ModelOutput):
     """Property output: ``logits`` (physical units for regression; for an ensemble the member mean, or the
     log of the mean class probabilities) and ``uncertainty``, the spread (population std) of the members'
-    predictions (values for regression, class probabilities for classification), ``None`` for one model."""
+    predictions (values for regression, class probabilities for classification), ``None`` for one model;
+    ``pooler_output`` is the (first member's) pooled formula embedding."""
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     uncertainty: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+    pooler_output: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -741,4 +743,5 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
             uncertainty=uncertainty,
             hidden_states=first.hidden_states,
             attentions=first.attentions,
+            pooler_output=first.pooler_output,
         )

@@ -279,3 +279,37 @@ def test_layer_lr_decay_groups():
     emb = [n for n in named if n.startswith("crossmat.embeddings.")]
     assert emb and all(lr_of[id(named[n])] == 6.25e-5 for n in emb)
     assert sum(len(g["params"]) for g in groups) == len(named)
+
+
+def test_anchor_weight_keeps_the_backbone_embedding(tmp_path, gap_csv):
+    """train.anchor_weight: the fine-tuned encoder's pooled embedding stays closer to the shipped backbone's than
+    the same run without the anchor (same seed, data, steps); the key needs a pretrained backbone."""
+    import torch.nn.functional as F
+
+    from crossmat.modeling import CrossMatForPropertyPrediction
+    from crossmat.modeling.pretrained import resolve_model_path
+
+    with pytest.raises(RecipeError, match="anchor_weight.*needs a property stage with model.init_from"):
+        validate_recipe(_stage(gap_csv, **{"train.anchor_weight": 1.0}))
+    with pytest.raises(RecipeError, match="non-negative"):
+        validate_recipe(_stage(gap_csv, **{"train.anchor_weight": -1}))
+    formulas = pd.read_csv(gap_csv)["formula"].tolist()[:64]
+    tok = CrossMatTokenizerFast()
+    enc = tok(formulas, padding=True, return_tensors="pt")
+    backbone = resolve_model_path("crossmat-imkt-mp-small")
+
+    def pooled(path) -> torch.Tensor:
+        model = CrossMatForPropertyPrediction.from_pretrained(str(path)).eval()
+        with torch.no_grad():
+            return model.crossmat(enc["input_ids"], attention_mask=enc["attention_mask"]).pooler_output
+
+    start = pooled(backbone)
+    drift = {}
+    for weight in (0.0, 5.0):
+        recipe = {"stage": "finetune", "model": {"init_from": "crossmat-imkt-mp-small"},
+                  "data": {"train": str(gap_csv), "target_column": "gap"},
+                  "train": {"max_steps": 40, "batch_size": 32, "learning_rate": 3e-3, "progress_bar": False,
+                            "calibrate": False, "anchor_weight": weight}}
+        out = run_recipe(recipe, tmp_path / f"anchor_{weight}")
+        drift[weight] = float((1 - F.cosine_similarity(pooled(out), start, dim=-1)).mean())
+    assert drift[5.0] < 0.5 * drift[0.0], drift

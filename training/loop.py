@@ -29,6 +29,7 @@ from accelerate.utils import gather_object, set_seed
 from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import get_scheduler
 
+from .anchor import EmbeddingAnchor
 from .collator import MaskedElementCollator, hash_uniform, trim_padding
 from .data import StageData, TensorSplit
 from .folder import latest_checkpoint
@@ -174,6 +175,9 @@ class StageTrainer:
         epochs_total = math.ceil(self.total_steps / self.steps_per_epoch)
         self.swa_start_epoch = epochs_total - int(self.cfg.swa_epochs) if self.cfg.swa_epochs else None
         self.swa: dict[str, torch.Tensor] = {}
+        # the frozen teacher is copied before any step (and before a resume loads fine-tuned weights)
+        self.anchor = (EmbeddingAnchor(model, float(self.cfg.anchor_weight)).to(accelerator.device)
+                       if float(self.cfg.anchor_weight) > 0 else None)
         self._build_optimizer()
 
     # ----------------------------------------------------------------- setup
@@ -420,7 +424,9 @@ class StageTrainer:
                     sync = micro == self.accum - 1
                     ctx = acc.no_sync(self.model) if not sync and self.world > 1 else _null()
                     with ctx, acc.autocast():
-                        loss = self.model(**batch).loss / self.accum
+                        out = self.model(**batch)
+                        loss = out.loss if self.anchor is None else out.loss + self.anchor.loss(batch, out.pooler_output)
+                        loss = loss / self.accum
                         acc.backward(loss)
                     run_loss += loss.detach()
                 if self.cfg.max_grad_norm:

@@ -140,6 +140,7 @@ class TrainSection:
     swa_epochs: int = 0
     calibrate: bool = True  # property models: uncertainty / decision threshold from the validation rows
     layer_lr_decay: float = 1.0  # < 1: encoder layer i of L at lr * decay ** (L - i), embeddings one step lower
+    anchor_weight: float = 0.0  # > 0: keep the pooled embedding near the initial backbone's (training/anchor.py)
 
 
 @dataclass(frozen=True)
@@ -373,6 +374,11 @@ def resolve_stage(stage: Mapping[str, Any]) -> StageRecipe:
             raise RecipeError(f"recipe key 'train.{key}' must be a positive integer, got {train[key]!r}")
     if not isinstance(train["layer_lr_decay"], (int, float)) or not 0 < float(train["layer_lr_decay"]) <= 1:
         raise RecipeError(f"recipe key 'train.layer_lr_decay' must be in (0, 1], got {train['layer_lr_decay']!r}")
+    if not isinstance(train["anchor_weight"], (int, float)) or float(train["anchor_weight"]) < 0:
+        raise RecipeError(f"recipe key 'train.anchor_weight' must be a non-negative number, got {train['anchor_weight']!r}")
+    if float(train["anchor_weight"]) > 0 and not (kind.property_model and resolved["model"]["init_from"]):
+        raise RecipeError("recipe key 'train.anchor_weight' anchors a fine-tuned model to its pretrained backbone: "
+                          "it needs a property stage with model.init_from")
     if not isinstance(train["swa_epochs"], int) or train["swa_epochs"] < 0:
         raise RecipeError(f"recipe key 'train.swa_epochs' must be a non-negative integer, got {train['swa_epochs']!r}")
     if train["max_steps"] is not None and (not isinstance(train["max_steps"], int) or train["max_steps"] < 1):

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Issue 23 item 3: keep what the backbone learned through fine-tuning. The same default fine-tuning recipe and folds
+# as run_transfer.sh (benchmarks/matbench/recipes/crossmat_default.yaml, every training row, seed 0), started from a
+# backbone, with one keep method whose setting was fixed before any run:
+#   llrd    train.layer_lr_decay=0.5 (encoder layer i of 3 at lr * 0.5^(3-i), embeddings at lr / 16, head at full lr)
+#   anchor  train.anchor_weight=1.0 (a frozen copy of the backbone; 1 - cos between the pooled embeddings is added
+#           to the loss, training/anchor.py)
+# Paired per fold against crossmat_default_from_<ARM>.json (same recipe, same backbone, no keep method).
+# Usage: bash benchmarks/imkt/run_keep.sh METHOD ARM BACKBONE TASK [TASK ...]
+#   ARM: imkt (BACKBONE = crossmat-imkt-mp-small, the shipped imkt backbone) or mlm (its folder)
+# Records: benchmarks/results/matbench/<task>/crossmat_default_from_<ARM>_<METHOD>.json; logs in benchmarks/imkt/logs/;
+# fold folders in benchmarks/matbench/runs/keep_<METHOD>/<ARM>/<task> (committed as they land; a rerun resumes).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
+export CROSSMAT_CACHE_DIR="${CROSSMAT_CACHE_DIR:-benchmarks/_work/cache}"
+METHOD="$1"; ARM="$2"; BACKBONE="$3"; shift 3
+case "$METHOD" in
+  llrd) SET=(--set train.layer_lr_decay=0.5); WHAT="layer-wise lr decay 0.5"; OUT="benchmarks/_work/imkt/llrd/$ARM" ;;
+  anchor) SET=(--set train.anchor_weight=1.0); WHAT="embedding anchor weight 1.0"; OUT="benchmarks/matbench/runs/keep_anchor/$ARM" ;;
+  *) echo "unknown keep method $METHOD (llrd or anchor)" >&2; exit 2 ;;
+esac
+mkdir -p benchmarks/imkt/logs
+for t in "$@"; do
+  python evaluate.py --benchmark matbench --task "$t" --config benchmarks/matbench/recipes/crossmat_default.yaml \
+    --set "model.init_from=$BACKBONE" "${SET[@]}" --variant "crossmat_default_from_${ARM}_${METHOD}" \
+    --baselines none --output-dir "$OUT/$t" --results-dir benchmarks/results \
+    --notes "crossmat_default from the $ARM backbone with $WHAT; 1 thread, 2 CPU cores shared" \
+    2>&1 | grep --line-buffered -v -e "Loading weights" -e "Writing model" -e "^INFO" \
+    | tee "benchmarks/imkt/logs/${METHOD}_${ARM}_${t#matbench_}.log"
+done
