@@ -2,7 +2,8 @@
 
 * Regression: a standard deviation per prediction. The held-out rows' pooled embeddings and residuals go into
   the weights; a new row's sigma is ``scale x`` the RMS residual of its ``k`` nearest held-out rows, shrunk
-  towards the global RMS residual (``prior`` pseudo-rows). ``k``, ``prior`` and ``scale`` are chosen on the
+  towards the global RMS residual (``prior`` > 0 pseudo-rows, so a row whose neighbours all had zero error still
+  gets a positive sigma). ``k``, ``prior`` and ``scale`` are chosen on the
   held-out rows themselves, leave-one-out, so that the share of errors within 1 and 2 sigma is as close as
   possible to a Gaussian's 0.683 and 0.954.
 * Binary classification: the decision threshold on P(class 1) that maximises balanced accuracy on the
@@ -27,7 +28,7 @@ __all__ = ["COVERAGE_TARGETS", "MIN_ROWS", "Calibration", "calibrate_property_mo
 COVERAGE_TARGETS = (0.6827, 0.9545)
 MIN_ROWS = 10  # held-out rows needed to calibrate a regression model's uncertainty  # a Gaussian's share within 1 and 2 sigma
 _K_GRID = (5, 10, 20, 40, 80)
-_PRIOR_GRID = (0.0, 0.5, 1.0, 2.0)  # in units of k
+_PRIOR_GRID = (0.25, 0.5, 1.0, 2.0)  # in units of k; > 0, so no row gets sigma 0 (zero local residuals)
 _SCALES = np.exp(np.linspace(np.log(0.2), np.log(5.0), 241))
 
 

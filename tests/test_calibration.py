@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from crossmat.evaluation.crossmat_predictor import decision_scores
-from crossmat.modeling import CrossMatConfig, CrossMatForPropertyPrediction
+from crossmat.modeling import CrossMatConfig, CrossMatForPropertyPrediction, calibration
 from crossmat.modeling.calibration import calibrate_property_model, coverage, fit_threshold
 from crossmat.tokenization import CrossMatTokenizerFast
 
@@ -143,3 +143,19 @@ def test_binary_classifier_gets_its_threshold(tokenizer, held_out):
 
 def test_coverage_counts_within_one_and_two_sigma():
     assert coverage(np.array([0.5, 1.5, 2.5, -0.5]), np.ones(4)) == (0.5, 0.75)
+
+
+def test_rows_whose_neighbours_had_zero_error_keep_a_positive_sigma(tokenizer, held_out):
+    """Half the held-out rows have exactly zero residual (e.g. metals predicted 0 eV): the shrinkage towards the
+    global residual keeps every sigma positive (a chosen prior of 0 once gave 786 expt_gap test rows sigma 0)."""
+    formulas, noise = held_out
+    model = _model()
+    ids, mask = _encode(tokenizer, formulas)
+    with torch.no_grad():
+        pred = model(input_ids=ids, attention_mask=mask).logits[:, 0].numpy()
+    residual = np.where(np.arange(len(formulas)) % 2 == 0, 0.0, noise)
+    result = calibrate_property_model(model, ids, mask, pred + residual)
+    assert result.prior > 0 and min(calibration._PRIOR_GRID) > 0  # no choice can switch the shrinkage off
+    with torch.no_grad():
+        sigma = model(input_ids=ids, attention_mask=mask).uncertainty[:, 0].numpy()
+    assert (sigma > 0).all()
