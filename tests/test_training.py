@@ -313,3 +313,26 @@ def test_anchor_weight_keeps_the_backbone_embedding(tmp_path, gap_csv):
         out = run_recipe(recipe, tmp_path / f"anchor_{weight}")
         drift[weight] = float((1 - F.cosine_similarity(pooled(out), start, dim=-1)).mean())
     assert drift[5.0] < 0.5 * drift[0.0], drift
+
+
+def test_swa_guard_keeps_the_average_unless_the_checkpoint_is_clearly_better(tmp_path, gap_csv):
+    """train.swa_guard_z: a paired z-score over validation rows decides; noise-sized differences keep the SWA
+    average, a large consistent one keeps the checkpoint; a run records what was decided; bad values fail early."""
+    import numpy as np
+
+    from crossmat.training.loop import swa_guard_decision
+
+    rng = np.random.default_rng(0)
+    base = rng.gamma(2.0, 0.3, size=400)
+    noise = base + rng.normal(0, 0.3, size=400)
+    assert not swa_guard_decision(noise, base, 4.0)[1]
+    score, keep = swa_guard_decision(base + 0.2 + rng.normal(0, 0.05, size=400), base, 4.0)
+    assert keep and score > 4
+    assert swa_guard_decision(base, base + 0.2, 4.0) == (pytest.approx(swa_guard_decision(base, base + 0.2, 4.0)[0]), False)
+    with pytest.raises(RecipeError, match="swa_guard_z"):
+        validate_recipe(_stage(gap_csv, **{"train.swa_guard_z": 0}))
+    out = run_recipe(_stage(gap_csv, **{"train.max_steps": 21, "train.swa_epochs": 1, "data.validation_fraction": 0.2,
+                                        "train.calibrate": False}), tmp_path / "run")
+    info = json.loads((out / "training_info.json").read_text())
+    text = json.dumps(info)
+    assert '"swa_guard"' in text and ('swa_average' in text or 'best_checkpoint' in text), text[:2000]

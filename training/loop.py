@@ -77,6 +77,7 @@ class LoopState:
         self.stopped_early = False
         self.samples_seen = 0
         self.swa_count = 0
+        self.swa_guard: dict[str, Any] | None = None  # what train.swa_guard_z decided
 
     def state_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -134,6 +135,15 @@ def compute_metrics(stage: Any, pred: Mapping[str, np.ndarray], split: TensorSpl
     (object or ``stage:`` name) decides which."""
     kind = stage_kind(stage) if isinstance(stage, str) else stage
     return kind.metrics(pred, split, config)
+
+
+def swa_guard_decision(errors_average: np.ndarray, errors_best: np.ndarray, z: float) -> tuple[float, bool]:
+    """Paired per-row comparison of two models' validation errors: ``(mean difference / its standard error,
+    keep the best checkpoint?)``; the checkpoint wins only when it is better by more than ``z`` SE."""
+    diff = np.asarray(errors_average, dtype=np.float64) - np.asarray(errors_best, dtype=np.float64)
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+    score = float(diff.mean()) / se if se > 0 else 0.0
+    return score, score > z
 
 
 class StageTrainer:
@@ -354,6 +364,40 @@ class StageTrainer:
                     p.copy_(self.swa[name].to(device=p.device, dtype=p.dtype))
         self.accelerator.print(f"[crossmat] weights averaged over the last {self.state.swa_count} epoch(s) (SWA)")
 
+    def _swa_guard(self) -> None:
+        """``train.swa_guard_z``: for a regression model, compare the weight average with the best-validation
+        checkpoint on the validation rows, paired per row (|error| / target std, mean over targets); keep the
+        checkpoint when it is better by more than ``z`` standard errors of the paired difference. The best
+        checkpoint is the minimum over many evaluations, so small z would reward noise: 4 left all 25 finished
+        default-route folds of five MatBench tasks on the average (max 2.6, benchmarks/training/best_vs_swa.log)
+        and catches training that memorises, e.g. targets that the formula does not determine."""
+        z = self.cfg.swa_guard_z
+        split = self.data.validation
+        model = self.accelerator.unwrap_model(self.model)
+        best = self.best_dir / "model.safetensors"
+        if (z is None or split is None or len(split) < 2 or not self.kind.property_model
+                or model.config.problem_type != "regression" or not best.is_file()):
+            return
+        labels = split.tensors["labels"].double().numpy().reshape(len(split), -1)
+        std = np.asarray(model.config.target_std or [1.0] * labels.shape[1], dtype=np.float64)
+
+        def row_errors() -> np.ndarray:
+            pred = self.predict(split)["logits"].astype(np.float64).reshape(labels.shape)
+            return (np.abs(pred - labels) / std).mean(1)
+
+        e_swa = row_errors()
+        averaged = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        load_model(model, str(best), device="cpu" if self.accelerator.device.type == "cpu" else str(self.accelerator.device))
+        score, keep_best = swa_guard_decision(e_swa, row_errors(), float(z))
+        if not keep_best:
+            model.load_state_dict(averaged)
+        self.state.swa_guard = {"z": round(score, 3), "kept": "best_checkpoint" if keep_best else "swa_average",
+                                "best_step": self.state.best_step}
+        self.accelerator.print(
+            f"[crossmat] SWA guard: the best-validation checkpoint (step {self.state.best_step}) is "
+            f"{score:.1f} SE {'better' if score > 0 else 'worse'} than the weight average on {len(split)} validation "
+            f"rows; keeping {'the checkpoint' if keep_best else 'the average'} (threshold {float(z):g} SE)")
+
     # ----------------------------------------------------------------- training
     def run(self) -> tuple[dict[str, Any], dict[str, dict[str, float]], dict[str, np.ndarray] | None]:
         """Train, then score the validation and test splits: ``(training summary, metrics, test predictions)``
@@ -469,7 +513,8 @@ class StageTrainer:
         if self.state.stopped_early:
             acc.print(f"[crossmat] early stopping at step {self.state.global_step} (best step {self.state.best_step})")
         if self.state.swa_count:
-            self._swa_apply()  # the average, not the best validation checkpoint, is the final model
+            self._swa_apply()  # the average, not the best validation checkpoint, is the final model ...
+            self._swa_guard()  # ... unless the held-out rows say clearly otherwise
         elif (self.best_dir / "model.safetensors").is_file() and self.state.best_step is not None:
             load_model(acc.unwrap_model(self.model), str(self.best_dir / "model.safetensors"),
                        device="cpu" if acc.device.type == "cpu" else str(acc.device))
@@ -478,6 +523,7 @@ class StageTrainer:
                 "best_metric": self.state.best_metric, "metric_for_best": self.metric_for_best()[0],
                 "stopped_early": self.state.stopped_early, "steps_per_epoch": self.steps_per_epoch,
                 "swa_epochs_averaged": self.state.swa_count,
+                "swa_guard": self.state.swa_guard,
                 "total_steps": self.total_steps, "processes": self.world,
                 "mixed_precision": acc.mixed_precision}
 

@@ -138,6 +138,7 @@ class TrainSection:
     trackers: Any = "auto"
     progress_bar: bool = True
     swa_epochs: int = 0
+    swa_guard_z: float | None = 4.0  # regression: keep the best-validation checkpoint if it beats SWA by > z SE
     calibrate: bool = True  # property models: uncertainty / decision threshold from the validation rows
     layer_lr_decay: float = 1.0  # < 1: encoder layer i of L at lr * decay ** (L - i), embeddings one step lower
     anchor_weight: float = 0.0  # > 0: keep the pooled embedding near the initial backbone's (training/anchor.py)
@@ -379,6 +380,9 @@ def resolve_stage(stage: Mapping[str, Any]) -> StageRecipe:
     if float(train["anchor_weight"]) > 0 and not (kind.property_model and resolved["model"]["init_from"]):
         raise RecipeError("recipe key 'train.anchor_weight' anchors a fine-tuned model to its pretrained backbone: "
                           "it needs a property stage with model.init_from")
+    guard = train["swa_guard_z"]
+    if guard is not None and (isinstance(guard, bool) or not isinstance(guard, (int, float)) or float(guard) <= 0):
+        raise RecipeError(f"recipe key 'train.swa_guard_z' must be a positive number or null, got {guard!r}")
     if not isinstance(train["swa_epochs"], int) or train["swa_epochs"] < 0:
         raise RecipeError(f"recipe key 'train.swa_epochs' must be a non-negative integer, got {train['swa_epochs']!r}")
     if train["max_steps"] is not None and (not isinstance(train["max_steps"], int) or train["max_steps"] < 1):
