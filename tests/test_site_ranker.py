@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
@@ -101,3 +102,21 @@ def test_clear_errors(ranker, tmp_path):
         et.rank_candidates(batch, method="magic")
     with pytest.raises(ValueError, match="needs a site ranker"):
         et.rank_candidates(batch, method="learned")
+
+
+def test_cli_generate_with_learned_rank(ranker, tmp_path, capsys):
+    from crossmat.explicit_transfer.__main__ import main
+
+    _, path = ranker
+    out = tmp_path / "g.jsonl"
+    main(["generate", "SrTiO3", "BaZrO3", "-n", "3", "--rank", "learned", "--ranker", str(path), "--output", str(out)])
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [len(r["candidates"]) for r in recs] == [3, 3]
+    for r in recs:
+        scores = [c["score"] for c in r["candidates"]]
+        assert scores == sorted(scores, reverse=True) and "learned_score" in r["candidates"][0]["metadata"]
+    with pytest.raises(SystemExit, match="lacks config.json"):
+        main(["generate", "SrTiO3", "--rank", "learned", "--ranker", str(tmp_path / "missing"),
+              "--output", str(tmp_path / "h.jsonl")])
+    with pytest.raises(SystemExit, match="needs --ranker"):
+        main(["generate", "SrTiO3", "--rank", "learned", "--output", str(tmp_path / "h.jsonl")])

@@ -1,8 +1,8 @@
 """perov_5 CSP: one candidate pool (template substitution, optionally + CIF-LM samples), several rankers.
 
-    PYTHONPATH=. python benchmarks/explicit_transfer/run_ranker.py --stage pool     # candidates + match matrix (cached)
     PYTHONPATH=. python benchmarks/explicit_transfer/run_ranker.py --stage energy   # CHGNet energies of the pools (cached)
     PYTHONPATH=. python benchmarks/explicit_transfer/run_ranker.py --stage rank     # train ranker, evaluate, write results
+    PYTHONPATH=. python benchmarks/explicit_transfer/run_ranker.py --stage lm --lm-model <CIF LM folder>  # + CIF-LM pool
 
 Pool: top-20 similarity-ranked template substitutions (AFLOW + perov_5 train, same-composition templates
 excluded) for every test formula (and a seeded val subset used only to choose the energy mixing weight).
@@ -34,6 +34,7 @@ from run_train_templates import GROUPS, load, train_relation  # noqa: E402
 
 from crossmat.explicit_transfer import GenerationBatch, PrototypeGenerator, SiteRanker, train_site_ranker  # noqa: E402
 from crossmat.explicit_transfer.csp_metrics import CSP_MATCHER_KWARGS, csp_matcher, match_rms  # noqa: E402
+from crossmat.explicit_transfer.data import composition_key  # noqa: E402
 from crossmat.explicit_transfer.potentials import predict_energies  # noqa: E402
 from crossmat.explicit_transfer.site_ranker import decoy_accuracy  # noqa: E402
 
@@ -63,9 +64,9 @@ class LazyMatches:
     (``nan`` = not computed yet, ``inf`` = no match). Every ranking reorders the same candidates, so a
     ranking's match@k only needs its first k candidates up to the first match."""
 
-    def __init__(self, batch: GenerationBatch, truths: list, name: str) -> None:
+    def __init__(self, batch: GenerationBatch, truths: list, name: str, width: int = K) -> None:
         self.batch, self.truths, self.path = batch, truths, WORK / f"match-{name}.npz"
-        self.rms = np.load(self.path)["rms"] if self.path.exists() else np.full((len(batch), K), np.nan)
+        self.rms = np.load(self.path)["rms"] if self.path.exists() else np.full((len(batch), width), np.nan)
         self.matcher, self.new = csp_matcher(), 0
 
     def get(self, i: int, j: int) -> float:
@@ -81,11 +82,12 @@ class LazyMatches:
         WORK.mkdir(parents=True, exist_ok=True)
         np.savez(self.path, rms=self.rms)
 
-    def hits(self, order: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
-        """``[n, len(ks)]`` booleans: a match among the first k of ``order[i]`` (candidate indices, best first)."""
-        out = np.zeros((len(order), len(ks)), dtype=bool)
-        for i, row in enumerate(order):
-            first = next((r for r, j in enumerate(row[:max(ks)]) if np.isfinite(self.get(i, int(j)))), None)
+    def hits(self, score: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
+        """``[n, len(ks)]`` booleans: a match among the k best-scored candidates (``-inf`` = not a candidate)."""
+        out = np.zeros((len(score), len(ks)), dtype=bool)
+        for i, row in enumerate(order_by(score)):
+            row = [int(j) for j in row[:max(ks)] if np.isfinite(score[i, j])]
+            first = next((r for r, j in enumerate(row) if np.isfinite(self.get(i, j))), None)
             if first is not None:
                 out[i] = [first < k for k in ks]
         self.save()
@@ -152,13 +154,13 @@ def run_rank(args: argparse.Namespace, train: pd.DataFrame, pools: dict) -> dict
     sv = scores["val"]
     tune = {}
     for w in args.energy_weights:
-        tune[w] = float(val_matches.hits(order_by(sv["learned"] + w * sv["energy"]), (1,))[:, 0].mean())
+        tune[w] = float(val_matches.hits(sv["learned"] + w * sv["energy"], (1,))[:, 0].mean())
     best = max(tune, key=lambda w: (tune[w], -w))
     ranker.config.energy_weight = best
     val_groups = train_relation(df.formula, train)
     res["val_pool"] = {"n_formulas": len(df), "energy_weight_match_at_1": {str(w): v for w, v in tune.items()},
                        "chosen_energy_weight": best, "metrics": {
-                           name: by_group(val_matches.hits(order_by(sc), ks), val_groups, ks)
+                           name: by_group(val_matches.hits(sc, ks), val_groups, ks)
                            for name, sc in (*sv.items(), ("learned+energy", sv["learned"] + best * sv["energy"]))}}
     print("val pool", json.dumps(res["val_pool"]), flush=True)
     ranker.save_pretrained(args.ranker_dir)
@@ -171,10 +173,100 @@ def run_rank(args: argparse.Namespace, train: pd.DataFrame, pools: dict) -> dict
                         "metrics": {}}
     for name, sc in st.items():
         t = time.time()
-        res["test_pool"]["metrics"][name] = by_group(matches.hits(order_by(sc), ks), groups, ks)
+        res["test_pool"]["metrics"][name] = by_group(matches.hits(sc, ks), groups, ks)
         print(f"test {name} ({time.time() - t:.0f}s):", json.dumps(res["test_pool"]["metrics"][name]["all"]), flush=True)
+    res["test_pool"]["ground_state"] = ground_state_eval(df, batch, st, matches)
+    print("ground state", json.dumps(res["test_pool"]["ground_state"]), flush=True)
     res["test_pool"]["matches_computed"] = int(np.isfinite(matches.rms).sum() + np.isinf(matches.rms).sum())
     return res
+
+
+def ground_state_eval(test: pd.DataFrame, batch: GenerationBatch, scores: dict, matches: LazyMatches) -> dict:
+    """perov_5 lists most compositions twice (the A/B sites swapped), so the test target is one of two arrangements.
+    For test formulas whose composition has two labelled entries (val + test), check the top-1 candidate against
+    the entry with the lower ``heat_ref`` (the DFT ground state of the pair) as well as against the target."""
+    val = load("val")
+    both = pd.concat([val.assign(split="val"), test.assign(split="test")], ignore_index=True)
+    both["comp"] = composition_key(both.formula)
+    size = both.groupby("comp").heat_ref.transform("size")
+    low = both.heat_ref.eq(both.groupby("comp").heat_ref.transform("min"))
+    gs_of = {c: i for i, c in zip(both.index[low & size.eq(2)], both.comp[low & size.eq(2)], strict=True)}
+    rows = [i for i, c in enumerate(both.comp[both.split == "test"]) if c in gs_of]
+    truth = {i: both.structure[gs_of[both.comp[len(val) + i]]] for i in rows}
+    target_is_gs = np.array([gs_of[both.comp[len(val) + i]] == len(val) + i for i in rows])
+    matcher = csp_matcher()
+    out: dict = {"n_formulas": len(rows), "target_is_ground_state": float(target_is_gs.mean()), "match_at_1": {}}
+    for name, sc in scores.items():
+        top = order_by(sc)[rows, 0]
+        hit_gs = [match_rms(batch[i][int(j)].structure, truth[i], matcher) is not None if not own else
+                  np.isfinite(matches.get(i, int(j))) for i, j, own in zip(rows, top, target_is_gs, strict=True)]
+        hit_target = [np.isfinite(matches.get(i, int(j))) for i, j in zip(rows, top, strict=True)]
+        out["match_at_1"][name] = {"ground_state": float(np.mean(hit_gs)), "target": float(np.mean(hit_target))}
+    return out
+
+
+def lm_candidates(args: argparse.Namespace, formulas: list[str]) -> list[list]:
+    """Constrained CIF-LM samples (the ``constrained_p1`` setting of run_cif_lm_constrained.py), cached as CIF JSON."""
+    from pymatgen.core import Structure
+    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from crossmat.explicit_transfer.cif_lm import CIFLanguageModelGenerator
+
+    path = WORK / f"lm-{len(formulas)}-seed{args.seed}.json"
+    if path.exists():
+        rows = json.loads(path.read_text())
+    else:
+        model = GPT2LMHeadModel.from_pretrained(args.lm_model, use_safetensors=True)
+        tok = PreTrainedTokenizerFast.from_pretrained(args.lm_model)
+        gen = CIFLanguageModelGenerator(model, tok, n_samples=K, z_values=(1,), temperature=1.0, top_k=10,
+                                        seed=args.seed, constrained=True, space_group="p1")
+        t = time.time()
+        batch = gen.generate(formulas, K)
+        print(f"CIF LM: {gen.last_stats} in {time.time() - t:.0f}s", flush=True)
+        rows = [[{"cif": c.structure.to(fmt="cif"), "score": c.score} for c in row] for row in batch]
+        WORK.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rows))
+    return [[(Structure.from_str(c["cif"], fmt="cif"), c["score"]) for c in row] for row in rows]
+
+
+def run_lm(args: argparse.Namespace, train: pd.DataFrame, pools: dict) -> dict:
+    """Seeded test subset: template top-20 + CIF-LM samples in one pool, ranked by each method."""
+    from crossmat.explicit_transfer import Candidate
+
+    df, batch = pools["test"]
+    sub = df.sample(n=args.lm_subset, random_state=args.seed).index.to_numpy()
+    lm = lm_candidates(args, df.formula[sub].tolist())
+    ranker = SiteRanker.from_pretrained(args.ranker_dir)
+    e_tmpl = -energies(batch, f"test-{len(df)}")[sub]
+    width = K + max(len(r) for r in lm)
+    union = GenerationBatch([list(batch[i][:K]) + [Candidate(st, sc, "cif-lm") for st, sc in lm_row]
+                             for i, lm_row in zip(sub, lm, strict=True)])
+    lm_structs = [st for row in lm for st, _ in row]
+    e_lm = -predict_energies(lm_structs, "chgnet", batch_size=128) if lm_structs else np.zeros(0)
+    l_all = ranker.score_structures([c.structure for row in union for c in row])
+    sc = {k: np.full((len(sub), width), -np.inf) for k in ("template similarity, then CIF LM", "CIF LM only",
+                                                           "energy", "learned", "learned+energy")}
+    pos_lm, pos_all = 0, 0
+    for r, row in enumerate(union):
+        n_lm = len(row) - K
+        sc["template similarity, then CIF LM"][r, :len(row)] = -np.arange(len(row))
+        sc["CIF LM only"][r, K:len(row)] = [c.score for c in row[K:]]
+        sc["energy"][r, :K] = e_tmpl[r]
+        sc["energy"][r, K:len(row)] = e_lm[pos_lm:pos_lm + n_lm]
+        sc["learned"][r, :len(row)] = l_all[pos_all:pos_all + len(row)]
+        pos_lm += n_lm
+        pos_all += len(row)
+    sc["learned+energy"] = sc["learned"] + ranker.config.energy_weight * sc["energy"]
+    truths = df.structure[sub].tolist()
+    matches = LazyMatches(union, truths, f"lm-union-{len(sub)}-seed{args.seed}", width=width)
+    groups = train_relation(df.formula[sub], train)
+    ks = (1, 5, 20)
+    out: dict = {"n_formulas": len(sub), "lm_valid_samples": len(lm_structs), "pool_width": width,
+                 "energy_weight": ranker.config.energy_weight, "metrics": {}}
+    for name, s in sc.items():
+        out["metrics"][name] = by_group(matches.hits(s, ks), groups, ks)
+        print(f"union {name}:", json.dumps(out["metrics"][name]["all"]), flush=True)
+    return out
 
 
 def update_headline(res: dict) -> None:
@@ -201,15 +293,35 @@ def update_headline(res: dict) -> None:
     path.write_text(json.dumps(head, indent=2) + "\n")
 
 
+def update_headline_lm(union: dict) -> None:
+    """Add the template + CIF-LM pool numbers (seeded test subset) to headline.json."""
+    path = HERE / "headline.json"
+    head = json.loads(path.read_text()) if path.exists() else {}
+    m = union["metrics"]
+    head.update({
+        "union_n_targets": union["n_formulas"],
+        "union_learned_match_at_1": m["learned"]["all"]["match_rate@1"],
+        "union_learned_match_at_5": m["learned"]["all"]["match_rate@5"],
+        "union_learned_energy_match_at_1": m["learned+energy"]["all"]["match_rate@1"],
+        "union_energy_match_at_1": m["energy"]["all"]["match_rate@1"],
+        "union_template_then_lm_match_at_1": m["template similarity, then CIF LM"]["all"]["match_rate@1"],
+        "union_source": "results_ranker_cif_lm.json (run_ranker.py --stage lm): template top-20 + constrained CIF-LM "
+                        "samples on the seeded 300 test formulas (seed 0), one pool ranked by each method",
+    })
+    path.write_text(json.dumps(head, indent=2) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--stage", choices=["energy", "rank"], required=True)
+    ap.add_argument("--stage", choices=["energy", "rank", "lm"], required=True)
     ap.add_argument("--val-subset", type=int, default=600, help="seeded val formulas for the energy weight")
     ap.add_argument("--holdout", type=int, default=1000, help="train structures held out of ranker training")
     ap.add_argument("--max-decoys", type=int, default=32)
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--energy-weights", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0])
+    ap.add_argument("--lm-subset", type=int, default=300, help="seeded test formulas for --stage lm")
+    ap.add_argument("--lm-model", default="benchmarks/_work/cif_lm_stage", help="CIF LM folder for --stage lm")
     ap.add_argument("--ranker-dir", default=str(HERE / "site_ranker_perov5"), help="where the trained ranker is saved")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE))
@@ -232,6 +344,12 @@ def main() -> None:
     res: dict = {"hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared with "
                              "other jobs), no GPU", "matcher": CSP_MATCHER_KWARGS, "args": vars(args),
                  "pool": f"top-{K} similarity-ranked template substitutions, same-composition templates excluded"}
+    if args.stage == "lm":
+        res["union"] = run_lm(args, train, pools)
+        res["total_s"] = time.time() - t0
+        Path(args.out, "results_ranker_cif_lm.json").write_text(json.dumps(res, indent=2))
+        update_headline_lm(res["union"])
+        return
     res.update(run_rank(args, train, pools))
     res["total_s"] = time.time() - t0
     Path(args.out, "results_ranker.json").write_text(json.dumps(res, indent=2))
