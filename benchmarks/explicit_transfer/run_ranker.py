@@ -266,6 +266,16 @@ def run_lm(args: argparse.Namespace, train: pd.DataFrame, pools: dict) -> dict:
     for name, s in sc.items():
         out["metrics"][name] = by_group(matches.hits(s, ks), groups, ks)
         print(f"union {name}:", json.dumps(out["metrics"][name]["all"]), flush=True)
+    # the template pool alone on the same formulas (matches cached by --stage rank)
+    tmatch = LazyMatches(batch, df.structure.tolist(), f"test-{len(df)}")
+    l_t = ranker.score_structures([c.structure for i in sub for c in batch[i][:K]]).reshape(len(sub), K)
+    out["template_pool_metrics"] = {}
+    for name, s in (("similarity", -np.tile(np.arange(K, dtype=float), (len(sub), 1))), ("energy", e_tmpl),
+                    ("learned", l_t), ("learned+energy", l_t + ranker.config.energy_weight * e_tmpl)):
+        full = np.full((len(df), K), -np.inf)
+        full[sub] = s
+        out["template_pool_metrics"][name] = by_group(tmatch.hits(full, ks)[sub], groups, ks)
+        print(f"template pool only {name}:", json.dumps(out["template_pool_metrics"][name]["all"]), flush=True)
     return out
 
 
