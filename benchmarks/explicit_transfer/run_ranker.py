@@ -9,7 +9,9 @@ excluded) for every test formula (and a seeded val subset used only to choose th
 Each candidate is matched once against the true structure (StructureMatcher, CSP settings); every ranking is a
 reordering of the same candidates, so match@k of any ranker comes from the cached ``[n, 20]`` match matrix.
 The learned ranker (:class:`explicit_transfer.SiteRanker`) is trained on perov_5 TRAIN structures (real vs
-site-swapped decoys); its hyper-parameters are checked on a held-out slice of train, never on test.
+site-swapped decoys); its decoy accuracy is reported on a held-out slice of train, and its settings and the
+energy weight were chosen on the val pool, never on test. ``--stage rank`` also checks top-1 against the lower-
+``heat_ref`` entry of compositions listed twice (A/B swapped) in val + test: the DFT ground state of the pair.
 """
 
 from __future__ import annotations
