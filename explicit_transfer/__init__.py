@@ -2,14 +2,16 @@
 
 Generators share one interface, ``generate(formulas, n_candidates) -> GenerationBatch`` (a
 ``list[list[Candidate]]`` with ``.failures``): :class:`PrototypeGenerator` (template substitution) and
-:class:`CIFLanguageModelGenerator` (a GPT-2 CIF language model, CrystaLLM-style prompts).
+:class:`CIFLanguageModelGenerator` (a GPT-2 CIF language model, CrystaLLM-style prompts). Candidates are ranked
+by :func:`rank_candidates` (generator similarity, potential energy, or the learned :class:`SiteRanker`).
 Importing this package registers :class:`StructurePropertyPredictor` with the transformers Auto classes.
 """
 
 from .base import Candidate, GenerationBatch, GenerationFailure, StructureGenerator, parse_target
 from .predictor import StructurePredictorConfig, StructurePropertyPredictor, register, train_structure_predictor
 from .prototypes import PrototypeGenerator, load_aflow_prototypes
-from .ranking import rank_candidates
+from .ranking import RANK_METHODS, rank_candidates
+from .site_ranker import SiteRanker, SiteRankerConfig, make_decoys, train_site_ranker
 
 register()
 
@@ -18,12 +20,17 @@ __all__ = [
     "GenerationBatch",
     "GenerationFailure",
     "PrototypeGenerator",
+    "RANK_METHODS",
+    "SiteRanker",
+    "SiteRankerConfig",
     "StructureGenerator",
     "StructurePredictorConfig",
     "StructurePropertyPredictor",
     "load_aflow_prototypes",
+    "make_decoys",
     "parse_target",
     "rank_candidates",
     "register",
+    "train_site_ranker",
     "train_structure_predictor",
 ]

@@ -88,7 +88,22 @@ def cmd_generate(a: argparse.Namespace) -> None:
         gen = CIFLanguageModelGenerator.from_pretrained(a.model, n_samples=a.samples, z_values=a.z,
                                                         temperature=a.temperature, top_k=a.top_k,
                                                         constrained=not a.unconstrained, space_group=a.space_group)
-    rank = None if a.rank == "none" else a.rank
+    rank, potential = a.rank, a.potential
+    if rank in ("none", "similarity"):
+        rank = None
+    elif rank in ("chgnet", "matgl-tensornet"):
+        rank, potential = "energy", rank
+    if rank in ("learned", "learned+energy"):
+        if not a.ranker:
+            sys.exit(f"error: --rank {rank} needs --ranker <folder with a trained site ranker>")
+        from .site_ranker import SiteRanker
+
+        try:
+            ranker = SiteRanker.from_pretrained(a.ranker)
+        except (FileNotFoundError, ValueError) as err:
+            sys.exit(f"error: {err}")
+    else:
+        ranker = None
     output, shard = a.output, None
     # under `accelerate launch -m explicit_transfer generate ...` each process takes every P-th row; a
     # broken distributed setup raises here instead of silently running the whole input in one process
@@ -102,6 +117,7 @@ def cmd_generate(a: argparse.Namespace) -> None:
         shard = (state.process_index, state.num_processes)
         output = f"{a.output}.part{state.process_index}-of-{state.num_processes}"
     stats = generate_to_jsonl(gen, formulas, output, n_candidates=a.n, rank=rank, relax_steps=a.relax_steps, ids=ids,
+                              potential=potential, ranker=ranker,
                               shard=shard)
     print(json.dumps(stats))
 
@@ -231,7 +247,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="cif-lm constrained decoding: force P1 (exact composition), let the model write the space "
                         "group and Wyckoff multiplicities (free), or P1 when it fits the context (auto)")
     g.add_argument("-n", type=int, default=5, help="candidates kept per formula")
-    g.add_argument("--rank", choices=["none", "chgnet", "matgl-tensornet"], default="none")
+    g.add_argument("--rank", choices=["none", "similarity", "energy", "chgnet", "matgl-tensornet", "learned",
+                                      "learned+energy"], default="none",
+                   help="order of the kept candidates: the generator's own (none/similarity), potential energy "
+                        "(energy = --potential; chgnet / matgl-tensornet name it), a learned site ranker (learned, "
+                        "needs --ranker) or both (learned+energy)")
+    g.add_argument("--potential", choices=["chgnet", "matgl-tensornet"], default="chgnet",
+                   help="potential for --rank energy / learned+energy")
+    g.add_argument("--ranker", help="site ranker folder (config.json + model.safetensors) for --rank learned")
     g.add_argument("--relax-steps", type=int, default=0, help="bounded relaxation steps before ranking (0: none)")
     g.add_argument("--output", required=True, help="JSON-lines output (resumes if it exists)")
     g.set_defaults(func=cmd_generate)

@@ -10,7 +10,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .base import GenerationBatch, StructureGenerator
+from .potentials import POTENTIALS
 from .ranking import rank_candidates
+from .site_ranker import SiteRanker
 
 __all__ = ["generate_to_jsonl", "read_jsonl"]
 
@@ -41,11 +43,15 @@ def read_jsonl(path: str | Path, bad: list[tuple[int, str]] | None = None) -> li
 def generate_to_jsonl(
     generator: StructureGenerator, formulas: Sequence[object], output: str | Path, n_candidates: int = 5,
     chunk_size: int = 64, rank: str | None = None, relax_steps: int = 0, ids: Sequence[object] | None = None,
-    progress: bool = True, shard: tuple[int, int] | None = None,
+    progress: bool = True, shard: tuple[int, int] | None = None, potential: str = "chgnet",
+    ranker: SiteRanker | str | Path | None = None,
 ) -> dict[str, int]:
-    """Generate (and optionally rank with ``rank`` = ``chgnet`` / ``matgl-tensornet``) in chunks, appending records
+    """Generate (and optionally rank) in chunks, appending records
 
     ``{"row", "id", "formula", "candidates": [{"cif", "score", "source", "metadata"}], "failure": reason|null}``.
+    ``rank``: ``None`` (the generator's order), ``energy`` (``potential``'s energy per atom; ``chgnet`` /
+    ``matgl-tensornet`` as a value mean energy with that potential), ``learned`` or ``learned+energy``
+    (``ranker``: a :class:`SiteRanker` or its folder); see :func:`rank_candidates`.
     Rows already in ``output`` are skipped, so an interrupted job resumes where it stopped.
     ``shard=(index, count)``: this process handles rows ``index::count`` (one output file per process).
     """
@@ -63,7 +69,8 @@ def generate_to_jsonl(
         rows = todo[start : start + chunk_size]
         batch: GenerationBatch = generator.generate([formulas[i] for i in rows], n_candidates)
         if rank:
-            batch = rank_candidates(batch, potential=rank, relax_steps=relax_steps)
+            method, pot = ("energy", rank) if rank in POTENTIALS else (rank, potential)
+            batch = rank_candidates(batch, potential=pot, relax_steps=relax_steps, method=method, ranker=ranker)
         with out.open("a") as f:
             for j, row in enumerate(rows):
                 fail = [x.reason for x in batch.failures if x.row == j]

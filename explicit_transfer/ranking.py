@@ -1,14 +1,20 @@
-"""Rank generated candidates by a universal potential's energy per atom (batched), optional bounded relaxation."""
+"""Rank generated candidates: by a universal potential's energy per atom (batched, optional bounded relaxation),
+by a learned site-arrangement ranker, or both."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .base import GenerationBatch, GenerationFailure
 from .potentials import predict_energies, relax, unsupported_elements
+from .site_ranker import SiteRanker, unscorable_species
 
-__all__ = ["rank_candidates"]
+__all__ = ["RANK_METHODS", "rank_candidates"]
+
+RANK_METHODS = ("similarity", "energy", "learned", "learned+energy")
 
 
 def rank_candidates(
@@ -18,13 +24,62 @@ def rank_candidates(
     fmax: float = 0.1,
     batch_size: int = 64,
     progress: bool = False,
+    method: str = "energy",
+    ranker: SiteRanker | str | Path | None = None,
+    energy_weight: float | None = None,
 ) -> GenerationBatch:
-    """Re-score every candidate with ``-energy_per_atom`` and sort each formula's list (lowest energy first).
+    """Re-score every candidate and sort each formula's list (best first).
 
-    Candidates with elements the potential does not support are dropped; a formula left with none gets a
-    failure record. ``relax_steps > 0`` relaxes each candidate (FIRE, cell + positions) for at most that
-    many steps before scoring.
+    ``method``: ``energy`` (score ``-energy_per_atom``; candidates with elements the potential does not support
+    are dropped and a formula left with none gets a failure record; ``relax_steps > 0`` relaxes each candidate
+    with FIRE for at most that many steps first), ``learned`` (a :class:`SiteRanker` or its folder),
+    ``learned+energy`` (learned score ``- energy_weight * energy_per_atom``; the weight defaults to the ranker's
+    tuned ``config.energy_weight``) or ``similarity`` (the generator's own order, unchanged).
     """
+    if method not in RANK_METHODS:
+        raise ValueError(f"unknown ranking method {method!r}; choose one of {list(RANK_METHODS)}")
+    if method == "similarity":
+        return batch
+    if method in ("learned", "learned+energy"):
+        return _rank_learned(batch, method, ranker, energy_weight, potential, relax_steps, fmax, batch_size, progress)
+    return _rank_energy(batch, potential, relax_steps, fmax, batch_size, progress)
+
+
+def _rank_learned(batch: GenerationBatch, method: str, ranker: SiteRanker | str | Path | None,
+                  energy_weight: float | None, potential: str, relax_steps: int, fmax: float, batch_size: int,
+                  progress: bool) -> GenerationBatch:
+    if ranker is None:
+        raise ValueError(f"method={method!r} needs a site ranker (a SiteRanker or the folder it was saved to)")
+    model = ranker if isinstance(ranker, SiteRanker) else SiteRanker.from_pretrained(ranker)
+    weight = 0.0
+    if method == "learned+energy":
+        weight = model.config.energy_weight if energy_weight is None else energy_weight
+        if weight is None:
+            raise ValueError("learned+energy needs energy_weight (this ranker has no tuned config.energy_weight)")
+        batch = _rank_energy(batch, potential, relax_steps, fmax, batch_size, progress)
+    out = GenerationBatch([[] for _ in batch], batch.failures)
+    flat = []
+    for row, cands in enumerate(batch):
+        bad = [unscorable_species(c.structure) for c in cands]
+        flat += [(row, c) for c, b in zip(cands, bad, strict=True) if not b]
+        if cands and all(bad):
+            els = sorted({e for b in bad for e in b})
+            out.failures.append(GenerationFailure(row, cands[0].structure.composition.reduced_formula, "rank:learned",
+                                                  f"species {els} have no site-ranker descriptors"))
+    scores = model.score_structures([c.structure for _, c in flat])
+    for (row, c), s in zip(flat, scores, strict=True):
+        c.metadata["learned_score"] = float(s)
+        c.metadata["pre_rank_score"] = c.metadata.get("pre_rank_score", c.score)
+        c.score = float(s) - (weight * c.metadata["energy_per_atom"] if weight else 0.0)
+        out[row].append(c)
+    for row in range(len(out)):
+        out[row].sort(key=lambda c: -c.score)
+    out.failures.sort(key=lambda f: f.row)
+    return out
+
+
+def _rank_energy(batch: GenerationBatch, potential: str, relax_steps: int, fmax: float, batch_size: int,
+                 progress: bool) -> GenerationBatch:
     out = GenerationBatch([[] for _ in batch], batch.failures)
     flat, where = [], []
     for row, cands in enumerate(batch):
