@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Composition, Structure
 from pymatgen.io.cif import CifParser
@@ -115,6 +116,17 @@ def test_cif_lm_stage_trains_checkpoints_and_resumes(tables, tmp_path, capsys):
     assert not (out / "training_args.bin").exists()  # no pickle in the model folder
     card = (out / "README.md").read_text()
     assert "pipeline_tag: text-generation" in card and "CIFLanguageModelGenerator" in card
+    assert "match_at_1" not in card  # nothing measured yet
+    # measured crystal-structure-prediction numbers go into the card's model-index and prose
+    from crossmat.training.cif_lm_stage import write_cif_lm_card
+
+    write_cif_lm_card(out, {"dataset": "perov_5", "split": "test", "n_targets": 300, "samples_per_formula": 20,
+                            "validity": 0.898, "match_at_1": 0.543, "match_at_20": 1.0, "how": "constrained"})
+    card = (out / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    values = {m["type"]: m["value"] for r in meta["model-index"][0]["results"] for m in r["metrics"]}
+    assert values == {"validity": 0.898, "match_at_1": 0.543, "match_at_20": 1.0}
+    assert "89.8% valid CIFs, match@1 54.3%" in card and "4 steps" in card
     gen = CIFLanguageModelGenerator.from_pretrained(out, n_samples=1, z_values=(1,), max_new_tokens=8)
     assert gen.sample("data_SrTiO3\n", 1)[0][0].startswith("data_SrTiO3\n")
     # resume from the step-2 checkpoint after losing the last one: training continues to step 4

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -58,7 +60,6 @@ def train_cif_lm_stage(recipe: StageRecipe, out: Path) -> StageRun:
 
     from crossmat.dataset_builders.cif_corpus import CorpusError, build_cif_corpus
     from crossmat.dataset_builders.cif_text import build_cif_tokenizer
-    from crossmat.model_cards import write_model_card
     from crossmat.modeling.cif_lm import new_cif_lm
 
     out = Path(out)
@@ -140,17 +141,45 @@ def train_cif_lm_stage(recipe: StageRecipe, out: Path) -> StageRun:
                              "runtime_s": float(result.metrics.get("train_runtime", float("nan")))},
                 "metrics": metrics}
         (out / DONE_FILE).write_text(json.dumps(info, indent=2, default=str))
-        val_text = (f" Validation loss {metrics['validation']['loss']:.4f} (perplexity "
-                    f"{metrics['validation']['perplexity']:.3f}) on held-out formulas." if metrics else "")
-        write_model_card(
-            out, kind="cif-lm", datasets=[str(s) for s in sources], recipe=printable_recipe(recipe),
-            usage=USAGE.format(model_id=out.name), leakage_notes=[
-                "Crystal-structure-prediction scores are valid only for formulas whose structures were not in the "
-                "training tables: for perov_5 train on the `train` split only, never on val/test structures."],
-            training_data=(f"{info['data']['structures']} structures from " + ", ".join(f"`{Path(s).name}`" for s in sources)
-                           + f", rendered as {', '.join(data.cif_forms)} CIFs ({len(kept)} texts, {len(rejected)} rejected "
-                           f"and listed in `rejected_rows.csv`); {info['training']['steps']} steps.{val_text}"),
-        )
+        write_cif_lm_card(out)
         print(f"[crossmat] cif_lm done: model -> {out}" + (f"; validation loss {metrics['validation']['loss']:.4f}" if metrics else ""))
     trainer.accelerator.wait_for_everyone()
     return StageRun(out, model.eval() if trainer.is_world_process_zero() else None, None)
+
+
+def write_cif_lm_card(out: Path, csp: Mapping[str, Any] | None = None) -> Path:
+    """(Re)write a trained CIF LM folder's card from its ``training_info.json`` and ``recipe.yaml``; ``csp``: measured
+    crystal-structure-prediction numbers to report (``dataset``, ``split``, ``n_targets``, ``samples_per_formula``,
+    ``validity``, ``match_at_1``, ``match_at_20``, ``how``), e.g. from
+    benchmarks/explicit_transfer/run_cif_lm_constrained.py."""
+    from crossmat.model_cards import write_model_card
+
+    out = Path(out)
+    info = json.loads((out / DONE_FILE).read_text())
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    sources = info["data"]["sources"]
+    val = info.get("metrics", {}).get("validation")
+    val_text = (f" Validation loss {val['loss']:.4f} (perplexity {val['perplexity']:.3f}) on held-out formulas."
+                if val else "")
+    metrics: list[dict[str, Any]] = []
+    csp_text = ""
+    if csp:
+        for key, name in (("validity", "valid CIFs"), ("match_at_1", "match rate @1"), ("match_at_20", "match rate @20")):
+            if csp.get(key) is not None:
+                metrics.append({"name": f"{name} ({csp['n_targets']} {csp['split']} formulas)", "type": key,
+                                "value": float(csp[key]), "dataset_name": csp["dataset"], "dataset_type": csp["dataset"],
+                                "split": csp["split"], "task_type": "crystal-structure-prediction"})
+        csp_text = (f"\n\nMeasured on {csp['n_targets']} {csp['dataset']} {csp['split']} formulas x {csp['samples_per_formula']} "
+                    f"samples ({csp.get('how', '')}): {csp['validity']:.1%} valid CIFs, match@1 {csp['match_at_1']:.1%}, "
+                    f"match@20 {csp['match_at_20']:.1%}.")
+    return write_model_card(
+        out, kind="cif-lm", datasets=[str(s) for s in sources], recipe=recipe, metrics=metrics,
+        usage=USAGE.format(model_id=out.name), leakage_notes=[
+            "Crystal-structure-prediction scores are valid only for formulas whose structures were not in the "
+            "training tables: for perov_5 train on the `train` split only, never on val/test structures."],
+        training_data=(f"{info['data']['structures']} structures from " + ", ".join(f"`{Path(s).name}`" for s in sources)
+                       + f", rendered as {', '.join(info['data']['forms'])} CIFs ({info['data']['texts_kept']} texts, "
+                       f"{info['data']['rejected']} rejected and listed in `rejected_rows.csv`); "
+                       f"{info['training']['steps']} steps.{val_text}{csp_text}"),
+    )
+
