@@ -1,7 +1,7 @@
 """Paired per-fold comparison of fine-tuned backbone arms (records ``crossmat_default_from_<arm>.json``).
 
 Usage: PYTHONPATH=. python benchmarks/imkt/compare_arms.py ARM --against mlm imkt [--tasks T ...] [--json OUT]
-Prints, per task and reference arm, the per-fold relative error change 100 (a - b) / b (error = MAE, or
+Prints, per task, the arm's mean ± std over folds (the record's std) and, per reference arm, the per-fold relative error change 100 (a - b) / b (error = MAE, or
 1 - value for accuracy-type metrics), its mean ± SE over folds and a verdict needing |mean| > 2 SE, then the
 average over the tasks both arms have.
 """
@@ -18,14 +18,14 @@ RESULTS = Path("benchmarks/results/matbench")
 HIGHER_IS_BETTER = ("balanced_accuracy", "accuracy", "roc_auc", "f1")
 
 
-def errors(task: str, arm: str) -> tuple[np.ndarray, str] | None:
-    """Per-fold errors of one arm's record on one task (None when the record does not exist)."""
+def errors(task: str, arm: str) -> tuple[np.ndarray, str, float] | None:
+    """Per-fold errors, metric and the record's fold std of one arm on one task (None without a record)."""
     path = RESULTS / task / f"crossmat_default_from_{arm}.json"
     if not path.is_file():
         return None
     rec = json.loads(path.read_text())
     folds = np.asarray(rec["folds"], dtype=float)
-    return (1.0 - folds if rec["metric"] in HIGHER_IS_BETTER else folds), rec["metric"]
+    return (1.0 - folds if rec["metric"] in HIGHER_IS_BETTER else folds), rec["metric"], float(rec["std"])
 
 
 def paired(a: np.ndarray, b: np.ndarray) -> dict:
@@ -51,7 +51,7 @@ def main() -> None:
         if mine is None:
             continue
         row = {"metric": mine[1], "folds": [round(float(v), 4) for v in mine[0]], "mean": round(float(mine[0].mean()), 4),
-               "std": round(float(mine[0].std(ddof=1)), 4)}  # fmt: skip
+               "std": round(mine[2], 4)}  # fmt: skip
         for ref in args.against:
             theirs = errors(task, ref)
             if theirs is not None:
