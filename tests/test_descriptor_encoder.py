@@ -79,6 +79,10 @@ def test_builder_and_alignment_end_to_end(mp, tmp_path):
     rows = pd.concat([pd.read_parquet(p) for p in sorted((out / "data" / "descriptors").glob("shard-*.parquet"))])
     assert rows["energy_per_atom"].isna().all() and np.isfinite(np.stack(rows["embedding"])).all()
     assert "descriptors" in (out / "README.md").read_text()
+    builders_main(["embeddings", "--source", str(csv), "--encoder", "descriptors", "--shard-size", "10",
+                   "--output-dir", str(out)])  # fmt: skip
+    rerun = json.loads((out / "embeddings_metadata.json").read_text())["descriptors"]
+    assert rerun["last_run"] == meta["last_run"]  # a rerun with nothing to do keeps the build's record
     # duplicate the first formula's structure under another id: a polymorph group without energies
     dup = rows.iloc[:1].assign(id="copy", embedding=[rows["embedding"].iloc[0] * 0 + 1])
     pd.concat([rows.iloc[10:], dup]).to_parquet(out / "data" / "descriptors" / "shard-00001-of-00002.parquet")
