@@ -14,6 +14,10 @@ Polymorphs (several structures with one reduced formula) are resolved by ``polym
   encoder (the ground-state polymorph, which is what a composition most often refers to);
 * ``mean``: the mean embedding over the formula's structures (per encoder, then concatenated).
 
+An encoder without energies (``descriptors``: NaN) cannot rank polymorphs: ``lowest_energy`` then falls back
+to the first structure in source order for every formula with several structures, says so, and records the
+count (``lowest_energy_fallback_formulas``); use ``mean`` with such an encoder.
+
 The metadata records how much the choice matters: the mean cosine similarity (on z-scored embeddings)
 between polymorphs of one formula, against random pairs of different formulas.
 
@@ -130,8 +134,15 @@ def build_alignment_set(
     formulas = rows["formula"].to_numpy(dtype=object)
     stats = polymorph_statistics(formulas, emb, seed)
     uniq, inverse, counts = np.unique(formulas, return_inverse=True, return_counts=True)
+    fallback = 0
     if polymorphs == "lowest_energy":
-        energy = pd.to_numeric(rows["energy_per_atom"], errors="coerce").fillna(np.inf).to_numpy()
+        raw = pd.to_numeric(rows["energy_per_atom"], errors="coerce").to_numpy(dtype=float)
+        finite = np.bincount(inverse, weights=np.isfinite(raw), minlength=len(uniq))
+        fallback = int(np.sum((counts > 1) & (finite == 0)))
+        if fallback:
+            print(f"[crossmat] {fallback} formula(s) with several structures have no energies ({encoders[0]}): "
+                  "their first structure in source order is used; --polymorphs mean averages them instead")
+        energy = np.where(np.isfinite(raw), raw, np.inf)
         order = np.lexsort((np.arange(len(rows)), energy, inverse))  # by formula, then energy, then position
         first = order[np.r_[True, inverse[order][1:] != inverse[order][:-1]]]
         table_emb = emb[first]
@@ -170,6 +181,7 @@ def build_alignment_set(
         "embedding_dims": dims,
         "polymorphs": polymorphs,
         "polymorph_statistics": stats,
+        "lowest_energy_fallback_formulas": fallback,
         "exclusions": exclusions,
         "formulas_after_exclusion": int(n_after_exclusion),
         "max_formulas": max_formulas,

@@ -56,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--on-bad", choices=ON_BAD, default="error", help=_ON_BAD_HELP)
 
-    p = sub.add_parser("embeddings", help="precomputed structure embeddings (CHGNet / matgl TensorNet)")
+    p = sub.add_parser("embeddings", help="precomputed structure embeddings (CHGNet / matgl TensorNet / pymatgen descriptors)")
     p.add_argument("--source", required=True, help="perov_5 | mp_structures | aflow_prototypes | <csv/parquet with a cif column>")
-    p.add_argument("--encoder", default="chgnet", choices=["chgnet", "matgl-tensornet"])
+    p.add_argument("--encoder", default="chgnet", choices=["chgnet", "matgl-tensornet", "descriptors"])
     p.add_argument("--matgl-model", default=None,
                    help="matgl model folder or registry name (default: $CROSSMAT_MODELS_DIR/matgl/"
                         "TensorNet-MatPES-PBE-v2025.1-PES, else that registry name)")
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("alignment", help="imKT alignment set: one structure embedding per formula, leakage guard")
     p.add_argument("--embeddings", action="append", required=True,
                    help="an embeddings output folder (repeat to combine, e.g. mp_structures and perov_5)")
-    p.add_argument("--encoder", action="append", required=True, choices=["chgnet", "matgl-tensornet"],
+    p.add_argument("--encoder", action="append", required=True, choices=["chgnet", "matgl-tensornet", "descriptors"],
                    help="encoder config to use (repeat to concatenate, in order)")
     p.add_argument("--polymorphs", default="lowest_energy", choices=["lowest_energy", "mean"],
                    help="one target per formula: the lowest-energy structure (first encoder's energy) or the mean")

@@ -8,6 +8,7 @@ Encoders:
   ``readout`` features; also gives energy per atom. Loaded from a folder (``--matgl-model``, default
   ``$CROSSMAT_MODELS_DIR/matgl/TensorNet-MatPES-PBE-v2025.1-PES``, i.e. ``../shared/models`` here) or by
   matgl registry name (downloads; fails with a clear message offline).
+* ``descriptors`` — no model: 29 pymatgen/spglib structure descriptors (``DescriptorEncoder``); energy NaN.
 
 Sources: ``perov_5`` (``$CROSSMAT_DATA_DIR/perov_5/{train_structures,val,test}.csv.gz``, 18,928 structures),
 ``mp_structures`` (``$CROSSMAT_DATA_DIR/mp_structures/structures.csv.gz``, 54,629 Materials Project
@@ -280,6 +281,7 @@ def build_embeddings(
     todo = [i for i in mine if not (shard_dir / f"shard-{i:05d}-of-{n_shards:05d}.parquet").exists()]
     n_rows = sum(len(table.iloc[i * shard_size : (i + 1) * shard_size]) for i in todo)
     start = time.perf_counter()
+    encoder_info = None
     if todo:
         enc = get_encoder(name, matgl_model)
         start = time.perf_counter()  # throughput excludes model loading
@@ -291,6 +293,7 @@ def build_embeddings(
                 if rejects.rows:
                     pd.DataFrame(rejects.rows).to_csv(shard_dir / f"rejected-{i:05d}.csv", index=False)
                 write_parquet(frame, shard_dir / f"shard-{i:05d}-of-{n_shards:05d}.parquet")
+        encoder_info = enc.metadata() if hasattr(enc, "metadata") else None  # descriptors: settings, counters
     elapsed = time.perf_counter() - start
     if state is not None:
         state.wait_for_everyone()
@@ -299,7 +302,7 @@ def build_embeddings(
     missing = [i for i in range(n_shards) if not (shard_dir / f"shard-{i:05d}-of-{n_shards:05d}.parquet").exists()]
     if missing:
         raise RuntimeError(f"shards {missing[:10]} of {shard_dir} are missing (a process failed); rerun to resume")
-    return _finalize(out, name, n_shards, signature, n_rows, elapsed, batch_size, matgl_model)
+    return _finalize(out, name, n_shards, signature, n_rows, elapsed, batch_size, matgl_model, encoder_info)
 
 
 def _torch_threads() -> int:
@@ -309,7 +312,7 @@ def _torch_threads() -> int:
 
 
 def _finalize(out: Path, name: str, n_shards: int, signature: dict, n_new: int, elapsed: float, batch_size: int,
-              matgl_model: str | None) -> dict[str, Any]:  # fmt: skip
+              matgl_model: str | None, encoder_info: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     shard_dir = out / "data" / name
     frame = pd.concat([read_table(shard_dir / f"shard-{i:05d}-of-{n_shards:05d}.parquet").frame
                        for i in range(n_shards)], ignore_index=True)  # fmt: skip
@@ -323,10 +326,12 @@ def _finalize(out: Path, name: str, n_shards: int, signature: dict, n_new: int, 
         all_rej.to_csv(out / f"rejected_rows_{name}.csv", index=False)
     meta_path = out / "embeddings_metadata.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    previous = meta.get(name, {})
+    keep_run = n_new == 0 and "last_run" in previous  # a rerun that only refinalizes keeps the build's record
     meta[name] = {
         **signature,
         "encoder": name,
-        "matgl_model": str(matgl_model or (models_dir() / "matgl" / DEFAULT_MATGL_MODEL)) if name != "chgnet" else None,
+        "matgl_model": str(matgl_model or (models_dir() / "matgl" / DEFAULT_MATGL_MODEL)) if name == "matgl-tensornet" else None,
         "embedding_dim": int(len(frame["embedding"].iloc[0])) if len(frame) else None,
         "n_shards": n_shards,
         "rows": len(frame),
@@ -334,7 +339,9 @@ def _finalize(out: Path, name: str, n_shards: int, signature: dict, n_new: int, 
         "rejected_rows": n_rej,
         "last_run": {"new_structures": n_new, "seconds": round(elapsed, 2), "batch_size": batch_size,
                      "torch_threads": _torch_threads(), "process": "main (rank 0) only",
-                     "structures_per_s": round(n_new / elapsed, 2) if n_new and elapsed else None},
+                     "structures_per_s": round(n_new / elapsed, 2) if n_new and elapsed else None,
+                     **({"encoder_info": encoder_info} if encoder_info else {})} if not keep_run else previous["last_run"],
+        **{k: v for k, v in previous.items() if k == "throughput_check"},  # kept across reruns
     }  # fmt: skip
     write_json(meta, meta_path)
     configs = {}
@@ -351,6 +358,11 @@ def _card_body(meta: dict[str, Any]) -> str:
         f"| `{k}` | {m['source']} | {m['embedding_dim']} | {m['rows']} | {m['unique_formulas']} | {m['rejected_rows']} |"
         for k, m in meta.items()
     )
+    speed = "".join(
+        f"\n`{k}` throughput: {m['throughput_check']['structures_per_s']} structures/s on "
+        f"{m['throughput_check']['structures']} random structures of the source ({m['throughput_check']['note']}).\n"
+        for k, m in meta.items() if "throughput_check" in m
+    )  # fmt: skip
     return f"""
 # CrossMat precomputed structure embeddings
 
@@ -359,12 +371,13 @@ config `<encoder>_per_formula`: one row per formula, the polymorph with the **lo
 predicted by the same encoder (ties and missing energies: first in source order), with `n_polymorphs`.
 Columns: `id`, `formula` (canonical composition of the structure), `embedding` (list of float32),
 `encoder`, `source`, `generated` (False: real structures; True is used for exKT-generated ones),
-`energy_per_atom` (eV/atom, encoder prediction).
+`energy_per_atom` (eV/atom, encoder prediction; NaN for `descriptors`, which has no model, so its
+`_per_formula` config is the first polymorph in source order).
 
 | encoder | source | dim | rows | formulas | rejected |
 |---|---|---|---|---|---|
 {rows}
-
+{speed}
 ```python
 from datasets import load_dataset
 ds = load_dataset("<this folder or repo>", "{next(iter(meta))}_per_formula", split="train")
@@ -374,6 +387,9 @@ ds = load_dataset("<this folder or repo>", "{next(iter(meta))}_per_formula", spl
 - `chgnet`: CHGNet crystal features (Deng et al., Nat. Mach. Intell. 5, 1031, 2023; weights BSD-3-Clause).
 - `matgl-tensornet`: matgl TensorNet-MatPES-PBE-v2025.1-PES (Simeon & De Fabritiis, NeurIPS 2023; Kaplan et al.,
   MatPES 2025; matgl BSD-3-Clause); embedding = atom mean of the per-atom readout features.
+- `descriptors`: no model; 29 structure descriptors computed with pymatgen and spglib (volume, density, packing
+  fraction, neighbour distances, coordination, bond lengths, crystal system, space group, cell shape, primitive
+  sites; `dataset_builders.structure_encoders.DescriptorEncoder`).
 - `perov_5`: Castelli et al., Energy Environ. Sci. 5, 9034 (2012), as curated by the CDVAE perov_5 benchmark.
 - `aflow_prototypes`: AFLOW Library of Crystallographic Prototypes (Mehl et al., Comput. Mater. Sci. 136, S1,
   2017), as bundled with pymatgen.

@@ -2,9 +2,11 @@
 # imKT data at Materials Project scale, one command per dataset (each resumes when rerun):
 #   1. structure embeddings of all 54,629 MP structures and all 18,928 perov_5 structures, CHGNet and
 #      matgl TensorNet (sharded parquet + card; build time in embeddings_metadata.json);
+#      plus the model-free descriptor teacher (29 pymatgen/spglib structure descriptors, step mp_descriptors);
 #   2. the leakage-free MLM corpus and alignment sets (formulas of every evaluated MatBench task removed).
 # Outputs under benchmarks/_work/imkt (git-ignored). Usage: bash benchmarks/imkt/build_data.sh [step ...]
 #   steps: mp_chgnet mp_tensornet perov_chgnet perov_tensornet corpus alignment  (default: all, in order)
+#          mp_descriptors alignment_descriptors  (the descriptor teacher; run on request, not by default)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source benchmarks/imkt/tasks.sh
@@ -17,6 +19,7 @@ for step in "${STEPS[@]}"; do
   case "$step" in
     mp_chgnet) python -m crossmat.dataset_builders embeddings --source mp_structures --encoder chgnet --output-dir $W/embeddings/mp_structures "${EMB[@]}" ;;
     mp_tensornet) python -m crossmat.dataset_builders embeddings --source mp_structures --encoder matgl-tensornet --output-dir $W/embeddings/mp_structures "${EMB[@]}" ;;
+    mp_descriptors) python -m crossmat.dataset_builders embeddings --source mp_structures --encoder descriptors --output-dir $W/embeddings/mp_structures "${EMB[@]}" ;;
     perov_chgnet) python -m crossmat.dataset_builders embeddings --source perov_5 --encoder chgnet --output-dir $W/embeddings/perov_5 "${EMB[@]}" ;;
     perov_tensornet) python -m crossmat.dataset_builders embeddings --source perov_5 --encoder matgl-tensornet --output-dir $W/embeddings/perov_5 "${EMB[@]}" ;;
     corpus)  # the MLM-only control's formulas: the same MP formulas as the alignment sets
@@ -30,6 +33,9 @@ for step in "${STEPS[@]}"; do
         python -m crossmat.dataset_builders alignment "${A[@]}" --encoder matgl-tensornet --output-dir $W/alignment/tensornet
         python -m crossmat.dataset_builders alignment "${A[@]}" --encoder chgnet --encoder matgl-tensornet --output-dir $W/alignment/chgnet_tensornet
       fi ;;
+    alignment_descriptors)  # no energies (no model): the mean over a formula's polymorphs, not an arbitrary one
+      python -m crossmat.dataset_builders alignment --embeddings $W/embeddings/mp_structures "${EXCLUDE_ARGS[@]}" \
+        --encoder descriptors --polymorphs mean --output-dir $W/alignment/descriptors ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done

@@ -6,10 +6,13 @@
 #   the same recipe without a backbone, rerun with the same code as the arms it is compared with; or ARM_lora:
 #   the same backbone fine-tuned through LoRA adapters, lora section of the recipe at its defaults)
 # Records: benchmarks/results/matbench/<task>/crossmat_default_from_<ARM>.json
+# Fold outputs: $TRANSFER_DIR/<ARM>/<task> (default benchmarks/_work/imkt/transfer, ignored; set
+#   TRANSFER_DIR=benchmarks/matbench/runs/transfer to keep predictions.csv + fold.json tracked)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 export CROSSMAT_CACHE_DIR="${CROSSMAT_CACHE_DIR:-benchmarks/_work/cache}"
+TRANSFER_DIR="${TRANSFER_DIR:-benchmarks/_work/imkt/transfer}"
 ARM="$1"; shift
 EXTRA=()
 case "$ARM" in *_lora) EXTRA=(--set lora.enabled=true) ;; esac
@@ -20,6 +23,6 @@ elif [ ! -f "$BACKBONE/model.safetensors" ]; then echo "no backbone at $BACKBONE
 for t in "$@"; do
   python evaluate.py --benchmark matbench --task "$t" --config benchmarks/matbench/recipes/crossmat_default.yaml \
     "${INIT[@]}" --variant "crossmat_default_from_$ARM" --baselines none \
-    --output-dir "benchmarks/_work/imkt/transfer/$ARM/$t" --results-dir benchmarks/results \
+    --output-dir "$TRANSFER_DIR/$ARM/$t" --results-dir benchmarks/results \
     --notes "crossmat_default fine-tuned from the $ARM backbone (benchmarks/imkt/pretrain.sh $ARM); 1 thread, 2 CPU cores shared"
 done
