@@ -24,6 +24,7 @@ from crossmat.evaluation.protocol import matbench_folds
 from crossmat.evaluation.tasks import load_matbench_frame, matbench_task
 from crossmat.modeling import CrossMatForPropertyPrediction
 from crossmat.tokenization import CrossMatTokenizerFast
+from crossmat.training.loop import swa_guard_decision
 
 
 def _predict(model: CrossMatForPropertyPrediction, enc: dict) -> np.ndarray:
@@ -59,7 +60,7 @@ def main() -> None:
             rec = {"task": task.name, "fold": data.fold, "validation_rows": len(y), "best_step": best["step"],
                    "mae_swa": float(e_swa.mean()), "mae_best": float(e_best.mean()),
                    "paired_diff": float(d.mean()), "paired_se": float(d.std(ddof=1) / np.sqrt(len(d))),
-                   "z": float(d.mean() / (d.std(ddof=1) / np.sqrt(len(d)) + 1e-12))}
+                   "z": swa_guard_decision(e_swa, e_best, 4.0)[0]}  # the rule the training loop applies
             rows.append(rec)
             print(json.dumps(rec), flush=True)
     args.out.write_text(json.dumps(rows, indent=1))
