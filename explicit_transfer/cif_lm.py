@@ -43,7 +43,14 @@ from crossmat.dataset_builders.cif_text import (
 )
 from crossmat.modeling.cif_lm import new_cif_lm
 
-from .base import Candidate, StructureGenerator
+from .base import (
+    GENERATION_ERRORS,
+    Candidate,
+    GenerationBatch,
+    GenerationFailure,
+    StructureGenerator,
+    parse_target,
+)
 from .cif_validation import validate_cif
 from .constrained_decoding import CompositionConstrainedLogitsProcessor
 
@@ -84,6 +91,7 @@ class CIFLanguageModelGenerator(StructureGenerator):
             training layout and holds the prompt's species in the prompt's counts. ``False``: plain sampling.
         space_group: with ``constrained``, ``"p1"`` (every row one atom: the parsed cell has exactly the prompt's
             composition), ``"free"`` (the model writes the space group and Wyckoff multiplicities) or ``"auto"``.
+        batch_formulas: formulas whose prompts share one ``generate`` call (1: one call per formula and Z).
     """
 
     name = "cif-lm"
@@ -91,11 +99,12 @@ class CIFLanguageModelGenerator(StructureGenerator):
     def __init__(self, model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, n_samples: int = 20,
                  z_values: Sequence[int] = (1, 2, 4), temperature: float = 1.0, top_k: int | None = 10,
                  max_new_tokens: int | None = None, seed: int | None = 0, constrained: bool = True,
-                 space_group: str = "p1") -> None:
+                 space_group: str = "p1", batch_formulas: int = 1) -> None:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.n_samples, self.z_values = n_samples, tuple(z_values)
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
         self.constrained, self.space_group = constrained, space_group
+        self.batch_formulas = int(batch_formulas)
         self.max_new_tokens = max_new_tokens or model.config.n_positions
         self.newline = tokenizer.convert_tokens_to_ids("\n")
         # a CIF ends with a blank line (two newlines), not at the first newline: no single-token EOS
@@ -111,58 +120,118 @@ class CIFLanguageModelGenerator(StructureGenerator):
     @torch.no_grad()
     def sample(self, prompt: str, n: int) -> list[tuple[str, float]]:
         """``n`` completions of ``prompt`` as (CIF text, mean token log-probability)."""
-        ids = encode_cif(self.tokenizer, prompt)
-        if self.tokenizer.unk_token_id in ids:
-            raise ValueError(f"prompt {prompt.strip()!r} has tokens outside the CIF vocabulary")
-        x = torch.tensor([ids])
-        budget = min(self.max_new_tokens, self.model.config.n_positions - len(ids))
+        return self.sample_batch([prompt], n)[0]
+
+    @torch.no_grad()
+    def sample_batch(self, prompts: Sequence[str], n: int) -> list[list[tuple[str, float]]]:
+        """``n`` completions of each prompt in one ``generate`` call (the prompts must encode to the same number
+        of tokens: no padding); one list of (CIF text, mean token log-probability) per prompt."""
+        enc = [encode_cif(self.tokenizer, p) for p in prompts]
+        for prompt, ids in zip(prompts, enc, strict=True):
+            if self.tokenizer.unk_token_id in ids:
+                raise ValueError(f"prompt {prompt.strip()!r} has tokens outside the CIF vocabulary")
+        if len({len(ids) for ids in enc}) != 1:
+            raise ValueError("sample_batch needs prompts of equal token length (group them by length)")
+        width = len(enc[0])
+        x = torch.tensor(enc, device=self.model.device)
+        budget = min(self.max_new_tokens, self.model.config.n_positions - width)
         processors = LogitsProcessorList()
         if self.constrained:
-            if not prompt.startswith("data_") or not prompt.endswith("\n"):
-                raise ValueError(f"constrained decoding needs a 'data_<cell composition>\\n' prompt, got {prompt!r}")
+            bad = [p for p in prompts if not p.startswith("data_") or not p.endswith("\n")]
+            if bad:
+                raise ValueError(f"constrained decoding needs a 'data_<cell composition>\\n' prompt, got {bad[0]!r}")
             processors.append(CompositionConstrainedLogitsProcessor(
-                self.tokenizer, Composition(prompt[5:].strip()), space_group=self.space_group, max_new_tokens=budget,
-                num_return_sequences=n))
+                self.tokenizer, [Composition(p[5:].strip()) for p in prompts], space_group=self.space_group,
+                max_new_tokens=budget, num_return_sequences=n))
         out = self.model.generate(
             x, attention_mask=torch.ones_like(x), do_sample=True, temperature=self.temperature, top_k=self.top_k,
             max_new_tokens=budget, num_return_sequences=n, pad_token_id=self.newline, logits_processor=processors,
-            stopping_criteria=StoppingCriteriaList([_DoubleNewline(self.newline, len(ids))]),
+            stopping_criteria=StoppingCriteriaList([_DoubleNewline(self.newline, width)]),
             output_scores=True, return_dict_in_generate=True,
         )
-        logp = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
-        gen = out.sequences[:, len(ids):]
-        res = []
-        for row in range(gen.shape[0]):
-            seq = gen[row].tolist()
-            end = next((i + 1 for i in range(1, len(seq)) if seq[i] == self.newline and seq[i - 1] == self.newline),
-                       len(seq))
+        logp = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True).cpu()
+        gen = out.sequences[:, width:].cpu()
+        # the end of each CIF: the first blank line (two newlines in a row) of the generated part
+        double = (gen[:, 1:] == self.newline) & (gen[:, :-1] == self.newline)
+        ends = torch.where(double.any(1), double.int().argmax(1) + 2, torch.full((gen.shape[0],), gen.shape[1]))
+        res: list[list[tuple[str, float]]] = [[] for _ in prompts]
+        for row in range(gen.shape[0]):  # rows are prompt-major: prompt row // n, draw row % n
+            end = int(ends[row])
             lp = logp[row, :end]
             lp = lp[torch.isfinite(lp)]
-            text = self.tokenizer.decode(ids + seq[:end])
-            res.append((text, float(lp.mean()) if len(lp) else -math.inf))
+            text = self.tokenizer.decode(enc[row // n] + gen[row, :end].tolist())
+            res[row // n].append((text, float(lp.mean()) if len(lp) else -math.inf))
         return res
 
-    def _generate_one(self, composition: Composition, n_candidates: int) -> list[Candidate]:
-        if self.seed is not None:
-            torch.manual_seed(self.seed)
-        per_z = [self.n_samples // len(self.z_values) + (i < self.n_samples % len(self.z_values))
-                 for i in range(len(self.z_values))]
-        cands, reasons = [], Counter()
-        for z, n in zip(self.z_values, per_z, strict=True):
-            if n == 0:
-                continue
-            target = composition.reduced_composition * z
-            for text, score in self.sample(prompt_for(composition, z), n):
-                v = validate_cif(text, target, exact_cell=True)
-                self.last_stats["samples"] += 1
-                if v.valid:
-                    self.last_stats["valid"] += 1
-                    cands.append(Candidate(v.structure, score, self.name, {"z": z, "cif": text}))
-                else:
-                    reasons[v.reasons[0].split(":")[0][:60]] += 1
-                    self.last_reasons[_reason_kind(v.reasons[0])] += 1
+    def _draws_per_z(self) -> list[int]:
+        return [self.n_samples // len(self.z_values) + (i < self.n_samples % len(self.z_values))
+                for i in range(len(self.z_values))]
+
+    def _keep_valid(self, samples: list[tuple[str, float]], target: Composition, z: int, cands: list[Candidate],
+                    reasons: Counter) -> None:
+        """Validate sampled CIFs against the cell composition ``target``; valid ones become candidates."""
+        for text, score in samples:
+            v = validate_cif(text, target, exact_cell=True)
+            self.last_stats["samples"] += 1
+            if v.valid:
+                self.last_stats["valid"] += 1
+                cands.append(Candidate(v.structure, score, self.name, {"z": z, "cif": text}))
+            else:
+                reasons[v.reasons[0].split(":")[0][:60]] += 1
+                self.last_reasons[_reason_kind(v.reasons[0])] += 1
+
+    def _ranked(self, cands: list[Candidate], reasons: Counter, n_candidates: int) -> list[Candidate]:
         if not cands:
             top = ", ".join(f"{r} (x{c})" for r, c in reasons.most_common(3))
             raise ValueError(f"no valid sample in {self.n_samples} draws; most common problems: {top}")
         cands.sort(key=lambda c: -c.score)
         return cands[:n_candidates]
+
+    def generate(self, formulas: Sequence[object], n_candidates: int = 1) -> GenerationBatch:
+        """As :meth:`StructureGenerator.generate`; with ``batch_formulas > 1`` the prompts of up to that many
+        formulas (grouped by prompt length) share one ``generate`` call (seeded once per call, so a formula's
+        samples depend on its batch-mates)."""
+        if self.batch_formulas <= 1:
+            return super().generate(formulas, n_candidates)
+        out = GenerationBatch([[] for _ in formulas])
+        comps: dict[int, Composition] = {}
+        for row, formula in enumerate(formulas):
+            try:
+                comps[row] = parse_target(formula)
+            except GENERATION_ERRORS as err:
+                out.failures.append(GenerationFailure(row, formula, self.name, f"{type(err).__name__}: {err}"))
+        cands: dict[int, list[Candidate]] = {row: [] for row in comps}
+        reasons: dict[int, Counter] = {row: Counter() for row in comps}
+        for z, n in zip(self.z_values, self._draws_per_z(), strict=True):
+            if n == 0:
+                continue
+            groups: dict[int, list[tuple[int, str]]] = {}
+            for row, comp in comps.items():
+                prompt = prompt_for(comp, z)
+                groups.setdefault(len(encode_cif(self.tokenizer, prompt)), []).append((row, prompt))
+            for members in groups.values():
+                for lo in range(0, len(members), self.batch_formulas):
+                    chunk = members[lo:lo + self.batch_formulas]
+                    if self.seed is not None:
+                        torch.manual_seed(self.seed)
+                    for (row, _), samples in zip(chunk, self.sample_batch([p for _, p in chunk], n), strict=True):
+                        self._keep_valid(samples, comps[row].reduced_composition * z, z, cands[row], reasons[row])
+        for row in comps:
+            try:
+                out[row] = self._ranked(cands[row], reasons[row], n_candidates)
+            except GENERATION_ERRORS as err:
+                out.failures.append(GenerationFailure(row, formulas[row], self.name, f"{type(err).__name__}: {err}"))
+        out.failures.sort(key=lambda f: f.row)
+        return out
+
+    def _generate_one(self, composition: Composition, n_candidates: int) -> list[Candidate]:
+        if self.seed is not None:
+            torch.manual_seed(self.seed)
+        cands: list[Candidate] = []
+        reasons: Counter = Counter()
+        for z, n in zip(self.z_values, self._draws_per_z(), strict=True):
+            if n == 0:
+                continue
+            target = composition.reduced_composition * z
+            self._keep_valid(self.sample(prompt_for(composition, z), n), target, z, cands, reasons)
+        return self._ranked(cands, reasons, n_candidates)

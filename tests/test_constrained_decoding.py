@@ -63,6 +63,32 @@ def test_every_constrained_sample_has_the_prompt_composition(tiny, tok, targets,
             assert text.endswith("\n\n") and score > float("-inf")
 
 
+def test_batched_generation_matches_the_prompt_of_each_formula(tiny, tok, targets):
+    """batch_formulas > 1: formulas of equal prompt length share a generate call; each formula's samples still have
+    its own composition, every draw is counted, and a bad formula becomes a failure record."""
+    formulas = [f for f, z in targets if z == 1] + ["Xx2O"]
+    gen = CIFLanguageModelGenerator(tiny, tok, n_samples=3, z_values=(1,), temperature=1.5, top_k=None, seed=0,
+                                    batch_formulas=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batch = gen.generate(formulas, n_candidates=3)
+    assert len(batch) == len(formulas) and gen.last_stats["samples"] == 3 * (len(formulas) - 1)
+    assert [f.row for f in batch.failures if "Xx" in str(f.formula)] == [len(formulas) - 1]
+    lengths = {len(encode_cif(tok, prompt_for(Composition(f), 1))) for f in formulas[:-1]}
+    assert len(lengths) > 1  # the grouping by prompt length is exercised
+    for formula, cands in zip(formulas[:-1], batch[:-1], strict=True):
+        for c in cands:
+            assert c.structure.composition.almost_equals(Composition(formula).reduced_composition, rtol=0, atol=1e-6)
+            assert c.metadata["cif"].startswith(prompt_for(Composition(formula), 1))
+    one = CIFLanguageModelGenerator(tiny, tok, n_samples=3, z_values=(1,), temperature=1.5, top_k=None, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        single = one.sample_batch([prompt_for(Composition(formulas[0]), 1)], 3)
+    assert len(single) == 1 and len(single[0]) == 3
+    with pytest.raises(ValueError, match="equal token length"):
+        one.sample_batch([prompt_for(Composition("NaCl"), 1), prompt_for(Composition("Li2FeSiO4"), 1)], 1)
+
+
 def test_unconstrained_sampling_can_violate_the_composition(tiny, tok, targets):
     """The same random model without the processor: the check above would fail (so it tests something)."""
     gen = CIFLanguageModelGenerator(tiny, tok, temperature=1.5, top_k=None, seed=0, constrained=False,

@@ -54,7 +54,6 @@ def _split_by_formula(corpus: pd.DataFrame, fraction: float, seed: int) -> tuple
 
 def train_cif_lm_stage(recipe: StageRecipe, out: Path) -> StageRun:
     """Build the corpus, train, save model + tokenizer + card into ``out``; returns the ``StageRun``."""
-    from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -80,8 +79,9 @@ def train_cif_lm_stage(recipe: StageRecipe, out: Path) -> StageRun:
         raise RecipeError(f"data.train: no usable CIF ({len(rejected)} rejected; first: "
                           f"{rejected.iloc[0][['source', 'row', 'reason']].to_dict() if len(rejected) else None})")
     is_train, is_val = _split_by_formula(kept, float(data.validation_fraction), data.split_seed)
-    train_ds = Dataset.from_dict({"input_ids": [list(ids) for ids in kept.input_ids[is_train]]})
-    val_ds = Dataset.from_dict({"input_ids": [list(ids) for ids in kept.input_ids[is_val]]}) if is_val.any() else None
+    # plain lists of examples (a map-style dataset for the Trainer): nothing to convert, no datasets/pyarrow needed
+    train_ds = [{"input_ids": [int(i) for i in ids]} for ids in kept.input_ids[is_train]]
+    val_ds = [{"input_ids": [int(i) for i in ids]} for ids in kept.input_ids[is_val]] if is_val.any() else None
 
     init = recipe.model.init_from
     if init:

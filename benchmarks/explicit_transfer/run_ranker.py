@@ -3,6 +3,8 @@
     PYTHONPATH=. python benchmarks/explicit_transfer/run_ranker.py --stage energy   # CHGNet energies of the pools (cached)
     PYTHONPATH=. python benchmarks/explicit_transfer/run_ranker.py --stage rank     # train ranker, evaluate, write results
     PYTHONPATH=. python benchmarks/explicit_transfer/run_ranker.py --stage lm --lm-model <CIF LM folder>  # + CIF-LM pool
+    # every test formula, CIF-LM samples read from run_cif_lm_full.py records (their matches included):
+    PYTHONPATH=. python benchmarks/explicit_transfer/run_ranker.py --stage lm --lm-subset 0 --lm-records <records>
 
 Pool: top-20 similarity-ranked template substitutions (AFLOW + perov_5 train, same-composition templates
 excluded) for every test formula (and a seeded val subset used only to choose the energy mixing weight).
@@ -207,16 +209,34 @@ def ground_state_eval(test: pd.DataFrame, batch: GenerationBatch, scores: dict, 
     return out
 
 
-def lm_candidates(args: argparse.Namespace, formulas: list[str]) -> list[list]:
-    """Constrained CIF-LM samples (the ``constrained_p1`` setting of run_cif_lm_constrained.py), cached as CIF JSON."""
+def lm_candidates(args: argparse.Namespace, df: pd.DataFrame, rows: np.ndarray) -> tuple[list[list], list[list]]:
+    """Constrained CIF-LM samples of test ``rows`` (the ``constrained_p1`` setting of run_cif_lm_constrained.py),
+    best LM score first, and their RMS against the truth where already known (``None``: compute on demand).
+    From ``--lm-records`` (run_cif_lm_full.py, every test formula) or sampled here and cached as CIF JSON."""
     from pymatgen.core import Structure
+
+    if args.lm_records:
+        from run_cif_lm_full import _records
+
+        per_row = {r["row"]: r for line in _records(Path(args.lm_records)) for r in line["per_row"]}
+        missing = [int(i) for i in rows if int(i) not in per_row]
+        if missing:
+            raise SystemExit(f"{len(missing)} test formulas have no CIF-LM record in {args.lm_records} "
+                             f"(first row {missing[0]}): finish run_cif_lm_full.py sample first")
+        bad = [int(i) for i in rows if per_row[int(i)]["material_id"] != str(df.material_id[i])]
+        if bad:
+            raise SystemExit(f"records and test split disagree at row {bad[0]}: not the same perov_5 test file")
+        cands = [[(Structure.from_str(c["cif"], fmt="cif"), c["score"]) for c in per_row[int(i)]["candidates"]]
+                 for i in rows]
+        return cands, [list(per_row[int(i)]["rms"]) for i in rows]
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
     from crossmat.explicit_transfer.cif_lm import CIFLanguageModelGenerator
 
+    formulas = df.formula[rows].tolist()
     path = WORK / f"lm-{len(formulas)}-seed{args.seed}.json"
     if path.exists():
-        rows = json.loads(path.read_text())
+        cached = json.loads(path.read_text())
     else:
         model = GPT2LMHeadModel.from_pretrained(args.lm_model, use_safetensors=True)
         tok = PreTrainedTokenizerFast.from_pretrained(args.lm_model)
@@ -225,10 +245,11 @@ def lm_candidates(args: argparse.Namespace, formulas: list[str]) -> list[list]:
         t = time.time()
         batch = gen.generate(formulas, K)
         print(f"CIF LM: {gen.last_stats} in {time.time() - t:.0f}s", flush=True)
-        rows = [[{"cif": c.structure.to(fmt="cif"), "score": c.score} for c in row] for row in batch]
+        cached = [[{"cif": c.structure.to(fmt="cif"), "score": c.score} for c in row] for row in batch]
         WORK.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(rows))
-    return [[(Structure.from_str(c["cif"], fmt="cif"), c["score"]) for c in row] for row in rows]
+        path.write_text(json.dumps(cached))
+    cands = [[(Structure.from_str(c["cif"], fmt="cif"), c["score"]) for c in row] for row in cached]
+    return cands, [[None] * len(row) for row in cands]
 
 
 def run_lm(args: argparse.Namespace, train: pd.DataFrame, pools: dict) -> dict:
@@ -236,15 +257,26 @@ def run_lm(args: argparse.Namespace, train: pd.DataFrame, pools: dict) -> dict:
     from crossmat.explicit_transfer import Candidate
 
     df, batch = pools["test"]
-    sub = df.sample(n=args.lm_subset, random_state=args.seed).index.to_numpy()
-    lm = lm_candidates(args, df.formula[sub].tolist())
+    sub = (df.sample(n=args.lm_subset, random_state=args.seed).index.to_numpy() if args.lm_subset
+           else np.arange(len(df)))
+    lm, lm_rms = lm_candidates(args, df, sub)
+    tag = f"{len(sub)}-seed{args.seed}" + ("-records" if args.lm_records else "")
     ranker = SiteRanker.from_pretrained(args.ranker_dir)
     e_tmpl = -energies(batch, f"test-{len(df)}")[sub]
     width = K + max(len(r) for r in lm)
     union = GenerationBatch([list(batch[i][:K]) + [Candidate(st, sc, "cif-lm") for st, sc in lm_row]
                              for i, lm_row in zip(sub, lm, strict=True)])
     lm_structs = [st for row in lm for st, _ in row]
-    e_lm = -predict_energies(lm_structs, "chgnet", batch_size=128) if lm_structs else np.zeros(0)
+    e_path = WORK / f"energy-lm-{tag}.npz"
+    if e_path.exists():
+        e_lm = -np.load(e_path)["energy"]
+    else:
+        t = time.time()
+        e = predict_energies(lm_structs, "chgnet", batch_size=128) if lm_structs else np.zeros(0)
+        print(f"CHGNet energies of the CIF-LM samples: {len(e)} structures in {time.time() - t:.0f}s", flush=True)
+        WORK.mkdir(parents=True, exist_ok=True)
+        np.savez(e_path, energy=e)
+        e_lm = -e
     l_all = ranker.score_structures([c.structure for row in union for c in row])
     sc = {k: np.full((len(sub), width), -np.inf) for k in ("template similarity, then CIF LM", "CIF LM only",
                                                            "energy", "learned", "learned+energy")}
@@ -260,7 +292,15 @@ def run_lm(args: argparse.Namespace, train: pd.DataFrame, pools: dict) -> dict:
         pos_all += len(row)
     sc["learned+energy"] = sc["learned"] + ranker.config.energy_weight * sc["energy"]
     truths = df.structure[sub].tolist()
-    matches = LazyMatches(union, truths, f"lm-union-{len(sub)}-seed{args.seed}", width=width)
+    matches = LazyMatches(union, truths, f"lm-union-{tag}", width=width)
+    for r, known in enumerate(lm_rms):  # matches the records already hold
+        for j, x in enumerate(known):
+            if x is not None and np.isnan(matches.rms[r, K + j]):
+                matches.rms[r, K + j] = x
+    for r, known in enumerate(lm_rms):
+        if any(x is None for x in known):
+            continue
+        matches.rms[r, K + len(known):] = np.inf  # no candidate there
     groups = train_relation(df.formula[sub], train)
     ks = (1, 5, 20)
     out: dict = {"n_formulas": len(sub), "lm_valid_samples": len(lm_structs), "pool_width": width,
@@ -310,21 +350,22 @@ def update_headline(res: dict) -> None:
     path.write_text(json.dumps(head, indent=2) + "\n")
 
 
-def update_headline_lm(union: dict) -> None:
-    """Add the template + CIF-LM pool numbers (seeded test subset) to headline.json."""
+def update_headline_lm(union: dict, source: str) -> None:
+    """Add the template + CIF-LM pool numbers (seeded test subset or every test formula) to headline.json."""
     path = HERE / "headline.json"
     head = json.loads(path.read_text()) if path.exists() else {}
     m = union["metrics"]
-    head.update({
+    prefix = "union_full_" if "full" in source else "union_"
+    head.update({f"{prefix}{k[len('union_'):]}": v for k, v in {
         "union_n_targets": union["n_formulas"],
         "union_learned_match_at_1": m["learned"]["all"]["match_rate@1"],
         "union_learned_match_at_5": m["learned"]["all"]["match_rate@5"],
         "union_learned_energy_match_at_1": m["learned+energy"]["all"]["match_rate@1"],
         "union_energy_match_at_1": m["energy"]["all"]["match_rate@1"],
         "union_template_then_lm_match_at_1": m["template similarity, then CIF LM"]["all"]["match_rate@1"],
-        "union_source": "results_ranker_cif_lm.json (run_ranker.py --stage lm): template top-20 + constrained CIF-LM "
-                        "samples on the seeded 300 test formulas (seed 0), one pool ranked by each method",
-    })
+        "union_source": f"{source} (run_ranker.py --stage lm): template top-20 + constrained CIF-LM samples on "
+                        f"{union['n_formulas']} test formulas, one pool ranked by each method",
+    }.items()})
     path.write_text(json.dumps(head, indent=2) + "\n")
 
 
@@ -337,7 +378,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--energy-weights", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0])
-    ap.add_argument("--lm-subset", type=int, default=300, help="seeded test formulas for --stage lm")
+    ap.add_argument("--lm-subset", type=int, default=300, help="seeded test formulas for --stage lm (0: all)")
+    ap.add_argument("--lm-records", default="", help="run_cif_lm_full.py records: CIF-LM samples of every test formula")
     ap.add_argument("--lm-model", default="benchmarks/_work/cif_lm_stage", help="CIF LM folder for --stage lm")
     ap.add_argument("--ranker-dir", default=str(HERE / "site_ranker_perov5"), help="where the trained ranker is saved")
     ap.add_argument("--seed", type=int, default=0)
@@ -364,8 +406,9 @@ def main() -> None:
     if args.stage == "lm":
         res["union"] = run_lm(args, train, pools)
         res["total_s"] = time.time() - t0
-        Path(args.out, "results_ranker_cif_lm.json").write_text(json.dumps(res, indent=2))
-        update_headline_lm(res["union"])
+        name = "results_ranker_cif_lm_full.json" if args.lm_records else "results_ranker_cif_lm.json"
+        Path(args.out, name).write_text(json.dumps(res, indent=2))
+        update_headline_lm(res["union"], name)
         return
     res.update(run_rank(args, train, pools))
     res["total_s"] = time.time() - t0
