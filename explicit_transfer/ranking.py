@@ -3,12 +3,13 @@ by a learned site-arrangement ranker, or both."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .base import GenerationBatch, GenerationFailure
+from .base import Candidate, GenerationBatch, GenerationFailure
 from .potentials import predict_energies, relax, unsupported_elements
 from .site_ranker import SiteRanker, unscorable_species
 
@@ -45,6 +46,31 @@ def rank_candidates(
     return _rank_energy(batch, potential, relax_steps, fmax, batch_size, progress)
 
 
+def _rescore(batch: GenerationBatch, unusable: Callable[[Candidate], list[str]], who: str, why: str,
+             score: Callable[[list[Candidate]], np.ndarray]) -> GenerationBatch:
+    """Drop the candidates ``unusable`` flags (a formula left with none gets a failure record naming the flagged
+    species), give the rest ``score(kept)`` (higher is better; the old score kept as ``pre_rank_score``) and sort
+    each formula's list best first."""
+    out = GenerationBatch([[] for _ in batch], batch.failures)
+    flat: list[tuple[int, Candidate]] = []
+    for row, cands in enumerate(batch):
+        bad = [unusable(c) for c in cands]
+        flat += [(row, c) for c, b in zip(cands, bad, strict=True) if not b]
+        if cands and all(bad):
+            els = sorted({e for b in bad for e in b})
+            out.failures.append(GenerationFailure(row, cands[0].structure.composition.reduced_formula, who,
+                                                  why.format(els=els)))
+    scores = score([c for _, c in flat])
+    for (row, c), s in zip(flat, scores, strict=True):
+        c.metadata["pre_rank_score"] = c.metadata.get("pre_rank_score", c.score)
+        c.score = float(s)
+        out[row].append(c)
+    for row in range(len(out)):
+        out[row].sort(key=lambda c: -c.score)
+    out.failures.sort(key=lambda f: f.row)
+    return out
+
+
 def _rank_learned(batch: GenerationBatch, method: str, ranker: SiteRanker | str | Path | None,
                   energy_weight: float | None, potential: str, relax_steps: int, fmax: float, batch_size: int,
                   progress: bool) -> GenerationBatch:
@@ -57,55 +83,33 @@ def _rank_learned(batch: GenerationBatch, method: str, ranker: SiteRanker | str 
         if weight is None:
             raise ValueError("learned+energy needs energy_weight (this ranker has no tuned config.energy_weight)")
         batch = _rank_energy(batch, potential, relax_steps, fmax, batch_size, progress)
-    out = GenerationBatch([[] for _ in batch], batch.failures)
-    flat = []
-    for row, cands in enumerate(batch):
-        bad = [unscorable_species(c.structure) for c in cands]
-        flat += [(row, c) for c, b in zip(cands, bad, strict=True) if not b]
-        if cands and all(bad):
-            els = sorted({e for b in bad for e in b})
-            out.failures.append(GenerationFailure(row, cands[0].structure.composition.reduced_formula, "rank:learned",
-                                                  f"species {els} have no site-ranker descriptors"))
-    scores = model.score_structures([c.structure for _, c in flat])
-    for (row, c), s in zip(flat, scores, strict=True):
-        c.metadata["learned_score"] = float(s)
-        c.metadata["pre_rank_score"] = c.metadata.get("pre_rank_score", c.score)
-        c.score = float(s) - (weight * c.metadata["energy_per_atom"] if weight else 0.0)
-        out[row].append(c)
-    for row in range(len(out)):
-        out[row].sort(key=lambda c: -c.score)
-    out.failures.sort(key=lambda f: f.row)
-    return out
+
+    def score(kept: list[Candidate]) -> np.ndarray:
+        learned = np.asarray(model.score_structures([c.structure for c in kept]), dtype=float)
+        for c, s in zip(kept, learned, strict=True):
+            c.metadata["learned_score"] = float(s)
+        if not weight:
+            return learned
+        return learned - weight * np.array([c.metadata["energy_per_atom"] for c in kept])
+
+    return _rescore(batch, lambda c: unscorable_species(c.structure), "rank:learned",
+                    "species {els} have no site-ranker descriptors", score)
 
 
 def _rank_energy(batch: GenerationBatch, potential: str, relax_steps: int, fmax: float, batch_size: int,
                  progress: bool) -> GenerationBatch:
-    out = GenerationBatch([[] for _ in batch], batch.failures)
-    flat, where = [], []
-    for row, cands in enumerate(batch):
-        bad = {c_i: unsupported_elements(c.structure, potential) for c_i, c in enumerate(cands)}
-        kept = [c for c_i, c in enumerate(cands) if not bad[c_i]]
-        if cands and not kept:
-            els = sorted({e for v in bad.values() for e in v})
-            out.failures.append(GenerationFailure(row, cands[0].structure.composition.reduced_formula, f"rank:{potential}",
-                                                  f"unsupported element(s) {els} for potential {potential}"))
-        for c in kept:
-            flat.append(c)
-            where.append(row)
-    if relax_steps > 0:
-        for c in tqdm(flat, desc=f"relax ({potential}, <= {relax_steps} steps)", disable=not progress):
-            c.structure, e = relax(c.structure, potential, steps=relax_steps, fmax=fmax)
-            c.metadata["relaxed_steps_max"] = relax_steps
-            c.metadata["energy_per_atom"] = e
-        energies = np.array([c.metadata["energy_per_atom"] for c in flat])
-    else:
-        energies = predict_energies([c.structure for c in flat], potential, batch_size=batch_size)
-    for c, e, row in zip(flat, energies, where, strict=True):
-        c.metadata["energy_per_atom"] = float(e)
-        c.metadata["pre_rank_score"] = c.metadata.get("pre_rank_score", c.score)
-        c.score = -float(e)
-        out[row].append(c)
-    for row in range(len(out)):
-        out[row].sort(key=lambda c: -c.score)
-    out.failures.sort(key=lambda f: f.row)
-    return out
+    def score(kept: list[Candidate]) -> np.ndarray:
+        if relax_steps > 0:
+            for c in tqdm(kept, desc=f"relax ({potential}, <= {relax_steps} steps)", disable=not progress):
+                c.structure, e = relax(c.structure, potential, steps=relax_steps, fmax=fmax)
+                c.metadata["relaxed_steps_max"] = relax_steps
+                c.metadata["energy_per_atom"] = e
+            energies = np.array([c.metadata["energy_per_atom"] for c in kept])
+        else:
+            energies = np.asarray(predict_energies([c.structure for c in kept], potential, batch_size=batch_size))
+        for c, e in zip(kept, energies, strict=True):
+            c.metadata["energy_per_atom"] = float(e)
+        return -energies
+
+    return _rescore(batch, lambda c: unsupported_elements(c.structure, potential), f"rank:{potential}",
+                    f"unsupported element(s) {{els}} for potential {potential}", score)
