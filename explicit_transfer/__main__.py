@@ -87,7 +87,12 @@ def cmd_generate(a: argparse.Namespace) -> None:
             sys.exit("error: --generator cif-lm needs --model <folder with a CIF LM>")
         gen = CIFLanguageModelGenerator.from_pretrained(a.model, n_samples=a.samples, z_values=a.z,
                                                         temperature=a.temperature, top_k=a.top_k,
-                                                        constrained=not a.unconstrained, space_group=a.space_group)
+                                                        constrained=not a.unconstrained, space_group=a.space_group,
+                                                        batch_formulas=a.batch_formulas)
+        import torch
+
+        if torch.cuda.is_available():
+            gen.model.to("cuda")
     rank, potential = a.rank, a.potential
     if rank in ("none", "similarity"):
         rank = None
@@ -238,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--model", help="CIF LM folder (for --generator cif-lm)")
     g.add_argument("--samples", type=int, default=20, help="CIF LM draws per formula")
     g.add_argument("--z", type=int, nargs="+", default=[1, 2, 4], help="formula units per cell to prompt with")
+    g.add_argument("--batch-formulas", type=int, default=16,
+                   help="cif-lm: formulas (of equal prompt length) sampled in one generate call (1: one call each)")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=10)
     g.add_argument("--unconstrained", action="store_true",

@@ -182,5 +182,5 @@ def test_cli_flags_reach_the_generator(monkeypatch, tmp_path):
     for argv, constrained in ([], True), (["--unconstrained"], False):
         with pytest.raises(SystemExit):
             cli.main(["generate", "NaCl", "--generator", "cif-lm", "--model", str(tmp_path), "--output",
-                      str(tmp_path / "o.jsonl"), "--space-group", "free", *argv])
-        assert seen["constrained"] is constrained and seen["space_group"] == "free"
+                      str(tmp_path / "o.jsonl"), "--space-group", "free", "--batch-formulas", "8", *argv])
+        assert seen["constrained"] is constrained and seen["space_group"] == "free" and seen["batch_formulas"] == 8
