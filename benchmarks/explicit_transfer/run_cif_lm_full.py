@@ -151,6 +151,15 @@ def aggregate(args: argparse.Namespace) -> None:
         gen_s, match_s = gen_s + line["generation_s"], match_s + line["match_s"]
         per_row.update({r["row"]: r for r in line["per_row"]})
     rows = sorted(per_row)
+    if args.export:  # the records without the CIF texts: small enough to commit, enough to re-aggregate
+        out = Path(args.export)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "runs.json").write_text(json.dumps(runs, indent=1))
+        with gzip.open(out / "worker_all.jsonl.gz", "wt") as fh:
+            for line in lines:
+                slim = {**line, "per_row": [{**r, "candidates": [{"score": c["score"]} for c in r["candidates"]]}
+                                            for r in line["per_row"]]}
+                fh.write(json.dumps(slim) + "\n")
     rms = np.full((len(rows), k), np.inf)
     for i, r in enumerate(rows):
         vals = [np.inf if x is None else x for x in per_row[r]["rms"]]
@@ -164,10 +173,10 @@ def aggregate(args: argparse.Namespace) -> None:
         "matcher": CSP_MATCHER_KWARGS, "runs": runs,
         "model": {"path": args.model, "arch": f"GPT-2 {info.get('model', {}).get('n_layer')}x"
                                               f"{info.get('model', {}).get('n_embd')}", **info},
-        "n_test": n_test, "n_targets": len(rows), "complete": len(rows) == n_test,
+        "n_test": n_test, "complete": len(rows) == n_test,
         "samples": samples, "valid_samples": valid, "validity": valid / max(samples, 1),
         "formulas_without_valid_sample": int(sum(per_row[r]["n_valid"] == 0 for r in rows)),
-        "rejections_by_kind": dict(reasons.most_common()), **m,
+        "rejections_by_kind": dict(reasons.most_common()), **m, "n_targets": len(rows),
         "generation_s_summed_over_workers": gen_s, "match_s_summed_over_workers": match_s,
     }
     (HERE / args.results_name).write_text(json.dumps(res, indent=2) + "\n")
@@ -183,7 +192,14 @@ def aggregate(args: argparse.Namespace) -> None:
     if res["complete"]:  # the headline numbers the issue asks for are the full split's once it is complete
         head.update({"n_targets": len(rows), "samples_per_formula": k, "cif_lm_validity": res["validity"],
                      "match_at_1": m["match_rate@1"], f"match_at_{k}": m[f"match_rate@{k}"],
-                     "source": args.results_name})
+                     "source": args.results_name,
+                     "notes": f"n_targets, cif_lm_validity, match_at_1, match_at_{k}: every perov_5 test formula, "
+                              f"{head['full_test_notes']}; StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3), the "
+                              "LM's candidates ranked by mean token log-probability. The *_unconstrained keys are "
+                              "still the 300 seeded formulas of run_cif_lm_constrained.py (CPU 3x96 model, plain "
+                              "sampling). template_match_at_1: similarity-ranked prototype substitution, same-"
+                              "composition templates excluded, all test formulas "
+                              "(results_train_templates_csp_exclude_same_formula.json)."})
     path.write_text(json.dumps(head, indent=2) + "\n")
     if info_path.is_file() and res["complete"]:
         from crossmat.training.cif_lm_stage import write_cif_lm_card
@@ -214,6 +230,7 @@ def main() -> None:
     a.add_argument("--records", required=True)
     a.add_argument("--results-name", default="results_cif_lm_full.json")
     a.add_argument("--hardware", default="", help="where the samples were drawn (recorded as given)")
+    a.add_argument("--export", default="", help="also write the records without CIF texts to this folder")
     a.set_defaults(func=aggregate)
     args = ap.parse_args()
     args.func(args)
