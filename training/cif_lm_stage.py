@@ -80,8 +80,8 @@ def train_cif_lm_stage(recipe: StageRecipe, out: Path) -> StageRun:
                           f"{rejected.iloc[0][['source', 'row', 'reason']].to_dict() if len(rejected) else None})")
     is_train, is_val = _split_by_formula(kept, float(data.validation_fraction), data.split_seed)
     # plain lists of examples (a map-style dataset for the Trainer): nothing to convert, no datasets/pyarrow needed
-    train_ds = [{"input_ids": [int(i) for i in ids]} for ids in kept.input_ids[is_train]]
-    val_ds = [{"input_ids": [int(i) for i in ids]} for ids in kept.input_ids[is_val]] if is_val.any() else None
+    train_ds = [{"input_ids": np.asarray(ids).tolist()} for ids in kept.input_ids[is_train]]
+    val_ds = [{"input_ids": np.asarray(ids).tolist()} for ids in kept.input_ids[is_val]] if is_val.any() else None
 
     init = recipe.model.init_from
     if init:

@@ -151,14 +151,13 @@ def aggregate(args: argparse.Namespace) -> None:
         gen_s, match_s = gen_s + line["generation_s"], match_s + line["match_s"]
         per_row.update({r["row"]: r for r in line["per_row"]})
     rows = sorted(per_row)
-    if args.export:  # the records without the CIF texts: small enough to commit, enough to re-aggregate
+    if args.export:  # the records without the candidates: small enough to commit, enough to re-aggregate
         out = Path(args.export)
         out.mkdir(parents=True, exist_ok=True)
         (out / "runs.json").write_text(json.dumps(runs, indent=1))
         with gzip.open(out / "worker_all.jsonl.gz", "wt") as fh:
             for line in lines:
-                slim = {**line, "per_row": [{**r, "candidates": [{"score": c["score"]} for c in r["candidates"]]}
-                                            for r in line["per_row"]]}
+                slim = {**line, "per_row": [{k: v for k, v in r.items() if k != "candidates"} for r in line["per_row"]]}
                 fh.write(json.dumps(slim) + "\n")
     rms = np.full((len(rows), k), np.inf)
     for i, r in enumerate(rows):
@@ -230,7 +229,7 @@ def main() -> None:
     a.add_argument("--records", required=True)
     a.add_argument("--results-name", default="results_cif_lm_full.json")
     a.add_argument("--hardware", default="", help="where the samples were drawn (recorded as given)")
-    a.add_argument("--export", default="", help="also write the records without CIF texts to this folder")
+    a.add_argument("--export", default="", help="also write the records without the candidates to this folder")
     a.set_defaults(func=aggregate)
     args = ap.parse_args()
     args.func(args)

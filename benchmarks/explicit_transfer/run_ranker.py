@@ -293,14 +293,10 @@ def run_lm(args: argparse.Namespace, train: pd.DataFrame, pools: dict) -> dict:
     sc["learned+energy"] = sc["learned"] + ranker.config.energy_weight * sc["energy"]
     truths = df.structure[sub].tolist()
     matches = LazyMatches(union, truths, f"lm-union-{tag}", width=width)
-    for r, known in enumerate(lm_rms):  # matches the records already hold
+    for r, known in enumerate(lm_rms):  # matches the records already hold (None: computed on demand)
         for j, x in enumerate(known):
-            if x is not None and np.isnan(matches.rms[r, K + j]):
+            if x is not None:
                 matches.rms[r, K + j] = x
-    for r, known in enumerate(lm_rms):
-        if any(x is None for x in known):
-            continue
-        matches.rms[r, K + len(known):] = np.inf  # no candidate there
     groups = train_relation(df.formula[sub], train)
     ks = (1, 5, 20)
     out: dict = {"n_formulas": len(sub), "lm_valid_samples": len(lm_structs), "pool_width": width,
@@ -350,22 +346,22 @@ def update_headline(res: dict) -> None:
     path.write_text(json.dumps(head, indent=2) + "\n")
 
 
-def update_headline_lm(union: dict, source: str) -> None:
-    """Add the template + CIF-LM pool numbers (seeded test subset or every test formula) to headline.json."""
+def update_headline_lm(union: dict, source: str, prefix: str) -> None:
+    """Add the template + CIF-LM pool numbers (seeded test subset: ``union_*``, every test formula:
+    ``union_full_*``) to headline.json."""
     path = HERE / "headline.json"
     head = json.loads(path.read_text()) if path.exists() else {}
     m = union["metrics"]
-    prefix = "union_full_" if "full" in source else "union_"
-    head.update({f"{prefix}{k[len('union_'):]}": v for k, v in {
-        "union_n_targets": union["n_formulas"],
-        "union_learned_match_at_1": m["learned"]["all"]["match_rate@1"],
-        "union_learned_match_at_5": m["learned"]["all"]["match_rate@5"],
-        "union_learned_energy_match_at_1": m["learned+energy"]["all"]["match_rate@1"],
-        "union_energy_match_at_1": m["energy"]["all"]["match_rate@1"],
-        "union_template_then_lm_match_at_1": m["template similarity, then CIF LM"]["all"]["match_rate@1"],
-        "union_source": f"{source} (run_ranker.py --stage lm): template top-20 + constrained CIF-LM samples on "
-                        f"{union['n_formulas']} test formulas, one pool ranked by each method",
-    }.items()})
+    head.update({
+        f"{prefix}n_targets": union["n_formulas"],
+        f"{prefix}learned_match_at_1": m["learned"]["all"]["match_rate@1"],
+        f"{prefix}learned_match_at_5": m["learned"]["all"]["match_rate@5"],
+        f"{prefix}learned_energy_match_at_1": m["learned+energy"]["all"]["match_rate@1"],
+        f"{prefix}energy_match_at_1": m["energy"]["all"]["match_rate@1"],
+        f"{prefix}template_then_lm_match_at_1": m["template similarity, then CIF LM"]["all"]["match_rate@1"],
+        f"{prefix}source": f"{source} (run_ranker.py --stage lm): template top-20 + constrained CIF-LM samples on "
+                           f"{union['n_formulas']} test formulas, one pool ranked by each method",
+    })
     path.write_text(json.dumps(head, indent=2) + "\n")
 
 
@@ -408,7 +404,7 @@ def main() -> None:
         res["total_s"] = time.time() - t0
         name = "results_ranker_cif_lm_full.json" if args.lm_records else "results_ranker_cif_lm.json"
         Path(args.out, name).write_text(json.dumps(res, indent=2))
-        update_headline_lm(res["union"], name)
+        update_headline_lm(res["union"], name, "union_full_" if args.lm_records else "union_")
         return
     res.update(run_rank(args, train, pools))
     res["total_s"] = time.time() - t0
