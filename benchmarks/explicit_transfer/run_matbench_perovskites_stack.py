@@ -67,6 +67,7 @@ WORK = HERE.parent / "_work" / "exkt_matbench_perovskites_stack"
 COMP = HERE.parent / "matbench" / "runs" / "default_route" / "matbench_perovskites" / "crossmat"
 TOPK = 3
 GAP_FACTORS = (0.5, 0.75, 0.9, 1.0, 1.1)
+HEADLINE_ARM = "twin-aware + CHGNet swap energy gap where the twin's structure is mapped"  # declared before its scores
 
 
 ANIONS = {"O", "N", "F", "S"}  # the Castelli perovskites' anions; every row has one or two other elements
@@ -309,6 +310,14 @@ def main() -> None:
            "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared), no GPU",
            "weights_exkt": [f["weight_exkt"] for f in folds], "mae_eV_summary": summary}
     (HERE / "results_matbench_perovskites_stack.json").write_text(json.dumps(res, indent=2))
+    head_path = HERE / "headline.json"
+    head = json.loads(head_path.read_text())
+    head.update({"matbench_perovskites_exkt_mae": summary[HEADLINE_ARM]["mean"],
+                 "matbench_perovskites_exkt_std": summary[HEADLINE_ARM]["std"],
+                 "matbench_perovskites_exkt_arm": HEADLINE_ARM,
+                 "matbench_perovskites_source": "results_matbench_perovskites_stack.json "
+                                                "(run_matbench_perovskites_stack.py, official 5 folds)"})
+    head_path.write_text(json.dumps(head, indent=2) + "\n")
     print(json.dumps(res, indent=1))
 
 
