@@ -100,7 +100,7 @@ def main() -> None:
     test_gap = swap_energy_gap(twin_structs)
     in_val = (twin_split[has] == "val").to_numpy()
     base_energy = model.predict_features(chgnet_features(twin_structs))[:, 0]
-    val_target = val.set_index("key").heat_ref
+    val_target = val[val.key.isin(test.key)].set_index("key").heat_ref  # unique: checked with the holders above
     base_energy[in_val] = test.key[has][in_val].map(val_target).to_numpy()
     twin_gap = template.copy()
     twin_gap[has] = base_energy + factor * test_gap
