@@ -14,7 +14,8 @@ row, the predictor always the exKT head (MLP on frozen CHGNet features) trained 
 * twin-aware + energy gap (the headline): the twin's heat_ref (its target when it is in val, else the predictor on
   its real structure) plus the CHGNet energy gap, volume-scanned, of exchanging its cations, times a factor chosen
   on the val rows whose twin is also in val. On those 724 val rows the plain static gap correlates 0.87 with the
-  target gap, the volume-scanned one 0.92, a free 100-step cell+position relaxation only 0.41 (120 rows).
+  target gap, the volume-scanned one 0.92, a free 100-step cell+position relaxation only 0.34 (60 rows;
+  twin_gap_study.py / .log).
 
 Uses a property of the data set (no repeated material, every composition at most twice), not the test targets;
 a user's new formula has no twin. Writes results_perov5_twin.json and updates headline.json
