@@ -59,6 +59,15 @@ def chgnet_features(structures: list) -> np.ndarray:
     return np.asarray(emb, dtype=np.float32)
 
 
+def load_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The MatBench task (formulas, e_form, folds) and the labelled perov_5 structures (val + test), both keyed by
+    composition."""
+    mb = pd.read_csv(data_dir() / "matbench_v0.1" / "matbench_perovskites.csv.gz")
+    labelled = pd.concat([load("val"), load("test")], ignore_index=True)
+    mb["key"], labelled["key"] = composition_key(mb.formula), composition_key(labelled.formula)
+    return mb, labelled
+
+
 def top1(gen: PrototypeGenerator, formulas: list[str]) -> list:
     batch = gen.generate(formulas, 1)
     if batch.failures:
@@ -132,10 +141,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    root = data_dir()
-    mb = pd.read_csv(root / "matbench_v0.1" / "matbench_perovskites.csv.gz")
-    labelled = pd.concat([load("val"), load("test")], ignore_index=True)
-    mb["key"], labelled["key"] = composition_key(mb.formula), composition_key(labelled.formula)
+    mb, labelled = load_tables()
     WORK.mkdir(parents=True, exist_ok=True)
     for fold in (int(f) for f in args.folds.split(",")):
         path = WORK / f"fold{fold}.json"

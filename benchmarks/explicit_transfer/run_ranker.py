@@ -34,7 +34,7 @@ import torch
 warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from run_train_templates import GROUPS, load, train_relation  # noqa: E402
+from run_train_templates import GROUPS, load, merge_headline, train_relation  # noqa: E402
 
 from crossmat.explicit_transfer import GenerationBatch, PrototypeGenerator, SiteRanker, train_site_ranker  # noqa: E402
 from crossmat.explicit_transfer.csp_metrics import CSP_MATCHER_KWARGS, csp_matcher, match_rms  # noqa: E402
@@ -319,10 +319,8 @@ def run_lm(args: argparse.Namespace, train: pd.DataFrame, pools: dict) -> dict:
 
 def update_headline(res: dict) -> None:
     """Add the ranker numbers (all test formulas, one template pool) to headline.json, keeping other keys."""
-    path = HERE / "headline.json"
-    head = json.loads(path.read_text()) if path.exists() else {}
     m, gs = res["test_pool"]["metrics"], res["test_pool"]["ground_state"]
-    head.update({
+    merge_headline({
         "ranker_n_targets": res["test_pool"]["n_formulas"],
         "ranker_match_at_1": m["learned"]["all"]["match_rate@1"],
         "ranker_match_at_5": m["learned"]["all"]["match_rate@5"],
@@ -343,16 +341,13 @@ def update_headline(res: dict) -> None:
                          "ranker_energy_* = learned + CHGNet energy (weight picked on a val pool); *_ground_state_* = top-1 "
                          "matches the lower-heat_ref entry of compositions listed twice in val+test (A/B swapped)",
     })
-    path.write_text(json.dumps(head, indent=2) + "\n")
 
 
 def update_headline_lm(union: dict, source: str, prefix: str) -> None:
     """Add the template + CIF-LM pool numbers (seeded test subset: ``union_*``, every test formula:
     ``union_full_*``) to headline.json."""
-    path = HERE / "headline.json"
-    head = json.loads(path.read_text()) if path.exists() else {}
     m = union["metrics"]
-    head.update({
+    merge_headline({
         f"{prefix}n_targets": union["n_formulas"],
         f"{prefix}learned_match_at_1": m["learned"]["all"]["match_rate@1"],
         f"{prefix}learned_match_at_5": m["learned"]["all"]["match_rate@5"],
@@ -362,7 +357,6 @@ def update_headline_lm(union: dict, source: str, prefix: str) -> None:
         f"{prefix}source": f"{source} (run_ranker.py --stage lm): template top-20 + constrained CIF-LM samples on "
                            f"{union['n_formulas']} test formulas, one pool ranked by each method",
     })
-    path.write_text(json.dumps(head, indent=2) + "\n")
 
 
 def main() -> None:

@@ -66,6 +66,14 @@ def load(split: str) -> pd.DataFrame:
     return df
 
 
+def merge_headline(keys: dict) -> None:
+    """Merge ``keys`` into headline.json next to this script, keeping every other key (each script owns its own)."""
+    path = Path(__file__).parent / "headline.json"
+    head = json.loads(path.read_text()) if path.is_file() else {}
+    head.update(keys)
+    path.write_text(json.dumps(head, indent=2) + "\n")
+
+
 def tag(args: argparse.Namespace) -> str:
     """File-name suffix of a run variant (results, cached features, predictors)."""
     return "_exclude_same_formula" if args.exclude_same_formula else ""
