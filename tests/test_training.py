@@ -315,6 +315,33 @@ def test_anchor_weight_keeps_the_backbone_embedding(tmp_path, gap_csv):
     assert drift[5.0] < 0.5 * drift[0.0], drift
 
 
+def test_freeze_encoder_epochs_trains_the_head_first(tmp_path, gap_csv):
+    """train.freeze_encoder_epochs: while frozen the backbone's encoder weights do not move and the head does; after
+    the frozen epochs everything trains; the frozen element table stays frozen; the key needs a backbone."""
+    from safetensors.torch import load_file
+
+    from crossmat.modeling.pretrained import resolve_model_path
+
+    with pytest.raises(RecipeError, match="freeze_encoder_epochs.*needs a property stage with model.init_from"):
+        validate_recipe(_stage(gap_csv, **{"train.freeze_encoder_epochs": 1}))
+    with pytest.raises(RecipeError, match="non-negative integer"):
+        validate_recipe(_stage(gap_csv, **{"train.freeze_encoder_epochs": -1}))
+    start = load_file(str(resolve_model_path("crossmat-imkt-mp-small") / "model.safetensors"))
+    moved = {}
+    for frozen, epochs in ((2, 2), (1, 2)):
+        recipe = {"stage": "finetune", "model": {"init_from": "crossmat-imkt-mp-small"},
+                  "data": {"train": str(gap_csv), "target_column": "gap"},
+                  "train": {"epochs": epochs, "batch_size": 32, "learning_rate": 3e-3, "progress_bar": False,
+                            "calibrate": False, "freeze_encoder_epochs": frozen}}
+        weights = load_file(str(run_recipe(recipe, tmp_path / f"freeze_{frozen}_{epochs}") / "model.safetensors"))
+        moved[frozen] = {k for k, v in weights.items() if k not in start or not torch.equal(v, start[k])}
+    encoder = {k for k in start if k.startswith("crossmat.") and "element_feature_table" not in k}
+    assert any(k.startswith("head.") for k in moved[2])  # all epochs frozen: the head trains, the encoder not
+    assert not (moved[2] & encoder), sorted(moved[2] & encoder)[:5]
+    assert moved[1] & encoder  # one frozen epoch of two: the encoder trained in the second
+    assert not any("element_feature_table" in k for k in moved[1])
+
+
 def test_swa_guard_keeps_the_average_unless_the_checkpoint_is_clearly_better(tmp_path, gap_csv):
     """train.swa_guard_z: a paired z-score over validation rows decides; noise-sized differences keep the SWA
     average, a large consistent one keeps the checkpoint; a run records what was decided; bad values fail early."""

@@ -204,6 +204,19 @@ class StageTrainer:
         # the loop state is saved as JSON (LOOP_STATE_FILE), not registered with accelerate: its custom
         # checkpoints are pickles loaded with weights_only=False, i.e. code execution from a checkpoint folder
 
+    def _freeze_encoder(self, frozen: bool) -> None:
+        """``train.freeze_encoder_epochs``: the encoder parameters that train (not the frozen element table, not
+        the base weights under LoRA) get no gradient while the head learns on the pretrained features (AdamW skips
+        them: no update, no weight decay), then train with it: linear probing, then fine-tuning, so that a random
+        head does not distort the pretrained features."""
+        if int(self.cfg.freeze_encoder_epochs) <= 0:
+            return
+        if not hasattr(self, "_encoder_params"):  # the trainable set as it was before the first step
+            self._encoder_params = [p for n, p in self.accelerator.unwrap_model(self.model).named_parameters()
+                                    if p.requires_grad and "head" not in n.split(".")]
+        for param in self._encoder_params:
+            param.requires_grad_(not frozen)
+
     # ----------------------------------------------------------------- data
     def _permutation(self, epoch: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -458,6 +471,7 @@ class StageTrainer:
         run_n = 0
         while self.state.global_step < self.total_steps and not self.state.stopped_early:
             perm = self._permutation(self.state.epoch)
+            self._freeze_encoder(self.state.epoch < int(self.cfg.freeze_encoder_epochs))
             while self.state.step_in_epoch < self.steps_per_epoch and self.state.global_step < self.total_steps:
                 step = self.state.global_step
                 torch.manual_seed(int(hash_uniform(self.seed, step, self.rank, 7) * 2**31))

@@ -142,6 +142,7 @@ class TrainSection:
     calibrate: bool = True  # property models: uncertainty / decision threshold from the validation rows
     layer_lr_decay: float = 1.0  # < 1: encoder layer i of L at lr * decay ** (L - i), embeddings one step lower
     anchor_weight: float = 0.0  # > 0: keep the pooled embedding near the initial backbone's (training/anchor.py)
+    freeze_encoder_epochs: int = 0  # > 0: train only the head for this many epochs, then everything (LP-FT)
 
 
 @dataclass(frozen=True)
@@ -380,6 +381,12 @@ def resolve_stage(stage: Mapping[str, Any]) -> StageRecipe:
     if float(train["anchor_weight"]) > 0 and not (kind.property_model and resolved["model"]["init_from"]):
         raise RecipeError("recipe key 'train.anchor_weight' anchors a fine-tuned model to its pretrained backbone: "
                           "it needs a property stage with model.init_from")
+    freeze = train["freeze_encoder_epochs"]
+    if isinstance(freeze, bool) or not isinstance(freeze, int) or freeze < 0:
+        raise RecipeError(f"recipe key 'train.freeze_encoder_epochs' must be a non-negative integer, got {freeze!r}")
+    if freeze > 0 and not (kind.property_model and resolved["model"]["init_from"]):
+        raise RecipeError("recipe key 'train.freeze_encoder_epochs' keeps a pretrained backbone frozen while the head "
+                          "learns: it needs a property stage with model.init_from")
     guard = train["swa_guard_z"]
     if guard is not None and (isinstance(guard, bool) or not isinstance(guard, (int, float)) or float(guard) <= 0):
         raise RecipeError(f"recipe key 'train.swa_guard_z' must be a positive number or null, got {guard!r}")

@@ -5,6 +5,8 @@
 #   llrd    train.layer_lr_decay=0.5 (encoder layer i of 3 at lr * 0.5^(3-i), embeddings at lr / 16, head at full lr)
 #   anchor  train.anchor_weight=1.0 (a frozen copy of the backbone; 1 - cos between the pooled embeddings is added
 #           to the loss, training/anchor.py)
+#   lpft    train.freeze_encoder_epochs=20 (the head alone for the first 20 of 200 epochs, then everything: linear
+#           probing then fine-tuning, so that a random head does not distort the pretrained features)
 # Paired per fold against crossmat_default_from_<ARM>.json (same recipe, same backbone, no keep method).
 # Usage: bash benchmarks/imkt/run_keep.sh METHOD ARM BACKBONE TASK [TASK ...]
 #   ARM: imkt (BACKBONE = crossmat-imkt-mp-small, the shipped imkt backbone) or mlm (its folder)
@@ -18,7 +20,8 @@ METHOD="$1"; ARM="$2"; BACKBONE="$3"; shift 3
 case "$METHOD" in
   llrd) SET=(--set train.layer_lr_decay=0.5); WHAT="layer-wise lr decay 0.5"; OUT="benchmarks/_work/imkt/llrd/$ARM" ;;
   anchor) SET=(--set train.anchor_weight=1.0); WHAT="embedding anchor weight 1.0"; OUT="benchmarks/matbench/runs/keep_anchor/$ARM" ;;
-  *) echo "unknown keep method $METHOD (llrd or anchor)" >&2; exit 2 ;;
+  lpft) SET=(--set train.freeze_encoder_epochs=20); WHAT="the encoder frozen for the first 20 epochs"; OUT="benchmarks/matbench/runs/keep_lpft/$ARM" ;;
+  *) echo "unknown keep method $METHOD (llrd, anchor or lpft)" >&2; exit 2 ;;
 esac
 mkdir -p benchmarks/imkt/logs
 for t in "$@"; do
