@@ -11,11 +11,16 @@ row, the predictor always the exKT head (MLP on frozen CHGNet features) trained 
   mean prediction over the top-3 candidates (``PrototypeGenerator.from_perov5``);
 * twin-aware: rows with a twin in train or val get the prediction for the twin's structure with its cations
   exchanged; rows without one fall back to the template arm (rule fixed before any test score was computed);
-* twin-aware + energy gap (the headline): the twin's heat_ref (its target when it is in val, else the predictor on
+* twin-aware + energy gap: the twin's heat_ref (its target when it is in val, else the predictor on
   its real structure) plus the CHGNet energy gap, volume-scanned, of exchanging its cations, times a factor chosen
   on the val rows whose twin is also in val. On those 724 val rows the plain static gap correlates 0.87 with the
   target gap, the volume-scanned one 0.92, a free 100-step cell+position relaxation only 0.34 (60 rows;
-  twin_gap_study.py / .log).
+  twin_gap_study.py / .log);
+* composition only: a Magpie random forest trained on val;
+* the stack (the headline, declared before its test score): the twin's heat_ref plus a no-intercept linear model of
+  the gap on the CHGNet gap, the predictor's gap and the composition model's distance from the twin, the model and
+  its features chosen by out-of-fold MAE on the val pairs; rows without a twin: the template arm blended with the
+  composition model, the weight chosen out of fold on val. Expensive arrays are cached in the work folder.
 
 Uses a property of the data set (no repeated material, every composition at most twice), not the test targets;
 a user's new formula has no twin. Writes results_perov5_twin.json and updates headline.json
