@@ -188,6 +188,9 @@ class StageTrainer:
         # the frozen teacher is copied before any step (and before a resume loads fine-tuned weights)
         self.anchor = (EmbeddingAnchor(model, float(self.cfg.anchor_weight)).to(accelerator.device)
                        if float(self.cfg.anchor_weight) > 0 else None)
+        # train.freeze_encoder_epochs toggles the encoder parameters that train now (before any step)
+        self._encoder_params = ([p for n, p in model.named_parameters() if p.requires_grad and "head" not in n.split(".")]
+                                if int(self.cfg.freeze_encoder_epochs) > 0 else [])
         self._build_optimizer()
 
     # ----------------------------------------------------------------- setup
@@ -209,11 +212,6 @@ class StageTrainer:
         the base weights under LoRA) get no gradient while the head learns on the pretrained features (AdamW skips
         them: no update, no weight decay), then train with it: linear probing, then fine-tuning, so that a random
         head does not distort the pretrained features."""
-        if int(self.cfg.freeze_encoder_epochs) <= 0:
-            return
-        if not hasattr(self, "_encoder_params"):  # the trainable set as it was before the first step
-            self._encoder_params = [p for n, p in self.accelerator.unwrap_model(self.model).named_parameters()
-                                    if p.requires_grad and "head" not in n.split(".")]
         for param in self._encoder_params:
             param.requires_grad_(not frozen)
 

@@ -47,7 +47,7 @@ warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from run_matbench_perovskites import chgnet_features  # noqa: E402
-from run_matbench_perovskites_stack import GAP_FACTORS, TOPK, swap_energy_gap, swapped, topk  # noqa: E402
+from run_matbench_perovskites_stack import GAP_FACTORS, TOPK, row_mean, swap_energy_gap, swapped, topk  # noqa: E402
 from run_train_templates import load, merge_headline  # noqa: E402
 
 from crossmat.explicit_transfer import PrototypeGenerator, train_structure_predictor  # noqa: E402
@@ -123,7 +123,7 @@ def main() -> None:
                                       target_unit="eV/atom", epochs=150, seed=0, datasets=["perov_5"])
     timing["predictor_training_s"] = time.time() - t
     p_cand = model.predict_features(f_cand)[:, 0]
-    template = np.bincount(owner, weights=p_cand, minlength=len(test)) / np.bincount(owner, minlength=len(test))
+    template = row_mean(p_cand, owner, len(test))
     twin_aware = template.copy()
     twin_aware[has] = model.predict_features(f_swap)[:, 0]
     # the twin's energy (its target when in val, else the predictor on its real structure) plus the CHGNet energy
@@ -155,8 +155,10 @@ def main() -> None:
 
     from crossmat.evaluation.baselines import MagpieFeaturizer
 
-    X_val, _ = MagpieFeaturizer(cache_dir=WORK).transform(val.formula)
-    X_test, _ = MagpieFeaturizer(cache_dir=WORK).transform(test.formula)
+    magpie = MagpieFeaturizer(cache_dir=WORK)
+    (X_val, bad_val), (X_test, bad_test) = magpie.transform(val.formula), magpie.transform(test.formula)
+    if bad_val or bad_test:
+        raise SystemExit(f"Magpie features missing: {(bad_val + bad_test)[:3]}")
     fold = group_folds(val.key)
     test_fold = test.key.map(dict(zip(val.key, fold, strict=False))).to_numpy()  # twin in val: the fold holding it
     comp_val, pred_val_oof = np.zeros(len(val)), np.zeros(len(val))
@@ -177,8 +179,8 @@ def main() -> None:
         pred_val_oof[~fit] = m.predict_features(f_val[~fit])[:, 0]
         held = ~fit[val_owner]
         pv = m.predict_features(f_val_cand[held])[:, 0]
-        template_val[~fit] = (np.bincount(val_owner[held], weights=pv, minlength=len(val))
-                              / np.maximum(np.bincount(val_owner[held], minlength=len(val)), 1))[~fit]
+        with np.errstate(invalid="ignore"):  # rows of other folds have no held candidate (0/0), not kept
+            template_val[~fit] = row_mean(pv, val_owner[held], len(val))[~fit]
         sel = ~fit[vm_rows]  # val rows (with a val twin) of this fold; twin in the same fold
         pred_gap_val[sel] = (m.predict_features(f_val_swap[sel])[:, 0]
                              - m.predict_features(f_val[val_twin_pos[vm_rows[sel]]])[:, 0])
@@ -195,23 +197,22 @@ def main() -> None:
     vfold = fold[vm]
     stack_cv: dict[str, float] = {f"factor rule ({factor:g} x CHGNet gap, factor chosen in-sample)":
                                   float(np.abs(factor * val_gap - target_gap).mean())}
-    candidates = {"chgnet+predictor": ["chgnet", "predictor"], "chgnet+composition": ["chgnet", "composition"],
-                  "chgnet+predictor+composition": ["chgnet", "predictor", "composition"]}
-    for name, cols in candidates.items():
+    gap_models = {f"{'+'.join(cols)} ({kind})": (cols, kind)
+                  for cols in (["chgnet", "predictor"], ["chgnet", "composition"], ["chgnet", "predictor", "composition"])
+                  for kind in ("ols", "lad")}
+    for label, (cols, kind) in gap_models.items():
         X = np.column_stack([feats_val[c] for c in cols])
-        for kind in ("ols", "lad"):
-            err = np.zeros(len(X))
-            for k in range(5):
-                coef = fit_gap(X[vfold != k], target_gap[vfold != k], kind)
-                err[vfold == k] = X[vfold == k] @ coef - target_gap[vfold == k]
-            stack_cv[f"{name} ({kind})"] = float(np.abs(err).mean())
+        err = np.zeros(len(X))
+        for k in range(5):
+            coef = fit_gap(X[vfold != k], target_gap[vfold != k], kind)
+            err[vfold == k] = X[vfold == k] @ coef - target_gap[vfold == k]
+        stack_cv[label] = float(np.abs(err).mean())
     best_stack = min(stack_cv, key=stack_cv.get)
     twin_stack = twin_gap.copy()
     stack_coef = None
-    if not best_stack.startswith("factor rule"):
-        name, kind = best_stack.rsplit(" (", 1)
-        cols = candidates[name]
-        stack_coef = fit_gap(np.column_stack([feats_val[c] for c in cols]), target_gap, kind.rstrip(")"))
+    if best_stack in gap_models:
+        cols, kind = gap_models[best_stack]
+        stack_coef = fit_gap(np.column_stack([feats_val[c] for c in cols]), target_gap, kind)
         twin_stack[has] = base_energy + np.column_stack([feats_test[c] for c in cols]) @ stack_coef
     blend_cv = {f"{w:g}": float(np.abs(w * template_val + (1 - w) * comp_val - y_val).mean())
                 for w in np.linspace(0, 1, 11)}
@@ -236,7 +237,7 @@ def main() -> None:
            "heat_ref_mae_eV_per_atom": mae, "ratio_to_val_mean": {k: v["all"] / base for k, v in mae.items()},
            "gap_factor_val_mae": gap_mae, "gap_factor_chosen": factor, "val_rows_with_val_twin": int(vm.sum()),
            "stacking": {"gap_models_val_oof_mae": stack_cv, "chosen": best_stack,
-                        "coefficients": None if stack_coef is None else dict(zip(candidates[best_stack.rsplit(" (", 1)[0]],
+                        "coefficients": None if stack_coef is None else dict(zip(gap_models[best_stack][0],
                                                                                   stack_coef.tolist(), strict=True)),
                         "no_twin_blend_val_oof_mae (weight of the template arm)": blend_cv,
                         "no_twin_template_weight": w_blend,
