@@ -3,9 +3,10 @@
 * Regression: a standard deviation per prediction. The held-out rows' pooled embeddings and residuals go into
   the weights; a new row's sigma is ``scale x`` the RMS residual of its ``k`` nearest held-out rows, shrunk
   towards the global RMS residual (``prior`` > 0 pseudo-rows, so a row whose neighbours all had zero error still
-  gets a positive sigma). ``k``, ``prior`` and ``scale`` are chosen on the
-  held-out rows themselves, leave-one-out, so that the share of errors within 1 and 2 sigma is as close as
-  possible to a Gaussian's 0.683 and 0.954.
+  gets a positive sigma). For an ensemble the members' spread joins the neighbours' RMS residual,
+  ``sqrt(local**2 + w * spread**2)``, with ``w = 0`` (neighbours alone) among the choices. ``k``, ``prior``,
+  ``w`` and ``scale`` are chosen on the held-out rows themselves, leave-one-out, so that the share of errors
+  within 1 and 2 sigma is as close as possible to a Gaussian's 0.683 and 0.954.
 * Binary classification: the decision threshold on P(class 1) that maximises balanced accuracy on the
   held-out rows (the leaderboard scores hard labels).
 
@@ -29,6 +30,7 @@ COVERAGE_TARGETS = (0.6827, 0.9545)
 MIN_ROWS = 10  # held-out rows needed to calibrate a regression model's uncertainty  # a Gaussian's share within 1 and 2 sigma
 _K_GRID = (5, 10, 20, 40, 80)
 _PRIOR_GRID = (0.25, 0.5, 1.0, 2.0)  # in units of k; > 0, so no row gets sigma 0 (zero local residuals)
+_SPREAD_SHARES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # w * mean(spread**2) / mean(local**2): 0 = spread unused
 _SCALES = np.exp(np.linspace(np.log(0.2), np.log(5.0), 241))
 
 
@@ -40,6 +42,7 @@ class Calibration:
     k: int | None = None
     prior: float | None = None
     scale: float | None = None
+    spread_weight: float | None = None
     coverage_1sigma: float | None = None
     coverage_2sigma: float | None = None
     decision_threshold: float | None = None
@@ -82,14 +85,21 @@ def fit_threshold(prob: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 
 @torch.inference_mode()
 def _pooled_and_outputs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled embeddings of the first member and the model outputs (physical units / class logits)."""
-    pooled, logits = [], []
+                        batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Pooled embeddings of the first member, the model outputs (physical units / class logits) and, for a
+    regression ensemble, the members' spread (population std, physical units; ``None`` for one member)."""
+    pooled, logits, spread = [], [], []
+    members = model.members()
     for start in range(0, len(input_ids), batch_size):
         ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
-        pooled.append(model.crossmat(ids, attention_mask=mask).pooler_output.float())
-        logits.append(model(input_ids=ids, attention_mask=mask).logits.float())
-    return torch.cat(pooled), torch.cat(logits)
+        out = model(input_ids=ids, attention_mask=mask)
+        pooled.append(out.pooler_output.float())
+        logits.append(out.logits.float())
+        if len(members) > 1 and model.config.problem_type == "regression":
+            mean, std = model._target_stats(out.logits)
+            raw = torch.stack([head(enc(ids, attention_mask=mask).pooler_output) for enc, head in members])
+            spread.append((raw.double() * std.double()).std(0, unbiased=False))
+    return torch.cat(pooled), torch.cat(logits), (torch.cat(spread) if spread else None)
 
 
 def calibrate_property_model(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -100,7 +110,7 @@ def calibrate_property_model(model: Any, input_ids: torch.Tensor, attention_mask
     was_training = model.training
     model.eval()
     try:
-        pooled, out = _pooled_and_outputs(model, input_ids, attention_mask)
+        pooled, out, spread = _pooled_and_outputs(model, input_ids, attention_mask)
     finally:
         model.train(was_training)
     targets = np.asarray(targets, dtype=np.float64)
@@ -116,16 +126,23 @@ def calibrate_property_model(model: Any, input_ids: torch.Tensor, attention_mask
         return Calibration(rows=n)
     residuals = torch.as_tensor(targets.reshape(n, -1)) - out.double().reshape(n, -1)
     err = residuals.abs().numpy()
-    best: tuple[float, int, float, float] | None = None
+    spread2 = None if spread is None else spread.numpy().reshape(n, -1) ** 2
+    shares = _SPREAD_SHARES if spread2 is not None and spread2.mean() > 0 else (0.0,)
+    best: tuple[float, int, float, float, float] | None = None
     for k in [k for k in _K_GRID if k < n] or [n - 1]:
         for prior_units in _PRIOR_GRID:
             model.install_uncertainty(pooled, residuals, k, prior_units * k, 1.0)
-            base = model.local_residual_scale(pooled, exclude_self=True).numpy()
-            scale, loss = _best_scale(err, base)
-            if best is None or loss < best[0] - 1e-9:
-                best = (loss, k, prior_units * k, scale)
-    _, k, prior, scale = best  # type: ignore[misc]
-    model.install_uncertainty(pooled, residuals, k, prior, scale)
-    sigma = scale * model.local_residual_scale(pooled, exclude_self=True).numpy()
+            local2 = model.local_residual_scale(pooled, exclude_self=True).numpy() ** 2
+            for share in shares:  # the spread's weight, as its share of the neighbours' mean variance
+                weight = 0.0 if share == 0 else share * float(local2.mean() / spread2.mean())  # type: ignore[union-attr]
+                base = np.sqrt(local2 + weight * spread2) if weight else np.sqrt(local2)
+                scale, loss = _best_scale(err, base)
+                if best is None or loss < best[0] - 1e-9:
+                    best = (loss, k, prior_units * k, scale, weight)
+    _, k, prior, scale, weight = best  # type: ignore[misc]
+    model.install_uncertainty(pooled, residuals, k, prior, scale, weight)
+    base2 = model.local_residual_scale(pooled, exclude_self=True).numpy() ** 2
+    sigma = scale * np.sqrt(base2 + weight * spread2 if weight else base2)  # type: ignore[operator]
     c1, c2 = coverage(err, sigma)
-    return Calibration(rows=n, k=k, prior=prior, scale=scale, coverage_1sigma=c1, coverage_2sigma=c2)
+    return Calibration(rows=n, k=k, prior=prior, scale=scale, spread_weight=weight if spread2 is not None else None,
+                       coverage_1sigma=c1, coverage_2sigma=c2)

@@ -36,7 +36,9 @@ class CrossMatConfig(PretrainedConfig):
     ``uncertainty_rows`` held-out calibration rows are stored in the weights (their pooled embeddings and
     residuals); a regression prediction's standard deviation is ``uncertainty_scale`` times the shrunken RMS
     residual of its ``uncertainty_k`` nearest calibration rows (cosine similarity of pooled embeddings), shrunk
-    towards the global RMS residual with weight ``uncertainty_prior``. ``decision_threshold``: a binary
+    towards the global RMS residual with weight ``uncertainty_prior``; for an ensemble the members' spread
+    joins it as ``sqrt(local**2 + uncertainty_spread_weight * spread**2)`` before the scale (weight 0: the
+    neighbours' residuals alone). ``decision_threshold``: a binary
     classifier's label is 1 when P(class 1) reaches it (chosen on held-out rows; ``None`` = the argmax).
     """
 
@@ -91,6 +93,7 @@ class CrossMatConfig(PretrainedConfig):
         uncertainty_k: int = 20,
         uncertainty_prior: float = 0.0,
         uncertainty_scale: float = 1.0,
+        uncertainty_spread_weight: float = 0.0,
         decision_threshold: float | None = None,
         **kwargs: Any,
     ) -> None:
@@ -157,6 +160,7 @@ class CrossMatConfig(PretrainedConfig):
         self.uncertainty_k = int(uncertainty_k)
         self.uncertainty_prior = float(uncertainty_prior)
         self.uncertainty_scale = float(uncertainty_scale)
+        self.uncertainty_spread_weight = float(uncertainty_spread_weight)
         self.decision_threshold = None if decision_threshold is None else float(decision_threshold)
         super().__init__(pad_token_id=pad_token_id, tie_word_embeddings=tie_word_embeddings, **kwargs)
 

@@ -640,9 +640,10 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
         self.register_buffer("uncertainty_residuals", torch.zeros(rows, self.num_labels), persistent=rows > 0)
 
     def install_uncertainty(self, keys: torch.Tensor, residuals: torch.Tensor, k: int, prior: float,
-                            scale: float) -> None:
+                            scale: float, spread_weight: float = 0.0) -> None:
         """Store calibration rows (pooled embeddings ``keys``, out-of-sample ``residuals``) and the fitted
-        ``k``/``prior``/``scale`` (see :class:`CrossMatConfig`); later outputs carry a standard deviation."""
+        ``k``/``prior``/``scale``/``spread_weight`` (see :class:`CrossMatConfig`); later outputs carry a
+        standard deviation."""
         if keys.shape[0] != residuals.shape[0] or keys.shape[0] < 2:
             raise ValueError(f"need >= 2 calibration rows with one residual each, got {tuple(keys.shape)} / "
                              f"{tuple(residuals.shape)}")
@@ -653,6 +654,7 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
         self.config.uncertainty_rows = int(keys.shape[0])
         self.config.uncertainty_k, self.config.uncertainty_prior = int(k), float(prior)
         self.config.uncertainty_scale = float(scale)
+        self.config.uncertainty_spread_weight = float(spread_weight)
 
     def local_residual_scale(self, pooled: torch.Tensor, exclude_self: bool = False) -> torch.Tensor:
         """Shrunken RMS residual of each row's nearest calibration rows, ``(batch, labels)`` (before the scale);
@@ -717,6 +719,9 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
             logits = self._clip(values.mean(0))
             if self.config.uncertainty_rows > 0:  # calibrated on held-out rows (CrossMatConfig)
                 scale = self.local_residual_scale(first.pooler_output)
+                if len(raws) > 1 and self.config.uncertainty_spread_weight > 0:
+                    spread2 = values.std(0, unbiased=False).double() ** 2
+                    scale = (scale**2 + self.config.uncertainty_spread_weight * spread2).sqrt()
                 uncertainty = (self.config.uncertainty_scale * scale).to(values.dtype)
             elif len(raws) > 1:
                 uncertainty = values.std(0, unbiased=False)

@@ -67,6 +67,30 @@ def test_regression_calibration_covers_held_out_rows_and_is_heteroscedastic(toke
     assert model.config.uncertainty_rows == 200
 
 
+def test_ensemble_spread_joins_the_sigma_when_it_tracks_the_errors(tokenizer, matbench_formulas):
+    """A two-member ensemble whose errors grow with the members' spread: calibration gives the spread a weight,
+    and on new rows the stored model's sigma is scale * sqrt(local**2 + weight * spread**2) and covers them."""
+    formulas = matbench_formulas["matbench_expt_gap"][:400]
+    model = _model(ensemble_size=2)
+    ids, mask = _encode(tokenizer, formulas)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask)
+        pred, spread = out.logits[:, 0].numpy(), out.uncertainty[:, 0].numpy()
+    z = (spread - spread.mean()) / spread.std()  # an untrained ensemble's spread varies little: standardise it
+    targets = pred + np.random.default_rng(3).normal(size=len(pred)) * np.exp(z)
+    cal, new = slice(0, 200), slice(200, 400)
+    result = calibrate_property_model(model, ids[cal], mask[cal], targets[cal])
+    assert result.spread_weight and result.spread_weight > 0 and model.config.uncertainty_spread_weight > 0
+    assert abs(result.coverage_1sigma - 0.683) < 0.08 and abs(result.coverage_2sigma - 0.954) < 0.08
+    with torch.no_grad():
+        out = model(input_ids=ids[new], attention_mask=mask[new])
+        local = model.local_residual_scale(out.pooler_output)[:, 0].numpy()
+    expected = result.scale * np.sqrt(local**2 + result.spread_weight * spread[new].astype(np.float64) ** 2)
+    assert out.uncertainty[:, 0].numpy() == pytest.approx(expected, rel=1e-4)
+    c1, c2 = coverage(targets[new] - pred[new], out.uncertainty[:, 0].numpy())
+    assert abs(c1 - 0.683) < 0.1 and abs(c2 - 0.954) < 0.1
+
+
 def test_calibration_survives_save_load_and_runs_as_remote_code(tokenizer, held_out, tmp_path):
     formulas, noise = held_out
     model = _model()
