@@ -6,15 +6,26 @@
 # variant `crossmat`; the console log to benchmarks/matbench/logs/default_route_<task>.log; the fold folders to
 # benchmarks/matbench/runs/default_route/<task> (CrossMat folds committed as they land; a rerun resumes from them).
 # Usage: bash benchmarks/matbench/run_default_route.sh [task ...]   (default: the 5 cheap screening tasks)
+# ENSEMBLE=N (N > 1): the same route with model.config.ensemble_size=N (N members from the same backbone, the
+# calibrated sigma may use their spread), variant crossmat_ensN, folds in runs/default_route_ensN, no baselines
+# (they are the default route's).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 export CROSSMAT_CACHE_DIR="${CROSSMAT_CACHE_DIR:-benchmarks/_work/cache}"
 TASKS=("$@")
 [ ${#TASKS[@]} -eq 0 ] && TASKS=(matbench_steels matbench_jdft2d matbench_phonons matbench_expt_gap matbench_dielectric)
+N="${ENSEMBLE:-1}"
+if [ "$N" -gt 1 ]; then
+  ROUTE=default_route_ens$N
+  EXTRA=(--set "model.config.ensemble_size=$N" --variant "crossmat_ens$N" --baselines none)
+  NOTE="default route with ensemble_size=$N"
+else
+  ROUTE=default_route EXTRA=(--baselines dummy,rf_magpie) NOTE="default route"
+fi
 for t in "${TASKS[@]}"; do
-  python evaluate.py --benchmark matbench --task "$t" --baselines dummy,rf_magpie \
-    --output-dir "benchmarks/matbench/runs/default_route/$t" --results-dir benchmarks/results \
-    --notes "default route (no --config); 1 thread, 2 CPU cores shared with other jobs" \
-    2>&1 | grep --line-buffered -v -e "Loading weights" -e "Writing model" | tee "benchmarks/matbench/logs/default_route_${t#matbench_}.log"
+  python evaluate.py --benchmark matbench --task "$t" "${EXTRA[@]}" \
+    --output-dir "benchmarks/matbench/runs/$ROUTE/$t" --results-dir benchmarks/results \
+    --notes "$NOTE (no --config); 1 thread, 2 CPU cores shared with other jobs" \
+    2>&1 | grep --line-buffered -v -e "Loading weights" -e "Writing model" | tee "benchmarks/matbench/logs/${ROUTE}_${t#matbench_}.log"
 done
