@@ -153,8 +153,9 @@ def held_out_report(summary: dict) -> list[str]:
             keys = [k for k in ("mae", "rmse", "r2", "roc_auc", "accuracy", "coverage_1sigma", "coverage_2sigma") if k in val]
             msg = ", ".join(f"{k} {val[k]:.4g}" for k in keys)
             if "scale" in cal:
+                spread = " with the members' spread" if cal.get("spread_weight") else ""
                 msg += (f"; they calibrated the standard deviation of every prediction (k={cal['k']:.0f} nearest "
-                        f"held-out rows, scale {cal['scale']:.3g})")
+                        f"held-out rows{spread}, scale {cal['scale']:.3g})")
             if "decision_threshold" in cal:
                 msg += f"; they set the decision threshold P(1) >= {cal['decision_threshold']:.3f}"
             prefix = f"fold {fold} " if len(summary["folds"]) > 1 else ""

@@ -1,4 +1,5 @@
-"""Paired per-fold comparison of fine-tuned backbone arms (records ``crossmat_default_from_<arm>.json``).
+"""Paired per-fold comparison of fine-tuned backbone arms (records ``crossmat_default_from_<arm>.json``, or any
+record ``<arm>.json``, e.g. ``crossmat`` (the default route) against ``crossmat_ens2``).
 
 Usage: PYTHONPATH=. python benchmarks/imkt/compare_arms.py ARM --against mlm imkt [--tasks T ...] [--json OUT]
 Prints, per task, the arm's mean ± std over folds (the record's std) and, per reference arm, the per-fold relative error change 100 (a - b) / b (error = MAE, or
@@ -18,9 +19,15 @@ RESULTS = Path("benchmarks/results/matbench")
 HIGHER_IS_BETTER = ("balanced_accuracy", "accuracy", "roc_auc", "f1")
 
 
+def record_path(task: str, arm: str) -> Path:
+    """The record of ``arm`` on ``task``: ``crossmat_default_from_<arm>.json`` if there is one, else ``<arm>.json``."""
+    path = RESULTS / task / f"crossmat_default_from_{arm}.json"
+    return path if path.is_file() else RESULTS / task / f"{arm}.json"
+
+
 def errors(task: str, arm: str) -> tuple[np.ndarray, str, float] | None:
     """Per-fold errors, metric and the record's fold std of one arm on one task (None without a record)."""
-    path = RESULTS / task / f"crossmat_default_from_{arm}.json"
+    path = record_path(task, arm)
     if not path.is_file():
         return None
     rec = json.loads(path.read_text())
@@ -44,7 +51,7 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="*", default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    tasks = args.tasks or sorted(p.name for p in RESULTS.iterdir() if (p / f"crossmat_default_from_{args.arm}.json").is_file())
+    tasks = args.tasks or sorted(p.name for p in RESULTS.iterdir() if record_path(p.name, args.arm).is_file())
     out: dict = {"arm": args.arm, "tasks": {}, "average": {}}
     for task in tasks:
         mine = errors(task, args.arm)
