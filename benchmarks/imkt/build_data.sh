@@ -7,6 +7,8 @@
 # Outputs under benchmarks/_work/imkt (git-ignored). Usage: bash benchmarks/imkt/build_data.sh [step ...]
 #   steps: mp_chgnet mp_tensornet perov_chgnet perov_tensornet corpus alignment  (default: all, in order)
 #          mp_descriptors alignment_descriptors  (the descriptor teacher; run on request, not by default)
+#          alignment_chgnet_descriptors  (CHGNet + descriptors concatenated per structure, polymorph mean; needs
+#          mp_chgnet and mp_descriptors)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source benchmarks/imkt/tasks.sh
@@ -36,6 +38,9 @@ for step in "${STEPS[@]}"; do
     alignment_descriptors)  # no energies (no model): the mean over a formula's polymorphs, not an arbitrary one
       python -m crossmat.dataset_builders alignment --embeddings $W/embeddings/mp_structures "${EXCLUDE_ARGS[@]}" \
         --encoder descriptors --polymorphs mean --output-dir $W/alignment/descriptors ;;
+    alignment_chgnet_descriptors)  # one multimodal target: learned (CHGNet) + explicit geometry (descriptors)
+      python -m crossmat.dataset_builders alignment --embeddings $W/embeddings/mp_structures "${EXCLUDE_ARGS[@]}" \
+        --encoder chgnet --encoder descriptors --polymorphs mean --output-dir $W/alignment/chgnet_descriptors ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done

@@ -8,6 +8,7 @@
 #   imkt_both          same, CHGNet and TensorNet concatenated
 #   imkt_mean          same, mean over polymorphs instead of the lowest-energy one
 #   imkt_descriptors   same, 29 pymatgen structure descriptors (polymorph mean) instead of CHGNet
+#   imkt_chgnet_descriptors  same, CHGNet and the 29 descriptors concatenated (polymorph mean)
 # Output: benchmarks/_work/imkt/backbones/ARM (a CrossMat model folder with its card).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -23,6 +24,7 @@ case "$ARM" in
   imkt_both) ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/chgnet_tensornet) ;;
   imkt_mean) ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/chgnet_mean) ;;
   imkt_descriptors) ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/descriptors) ;;
+  imkt_chgnet_descriptors) ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/chgnet_descriptors) ;;
   *) echo "unknown arm $ARM" >&2; exit 2 ;;
 esac
 exec python train.py "${ARGS[@]}" --output-dir "benchmarks/_work/imkt/backbones/$ARM" --resume
