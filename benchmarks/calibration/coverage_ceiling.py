@@ -1,8 +1,10 @@
 """How far a global rescaling of sigma can take the default route's coverage (issue 22, item 3).
 
 Reads the committed default-route fold predictions (benchmarks/matbench/runs/default_route/<task>/crossmat/
-fold_k/predictions.csv: target, prediction, uncertainty) and reports, per regression task: the coverage within
-1 and 2 sigma as shipped, the shape of the normalised errors z = |error| / sigma (q95/q68 is 2.0 for a Gaussian)
+fold_k/predictions.csv: target, prediction, uncertainty; and the same route as a 2-member ensemble,
+runs/default_route_ens2/<task>/crossmat_ens2, whose sigma may use the members' spread) and reports, per regression
+task: the coverage within 1 and 2 sigma as shipped, the share of exact predictions (|error| = 0: a target at the
+bound the predictions are clipped to, covered by any sigma), the shape of the normalised errors z = |error| / sigma (q95/q68 is 2.0 for a Gaussian)
 and the best coverage that any single factor on sigma could reach *if it were chosen on the test rows* (an
 oracle bound, not a method: the smallest max deviation from 0.683 / 0.954).
 
@@ -16,32 +18,37 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-RUNS = Path(__file__).parents[1] / "matbench" / "runs" / "default_route"
+RUNS = Path(__file__).parents[1] / "matbench" / "runs"
+ROUTES = {"default_route": "crossmat", "default_route_ens2": "crossmat_ens2"}  # folder -> predictor
 T1, T2 = 0.6827, 0.9545
 FACTORS = np.exp(np.linspace(np.log(0.2), np.log(10.0), 800))
 
 
 def main() -> None:
-    print(f"{'task':24s} {'rows':>5s} {'cov1':>6s} {'cov2':>6s} {'q95/q68':>8s} | oracle factor -> cov1 cov2 maxdev")
-    for task in sorted(RUNS.iterdir()):
-        files = sorted(task.glob("crossmat/fold_*/predictions.csv"))
-        frames = [pd.read_csv(f) for f in files]
-        if not frames or any("uncertainty" not in f or f.uncertainty.isna().all() for f in frames):
-            continue
-        d = pd.concat(frames)
-        err, sig = (d.target - d.prediction).abs().to_numpy(), d.uncertainty.to_numpy()
-        c1, c2 = (err <= sig).mean(), (err <= 2 * sig).mean()
-        zero = (err == 0) & (sig == 0)  # exact predictions with sigma 0 (clipped at a bound): covered
-        z = np.where(zero, 0.0, err / np.where(sig > 0, sig, np.nan))
-        z = np.nan_to_num(z, nan=np.inf)
-        o1 = (z[None] <= FACTORS[:, None]).mean(1)
-        o2 = (z[None] <= 2 * FACTORS[:, None]).mean(1)
-        dev = np.maximum(abs(o1 - T1), abs(o2 - T2))
-        i = int(dev.argmin())
-        q68, q95 = np.quantile(z, T1), np.quantile(z, T2)
-        print(f"{task.name:24s} {len(d):5d} {c1:6.3f} {c2:6.3f} {q95 / q68:8.2f} | {FACTORS[i]:5.2f} -> "
-              f"{o1[i]:.3f} {o2[i]:.3f} {dev[i]:.3f}  ({len(files)} folds; sigma = 0 on {int((sig == 0).sum())} rows)")
-
+    for route, predictor in ROUTES.items():
+        print(f"{route} ({predictor})")
+        print(f"{'task':24s} {'rows':>5s} {'cov1':>6s} {'cov2':>6s} {'exact':>6s} {'q95/q68':>8s} | "
+              "oracle factor -> cov1 cov2 maxdev")
+        for task in sorted((RUNS / route).iterdir()):
+            files = sorted(task.glob(f"{predictor}/fold_*/predictions.csv"))
+            frames = [pd.read_csv(f) for f in files]
+            if not frames or any("uncertainty" not in f or f.uncertainty.isna().all() for f in frames):
+                continue
+            d = pd.concat(frames)
+            err, sig = (d.target - d.prediction).abs().to_numpy(), d.uncertainty.to_numpy()
+            c1, c2 = (err <= sig).mean(), (err <= 2 * sig).mean()
+            zero = (err == 0) & (sig == 0)  # exact predictions with sigma 0 (clipped at a bound): covered
+            z = np.where(zero, 0.0, err / np.where(sig > 0, sig, np.nan))
+            z = np.nan_to_num(z, nan=np.inf)
+            o1 = (z[None] <= FACTORS[:, None]).mean(1)
+            o2 = (z[None] <= 2 * FACTORS[:, None]).mean(1)
+            dev = np.maximum(abs(o1 - T1), abs(o2 - T2))
+            i = int(dev.argmin())
+            q68, q95 = np.quantile(z, T1), np.quantile(z, T2)
+            print(f"{task.name:24s} {len(d):5d} {c1:6.3f} {c2:6.3f} {(err == 0).mean():6.3f} {q95 / q68:8.2f} | "
+                  f"{FACTORS[i]:5.2f} -> {o1[i]:.3f} {o2[i]:.3f} {dev[i]:.3f}  ({len(files)} folds; sigma = 0 on "
+                  f"{int((sig == 0).sum())} rows)")
+        print()
 
 if __name__ == "__main__":
     main()
