@@ -68,6 +68,11 @@ def _best_scale(err: np.ndarray, base: np.ndarray) -> tuple[float, float]:
     return float(_SCALES[i]), float(loss[i])
 
 
+def _sigma_base(local2: np.ndarray, spread2: np.ndarray | None, weight: float) -> np.ndarray:
+    """``sqrt(local**2 + weight * spread**2)``: the sigma before the scale (the model's forward does the same)."""
+    return np.sqrt(local2 + weight * spread2) if weight and spread2 is not None else np.sqrt(local2)
+
+
 def fit_threshold(prob: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """``(threshold, balanced accuracy)``: the cut on P(class 1) with the best balanced accuracy on these rows
     (ties: the one closest to 0.5); ``(0.5, nan)`` when the rows hold one class only."""
@@ -89,16 +94,13 @@ def _pooled_and_outputs(model: Any, input_ids: torch.Tensor, attention_mask: tor
     """Pooled embeddings of the first member, the model outputs (physical units / class logits) and, for a
     regression ensemble, the members' spread (population std, physical units; ``None`` for one member)."""
     pooled, logits, spread = [], [], []
-    members = model.members()
     for start in range(0, len(input_ids), batch_size):
         ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
         out = model(input_ids=ids, attention_mask=mask)
         pooled.append(out.pooler_output.float())
         logits.append(out.logits.float())
-        if len(members) > 1 and model.config.problem_type == "regression":
-            mean, std = model._target_stats(out.logits)
-            raw = torch.stack([head(enc(ids, attention_mask=mask).pooler_output) for enc, head in members])
-            spread.append((raw.double() * std.double()).std(0, unbiased=False))
+        if out.member_spread is not None:
+            spread.append(out.member_spread.double())
     return torch.cat(pooled), torch.cat(logits), (torch.cat(spread) if spread else None)
 
 
@@ -135,14 +137,12 @@ def calibrate_property_model(model: Any, input_ids: torch.Tensor, attention_mask
             local2 = model.local_residual_scale(pooled, exclude_self=True).numpy() ** 2
             for share in shares:  # the spread's weight, as its share of the neighbours' mean variance
                 weight = 0.0 if share == 0 else share * float(local2.mean() / spread2.mean())  # type: ignore[union-attr]
-                base = np.sqrt(local2 + weight * spread2) if weight else np.sqrt(local2)
-                scale, loss = _best_scale(err, base)
+                scale, loss = _best_scale(err, _sigma_base(local2, spread2, weight))
                 if best is None or loss < best[0] - 1e-9:
                     best = (loss, k, prior_units * k, scale, weight)
     _, k, prior, scale, weight = best  # type: ignore[misc]
     model.install_uncertainty(pooled, residuals, k, prior, scale, weight)
-    base2 = model.local_residual_scale(pooled, exclude_self=True).numpy() ** 2
-    sigma = scale * np.sqrt(base2 + weight * spread2 if weight else base2)  # type: ignore[operator]
-    c1, c2 = coverage(err, sigma)
+    local2 = model.local_residual_scale(pooled, exclude_self=True).numpy() ** 2
+    c1, c2 = coverage(err, scale * _sigma_base(local2, spread2, weight))
     return Calibration(rows=n, k=k, prior=prior, scale=scale, spread_weight=weight if spread2 is not None else None,
                        coverage_1sigma=c1, coverage_2sigma=c2)

@@ -130,9 +130,11 @@ class CrossMatModelOutput(ModelOutput):
 @dataclass
 class CrossMatPropertyOutput(ModelOutput):
     """Property output: ``logits`` (physical units for regression; for an ensemble the member mean, or the
-    log of the mean class probabilities) and ``uncertainty``, the spread (population std) of the members'
-    predictions (values for regression, class probabilities for classification), ``None`` for one model;
-    ``pooler_output`` is the (first member's) pooled formula embedding."""
+    log of the mean class probabilities) and ``uncertainty``: a calibrated regression model's standard deviation,
+    else the spread (population std) of the members' predictions (values for regression, class probabilities
+    for classification), ``None`` for one uncalibrated model; ``pooler_output`` is the (first member's) pooled
+    formula embedding; ``member_spread`` is a regression ensemble's spread in physical units, calibrated or not
+    (``None`` for one model or classification)."""
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
@@ -140,6 +142,7 @@ class CrossMatPropertyOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     pooler_output: torch.FloatTensor | None = None
+    member_spread: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -712,19 +715,19 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
         raw = torch.stack(raws)  # (members, batch, labels)
         problem = self._problem_type(labels)
         losses = []
-        uncertainty = None
+        uncertainty = spread = None
         if problem == "regression":
             mean, std = self._target_stats(raw)
             values = raw * std + mean
             logits = self._clip(values.mean(0))
+            spread = values.std(0, unbiased=False) if len(raws) > 1 else None
             if self.config.uncertainty_rows > 0:  # calibrated on held-out rows (CrossMatConfig)
                 scale = self.local_residual_scale(first.pooler_output)
-                if len(raws) > 1 and self.config.uncertainty_spread_weight > 0:
-                    spread2 = values.std(0, unbiased=False).double() ** 2
-                    scale = (scale**2 + self.config.uncertainty_spread_weight * spread2).sqrt()
+                if spread is not None and self.config.uncertainty_spread_weight > 0:
+                    scale = (scale**2 + self.config.uncertainty_spread_weight * spread.double() ** 2).sqrt()
                 uncertainty = (self.config.uncertainty_scale * scale).to(values.dtype)
-            elif len(raws) > 1:
-                uncertainty = values.std(0, unbiased=False)
+            else:
+                uncertainty = spread
             if labels is not None:
                 target = (labels.to(raw.dtype).view(raw.shape[1:]) - mean) / std
                 fn = {"l1": F.l1_loss, "mse": F.mse_loss, "huber": F.smooth_l1_loss}[self.config.regression_loss]
@@ -749,4 +752,5 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
             hidden_states=first.hidden_states,
             attentions=first.attentions,
             pooler_output=first.pooler_output,
+            member_spread=spread,
         )
