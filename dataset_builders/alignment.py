@@ -122,8 +122,14 @@ def build_alignment_set(
     exclude: list[str] | None = None,
     max_formulas: int | None = None,
     seed: int = 0,
+    max_targets: int | None = None,
 ) -> dict[str, Any]:
-    """Build an alignment-set folder (one row per formula); returns its metadata."""
+    """Build an alignment-set folder (one row per formula); returns its metadata.
+
+    ``max_formulas`` keeps a seeded subset of the formulas; ``max_targets`` keeps every formula but the
+    structure embedding of a seeded subset only (the others get a null embedding: MLM-only rows under
+    ``data.missing_embeddings: mlm_only``), so an alignment-set scaling curve keeps the MLM corpus fixed.
+    Both subsets are nested across sizes for one seed."""
     if polymorphs not in POLYMORPH_RULES:
         raise ValueError(f"polymorphs must be one of {POLYMORPH_RULES}, got {polymorphs!r}")
     if not folders or not encoders:
@@ -173,6 +179,10 @@ def build_alignment_set(
     if max_formulas is not None and max_formulas < len(table):
         perm = np.random.default_rng(seed).permutation(len(table))
         table = table.iloc[np.sort(perm[:max_formulas])].reset_index(drop=True)
+    if max_targets is not None and max_targets < len(table):
+        perm = np.random.default_rng(seed).permutation(len(table))
+        table["embedding"] = table["embedding"].astype(object)
+        table.loc[perm[max_targets:], "embedding"] = None
     write_parquet(table, out / "data" / "train.parquet")
     (out / "excluded_formulas.txt").write_text("".join(f"{f}\n" for f in sorted(excluded_all)))
     meta = {
@@ -185,8 +195,10 @@ def build_alignment_set(
         "exclusions": exclusions,
         "formulas_after_exclusion": int(n_after_exclusion),
         "max_formulas": max_formulas,
+        "max_targets": max_targets,
         "seed": seed,
         "rows": int(len(table)),
+        "rows_with_embedding": int(table["embedding"].notna().sum()),
         "build_seconds": round(time.perf_counter() - start, 2),
     }
     write_json(meta, out / "alignment_metadata.json")
@@ -204,7 +216,8 @@ def _card_body(meta: dict[str, Any]) -> str:
 Targets for the imKT alignment loss: one structure embedding per reduced formula, built by
 `python -m crossmat.dataset_builders alignment` from {", ".join(f"`{f}`" for f in meta["embedding_folders"])} with
 encoder(s) {", ".join(f"`{e}`" for e in meta["encoders"])} (sizes {meta["embedding_dims"]}, concatenated per
-structure). {meta["rows"]} rows. No property labels.
+structure). {meta["rows"]} rows, {meta["rows_with_embedding"]} with an embedding (the others are formulas
+without a structure target: train with `data.missing_embeddings: mlm_only`). No property labels.
 
 ## Polymorphs
 Rule: `{meta["polymorphs"]}`. {st["formulas_with_polymorphs"]} of {st["formulas"]} formulas have several structures

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", action="append", default=[],
                    help="leakage guard: matbench=<task>[@fold] | llm4mat=<folder>[@split] | file=<path> (repeat)")
     p.add_argument("--max-formulas", type=int, default=None, help="seeded nested subset (scaling curves)")
+    p.add_argument("--max-targets", type=int, default=None,
+                   help="keep every formula, but the embedding of a seeded nested subset only (alignment-set scaling "
+                        "curve at a fixed MLM corpus; train with data.missing_embeddings=mlm_only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", required=True, help="output dataset folder")
 
@@ -120,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from .alignment import build_alignment_set
 
                 result = build_alignment_set(args.embeddings, args.encoder, args.output_dir, args.polymorphs, args.exclude,
-                                             args.max_formulas, args.seed)  # fmt: skip
+                                             args.max_formulas, args.seed, args.max_targets)  # fmt: skip
             else:
                 from .publish import publish_folder
 

@@ -539,7 +539,9 @@ class CrossMatForStructureAlignment(CrossMatPreTrainedModel):
     """imKT pretraining: MLM loss plus a projection of the pooled formula embedding onto the embedding a
     structure model gives the compound's crystal (``structure_embeddings``, size
     ``config.structure_embedding_dim``). Total loss = ``mlm_loss_weight * mlm + alignment_loss_weight *
-    alignment``; either part is skipped when its target (``labels`` / ``structure_embeddings``) is absent."""
+    alignment``; either part is skipped when its target (``labels`` / ``structure_embeddings``) is absent.
+    ``structure_mask`` (bool, one per row) marks the rows that have a structure; the alignment loss is taken
+    over those rows only (the others train MLM only)."""
 
     _tied_weights_keys = {"lm_head.decoder.weight": "crossmat.embeddings.word_embeddings.weight"}
 
@@ -561,7 +563,8 @@ class CrossMatForStructureAlignment(CrossMatPreTrainedModel):
         self.lm_head.decoder = new_embeddings
 
     def forward(
-        self, input_ids, attention_mask=None, labels=None, structure_embeddings=None, inputs_embeds=None, **kwargs
+        self, input_ids, attention_mask=None, labels=None, structure_embeddings=None, inputs_embeds=None,
+        structure_mask=None, **kwargs
     ) -> CrossMatAlignmentOutput:
         out = self.crossmat(input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
         logits = self.lm_head(out.last_hidden_state)
@@ -574,9 +577,12 @@ class CrossMatForStructureAlignment(CrossMatPreTrainedModel):
                     f"structure_embeddings have size {structure_embeddings.shape[-1]}, "
                     f"config.structure_embedding_dim is {self.config.structure_embedding_dim}"
                 )
-            align = alignment_loss(
-                projected, structure_embeddings, self.config.alignment_loss, self.config.infonce_temperature
-            )
+            rows = projected, structure_embeddings
+            if structure_mask is not None:  # rows without a structure train MLM only
+                rows = projected[structure_mask.bool()], structure_embeddings[structure_mask.bool()]
+            enough = len(rows[0]) > (1 if self.config.alignment_loss == "infonce" else 0)
+            align = (alignment_loss(*rows, self.config.alignment_loss, self.config.infonce_temperature) if enough
+                     else projected.sum() * 0.0)  # keeps the projection in the graph (distributed training)
         parts = []
         if mlm is not None:
             parts.append(self.config.mlm_loss_weight * mlm)

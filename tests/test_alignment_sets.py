@@ -107,6 +107,62 @@ def test_nested_subsets_for_scaling_curves(tmp_path):
     assert [len(s) for s in sets] == [2, 5, 8] and sets[0] < sets[1] < sets[2]
 
 
+def test_target_subsets_keep_every_formula_for_a_fixed_mlm_corpus(tmp_path):
+    rows = [(f"mp-{i}", f, -1.0) for i, f in enumerate(["NaCl", "KCl", "LiF", "MgO", "CaO", "SrO", "BaO", "ZnS"])]
+    emb = tmp_path / "emb"
+    _shards(emb, "chgnet", 2, 0, rows=rows)
+    build_alignment_set([emb], ["chgnet"], tmp_path / "all")
+    full = pd.read_parquet(tmp_path / "all" / "data" / "train.parquet")
+    sets = []
+    for n in (2, 5):
+        rc = builders_main(["alignment", "--embeddings", str(emb), "--encoder", "chgnet", "--output-dir",
+                            str(tmp_path / f"t{n}"), "--max-targets", str(n), "--seed", "3"])  # fmt: skip
+        assert rc == 0
+        table = pd.read_parquet(tmp_path / f"t{n}" / "data" / "train.parquet")
+        assert list(table["formula"]) == list(full["formula"])  # the corpus does not change
+        has = table["embedding"].notna().to_numpy()
+        assert has.sum() == n
+        for got, want in zip(table["embedding"][has], full["embedding"][has], strict=True):
+            np.testing.assert_allclose(got, want)
+        sets.append(set(table["formula"][has]))
+        assert f"{n} with an embedding" in (tmp_path / f"t{n}" / "README.md").read_text()
+    assert sets[0] < sets[1]  # nested
+    ds = load_dataset(str(tmp_path / "t2"), split="train", cache_dir=str(tmp_path / "hf"))
+    assert sum(e is None for e in ds["embedding"]) == 6
+
+
+def test_imkt_rows_without_a_structure_are_an_error_or_mlm_only_rows():
+    from crossmat.tokenization import CrossMatTokenizerFast
+    from crossmat.training.data import DataError, prepare_stage_data
+    from crossmat.training.recipe import resolve_stage
+
+    rng = np.random.default_rng(0)
+    formulas = ["NaCl", "KCl", "LiF", "MgO", "CaO", "SrO", "BaO", "ZnS", "GaAs", "InP", "AlN", "SiC"] * 5
+    emb = list((rng.normal(size=(len(formulas), 4)) * 3 + 10).astype(np.float32))
+    missing = np.arange(len(formulas)) % 3 == 1
+    for i in np.flatnonzero(missing):
+        emb[i] = None
+    frame = pd.DataFrame({"formula": formulas, "embedding": emb})
+    data = {"train": frame, "validation_fraction": 0.2, "standardize_embeddings": True}
+    with pytest.raises(DataError, match="train row 1: has no embedding"):
+        prepare_stage_data(resolve_stage({"stage": "imkt", "data": data}), CrossMatTokenizerFast())
+    out = prepare_stage_data(resolve_stage({"stage": "imkt", "data": {**data, "missing_embeddings": "mlm_only"}}),
+                             CrossMatTokenizerFast())  # fmt: skip
+    tensors = out.train.tensors
+    mask = tensors["structure_mask"]
+    assert len(mask) == len(tensors["input_ids"]) and 0 < int(mask.sum()) < len(mask)  # every formula stays
+    z = tensors["structure_embeddings"].double()
+    torch.testing.assert_close(z[mask].mean(0), torch.zeros(4, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z[mask].std(0), torch.ones(4, dtype=torch.float64), atol=1e-5, rtol=0)
+    assert z[~mask].abs().max() == 0
+    n_train = len(mask)
+    assert out.info["rows_with_structure_target"]["train"] == f"{int(mask.sum())} of {n_train}"
+    with pytest.raises(DataError, match="no row has an embedding"):
+        none = pd.DataFrame({"formula": formulas, "embedding": [None] * len(formulas)})
+        prepare_stage_data(resolve_stage({"stage": "imkt", "data": {"train": none, "missing_embeddings": "mlm_only"}}),
+                           CrossMatTokenizerFast())  # fmt: skip
+
+
 def test_polymorph_statistics_see_identical_polymorphs():
     rng = np.random.default_rng(0)
     base = rng.normal(size=(50, 8))

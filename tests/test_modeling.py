@@ -24,6 +24,7 @@ from crossmat.modeling import (
     CrossMatModel,
     decode_composition,
 )
+from crossmat.modeling.modeling_crossmat import alignment_loss
 from crossmat.tokenization import CrossMatTokenizerFast, build_backend_tokenizer
 from crossmat.tokenization.vocabulary import MASK_ID, token_layout
 
@@ -111,6 +112,24 @@ def test_structure_alignment_losses(batch, kind):
     assert loss.item() / 2.0 < first * 0.5
     with pytest.raises(ValueError, match="structure_embedding_dim"):
         model(**batch, structure_embeddings=torch.randn(len(FORMULAS), 5))
+
+
+@pytest.mark.parametrize("kind", ["cosine", "infonce"])
+def test_alignment_loss_skips_rows_without_a_structure(batch, kind):
+    torch.manual_seed(0)
+    model = CrossMatForStructureAlignment(CrossMatConfig(**TINY, alignment_loss=kind)).eval()
+    target = torch.randn(len(FORMULAS), 8)
+    mask = torch.tensor([True, False, True, True, False])
+    out = model(**batch, structure_embeddings=target, structure_mask=mask)
+    want = alignment_loss(out.projected_embedding[mask], target[mask], kind, model.config.infonce_temperature)
+    torch.testing.assert_close(out.alignment_loss, want)
+    # the targets of rows without a structure do not matter
+    other = target.clone()
+    other[~mask] = 1e3
+    torch.testing.assert_close(model(**batch, structure_embeddings=other, structure_mask=mask).loss, out.loss)
+    # a batch with no (InfoNCE: one) structure row has a zero alignment loss that still reaches the projection
+    none = model(**batch, structure_embeddings=target, structure_mask=torch.zeros(len(FORMULAS), dtype=torch.bool))
+    assert none.alignment_loss.item() == 0.0 and none.alignment_loss.requires_grad
 
 
 def test_property_regression_in_physical_units(batch):

@@ -90,6 +90,7 @@ class DataSection:
     target_column: str | list[str] | None = None
     embedding_column: str = "embedding"
     standardize_embeddings: bool = False  # imkt: z-score each embedding dimension with the train split's mean/std
+    missing_embeddings: str = "error"  # imkt rows with no embedding (null): error | mlm_only (they train MLM only)
     id_column: str | None = None
     task: str = "auto"
     target_transform: str | None = None
@@ -218,6 +219,7 @@ _CHOICES = {
     "data.task": ("auto", "regression", "classification"),
     "data.target_transform": (None, "log10", "log10_abs"),
     "data.on_invalid": ("error", "skip"),
+    "data.missing_embeddings": ("error", "mlm_only"),
     "data.clip_predictions": ("none", "auto"),
     "data.duplicates": ("keep", "mean", "first", "error"),
     "data.stability_bias": ("none", "weight", "filter"),

@@ -140,18 +140,24 @@ class ImktStage(MLMStage):
         emb = df[data.embedding_column].to_numpy(dtype=object)
         lengths = np.array([len(e) if hasattr(e, "__len__") else -1 for e in emb])
         dim = int(np.bincount(lengths[lengths > 0]).argmax()) if (lengths > 0).any() else 0
-        bad = (lengths != dim) & keep
-        if dim == 0 or bad.any():
-            rows = np.flatnonzero(bad) if dim else np.arange(len(df))
-            if on_invalid == "error" or dim == 0:
-                raise DataError(
-                    f"{split} row {int(rows[0])}: embedding has length {lengths[rows[0]]}, expected {dim} "
-                    f"({len(rows)} such row(s))"
-                )
+        # a null embedding (None / NaN / empty) is a row with no structure: an MLM-only row when allowed
+        mlm_only = (lengths <= 0) & keep if data.missing_embeddings == "mlm_only" else np.zeros(len(df), dtype=bool)
+        bad = (lengths != dim) & keep & ~mlm_only
+        if dim == 0:
+            raise DataError(f"{split}: no row has an embedding in column {data.embedding_column!r}")
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            if on_invalid == "error":
+                first = int(rows[0])
+                what = ("has no embedding (null); data.missing_embeddings=mlm_only trains such rows with MLM only"
+                        if lengths[first] <= 0 else f"embedding has length {lengths[first]}, expected {dim}")
+                raise DataError(f"{split} row {first}: {what} ({len(rows)} such row(s))")
             rejects.add(split, rows, df[fcol].to_numpy()[rows], [f"embedding length != {dim}"] * len(rows))
             keep &= ~bad
+        has = keep & ~mlm_only
         mat = np.zeros((len(df), dim), dtype=np.float32)
-        mat[keep] = np.stack([np.asarray(e, dtype=np.float32) for e in emb[keep]])
+        if has.any():
+            mat[has] = np.stack([np.asarray(e, dtype=np.float32) for e in emb[has]])
         if not np.isfinite(mat).all():
             raise DataError(f"{split}: embedding column {data.embedding_column!r} holds non-finite values")
         weights = None
@@ -166,10 +172,19 @@ class ImktStage(MLMStage):
             else:
                 w = np.exp(-np.clip(np.nan_to_num(ehull, nan=np.inf), 0, None) / float(data.stability_temperature))
                 weights = torch.as_tensor(w, dtype=torch.float64)
-        return SplitTensors({"structure_embeddings": torch.from_numpy(mat)}, weights, task=task)
+        tensors = {"structure_embeddings": torch.from_numpy(mat)}
+        if data.missing_embeddings == "mlm_only":
+            tensors["structure_mask"] = torch.from_numpy(~mlm_only)  # rejected rows are dropped later anyway
+        return SplitTensors(tensors, weights, task=task)
 
     def finish_splits(self, splits: dict[str, TensorSplit], data: DataSection, task: str) -> dict[str, Any]:
         info: dict[str, Any] = {"structure_embedding_dim": int(splits["train"].tensors["structure_embeddings"].shape[1])}
+        if data.missing_embeddings == "mlm_only":
+            info["rows_with_structure_target"] = {
+                name: f"{int(split.tensors['structure_mask'].sum())} of {len(split.tensors['structure_mask'])}"
+                for name, split in splits.items()}  # fmt: skip
+            if not splits["train"].tensors["structure_mask"].any():
+                raise DataError("train: no row has a structure embedding (data.missing_embeddings=mlm_only)")
         if data.standardize_embeddings:
             info["embedding_standardization"] = _standardize_embeddings(splits)
         return info
@@ -184,6 +199,8 @@ class ImktStage(MLMStage):
         out = super().metrics(pred, split, config)
         proj = torch.from_numpy(pred["projected"])
         target = split.tensors["structure_embeddings"]
+        if "structure_mask" in split.tensors:  # MLM-only rows have no alignment target
+            proj, target = proj[split.tensors["structure_mask"]], target[split.tensors["structure_mask"]]
         out["alignment_cosine"] = float(F.cosine_similarity(proj, target, dim=-1).mean())
         chunks = [alignment_loss(p, t, config.alignment_loss, config.infonce_temperature)
                   for p, t in zip(proj.split(1024), target.split(1024), strict=True)
@@ -356,12 +373,17 @@ def _standardize_embeddings(splits: dict[str, TensorSplit]) -> dict[str, Any]:
     Raw encoder features share a large common offset, so without this a cosine loss is near 0 from the
     start and an MSE loss is dominated by a few high-variance dimensions."""
     train = splits["train"].tensors["structure_embeddings"].double()
+    if "structure_mask" in splits["train"].tensors:  # statistics of the rows that have a target
+        train = train[splits["train"].tensors["structure_mask"]]
     mean, std = train.mean(0), train.std(0) if len(train) > 1 else torch.ones(train.shape[1], dtype=train.dtype)
     constant = std <= 1e-8
     std = torch.where(constant, torch.ones_like(std), std)  # constant dimensions are centred, not divided
     for split in splits.values():
         emb = split.tensors["structure_embeddings"].double()
-        split.tensors["structure_embeddings"] = ((emb - mean) / std).float()
+        z = (emb - mean) / std
+        if "structure_mask" in split.tensors:
+            z = z * split.tensors["structure_mask"].unsqueeze(1)  # MLM-only rows stay zero
+        split.tensors["structure_embeddings"] = z.float()
     return {"mean_norm": float(mean.norm()), "constant_dimensions": int(constant.sum())}
 
 

@@ -9,6 +9,8 @@
 #          mp_descriptors alignment_descriptors  (the descriptor teacher; run on request, not by default)
 #          alignment_chgnet_descriptors  (CHGNet + descriptors concatenated per structure, polymorph mean; needs
 #          mp_chgnet and mp_descriptors)
+#          alignment_scaling  (the alignment-set scaling curve: all 31,584 formulas, CHGNet targets for a seeded nested
+#          10k / 20k subset, the rest MLM-only rows; needs mp_chgnet)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source benchmarks/imkt/tasks.sh
@@ -41,6 +43,11 @@ for step in "${STEPS[@]}"; do
     alignment_chgnet_descriptors)  # one multimodal target: learned (CHGNet) + explicit geometry (descriptors)
       python -m crossmat.dataset_builders alignment --embeddings $W/embeddings/mp_structures "${EXCLUDE_ARGS[@]}" \
         --encoder chgnet --encoder descriptors --polymorphs mean --output-dir $W/alignment/chgnet_descriptors ;;
+    alignment_scaling)  # the alignment-set scaling curve: every corpus formula, CHGNet targets for a nested subset
+      for n in 10000 20000; do
+        python -m crossmat.dataset_builders alignment --embeddings $W/embeddings/mp_structures "${EXCLUDE_ARGS[@]}" \
+          --encoder chgnet --max-targets $n --seed 0 --output-dir $W/alignment/chgnet_targets$((n / 1000))k
+      done ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done

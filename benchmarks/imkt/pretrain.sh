@@ -9,6 +9,7 @@
 #   imkt_mean          same, mean over polymorphs instead of the lowest-energy one
 #   imkt_descriptors   same, 29 pymatgen structure descriptors (polymorph mean) instead of CHGNet
 #   imkt_chgnet_descriptors  same, CHGNet and the 29 descriptors concatenated (polymorph mean)
+#   imkt_targets10k/20k same formulas, CHGNet targets for a nested 10k / 20k subset only (the others MLM only)
 # Output: benchmarks/_work/imkt/backbones/ARM (a CrossMat model folder with its card).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,6 +26,8 @@ case "$ARM" in
   imkt_mean) ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/chgnet_mean) ;;
   imkt_descriptors) ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/descriptors) ;;
   imkt_chgnet_descriptors) ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/chgnet_descriptors) ;;
+  imkt_targets10k|imkt_targets20k)  # scaling curve: the same 31,584 formulas, CHGNet targets for 10k / 20k of them
+    ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/chgnet_${ARM#imkt_} data.missing_embeddings=mlm_only) ;;
   *) echo "unknown arm $ARM" >&2; exit 2 ;;
 esac
 exec python train.py "${ARGS[@]}" --output-dir "benchmarks/_work/imkt/backbones/$ARM" --resume
