@@ -18,7 +18,10 @@ b. formula -> structure descriptors on a seeded sample of Materials Project stru
    one structure in ``mp_structures``, so no polymorph has to be chosen), split 80/20 by formula: volume per
    atom, density, packing fraction, log10 sites in the primitive cell, mean nearest-neighbour distance (ridge
    R^2 / MAE) and the crystal system (logistic accuracy), reported on all held-out formulas and separately on
-   those inside / outside the pretraining corpus (corpus = MP formulas minus every formula of the 10 tasks).
+   those inside / outside the pretraining corpus (corpus = MP formulas minus every formula of the 10 tasks);
+c. formula -> the 64-d CHGNet embedding of that structure (the imKT teacher's own target, z-scored), same sample
+   and split as b, when the CHGNet MP embeddings exist (``--chgnet-embeddings``): mean R^2 over dimensions and
+   per-row cosine, again on the held-out formulas outside the corpus separately.
 
 Embeddings and descriptors are cached under ``--work-dir`` (git-ignored), so a rerun resumes.
 
@@ -421,6 +424,59 @@ def run_structures(encoders, info, work: Path, n_sample: int, seed: int, matbenc
     return out
 
 
+def run_chgnet_reconstruction(encoders, info, work: Path, n_sample: int, seed: int, matbench_formulas: set[str],
+                              corpus: Path | None, embeddings: Path) -> dict:
+    """Formula -> the CHGNet embedding of the formula's (only) MP structure: how much of the teacher's signal a
+    frozen encoder reproduces, on the structure sample's held-out formulas (same sample and split as section b)."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    t0 = time.perf_counter()
+    df, _ = structure_sample(work, n_sample, seed, matbench_formulas)
+    in_corpus = ~df["in_matbench_tasks"].to_numpy()
+    if corpus is not None and corpus.is_file():
+        in_corpus = df["formula"].isin(set(pd.read_parquet(corpus, columns=["formula"])["formula"])).to_numpy()
+    shards = sorted((embeddings / "data" / "chgnet").glob("*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"no CHGNet shards under {embeddings / 'data' / 'chgnet'} (build_data.sh mp_chgnet)")
+    table = pd.concat([pd.read_parquet(f, columns=["id", "embedding"]) for f in shards]).set_index("id")["embedding"]
+    found = df["material_id"].isin(table.index).to_numpy()
+    y_all = np.full((len(df), len(table.iloc[0])), np.nan)
+    y_all[found] = np.stack(table.loc[df["material_id"][found]].to_numpy())
+    emb, _, _ = cached_embeddings(work, f"mp_sample_n{n_sample}_seed{seed}", df["formula"].tolist(), encoders, info)
+    rng = np.random.default_rng(seed + 1)  # the split of section b, then rows without an embedding dropped
+    is_test = np.zeros(len(df), dtype=bool)
+    is_test[rng.choice(len(df), size=len(df) // 5, replace=False)] = True
+    tr, te = np.flatnonzero(~is_test & found), np.flatnonzero(is_test & found)
+    mean, std = y_all[tr].mean(0), y_all[tr].std(0) + 1e-8
+    y = (y_all - mean) / std  # z-scored with the train rows' statistics, as the alignment targets are
+    subsets = {"all": np.ones(len(te), dtype=bool), "in_corpus": in_corpus[te], "not_in_corpus": ~in_corpus[te]}
+    out = {"embeddings": str(embeddings), "dims": int(y.shape[1]), "train": len(tr), "test": len(te),
+           "missing_embedding": int((~found).sum()),
+           "test_not_in_corpus": int(subsets["not_in_corpus"].sum()),
+           "probe": "StandardScaler + RidgeCV(alphas=logspace(-3,5,17), one alpha for all 64 outputs, efficient "
+                    "leave-one-out) on the train rows; R2 averaged uniformly over the z-scored dimensions; cosine per row",
+           "features": {}}
+    loss = {}
+    for feat in FEATURES:
+        model = make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS)).fit(emb[feat][tr], y[tr])
+        pred = model.predict(emb[feat][te])
+        cos = np.sum(pred * y[te], 1) / (np.linalg.norm(pred, axis=1) * np.linalg.norm(y[te], axis=1) + 1e-12)
+        loss[feat] = 1.0 - cos
+        res = {"alpha": float(model[-1].alpha_)}
+        for k, m in subsets.items():
+            resid = ((pred[m] - y[te][m]) ** 2).sum(0)
+            total = ((y[te][m] - y[te][m].mean(0)) ** 2).sum(0)
+            res[k] = {"r2": float(np.mean(1.0 - resid / total)), "cosine": float(cos[m].mean())}
+        out["features"][feat] = res
+    out["paired_one_minus_cosine_difference"] = paired_bootstrap(loss, seed)
+    log("chgnet embedding R2 (not in corpus) " + "  ".join(
+        f"{k} {out['features'][k]['all']['r2']:.3f} ({out['features'][k]['not_in_corpus']['r2']:.3f})" for k in FEATURES))
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     global _LOG
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -434,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-structures", type=int, default=6000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-structures", action="store_true")
+    ap.add_argument("--chgnet-embeddings", default="benchmarks/_work/imkt/embeddings/mp_structures",
+                    help="CHGNet MP embeddings folder (build_data.sh mp_chgnet) for section c; skipped if absent")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
@@ -478,10 +536,14 @@ def main(argv: list[str] | None = None) -> int:
         log(f"== b. formula -> structure descriptors ({args.n_structures} MP structures, seed {args.seed}) ==")
         result["structures"] = run_structures(encoders, info, work, args.n_structures, args.seed, matbench_formulas,
                                               Path(args.corpus) if args.corpus else None)
-        result["chgnet_reconstruction"] = (
-            "skipped: no CHGNet MP embeddings exist in this workspace (benchmarks/_work/imkt/embeddings was lost with "
-            "the earlier machine; /work/wt_bg/benchmarks/_work holds only the corpus and the MLM backbone). Building them "
-            "is the build_data.sh mp_chgnet step (~45 CPU-min), not run here.")
+        chgnet = Path(args.chgnet_embeddings)
+        if (chgnet / "data" / "chgnet").is_dir():
+            log("== c. formula -> CHGNet embedding of the structure (same sample and split) ==")
+            result["chgnet_reconstruction"] = run_chgnet_reconstruction(
+                encoders, info, work, args.n_structures, args.seed, matbench_formulas,
+                Path(args.corpus) if args.corpus else None, chgnet)
+        else:
+            result["chgnet_reconstruction"] = f"skipped: no CHGNet MP embeddings at {chgnet} (build_data.sh mp_chgnet)"
     result["total_seconds"] = round(time.perf_counter() - t_start, 1)
     (out_dir / "probes.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     log(f"wrote {out_dir / 'probes.json'} (total {result['total_seconds']:.0f} s)")

@@ -1,0 +1,112 @@
+"""The alignment-set scaling curve (issue 23 item 4): how much structure knowledge and how much fine-tuned accuracy
+the imKT backbone gains as the number of formulas with a CHGNet target grows, at a fixed MLM corpus.
+
+Points (same 31,584 formulas, encoder, steps, seed and recipe; only the number of rows with an alignment target
+changes; ``build_data.sh alignment_scaling`` + ``pretrain.sh imkt_targets10k|imkt_targets20k``):
+  0       the MLM-only backbone (``pretrain.sh mlm``)
+  10,000  ``imkt_targets10k`` (nested seeded subset, the other formulas MLM-only rows)
+  20,000  ``imkt_targets20k``
+  31,584  ``imkt`` (every formula has a target; the shipped ``crossmat-imkt-mp-small``)
+
+Reads: the pretraining logs' final validation line (``logs/pretrain_<arm>.log``), the frozen probes
+(``probes_scaling/<point>/probes.json``, one ``probes.py`` run per imKT backbone; the MLM point is the ``mlm``
+feature of those runs) and the fine-tuned records (``crossmat_default_from_<arm>.json``, paired per fold against
+MLM-only). Writes ``scaling_curve.json`` and prints a markdown table.
+
+    PYTHONPATH=. python benchmarks/imkt/scaling_curve.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.imkt.compare_arms import errors, paired
+
+HERE = Path(__file__).resolve().parent
+POINTS = [(0, "mlm"), (10000, "imkt_targets10k"), (20000, "imkt_targets20k"), (31584, "imkt")]
+PROBE_RUN = {"imkt_targets10k": "targets10k", "imkt_targets20k": "targets20k", "imkt": "full"}
+TASKS = ("matbench_steels", "matbench_jdft2d", "matbench_phonons", "matbench_expt_gap")
+STRUCT = ("volume_per_atom", "density", "packing_fraction", "log10_nsites_primitive", "mean_nn_distance")
+# The shipped backbone's pretraining log was lost with an earlier machine; its card keeps the validation metrics.
+SHIPPED_CARD = HERE.parents[1] / "modeling" / "pretrained_models" / "crossmat-imkt-mp-small" / "README.md"
+
+
+def validation(arm: str) -> dict:
+    """The last ``validation:`` line of the arm's pretraining log (the shipped card for ``imkt``), as numbers."""
+    log = HERE / "logs" / f"pretrain_{arm}.log"
+    if not log.is_file() and arm == "imkt":
+        rows = re.findall(r"\| validation (\w+) \| ([-\d.]+) \|", SHIPPED_CARD.read_text())
+        return {**{k: float(v) for k, v in rows}, "source": "the shipped model card"}
+    if not log.is_file():
+        return {}
+    lines = [ln for ln in log.read_text().splitlines() if "validation:" in ln]
+    if not lines:
+        return {}
+    out: dict = {k: float(v) for k, v in re.findall(r"(\w+)=([-\d.]+)", lines[-1])}
+    out["source"] = str(log.relative_to(HERE))
+    return out
+
+
+def probe_numbers(run: dict, feature: str) -> dict:
+    """MatBench probe means, structure-descriptor R2 and CHGNet reconstruction of one feature of one probes run."""
+    out: dict = {"matbench": {t: round(v["features"][feature]["mean"], 4) for t, v in run["matbench"].items()}}
+    targets = run.get("structures", {}).get("targets", {})
+    out["structure_r2_not_in_corpus"] = {
+        k: round(targets[k]["features"][feature]["not_in_corpus"]["r2"], 4) for k in STRUCT if k in targets}
+    if "crystal_system" in targets:
+        out["crystal_system_accuracy_not_in_corpus"] = round(
+            targets["crystal_system"]["features"][feature]["not_in_corpus"]["accuracy"], 4)
+    rec = run.get("chgnet_reconstruction")
+    if isinstance(rec, dict):
+        f = rec["features"][feature]
+        out["chgnet_r2"] = {k: round(f[k]["r2"], 4) for k in ("all", "not_in_corpus")}
+        out["chgnet_cosine"] = {k: round(f[k]["cosine"], 4) for k in ("all", "not_in_corpus")}
+    return out
+
+
+def main() -> None:
+    runs = {arm: json.loads(p.read_text()) for arm, name in PROBE_RUN.items()
+            if (p := HERE / "probes_scaling" / name / "probes.json").is_file()}  # fmt: skip
+    result: dict = {"points": [], "tasks": list(TASKS), "note": __doc__.split("\n\n")[1]}
+    for n, arm in POINTS:
+        point: dict = {"targets": n, "arm": arm, "pretraining_validation": validation(arm)}
+        if arm == "mlm" and runs:
+            point["probes"] = probe_numbers(next(iter(runs.values())), "mlm")
+        elif arm in runs:
+            point["probes"] = probe_numbers(runs[arm], "imkt")
+        fine = {}
+        for task in TASKS:
+            mine, ref = errors(task, arm), errors(task, "mlm")
+            if mine is None:
+                continue
+            fine[task] = {"mean": round(float(mine[0].mean()), 4), "std": round(mine[2], 4)}
+            if arm != "mlm" and ref is not None:
+                fine[task]["vs_mlm"] = paired(mine[0], ref[0])
+        if arm != "mlm" and fine and all("vs_mlm" in v for v in fine.values()):
+            point["fine_tuned_average_vs_mlm_pct"] = round(float(np.mean([v["vs_mlm"]["mean_pct"] for v in fine.values()])), 2)
+        point["fine_tuned"] = fine
+        result["points"].append(point)
+    (HERE / "scaling_curve.json").write_text(json.dumps(result, indent=1) + "\n")
+    head = "| targets | val MLM loss | masked acc. | align cos | CHGNet R2 (unseen) | packing R2 (unseen) | " + \
+        " | ".join(t.removeprefix("matbench_") for t in TASKS) + " | avg vs MLM |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for p in result["points"]:
+        v, pr = p["pretraining_validation"], p.get("probes", {})
+        cells = [f"{p['targets']:,}", str(v.get("mlm_loss", "—")), str(v.get("masked_accuracy", "—")),
+                 str(v.get("alignment_cosine", "—")), str(pr.get("chgnet_r2", {}).get("not_in_corpus", "—")),
+                 str(pr.get("structure_r2_not_in_corpus", {}).get("packing_fraction", "—"))]
+        for task in TASKS:
+            f = p["fine_tuned"].get(task)
+            cells.append("—" if f is None else f"{f['mean']:.4g}" + (
+                f" ({f['vs_mlm']['mean_pct']:+.1f}% ± {f['vs_mlm']['se_pct']:.1f})" if "vs_mlm" in f else ""))
+        cells.append(f"{p['fine_tuned_average_vs_mlm_pct']:+.1f}%" if "fine_tuned_average_vs_mlm_pct" in p else "—")
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
