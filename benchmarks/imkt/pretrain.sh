@@ -2,6 +2,7 @@
 # Pretrain one backbone of the imKT transfer measurement (resumes when rerun).
 # Usage: bash benchmarks/imkt/pretrain.sh ARM
 #   mlm                MLM only (control)                              recipes/pretrain_mlm.yaml
+#   mlm_seedN          the same with pretraining seed N (initialisation and masks; same validation split)
 #   imkt               MLM + InfoNCE onto CHGNet (recommended default) recipes/pretrain_imkt.yaml
 #   imkt_cosine        same, cosine alignment loss
 #   imkt_tensornet     same, TensorNet embeddings
@@ -19,6 +20,7 @@ R=benchmarks/imkt/recipes
 A=benchmarks/_work/imkt/alignment
 case "$ARM" in
   mlm) ARGS=(--config $R/pretrain_mlm.yaml) ;;
+  mlm_seed*) ARGS=(--config $R/pretrain_mlm.yaml "seed=${ARM#mlm_seed}") ;;  # the backbone-seed spread of MLM-only
   imkt) ARGS=(--config $R/pretrain_imkt.yaml) ;;
   imkt_cosine) ARGS=(--config $R/pretrain_imkt.yaml model.config.alignment_loss=cosine) ;;
   imkt_tensornet) ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/tensornet) ;;
