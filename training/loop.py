@@ -421,6 +421,9 @@ class StageTrainer:
         acc.print(f"[crossmat] stage {self.recipe.name!r} ({self.stage}): {len(data.train)} train rows, "
                   f"{len(data.validation) if data.validation else 0} validation, {len(data.test) if data.test else 0} test; "
                   f"{self.total_steps} steps on {acc.num_processes} process(es), device {acc.device}")
+        if "rows_with_structure_target" in data.info:
+            counts = ", ".join(f"{k} {v}" for k, v in data.info["rows_with_structure_target"].items())
+            acc.print(f"[crossmat] rows with a structure target: {counts}; the others train MLM only")
         summary = self.train()
         metrics: dict[str, dict[str, float]] = {}
         if (self.kind.property_model and self.recipe.train.calibrate and data.validation is not None

@@ -3,7 +3,8 @@ the imKT backbone gains as the number of formulas with a CHGNet target grows, at
 
 Points (same 31,584 formulas, encoder, steps, seed and recipe; only the number of rows with an alignment target
 changes; ``build_data.sh alignment_scaling`` + ``pretrain.sh imkt_targets10k|imkt_targets20k``):
-  0       the MLM-only backbone (``pretrain.sh mlm``)
+  0       the MLM-only backbone (``pretrain.sh mlm``) and the same with another pretraining seed (``mlm_seed7``):
+          their difference is the backbone-seed spread every other point is read against
   10,000  ``imkt_targets10k`` (nested seeded subset, the other formulas MLM-only rows)
   20,000  ``imkt_targets20k``
   31,584  ``imkt`` (every formula has a target; the shipped ``crossmat-imkt-mp-small``)
@@ -27,8 +28,10 @@ import numpy as np
 from benchmarks.imkt.compare_arms import errors, paired
 
 HERE = Path(__file__).resolve().parent
-POINTS = [(0, "mlm"), (10000, "imkt_targets10k"), (20000, "imkt_targets20k"), (31584, "imkt")]
-PROBE_RUN = {"imkt_targets10k": "targets10k", "imkt_targets20k": "targets20k", "imkt": "full"}
+POINTS = [(0, "mlm"), (0, "mlm_seed7"), (10000, "imkt_targets10k"), (20000, "imkt_targets20k"), (31584, "imkt")]
+# arm -> (probes run folder under probes_scaling/, feature in that run)
+PROBE_RUN = {"mlm": ("full", "mlm"), "mlm_seed7": ("mlm_seed7", "mlm"), "imkt_targets10k": ("targets10k", "imkt"),
+             "imkt_targets20k": ("targets20k", "imkt"), "imkt": ("full", "imkt")}
 TASKS = ("matbench_steels", "matbench_jdft2d", "matbench_phonons", "matbench_expt_gap")
 STRUCT = ("volume_per_atom", "density", "packing_fraction", "log10_nsites_primitive", "mean_nn_distance")
 # The shipped backbone's pretraining log was lost with an earlier machine; its card keeps the validation metrics.
@@ -69,15 +72,13 @@ def probe_numbers(run: dict, feature: str) -> dict:
 
 
 def main() -> None:
-    runs = {arm: json.loads(p.read_text()) for arm, name in PROBE_RUN.items()
+    runs = {arm: (json.loads(p.read_text()), feature) for arm, (name, feature) in PROBE_RUN.items()
             if (p := HERE / "probes_scaling" / name / "probes.json").is_file()}  # fmt: skip
     result: dict = {"points": [], "tasks": list(TASKS), "note": __doc__.split("\n\n")[1]}
     for n, arm in POINTS:
         point: dict = {"targets": n, "arm": arm, "pretraining_validation": validation(arm)}
-        if arm == "mlm" and runs:
-            point["probes"] = probe_numbers(next(iter(runs.values())), "mlm")
-        elif arm in runs:
-            point["probes"] = probe_numbers(runs[arm], "imkt")
+        if arm in runs:
+            point["probes"] = probe_numbers(*runs[arm])
         fine = {}
         for task in TASKS:
             mine, ref = errors(task, arm), errors(task, "mlm")
@@ -97,7 +98,7 @@ def main() -> None:
     print("|" + "---|" * (head.count("|") - 1))
     for p in result["points"]:
         v, pr = p["pretraining_validation"], p.get("probes", {})
-        cells = [f"{p['targets']:,}", str(v.get("mlm_loss", "—")), str(v.get("masked_accuracy", "—")),
+        cells = [f"{p['targets']:,}" + (" (seed 7)" if p["arm"] == "mlm_seed7" else ""), str(v.get("mlm_loss", "—")), str(v.get("masked_accuracy", "—")),
                  str(v.get("alignment_cosine", "—")), str(pr.get("chgnet_r2", {}).get("not_in_corpus", "—")),
                  str(pr.get("structure_r2_not_in_corpus", {}).get("packing_fraction", "—"))]
         for task in TASKS:
