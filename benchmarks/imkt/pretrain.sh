@@ -3,6 +3,7 @@
 # Usage: bash benchmarks/imkt/pretrain.sh ARM
 #   mlm                MLM only (control)                              recipes/pretrain_mlm.yaml
 #   mlm_seedN          the same with pretraining seed N (initialisation and masks; same validation split)
+#   imkt_seedN         the imkt arm with pretraining seed N
 #   imkt               MLM + InfoNCE onto CHGNet (recommended default) recipes/pretrain_imkt.yaml
 #   imkt_cosine        same, cosine alignment loss
 #   imkt_tensornet     same, TensorNet embeddings
@@ -22,6 +23,7 @@ case "$ARM" in
   mlm) ARGS=(--config $R/pretrain_mlm.yaml) ;;
   mlm_seed*) ARGS=(--config $R/pretrain_mlm.yaml "seed=${ARM#mlm_seed}") ;;  # the backbone-seed spread of MLM-only
   imkt) ARGS=(--config $R/pretrain_imkt.yaml) ;;
+  imkt_seed*) ARGS=(--config $R/pretrain_imkt.yaml "seed=${ARM#imkt_seed}") ;;  # the backbone-seed spread of imKT
   imkt_cosine) ARGS=(--config $R/pretrain_imkt.yaml model.config.alignment_loss=cosine) ;;
   imkt_tensornet) ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/tensornet) ;;
   imkt_both) ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/chgnet_tensornet) ;;

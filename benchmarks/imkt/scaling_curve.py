@@ -71,6 +71,10 @@ def probe_numbers(run: dict, feature: str) -> dict:
     return out
 
 
+def _num(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
 def main() -> None:
     runs = {arm: (json.loads(p.read_text()), feature) for arm, (name, feature) in PROBE_RUN.items()
             if (p := HERE / "probes_scaling" / name / "probes.json").is_file()}  # fmt: skip
@@ -87,7 +91,7 @@ def main() -> None:
             fine[task] = {"mean": round(float(mine[0].mean()), 4), "std": round(mine[2], 4)}
             if arm != "mlm" and ref is not None:
                 fine[task]["vs_mlm"] = paired(mine[0], ref[0])
-        if arm != "mlm" and fine and all("vs_mlm" in v for v in fine.values()):
+        if arm != "mlm" and len(fine) == len(TASKS) and all("vs_mlm" in v for v in fine.values()):
             point["fine_tuned_average_vs_mlm_pct"] = round(float(np.mean([v["vs_mlm"]["mean_pct"] for v in fine.values()])), 2)
         point["fine_tuned"] = fine
         result["points"].append(point)
@@ -98,9 +102,10 @@ def main() -> None:
     print("|" + "---|" * (head.count("|") - 1))
     for p in result["points"]:
         v, pr = p["pretraining_validation"], p.get("probes", {})
-        cells = [f"{p['targets']:,}" + (" (seed 7)" if p["arm"] == "mlm_seed7" else ""), str(v.get("mlm_loss", "—")), str(v.get("masked_accuracy", "—")),
-                 str(v.get("alignment_cosine", "—")), str(pr.get("chgnet_r2", {}).get("not_in_corpus", "—")),
-                 str(pr.get("structure_r2_not_in_corpus", {}).get("packing_fraction", "—"))]
+        cells = [f"{p['targets']:,}" + (" (seed 7)" if p["arm"] == "mlm_seed7" else ""),
+                 *(_num(x) for x in (v.get("mlm_loss"), v.get("masked_accuracy"), v.get("alignment_cosine"),
+                                     pr.get("chgnet_r2", {}).get("not_in_corpus"),
+                                     pr.get("structure_r2_not_in_corpus", {}).get("packing_fraction")))]
         for task in TASKS:
             f = p["fine_tuned"].get(task)
             cells.append("—" if f is None else f"{f['mean']:.4g}" + (
