@@ -71,6 +71,30 @@ def probe_numbers(run: dict, feature: str) -> dict:
     return out
 
 
+def seed_comparison() -> dict:
+    """imKT against MLM-only with two pretraining seeds each (42 and 7): the seed-to-seed change inside each arm
+    (paired per fold) is the noise the arm difference has to exceed; the arm difference uses the per-fold mean
+    of the two seeds of each arm."""
+    out: dict = {}
+    for task in TASKS:
+        runs = {arm: errors(task, arm) for arm in ("mlm", "mlm_seed7", "imkt", "imkt_seed7")}
+        if any(r is None for r in runs.values()):
+            continue
+        e = {arm: r[0] for arm, r in runs.items()}
+        mlm, imkt = (e["mlm"] + e["mlm_seed7"]) / 2, (e["imkt"] + e["imkt_seed7"]) / 2
+        arm = paired(imkt, mlm)
+        seed_mlm, seed_imkt = paired(e["mlm_seed7"], e["mlm"]), paired(e["imkt_seed7"], e["imkt"])
+        noise = max(abs(seed_mlm["mean_pct"]), abs(seed_imkt["mean_pct"])) / 2  # a 2-seed mean halves a seed gap
+        out[task] = {"mlm_two_seed_mean": round(float(mlm.mean()), 4), "imkt_two_seed_mean": round(float(imkt.mean()), 4),
+                     "seed7_vs_seed42_mlm": seed_mlm, "seed7_vs_seed42_imkt": seed_imkt,
+                     "imkt_vs_mlm_two_seeds": arm,
+                     "verdict": arm["verdict"] if abs(arm["mean_pct"]) > noise else "inside the seed spread"}
+    if len(out) == len(TASKS):
+        out["average_imkt_vs_mlm_pct"] = round(float(np.mean([v["imkt_vs_mlm_two_seeds"]["mean_pct"]
+                                                              for v in out.values()])), 2)  # fmt: skip
+    return out
+
+
 def _num(x: float | None) -> str:
     return "—" if x is None else f"{x:.3f}"
 
@@ -95,6 +119,7 @@ def main() -> None:
             point["fine_tuned_average_vs_mlm_pct"] = round(float(np.mean([v["vs_mlm"]["mean_pct"] for v in fine.values()])), 2)
         point["fine_tuned"] = fine
         result["points"].append(point)
+    result["seeds"] = seed_comparison()
     (HERE / "scaling_curve.json").write_text(json.dumps(result, indent=1) + "\n")
     head = "| targets | val MLM loss | masked acc. | align cos | CHGNet R2 (unseen) | packing R2 (unseen) | " + \
         " | ".join(t.removeprefix("matbench_") for t in TASKS) + " | avg vs MLM |"
@@ -112,6 +137,17 @@ def main() -> None:
                 f" ({f['vs_mlm']['mean_pct']:+.1f}% ± {f['vs_mlm']['se_pct']:.1f})" if "vs_mlm" in f else ""))
         cells.append(f"{p['fine_tuned_average_vs_mlm_pct']:+.1f}%" if "fine_tuned_average_vs_mlm_pct" in p else "—")
         print("| " + " | ".join(cells) + " |")
+    if result["seeds"]:
+        print("\n| task | MLM seed 7 vs 42 | imKT seed 7 vs 42 | MLM, 2-seed mean | imKT, 2-seed mean | imKT vs MLM | verdict |")
+        print("|---|---|---|---|---|---|---|")
+        for task, v in result["seeds"].items():
+            if task.startswith("average"):
+                continue
+            pct = [v[k] for k in ("seed7_vs_seed42_mlm", "seed7_vs_seed42_imkt", "imkt_vs_mlm_two_seeds")]
+            print(f"| {task.removeprefix('matbench_')} | " + " | ".join(
+                f"{x['mean_pct']:+.1f}% ± {x['se_pct']:.1f}" for x in pct[:2]) +
+                f" | {v['mlm_two_seed_mean']:.4g} | {v['imkt_two_seed_mean']:.4g} | "
+                f"{pct[2]['mean_pct']:+.1f}% ± {pct[2]['se_pct']:.1f} | {v['verdict']} |")
 
 
 if __name__ == "__main__":
