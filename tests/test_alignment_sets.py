@@ -146,6 +146,9 @@ def test_imkt_rows_without_a_structure_are_an_error_or_mlm_only_rows():
     data = {"train": frame, "validation_fraction": 0.2, "standardize_embeddings": True}
     with pytest.raises(DataError, match="train row 1: has no embedding"):
         prepare_stage_data(resolve_stage({"stage": "imkt", "data": data}), CrossMatTokenizerFast())
+    skipped = prepare_stage_data(resolve_stage({"stage": "imkt", "data": {**data, "on_invalid": "skip"}}),
+                                 CrossMatTokenizerFast())  # fmt: skip
+    assert len(skipped.rejected) == missing.sum() and set(skipped.rejected["reason"]) == {"no embedding (null)"}
     out = prepare_stage_data(resolve_stage({"stage": "imkt", "data": {**data, "missing_embeddings": "mlm_only"}}),
                              CrossMatTokenizerFast())  # fmt: skip
     tensors = out.train.tensors

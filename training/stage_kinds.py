@@ -152,7 +152,8 @@ class ImktStage(MLMStage):
                 what = ("has no embedding (null); data.missing_embeddings=mlm_only trains such rows with MLM only"
                         if lengths[first] <= 0 else f"embedding has length {lengths[first]}, expected {dim}")
                 raise DataError(f"{split} row {first}: {what} ({len(rows)} such row(s))")
-            rejects.add(split, rows, df[fcol].to_numpy()[rows], [f"embedding length != {dim}"] * len(rows))
+            rejects.add(split, rows, df[fcol].to_numpy()[rows],
+                        ["no embedding (null)" if lengths[r] <= 0 else f"embedding length != {dim}" for r in rows])
             keep &= ~bad
         has = keep & ~mlm_only
         mat = np.zeros((len(df), dim), dtype=np.float32)
