@@ -358,6 +358,23 @@ def paired_bootstrap(loss: dict[str, np.ndarray], seed: int, n_boot: int = 2000)
     return out
 
 
+def held_out_rows(n: int, seed: int) -> np.ndarray:
+    """The 80/20 split of the structure sample (sections b and c): True for the held-out fifth."""
+    is_test = np.zeros(n, dtype=bool)
+    is_test[np.random.default_rng(seed + 1).choice(n, size=n // 5, replace=False)] = True
+    return is_test
+
+
+def corpus_membership(df: pd.DataFrame, corpus: Path | None) -> tuple[np.ndarray, bool | None]:
+    """Which sampled formulas the backbones saw in pretraining: the corpus file when given (and whether it agrees
+    with the leakage rule, MP formulas minus the 10 tasks' formulas), else that rule."""
+    rule = ~df["in_matbench_tasks"].to_numpy()
+    if corpus is None or not corpus.is_file():
+        return rule, None
+    seen = df["formula"].isin(set(pd.read_parquet(corpus, columns=["formula"])["formula"])).to_numpy()
+    return seen, bool((seen == rule).all())
+
+
 def run_structures(encoders, info, work: Path, n_sample: int, seed: int, matbench_formulas: set[str],
                    corpus: Path | None) -> dict:
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, mean_absolute_error, r2_score
@@ -365,18 +382,13 @@ def run_structures(encoders, info, work: Path, n_sample: int, seed: int, matbenc
     t0 = time.perf_counter()
     df, meta = structure_sample(work, n_sample, seed, matbench_formulas)
     df = df.copy()
-    df["in_corpus"] = ~df["in_matbench_tasks"]
-    if corpus is not None and corpus.is_file():
-        corpus_set = set(pd.read_parquet(corpus, columns=["formula"])["formula"])
-        agree = bool((df["formula"].isin(corpus_set) == df["in_corpus"]).all())
+    df["in_corpus"], agree = corpus_membership(df, corpus)
+    if agree is not None:
         meta["corpus_file"] = str(corpus)
         meta["corpus_membership_checked"] = agree
-        df["in_corpus"] = df["formula"].isin(corpus_set)
     formulas = df["formula"].tolist()
     emb, t_emb, cached = cached_embeddings(work, f"mp_sample_n{n_sample}_seed{seed}", formulas, encoders, info)
-    rng = np.random.default_rng(seed + 1)
-    is_test = np.zeros(len(df), dtype=bool)
-    is_test[rng.choice(len(df), size=len(df) // 5, replace=False)] = True
+    is_test = held_out_rows(len(df), seed)
     tr, te = np.flatnonzero(~is_test), np.flatnonzero(is_test)
     subsets = {"all": np.ones(len(te), dtype=bool), "in_corpus": df["in_corpus"].to_numpy()[te],
                "not_in_corpus": ~df["in_corpus"].to_numpy()[te]}
@@ -434,9 +446,7 @@ def run_chgnet_reconstruction(encoders, info, work: Path, n_sample: int, seed: i
 
     t0 = time.perf_counter()
     df, _ = structure_sample(work, n_sample, seed, matbench_formulas)
-    in_corpus = ~df["in_matbench_tasks"].to_numpy()
-    if corpus is not None and corpus.is_file():
-        in_corpus = df["formula"].isin(set(pd.read_parquet(corpus, columns=["formula"])["formula"])).to_numpy()
+    in_corpus, _ = corpus_membership(df, corpus)
     shards = sorted((embeddings / "data" / "chgnet").glob("*.parquet"))
     if not shards:
         raise FileNotFoundError(f"no CHGNet shards under {embeddings / 'data' / 'chgnet'} (build_data.sh mp_chgnet)")
@@ -445,9 +455,7 @@ def run_chgnet_reconstruction(encoders, info, work: Path, n_sample: int, seed: i
     y_all = np.full((len(df), len(table.iloc[0])), np.nan)
     y_all[found] = np.stack(table.loc[df["material_id"][found]].to_numpy())
     emb, _, _ = cached_embeddings(work, f"mp_sample_n{n_sample}_seed{seed}", df["formula"].tolist(), encoders, info)
-    rng = np.random.default_rng(seed + 1)  # the split of section b, then rows without an embedding dropped
-    is_test = np.zeros(len(df), dtype=bool)
-    is_test[rng.choice(len(df), size=len(df) // 5, replace=False)] = True
+    is_test = held_out_rows(len(df), seed)  # the split of section b, then rows without an embedding dropped
     tr, te = np.flatnonzero(~is_test & found), np.flatnonzero(is_test & found)
     mean, std = y_all[tr].mean(0), y_all[tr].std(0) + 1e-8
     y = (y_all - mean) / std  # z-scored with the train rows' statistics, as the alignment targets are
