@@ -9,6 +9,8 @@
 # ENSEMBLE=N (N > 1): the same route with model.config.ensemble_size=N (N members from the same backbone, the
 # calibrated sigma may use their spread), variant crossmat_ensN, folds in runs/default_route_ensN, no baselines
 # (they are the default route's).
+# EPOCHS=E (with ENSEMBLE=N): every member trains E epochs instead of 200, SWA over the last E/10 (E=100, N=2 costs
+# what the single default model costs); variant crossmat_ensN_eE, folds in runs/default_route_ensN_eE.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
@@ -20,6 +22,12 @@ if [ "$N" -gt 1 ]; then
   ROUTE=default_route_ens$N
   EXTRA=(--set "model.config.ensemble_size=$N" --variant "crossmat_ens$N" --baselines none)
   NOTE="default route with ensemble_size=$N"
+  if [ -n "${EPOCHS:-}" ]; then
+    ROUTE=${ROUTE}_e$EPOCHS
+    EXTRA=(--set "model.config.ensemble_size=$N" --set "train.epochs=$EPOCHS" --set "train.swa_epochs=$((EPOCHS / 10))"
+           --variant "crossmat_ens${N}_e$EPOCHS" --baselines none)
+    NOTE="$NOTE, $EPOCHS epochs each"
+  fi
 else
   ROUTE=default_route EXTRA=(--baselines dummy,rf_magpie) NOTE="default route"
 fi
