@@ -11,25 +11,28 @@
 # (they are the default route's).
 # EPOCHS=E (with ENSEMBLE=N): every member trains E epochs instead of 200, SWA over the last E/10 (E=100, N=2 costs
 # what the single default model costs); variant crossmat_ensN_eE, folds in runs/default_route_ensN_eE.
+# SEED=S (S > 0): a replicate with --seed S (another training seed, data order and calibration hold-out; the official
+# folds stay), no baselines; `_seedS` is appended to the variant and the route folder.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 export CROSSMAT_CACHE_DIR="${CROSSMAT_CACHE_DIR:-benchmarks/_work/cache}"
 TASKS=("$@")
 [ ${#TASKS[@]} -eq 0 ] && TASKS=(matbench_steels matbench_jdft2d matbench_phonons matbench_expt_gap matbench_dielectric)
-N="${ENSEMBLE:-1}"
+N="${ENSEMBLE:-1}" S="${SEED:-0}"
+ROUTE=default_route VARIANT=crossmat NOTE="default route" SETS=()
 if [ "$N" -gt 1 ]; then
-  ROUTE=default_route_ens$N
-  EXTRA=(--set "model.config.ensemble_size=$N" --variant "crossmat_ens$N" --baselines none)
-  NOTE="default route with ensemble_size=$N"
+  ROUTE=${ROUTE}_ens$N VARIANT=${VARIANT}_ens$N NOTE="$NOTE with ensemble_size=$N" SETS=(--set "model.config.ensemble_size=$N")
   if [ -n "${EPOCHS:-}" ]; then
-    ROUTE=${ROUTE}_e$EPOCHS
-    EXTRA=(--set "model.config.ensemble_size=$N" --set "train.epochs=$EPOCHS" --set "train.swa_epochs=$((EPOCHS / 10))"
-           --variant "crossmat_ens${N}_e$EPOCHS" --baselines none)
-    NOTE="$NOTE, $EPOCHS epochs each"
+    ROUTE=${ROUTE}_e$EPOCHS VARIANT=${VARIANT}_e$EPOCHS NOTE="$NOTE, $EPOCHS epochs each"
+    SETS+=(--set "train.epochs=$EPOCHS" --set "train.swa_epochs=$((EPOCHS / 10))")
   fi
+fi
+[ "$S" -gt 0 ] && ROUTE=${ROUTE}_seed$S VARIANT=${VARIANT}_seed$S NOTE="$NOTE, seed $S"
+if [ "$ROUTE" = default_route ]; then
+  EXTRA=(--baselines dummy,rf_magpie)
 else
-  ROUTE=default_route EXTRA=(--baselines dummy,rf_magpie) NOTE="default route"
+  EXTRA=("${SETS[@]}" --seed "$S" --variant "$VARIANT" --baselines none)
 fi
 for t in "${TASKS[@]}"; do
   python evaluate.py --benchmark matbench --task "$t" "${EXTRA[@]}" \
