@@ -100,12 +100,19 @@ def explain_attributions(
     players = formula_players_batch(formulas, tokenizer, rows=[None] if single else None)
     model.eval()
     device = next(model.parameters()).device
-    emb_layer = model.crossmat.embeddings.embed_tokens  # the vectors the model really uses (element features too)
+    # The vectors the model really uses (element features too): one embedding table per ensemble member. For an
+    # ensemble every member's embeddings move along the path together, so the attributions (summed over members)
+    # explain the ensemble's output and still add up to prediction - baseline.
+    encoders = [enc for enc, _ in model.members()] if hasattr(model, "members") else [model.crossmat]
+    emb_layers = [enc.embeddings.embed_tokens for enc in encoders]
+    n_emb = len(emb_layers)
     repl = MASK_ID if baseline == "mask" else PAD_ID
 
-    def forward(embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(*args: torch.Tensor) -> torch.Tensor:
         # The composition (fractions, slots) is always decoded from the real ids; only embeddings vary.
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=embeds).logits
+        embeds, (input_ids, attention_mask) = args[:n_emb], args[n_emb:]
+        logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                       inputs_embeds=list(embeds) if n_emb > 1 else embeds[0]).logits
         return select_output(logits, kind, index, problem)
 
     ig = IntegratedGradients(forward)
@@ -116,7 +123,8 @@ def explain_attributions(
         is_elem = (ids >= ELEMENT_START) & (ids < ELEMENT_START + NUM_ELEMENTS)
         base_ids = torch.where(is_elem, torch.full_like(ids, repl), ids)
         with torch.no_grad():
-            embeds, base_embeds = emb_layer(ids), emb_layer(base_ids)
+            embeds = tuple(layer(ids) for layer in emb_layers)
+            base_embeds = tuple(layer(base_ids) for layer in emb_layers)
         attr = ig.attribute(
             embeds,
             baselines=base_embeds,
@@ -124,11 +132,11 @@ def explain_attributions(
             n_steps=steps,
             internal_batch_size=min(max(len(chunk) * steps, 1), 4096),
         )
-        per_token = attr.sum(-1).detach().cpu().double().numpy()
+        per_token = sum(a.sum(-1) for a in attr).detach().cpu().double().numpy()
         with torch.no_grad():
-            pred = forward(embeds, ids, att).double().cpu().numpy()
+            pred = forward(*embeds, ids, att).double().cpu().numpy()
             # Baseline embeddings with the real composition (identical to the [MASK] formula for "mask").
-            base_pred = forward(base_embeds, ids, att).double().cpu().numpy()
+            base_pred = forward(*base_embeds, ids, att).double().cpu().numpy()
         out = []
         for i, p in enumerate(chunk):
             values = per_token[i, p.element_positions]

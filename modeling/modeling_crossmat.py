@@ -709,13 +709,19 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, labels=None, inputs_embeds=None, **kwargs) -> CrossMatPropertyOutput:
         members = self.members()
-        if inputs_embeds is not None and len(members) > 1:
+        if isinstance(inputs_embeds, (list, tuple)):
+            if len(inputs_embeds) != len(members):
+                raise ValueError(f"inputs_embeds: got {len(inputs_embeds)} tensors for {len(members)} ensemble members")
+            per_member = list(inputs_embeds)
+        elif inputs_embeds is not None and len(members) > 1:
             raise ValueError("inputs_embeds cannot be shared by ensemble members (each has its own embeddings); "
-                             "explain one member (model.members()[i]) instead")
+                             "pass a list with one tensor per member, in model.members() order")
+        else:
+            per_member = [inputs_embeds] * len(members)
         first = None
         raws = []
-        for encoder, head in members:
-            out = encoder(input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
+        for (encoder, head), member_embeds in zip(members, per_member, strict=True):
+            out = encoder(input_ids, attention_mask=attention_mask, inputs_embeds=member_embeds, **kwargs)
             first = out if first is None else first
             raws.append(head(out.pooler_output))
         raw = torch.stack(raws)  # (members, batch, labels)

@@ -262,3 +262,24 @@ def test_attributions_explain_the_model_with_element_features():
     with torch.no_grad():
         direct = model(**_encode(["Fe2O3", "LiCoO2"])).logits[:, 0]
     assert np.allclose([r.prediction for r in res], direct.numpy(), atol=1e-5)
+
+
+def test_attributions_explain_an_ensemble_as_a_whole():
+    """The default recipe trains two members: integrated gradients move every member's embeddings together, so
+    the explained prediction is the ensemble's own and the attributions still add up to prediction - baseline."""
+    from crossmat.interpretability.attributions import explain_attributions
+
+    torch.manual_seed(0)
+    model = CrossMatForPropertyPrediction(_config(ensemble_size=2)).eval()
+    tok = CrossMatTokenizerFast()
+    res = explain_attributions(model, tok, ["Fe2O3", "LiCoO2"], n_steps=32)
+    with torch.no_grad():
+        direct = model(**_encode(["Fe2O3", "LiCoO2"])).logits[:, 0]
+        members = [head(enc(**_encode(["Fe2O3"])).pooler_output) for enc, head in model.members()]
+    assert np.allclose([r.prediction for r in res], direct.numpy(), atol=1e-5)
+    assert not torch.allclose(members[0], members[1])  # two different members, both explained
+    for r in res:
+        assert abs(sum(r.attributions) - (r.prediction - r.baseline_prediction)) <= 1e-2 * max(1.0, abs(r.prediction))
+    with pytest.raises(ValueError, match="one tensor per member"):
+        emb = model.crossmat.embeddings.embed_tokens(_encode(["Fe2O3"])["input_ids"])
+        model(**_encode(["Fe2O3"]), inputs_embeds=emb)
