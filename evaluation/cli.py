@@ -138,7 +138,9 @@ def describe_predictors(predictors: list, args: argparse.Namespace) -> list[str]
             epochs = (stage.get("train") or {}).get("epochs")
             src = f"the pretrained backbone {init}" if init else "random weights (from scratch)"
             recipe = "the default recipe" if args.config == _default_path() else f"the recipe {args.config}"
-            what = f"CrossMat from {src}, fine-tuned with {recipe} ({epochs} epochs)"
+            members = int(((stage.get("model") or {}).get("config") or {}).get("ensemble_size", 1))
+            budget = f"{members} members x {epochs} epochs" if members > 1 else f"{epochs} epochs"
+            what = f"CrossMat from {src}, fine-tuned with {recipe} ({budget})"
         out.append(f"[crossmat] {p.name}: {what}")
     return out
 

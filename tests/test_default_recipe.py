@@ -79,3 +79,13 @@ def test_extends_merges_mappings_and_rejects_loops(tmp_path):
     (tmp_path / "c.yaml").write_text("extends: nowhere\n")
     with pytest.raises(RecipeError, match="neither a shipped recipe nor a file"):
         load_recipe(tmp_path / "c.yaml")
+
+
+def test_the_table_says_what_the_default_trains(tmp_path):
+    from crossmat.evaluation.cli import DEFAULT_RECIPE, describe_predictors
+
+    argv = ["--train", "a.csv", "--test", "b.csv", "--target", "y", "--output-dir", str(tmp_path)]
+    args = build_parser().parse_args(argv)
+    args.config = resolve_recipe(DEFAULT_RECIPE)  # what the CLI resolves when no recipe option is given
+    (line,) = describe_predictors([_predictor(argv)], args)
+    assert "pretrained backbone crossmat-imkt-mp-small" in line and "the default recipe (2 members x 100 epochs)" in line
