@@ -16,7 +16,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 # the default route's variant: configs/default.yaml (2 members x 100 epochs) as recorded by
-# `ENSEMBLE=2 EPOCHS=100 bash benchmarks/matbench/run_default_route.sh`
+# `bash benchmarks/matbench/run_default_route.sh` (no options)
 ROUTE = "crossmat_ens2_e100"
 VARIANT_ORDER = [ROUTE, "crossmat", "crossmat_default", "crossmat_scratch", "crossmat_mlm", "crossmat_imkt", "crossmat_lora"]
 BASELINES = ["rf_magpie", "dummy"]

@@ -23,4 +23,4 @@ PY
 start=$(date +%s)
 crossmat evaluate --train train.csv --validation val.csv --test test.csv --target band_gap --unit eV --id-column id \
     --output-dir runs/my_gap 2>&1 | grep -v -e "Loading weights" -e "^\[crossmat\] finetune: step" | tee "$HERE/docs_example.log"
-echo "wall ${SECONDS}s ($(($(date +%s) - start)) s for crossmat evaluate); $(python -c 'import platform,torch;print(platform.processor() or platform.machine(), torch.__version__)'), OMP_NUM_THREADS=$OMP_NUM_THREADS" | tee -a "$HERE/docs_example.log"
+echo "wall $(($(date +%s) - start)) s for crossmat evaluate; $(python -c 'import platform,torch;print(platform.processor() or platform.machine(), torch.__version__)'), OMP_NUM_THREADS=$OMP_NUM_THREADS" | tee -a "$HERE/docs_example.log"
