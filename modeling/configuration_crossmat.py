@@ -31,6 +31,9 @@ class CrossMatConfig(PretrainedConfig):
     multiplies fractions by ``1 + jitter * N(0, 1)`` during training only; ``ensemble_size`` property
     models average that many independently initialised encoder+head members and report their spread;
     ``target_min``/``target_max`` clip regression outputs (per label, ``None`` = open) at inference.
+    ``structure_branch``: a property model also keeps a frozen copy of its pretrained encoder (never trained, shared
+    by the ensemble members) whose pooled embedding joins the fine-tuned one at the head's input, so what the
+    backbone learned before fine-tuning (for imKT: the structure knowledge of its pooled embedding) stays available.
 
     Calibrated uncertainty (set after training by ``crossmat.modeling.calibration``, never by hand):
     ``uncertainty_rows`` held-out calibration rows are stored in the weights (their pooled embeddings and
@@ -95,6 +98,7 @@ class CrossMatConfig(PretrainedConfig):
         uncertainty_scale: float = 1.0,
         uncertainty_spread_weight: float = 0.0,
         decision_threshold: float | None = None,
+        structure_branch: bool = False,
         **kwargs: Any,
     ) -> None:
         if pooling not in POOLINGS:
@@ -162,6 +166,7 @@ class CrossMatConfig(PretrainedConfig):
         self.uncertainty_scale = float(uncertainty_scale)
         self.uncertainty_spread_weight = float(uncertainty_spread_weight)
         self.decision_threshold = None if decision_threshold is None else float(decision_threshold)
+        self.structure_branch = bool(structure_branch)
         super().__init__(pad_token_id=pad_token_id, tie_word_embeddings=tie_word_embeddings, **kwargs)
 
 

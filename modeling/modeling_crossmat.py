@@ -600,8 +600,9 @@ class CrossMatForStructureAlignment(CrossMatPreTrainedModel):
 
 def _property_head(config: CrossMatConfig) -> nn.Sequential:
     drop = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+    width = config.hidden_size * (2 if getattr(config, "structure_branch", False) else 1)
     return nn.Sequential(
-        nn.Linear(config.hidden_size, config.hidden_size),
+        nn.Linear(width, config.hidden_size),
         nn.GELU(),
         nn.Dropout(drop),
         nn.Linear(config.hidden_size, config.num_labels),
@@ -631,6 +632,10 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
     (``crossmat``/``head`` and ``ensemble_members``); each member's loss is its own (the total is their sum,
     so each trains as if alone), the output is the member mean (regression) or the mean class probability
     (classification), and ``uncertainty`` is the members' spread.
+
+    With ``config.structure_branch`` a frozen copy of the pretrained encoder (``structure_branch``, no gradient,
+    always in eval mode, shared by the members) embeds the same formula, and every head reads the concatenation
+    of its member's pooled embedding and the frozen one.
     """
 
     def __init__(self, config: CrossMatConfig) -> None:
@@ -639,8 +644,18 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
         self.crossmat = CrossMatModel(config)
         self.head = _property_head(config)
         self.ensemble_members = nn.ModuleList(CrossMatEnsembleMember(config) for _ in range(config.ensemble_size - 1))
+        self.structure_branch = CrossMatModel(config) if getattr(config, "structure_branch", False) else None
         self._uncertainty_buffers(config.uncertainty_rows)
         self.post_init()
+        if self.structure_branch is not None:
+            self.structure_branch.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> CrossMatForPropertyPrediction:
+        """As ``nn.Module.train``; the frozen structure branch stays in eval mode (no dropout, no jitter)."""
+        super().train(mode)
+        if self.structure_branch is not None:
+            self.structure_branch.eval()
+        return self
 
     def _uncertainty_buffers(self, rows: int) -> None:
         """Calibration rows of the uncertainty (unit-norm pooled embeddings, residuals in physical units); saved
@@ -718,12 +733,20 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
                              "pass a list with one tensor per member, in model.members() order")
         else:
             per_member = [inputs_embeds] * len(members)
+        frozen = None
+        if self.structure_branch is not None:
+            if input_ids is None:
+                raise ValueError("a model with a structure branch needs input_ids (the frozen branch reads the formula "
+                                 "itself; inputs_embeds alone cannot drive it)")
+            with torch.no_grad():
+                frozen = self.structure_branch(input_ids, attention_mask=attention_mask).pooler_output
         first = None
         raws = []
         for (encoder, head), member_embeds in zip(members, per_member, strict=True):
             out = encoder(input_ids, attention_mask=attention_mask, inputs_embeds=member_embeds, **kwargs)
             first = out if first is None else first
-            raws.append(head(out.pooler_output))
+            pooled = out.pooler_output if frozen is None else torch.cat([out.pooler_output, frozen.to(out.pooler_output)], -1)
+            raws.append(head(pooled))
         raw = torch.stack(raws)  # (members, batch, labels)
         problem = self._problem_type(labels)
         losses = []

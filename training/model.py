@@ -108,6 +108,8 @@ def build_model(recipe: StageRecipe, data: StageData,
                               f"{str(path)!r} has no element feature table")
         for member in getattr(model, "ensemble_members", ()):  # every ensemble member starts from the pretrained encoder
             member.crossmat.load_state_dict(model.crossmat.state_dict())
+        if getattr(model, "structure_branch", None) is not None:  # the frozen branch is the pretrained encoder
+            model.structure_branch.load_state_dict(model.crossmat.state_dict())
     else:
         try:
             config = CrossMatConfig(**{**token_layout(), **overrides, **stage_cfg})

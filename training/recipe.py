@@ -389,6 +389,10 @@ def resolve_stage(stage: Mapping[str, Any]) -> StageRecipe:
     if freeze > 0 and not (kind.property_model and resolved["model"]["init_from"]):
         raise RecipeError("recipe key 'train.freeze_encoder_epochs' keeps a pretrained backbone frozen while the head "
                           "learns: it needs a property stage with model.init_from")
+    if (resolved["model"].get("config") or {}).get("structure_branch") and not (
+            kind.property_model and resolved["model"]["init_from"]):
+        raise RecipeError("recipe key 'model.config.structure_branch' keeps a frozen copy of the pretrained backbone "
+                          "beside the fine-tuned encoder: it needs a property stage with model.init_from")
     guard = train["swa_guard_z"]
     if guard is not None and (isinstance(guard, bool) or not isinstance(guard, (int, float)) or float(guard) <= 0):
         raise RecipeError(f"recipe key 'train.swa_guard_z' must be a positive number or null, got {guard!r}")

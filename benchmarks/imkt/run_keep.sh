@@ -7,9 +7,13 @@
 #           to the loss, training/anchor.py)
 #   lpft    train.freeze_encoder_epochs=20 (the head alone for the first 20 of 200 epochs, then everything: linear
 #           probing then fine-tuning, so that a random head does not distort the pretrained features)
+#   branch  model.config.structure_branch=true (a frozen copy of the backbone embeds every formula too; the head
+#           reads the fine-tuned pooled embedding and the frozen one side by side, so the backbone's pooled
+#           embedding, where the frozen probes found imKT's structure knowledge, cannot be overwritten)
 # Paired per fold against crossmat_default_from_<ARM>.json (same recipe, same backbone, no keep method).
 # Usage: bash benchmarks/imkt/run_keep.sh METHOD ARM BACKBONE TASK [TASK ...]
-#   ARM: imkt (BACKBONE = crossmat-imkt-mp-small, the shipped imkt backbone) or mlm (its folder)
+#   ARM: imkt (BACKBONE = crossmat-imkt-mp-small, the shipped imkt backbone) or mlm (its folder); imkt_seed7 and
+#   mlm_seed7 (the seed-7 backbones of pretrain.sh) for the second pretraining seed
 # Records: benchmarks/results/matbench/<task>/crossmat_default_from_<ARM>_<METHOD>.json; logs in benchmarks/imkt/logs/;
 # fold folders in benchmarks/matbench/runs/keep_<METHOD>/<ARM>/<task> (committed as they land; a rerun resumes).
 set -euo pipefail
@@ -21,7 +25,8 @@ case "$METHOD" in
   llrd) SET=(--set train.layer_lr_decay=0.5); WHAT="layer-wise lr decay 0.5"; OUT="benchmarks/_work/imkt/llrd/$ARM" ;;
   anchor) SET=(--set train.anchor_weight=1.0); WHAT="embedding anchor weight 1.0"; OUT="benchmarks/matbench/runs/keep_anchor/$ARM" ;;
   lpft) SET=(--set train.freeze_encoder_epochs=20); WHAT="the encoder frozen for the first 20 epochs"; OUT="benchmarks/matbench/runs/keep_lpft/$ARM" ;;
-  *) echo "unknown keep method $METHOD (llrd, anchor or lpft)" >&2; exit 2 ;;
+  branch) SET=(--set model.config.structure_branch=true); WHAT="a frozen structure branch (the backbone's own pooled embedding) beside the fine-tuned one"; OUT="benchmarks/matbench/runs/keep_branch/$ARM" ;;
+  *) echo "unknown keep method $METHOD (llrd, anchor, lpft or branch)" >&2; exit 2 ;;
 esac
 mkdir -p benchmarks/imkt/logs
 for t in "$@"; do
