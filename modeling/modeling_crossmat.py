@@ -651,10 +651,11 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
             self.structure_branch.requires_grad_(False).eval()
 
     def train(self, mode: bool = True) -> CrossMatForPropertyPrediction:
-        """As ``nn.Module.train``; the frozen structure branch stays in eval mode (no dropout, no jitter)."""
+        """As ``nn.Module.train``; the frozen structure branch stays in eval mode (no dropout, no jitter) and without
+        gradient (also after ``from_pretrained``, which ends with ``eval()``)."""
         super().train(mode)
         if self.structure_branch is not None:
-            self.structure_branch.eval()
+            self.structure_branch.requires_grad_(False).eval()
         return self
 
     def _uncertainty_buffers(self, rows: int) -> None:

@@ -342,6 +342,38 @@ def test_freeze_encoder_epochs_trains_the_head_first(tmp_path, gap_csv):
     assert not any("element_feature_table" in k for k in moved[1])
 
 
+def test_structure_branch_keeps_a_frozen_copy_of_the_backbone(tmp_path, gap_csv):
+    """model.config.structure_branch: after fine-tuning the branch still holds the backbone's encoder weights (the
+    fine-tuned encoder moved), the head reads both pooled embeddings, the saved model reloads and predicts the same;
+    the key needs a backbone."""
+    from safetensors.torch import load_file
+
+    from crossmat.modeling import CrossMatForPropertyPrediction
+    from crossmat.modeling.pretrained import resolve_model_path
+
+    with pytest.raises(RecipeError, match="structure_branch.*needs a property stage with model.init_from"):
+        validate_recipe(_stage(gap_csv, **{"model.config.structure_branch": True}))
+    start = load_file(str(resolve_model_path("crossmat-imkt-mp-small") / "model.safetensors"))
+    recipe = {"stage": "finetune", "model": {"init_from": "crossmat-imkt-mp-small", "config": {"structure_branch": True}},
+              "data": {"train": str(gap_csv), "target_column": "gap"},
+              "train": {"max_steps": 20, "batch_size": 32, "learning_rate": 3e-3, "progress_bar": False,
+                        "calibrate": False}}
+    out = run_recipe(recipe, tmp_path / "branch")
+    weights = load_file(str(out / "model.safetensors"))
+    encoder = [k for k in start if k.startswith("crossmat.")]
+    assert all(torch.equal(weights["structure_branch." + k[len("crossmat."):]], start[k]) for k in encoder)
+    assert any(not torch.equal(weights[k], start[k]) for k in encoder if "element_feature_table" not in k)
+    assert weights["head.0.weight"].shape[1] == 2 * weights["crossmat.embeddings.layer_norm.weight"].shape[0]
+    model = CrossMatForPropertyPrediction.from_pretrained(str(out)).train()
+    assert not model.structure_branch.training and not any(p.requires_grad for p in model.structure_branch.parameters())
+    enc = CrossMatTokenizerFast()(["Fe2O3", "NaCl", "GaAs"], padding=True, return_tensors="pt")
+    model.eval()
+    with torch.no_grad():
+        first = model(**enc).logits
+        model.structure_branch.embeddings.layer_norm.weight.mul_(0.5)  # the head does read the frozen branch
+        assert not torch.allclose(model(**enc).logits, first)
+
+
 def test_swa_guard_keeps_the_average_unless_the_checkpoint_is_clearly_better(tmp_path, gap_csv):
     """train.swa_guard_z: a paired z-score over validation rows decides; noise-sized differences keep the SWA
     average, a large consistent one keeps the checkpoint; a run records what was decided; bad values fail early."""
