@@ -342,6 +342,23 @@ def test_freeze_encoder_epochs_trains_the_head_first(tmp_path, gap_csv):
     assert not any("element_feature_table" in k for k in moved[1])
 
 
+def test_fine_tuning_a_backbone_does_not_depend_on_the_process_random_state(tmp_path, gap_csv):
+    """The new head of a fine-tuned backbone comes from the recipe's seed: the same recipe gives the same weights
+    whatever the process drew before (torch seeds itself at random at start-up, so a first fold used to differ)."""
+    from safetensors.torch import load_file
+
+    recipe = {"stage": "finetune", "model": {"init_from": "crossmat-imkt-mp-small", "config": {"ensemble_size": 2}},
+              "data": {"train": str(gap_csv), "target_column": "gap"},
+              "train": {"max_steps": 2, "batch_size": 32, "progress_bar": False, "calibrate": False}}
+    weights = []
+    for i, state in enumerate((1, 2)):
+        torch.manual_seed(state)
+        torch.rand(state * 7)
+        weights.append(load_file(str(run_recipe(recipe, tmp_path / f"run{i}") / "model.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_structure_branch_keeps_a_frozen_copy_of_the_backbone(tmp_path, gap_csv):
     """model.config.structure_branch: after fine-tuning the branch still holds the backbone's encoder weights (the
     fine-tuned encoder moved), the head reads both pooled embeddings, the saved model reloads and predicts the same;

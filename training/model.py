@@ -83,6 +83,9 @@ def build_model(recipe: StageRecipe, data: StageData,
             raise RecipeError(f"model.config.element_features: {exc}") from None
     info: dict[str, Any] = {"class": cls.__name__}
     init = mcfg.init_from
+    # every new weight (a fine-tuned backbone's head and extra members' heads too) comes from the recipe's seed, not
+    # from whatever the process drew before: torch seeds itself at random at start-up
+    torch.manual_seed(int(recipe.seed))
     if init:
         try:  # a folder, a shipped backbone's short name, or a Hub id
             path = resolve_model_path(init)
@@ -115,7 +118,6 @@ def build_model(recipe: StageRecipe, data: StageData,
             config = CrossMatConfig(**{**token_layout(), **overrides, **stage_cfg})
         except (TypeError, ValueError) as exc:
             raise RecipeError(f"model.config: {exc}") from None
-        torch.manual_seed(int(recipe.seed))
         model = cls(config)
         if features:
             info["element_features"] = features
