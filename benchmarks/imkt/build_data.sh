@@ -11,6 +11,8 @@
 #          mp_chgnet and mp_descriptors)
 #          alignment_scaling  (the alignment-set scaling curve: all 31,584 formulas, CHGNet targets for a seeded nested
 #          10k / 20k subset, the rest MLM-only rows; needs mp_chgnet)
+#          corpus_large  (issue 23 item 4: every formula the shared and pip data hold as text, same leakage guard: the
+#          MP structures, the three MatBench mp_* tasks' formulas (no labels) and matminer's MP transport set)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source benchmarks/imkt/tasks.sh
@@ -29,6 +31,10 @@ for step in "${STEPS[@]}"; do
     corpus)  # the MLM-only control's formulas: the same MP formulas as the alignment sets
       python -m crossmat.dataset_builders corpus --source "file=${CROSSMAT_DATA_DIR:-../shared/data}/mp_structures/structures.csv.gz" \
         "${EXCLUDE_ARGS[@]}" --output-dir $W/corpus_mp ;;
+    corpus_large)
+      python -m crossmat.dataset_builders corpus --source "file=${CROSSMAT_DATA_DIR:-../shared/data}/mp_structures/structures.csv.gz" \
+        --source matbench=matbench_mp_e_form --source matbench=matbench_mp_gap --source matbench=matbench_mp_is_metal \
+        --source mp_transport "${EXCLUDE_ARGS[@]}" --output-dir $W/corpus_large ;;
     alignment)
       A=(--embeddings $W/embeddings/mp_structures "${EXCLUDE_ARGS[@]}")
       python -m crossmat.dataset_builders alignment "${A[@]}" --encoder chgnet --output-dir $W/alignment/chgnet

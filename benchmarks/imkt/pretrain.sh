@@ -12,6 +12,8 @@
 #   imkt_descriptors   same, 29 pymatgen structure descriptors (polymorph mean) instead of CHGNet
 #   imkt_chgnet_descriptors  same, CHGNet and the 29 descriptors concatenated (polymorph mean)
 #   imkt_targets10k/20k same formulas, CHGNet targets for a nested 10k / 20k subset only (the others MLM only)
+#   mlm_large          MLM only on corpus_large (80,002 formulas: MP structures + MatBench mp_* formulas + MP transport,
+#                      build_data.sh corpus_large), 40 epochs as the others (about 2.5x their steps)
 # Output: benchmarks/_work/imkt/backbones/ARM (a CrossMat model folder with its card).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,6 +24,7 @@ A=benchmarks/_work/imkt/alignment
 case "$ARM" in
   mlm) ARGS=(--config $R/pretrain_mlm.yaml) ;;
   mlm_seed*) ARGS=(--config $R/pretrain_mlm.yaml "seed=${ARM#mlm_seed}") ;;  # the backbone-seed spread of MLM-only
+  mlm_large) ARGS=(--config $R/pretrain_mlm.yaml data.train=benchmarks/_work/imkt/corpus_large/data/train.parquet) ;;
   imkt) ARGS=(--config $R/pretrain_imkt.yaml) ;;
   imkt_seed*) ARGS=(--config $R/pretrain_imkt.yaml "seed=${ARM#imkt_seed}") ;;  # the backbone-seed spread of imKT
   imkt_cosine) ARGS=(--config $R/pretrain_imkt.yaml model.config.alignment_loss=cosine) ;;
