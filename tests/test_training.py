@@ -361,8 +361,8 @@ def test_fine_tuning_a_backbone_does_not_depend_on_the_process_random_state(tmp_
 
 def test_structure_branch_keeps_a_frozen_copy_of_the_backbone(tmp_path, gap_csv):
     """model.config.structure_branch: after fine-tuning the branch still holds the backbone's encoder weights (the
-    fine-tuned encoder moved), the head reads both pooled embeddings, the saved model reloads and predicts the same;
-    the key needs a backbone."""
+    fine-tuned encoder moved), the head reads both pooled embeddings, the saved model reloads with the branch frozen
+    and in eval mode; the key needs a backbone."""
     from safetensors.torch import load_file
 
     from crossmat.modeling import CrossMatForPropertyPrediction

@@ -30,7 +30,7 @@ def two_seed(task: str, backbone: str, method: str | None) -> np.ndarray | None:
     return None if any(r is None for r in runs) else (runs[0][0] + runs[1][0]) / 2
 
 
-def test(rel_by_task: dict[str, np.ndarray], threshold: float = -3.0) -> dict:
+def rule(rel_by_task: dict[str, np.ndarray], threshold: float = -3.0) -> dict:
     """The rule on per-task per-fold changes: pooled mean <= threshold and < -2 SE, no task > +2 SE."""
     pooled = np.concatenate(list(rel_by_task.values()))
     mean, se = float(pooled.mean()), float(pooled.std(ddof=1) / np.sqrt(len(pooled)))
@@ -47,16 +47,14 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     out: dict = {}
+    arms = [(b, m) for b in SEEDS for m in ("branch", None)]
+    errs = {t: {arm: two_seed(t, *arm) for arm in arms} for t in TASKS}
+    complete = [t for t in TASKS if all(e is not None for e in errs[t].values())]  # all eight records
     for name, (a, ma, b, mb) in COMPARISONS.items():
-        rel = {}
-        for t in TASKS:
-            x, y = two_seed(t, a, ma), two_seed(t, b, mb)
-            if x is not None and y is not None and all(two_seed(t, *arm) is not None
-                                                       for arm in (("imkt", "branch"), ("mlm", "branch"))):
-                rel[t] = 100.0 * (x - y) / y
-        if not rel:
+        if not complete:
             continue
-        out[name] = test(rel)
+        rel = {t: 100.0 * (errs[t][(a, ma)] - errs[t][(b, mb)]) / errs[t][(b, mb)] for t in complete}
+        out[name] = rule(rel)
         res = out[name]
         cells = "  ".join(f"{t.removeprefix('matbench_')} {v['mean']:+.1f} ± {v['se']:.1f}" for t, v in res["tasks"].items())
         print(f"{name:28s} pooled {res['pooled_mean']:+.2f} ± {res['pooled_se']:.2f} over {res['folds']} folds"
