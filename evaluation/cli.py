@@ -196,6 +196,10 @@ def main(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # its INFO lines narrate every checkpoint file
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-file load/save bars would break up the fold bar
     own_data = None
     if args.benchmark is None:
         if args.train is None:

@@ -176,6 +176,7 @@ def test_target_min_clips_outputs_not_the_loss():
 
 def test_auto_batch_size_rule():
     assert [auto_batch_size(n) for n in (20, 250, 600, 1000, 4140, 20000)] == [16, 16, 32, 32, 128, 128]
+    assert [auto_batch_size(n) for n in (1, 5, 10, 15, 16)] == [1, 4, 8, 8, 16]  # tiny splits still train
 
 
 @pytest.fixture(scope="module")

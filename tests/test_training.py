@@ -412,3 +412,35 @@ def test_swa_guard_keeps_the_average_unless_the_checkpoint_is_clearly_better(tmp
     info = json.loads((out / "training_info.json").read_text())
     text = json.dumps(info)
     assert '"swa_guard"' in text and ('swa_average' in text or 'best_checkpoint' in text), text[:2000]
+
+
+def test_a_backbone_loads_with_a_one_line_account_and_names_missing_encoder_weights(tmp_path, gap_csv, capsys):
+    """Fine-tuning a backbone prints one line (tensors loaded, new heads, pretraining heads left behind) instead of
+    transformers' per-key load report; encoder weights missing from a checkpoint are named in a warning."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from crossmat.modeling.pretrained import resolve_model_path
+
+    def recipe(init: str) -> dict:
+        return {"stage": "finetune", "model": {"init_from": init, "config": {"ensemble_size": 2}},
+                "data": {"train": str(gap_csv), "target_column": "gap"},
+                "train": {"max_steps": 1, "batch_size": 32, "progress_bar": False, "calibrate": False}}
+
+    run_recipe(recipe("crossmat-imkt-mp-small"), tmp_path / "ok")
+    out = capsys.readouterr()
+    assert ("model.init_from crossmat-imkt-mp-small: 46 tensors loaded; new: ensemble_members, head; "
+            "not used: lm_head, projection") in out.out
+    assert "LOAD REPORT" not in out.out + out.err and "warning" not in out.out
+    info = json.loads((tmp_path / "ok" / "training_info.json").read_text())
+    assert info["model"]["weights"]["new"] == ["ensemble_members", "head"]
+
+    broken = tmp_path / "broken_backbone"
+    shutil.copytree(resolve_model_path("crossmat-imkt-mp-small"), broken)
+    weights = load_file(str(broken / "model.safetensors"))
+    del weights["crossmat.final_norm.weight"]
+    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    run_recipe(recipe(str(broken)), tmp_path / "broken")
+    assert ("warning: 1 weight(s) are missing from the checkpoint and start random: crossmat.final_norm.weight"
+            in capsys.readouterr().out)

@@ -60,8 +60,11 @@ def _read_loop_state(path: Path) -> dict[str, Any]:
 
 def auto_batch_size(rows: int) -> int:
     """``train.batch_size: auto``: the largest power of two <= rows / 16 (so an epoch has >= 16 steps),
-    between 16 and 128."""
-    return int(min(128, max(16, 2 ** int(math.floor(math.log2(max(rows, 1) / 16))) if rows >= 32 else 16)))
+    between 16 and 128; a training split of fewer than 16 rows trains in one batch of the largest power of two
+    that fits it."""
+    if rows < 16:
+        return 2 ** int(math.floor(math.log2(max(rows, 1))))
+    return int(min(128, max(16, 2 ** int(math.floor(math.log2(rows / 16))) if rows >= 32 else 16)))
 
 
 class LoopState:

@@ -34,6 +34,55 @@ def check_checkpoint(path: Path) -> CrossMatConfig:
     return CrossMatConfig.from_pretrained(str(path))
 
 
+# weights a model built from a pretrained encoder gets new (its heads; ensemble members and the frozen branch are
+# copied from the encoder right after loading) and what it leaves behind (pretraining heads, a fine-tuned model's
+# calibration rows, which calibration rebuilds): neither is worth a warning
+_EXPECTED_PARTS = ("head", "ensemble_members", "structure_branch", "lm_head", "projection", "uncertainty_keys",
+                   "uncertainty_residuals")
+
+
+def _parts(keys: list[str]) -> list[str]:
+    return sorted({k.split(".", 1)[0] for k in keys})
+
+
+def _quiet_from_pretrained(cls: type, source: Path, config: CrossMatConfig, property_model: bool
+                           ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``cls.from_pretrained`` without transformers' per-key load report and progress bar (a property model from a
+    backbone always has new heads); returns the model and a short account of the weights. Encoder weights missing
+    from the checkpoint, or checkpoint tensors nobody expected, are named in a warning."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model, loading = cls.from_pretrained(str(source), config=config, ignore_mismatched_sizes=property_model,
+                                             use_safetensors=True, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+    missing, unexpected = list(loading["missing_keys"]), list(loading["unexpected_keys"])
+    mismatched = [str(m[0]) if isinstance(m, tuple) else str(m) for m in loading["mismatched_keys"]]
+    loaded = sum(1 for _ in model.state_dict()) - len(missing) - len(mismatched)
+    odd_missing = sorted(k for k in missing if k.split(".", 1)[0] not in _EXPECTED_PARTS)
+    odd_unexpected = sorted(k for k in unexpected if k.split(".", 1)[0] not in _EXPECTED_PARTS)
+    summary = f"{loaded} tensors loaded"
+    if missing:
+        summary += f"; new: {', '.join(_parts(missing))}"
+    if mismatched:
+        summary += f"; re-initialised (shape differs): {', '.join(_parts(mismatched))}"
+    if unexpected:
+        summary += f"; not used: {', '.join(_parts(unexpected))}"
+    for what, keys in (("are missing from the checkpoint and start random", odd_missing),
+                       ("in the checkpoint are not used by the model", odd_unexpected)):
+        if keys:
+            print(f"[crossmat] warning: {len(keys)} weight(s) {what}: {', '.join(keys[:8])}"
+                  + (" ..." if len(keys) > 8 else ""))
+    return model, {"summary": summary, "missing": odd_missing, "unexpected": odd_unexpected,
+                   "new": _parts(missing), "mismatched": _parts(mismatched), "not_used": _parts(unexpected)}
+
+
 def init_element_embeddings(model: torch.nn.Module, source: str, seed: int = 0) -> int:
     """Initialise element-token embeddings from an ``elementembeddings`` representation (mat2vec, magpie,
     ...): standardise features, project to ``hidden_size`` by PCA (zero-padded when smaller), rescale to
@@ -101,11 +150,12 @@ def build_model(recipe: StageRecipe, data: StageData,
                 load_model(path).save_pretrained(tmp)
                 source = Path(tmp)
             try:
-                model = cls.from_pretrained(str(source), config=config, ignore_mismatched_sizes=kind.property_model,
-                                            use_safetensors=True)
+                model, loading = _quiet_from_pretrained(cls, source, config, kind.property_model)
             except (OSError, ValueError, RuntimeError) as exc:
                 raise RecipeError(f"model.init_from {str(path)!r} cannot be loaded as {cls.__name__} ({exc})") from exc
         info["init_from"] = str(path)
+        info["weights"] = loading
+        print(f"[crossmat] model.init_from {init}: {loading['summary']}")
         if features and not getattr(check_checkpoint(path), "element_features", None):
             raise RecipeError("model.config.element_features applies to models trained from scratch; "
                               f"{str(path)!r} has no element feature table")
