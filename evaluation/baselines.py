@@ -20,6 +20,16 @@ from .tasks import TaskInfo
 logger = logging.getLogger(__name__)
 
 
+def _readable(formula: str) -> str:
+    """``formula`` canonicalised by the CrossMat formula grammar where it reads it (else unchanged)."""
+    from crossmat.tokenization import CrossMatTokenizerFast, FormulaError
+
+    try:
+        return CrossMatTokenizerFast.prepare_formula(formula)
+    except FormulaError:
+        return formula
+
+
 @dataclass
 class FoldData:
     """One fold: fit rows, validation rows (carved from the fold's training rows) and test rows."""
@@ -76,8 +86,8 @@ class MagpieFeaturizer:
         if len(todo):
             comps, ok = [], []
             for f in todo:  # parsing only; featurisation below is batched
-                try:
-                    comps.append(Composition(f))
+                try:  # the formula as CrossMat reads it (hydrate dots, brackets), so both models see the same rows
+                    comps.append(Composition(_readable(f)))
                     ok.append(f)
                 except Exception as err:  # noqa: BLE001 - any parse failure rejects the row
                     logger.warning("Magpie: cannot parse formula %r: %s", f, err)

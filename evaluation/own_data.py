@@ -1,8 +1,9 @@
 """Bring-your-own-data benchmark (``--benchmark csv``): the user's train / (validation) / test files, one
 target column, CrossMat and the baselines on the same split in the same run.
 
-Rows with a missing formula or target are left out and reported (``rejected_rows.txt``), never dropped
-silently; a target that is not a number fails naming the file and row."""
+Rows with a missing formula or target, or a formula the tokenizer cannot read (unknown element, stray
+character), are left out and reported (``rejected_rows.txt`` and a warning with the first of them), never
+dropped silently; a target that is not a number fails naming the file and row."""
 
 from __future__ import annotations
 
@@ -28,6 +29,20 @@ def _read(path: Path, what: str) -> pd.DataFrame:
         return read_table(path).frame
     except TableError as err:
         raise BenchmarkDataError(str(err)) from None
+
+
+def _unreadable_formulas(formulas: pd.Series, skip: np.ndarray) -> np.ndarray:
+    """Per row, why the tokenizer rejects its formula ("" when it reads it or the row is skipped anyway)."""
+    from crossmat.tokenization import CrossMatTokenizerFast, FormulaError
+
+    why = np.full(len(formulas), "", dtype=object)
+    for i, f in enumerate(formulas.tolist()):
+        if not skip[i]:
+            try:
+                CrossMatTokenizerFast.prepare_formula(f)
+            except FormulaError as err:
+                why[i] = f"formula {f!r}: {err.reason}"
+    return why
 
 
 def load_own_data(
@@ -69,11 +84,13 @@ def load_own_data(
             raise BenchmarkDataError(str(err)) from None
         frame = pd.DataFrame({"id": ids.to_numpy(), "formula": raw[formula_column].to_numpy(),
                               "target": values})
-        missing = frame["formula"].isna() | ~np.isfinite(frame["target"])
-        raw_targets.append(raw[target][~missing.to_numpy()])
-        rejected += [f"{Path(path).name} row {i} ({frame['id'].iloc[i]}): missing formula or target"
-                     for i in np.flatnonzero(missing.to_numpy())]
-        frames[split] = frame[~missing].reset_index(drop=True)
+        missing = (frame["formula"].isna() | ~np.isfinite(frame["target"])).to_numpy()
+        unreadable = _unreadable_formulas(frame["formula"], missing)
+        raw_targets.append(raw[target][~(missing | unreadable.astype(bool))])
+        rejected += [f"{Path(path).name} row {i} ({frame['id'].iloc[i]}): "
+                     + (unreadable[i] if unreadable[i] else "missing formula or target")
+                     for i in np.flatnonzero(missing | unreadable.astype(bool))]
+        frames[split] = frame[~(missing | unreadable.astype(bool))].reset_index(drop=True)
         if frames[split].empty:
             raise BenchmarkDataError(f"{path}: no rows with both a formula and a target")
     try:

@@ -52,9 +52,9 @@ def _validate_tokens(frame: pd.DataFrame) -> list[str]:
     from crossmat.tokenization import CrossMatTokenizerFast, FormulaError
 
     msgs = []
-    for i, (rid, f) in enumerate(zip(frame["id"], frame["formula"], strict=True)):
+    for rid, f in zip(frame["id"], frame["formula"], strict=True):
         try:
-            CrossMatTokenizerFast.prepare_formula(f, i)
+            CrossMatTokenizerFast.prepare_formula(f)
         except FormulaError as err:
             msgs.append(f"{rid}: {err}")
     return msgs
@@ -185,7 +185,7 @@ def run_benchmark(
     out.mkdir(parents=True, exist_ok=True)
     if rejected:
         (out / "rejected_rows.txt").write_text("\n".join(rejected) + "\n")
-        logger.warning("%d rows rejected by the official preprocessing (see rejected_rows.txt)", len(rejected))
+        logger.warning("%d rows left out (see %s; first: %s)", len(rejected), out / "rejected_rows.txt", rejected[0])
 
     # ---- run ----
     per: dict[str, dict[str, Any]] = {}

@@ -96,6 +96,19 @@ def test_own_data_errors_name_file_and_row(tmp_path: Path, capsys):
     assert "needs --test --target" in capsys.readouterr().err
 
 
+def test_rows_with_unreadable_formulas_or_missing_targets_are_left_out_and_reported(tmp_path: Path):
+    """A formula the tokenizer cannot read (unknown element, stray character) does not stop the run: the row is
+    left out with the file, row, id and reason, as a row without a target is."""
+    pd.DataFrame({"formula": ["NaCl", "Xx2O3", "KBr", "LiF", "H2O+"], "y": [1.0, 2.0, None, 3.0, 4.0]}
+                 ).to_csv(tmp_path / "t.csv", index=False)
+    _, frames, rejected = load_own_data(tmp_path / "t.csv", tmp_path / "t.csv", "y", tmp_path / "t.csv")
+    assert frames["test"]["formula"].tolist() == ["NaCl", "LiF"]
+    assert rejected[:3] == ["t.csv row 1 (train-1): formula 'Xx2O3': unknown element 'Xx'",
+                            "t.csv row 2 (train-2): missing formula or target",
+                            "t.csv row 4 (train-4): formula 'H2O+': unexpected character(s) '+'"]
+    assert len(rejected) == 9  # the same three rows of each of the three files
+
+
 def test_results_dir_defaults_to_none():
     from crossmat.evaluation.cli import build_parser
 
