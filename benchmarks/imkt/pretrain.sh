@@ -14,6 +14,8 @@
 #   imkt_targets10k/20k same formulas, CHGNet targets for a nested 10k / 20k subset only (the others MLM only)
 #   mlm_large          MLM only on corpus_large (80,002 formulas: MP structures + MatBench mp_* formulas + MP transport,
 #                      build_data.sh corpus_large), 40 epochs as the others (about 2.5x their steps)
+#   mlm_wide, imkt_wide the same recipes with a 4x wider and deeper encoder (hidden 256, 4 layers, 8 heads, MLP 512;
+#                      about 5x the compute per step): does capacity limit what alignment adds (issue 23 item 4)?
 # Output: benchmarks/_work/imkt/backbones/ARM (a CrossMat model folder with its card).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,6 +28,9 @@ case "$ARM" in
   mlm_seed*) ARGS=(--config $R/pretrain_mlm.yaml "seed=${ARM#mlm_seed}") ;;  # the backbone-seed spread of MLM-only
   mlm_large) ARGS=(--config $R/pretrain_mlm.yaml data.train=benchmarks/_work/imkt/corpus_large/data/train.parquet) ;;
   imkt) ARGS=(--config $R/pretrain_imkt.yaml) ;;
+  mlm_wide|imkt_wide) ARGS=(--config "$R/pretrain_${ARM%_wide}.yaml" model.config.hidden_size=256
+                            model.config.num_hidden_layers=4 model.config.num_attention_heads=8
+                            model.config.intermediate_size=512) ;;
   imkt_seed*) ARGS=(--config $R/pretrain_imkt.yaml "seed=${ARM#imkt_seed}") ;;  # the backbone-seed spread of imKT
   imkt_cosine) ARGS=(--config $R/pretrain_imkt.yaml model.config.alignment_loss=cosine) ;;
   imkt_tensornet) ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/tensornet) ;;
