@@ -21,13 +21,11 @@ logger = logging.getLogger(__name__)
 
 
 def _readable(formula: str) -> str:
-    """``formula`` canonicalised by the CrossMat formula grammar where it reads it (else unchanged)."""
-    from crossmat.tokenization import CrossMatTokenizerFast, FormulaError
+    """``formula`` canonicalised by the CrossMat formula grammar; raises ``FormulaError`` where CrossMat cannot
+    read it (an unknown element would otherwise reach matminer as a dummy species and fail the whole batch)."""
+    from crossmat.tokenization import CrossMatTokenizerFast
 
-    try:
-        return CrossMatTokenizerFast.prepare_formula(formula)
-    except FormulaError:
-        return formula
+    return CrossMatTokenizerFast.prepare_formula(formula)
 
 
 @dataclass
@@ -82,6 +80,8 @@ class MagpieFeaturizer:
 
         cache = self._load()
         unique = pd.Index(pd.unique(formulas.astype(str)))
+        if len(cache):  # a formula that failed before is tried again (cheap; the parser may have improved)
+            cache = cache[np.isfinite(cache.to_numpy(dtype=np.float64)).all(axis=1)]
         todo = unique.difference(cache.index) if len(cache) else unique
         if len(todo):
             comps, ok = [], []
@@ -95,14 +95,13 @@ class MagpieFeaturizer:
             ep.set_n_jobs(self.n_jobs)
             feats = np.asarray(ep.featurize_many(comps, pbar=False), dtype=np.float64) if comps else np.zeros((0, 0))
             new = pd.DataFrame(feats, index=pd.Index(ok, name="formula"), columns=ep.feature_labels() if comps else None)
-            bad = [f for f in todo if f not in set(ok)]
-            if bad:
-                new = pd.concat([new, pd.DataFrame(np.nan, index=pd.Index(bad, name="formula"), columns=new.columns)])
-            cache = pd.concat([cache, new]) if len(cache) else new
-            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            cache.to_parquet(self.cache_path)
-            self._cache = cache
-        X = cache.loc[formulas.astype(str)].to_numpy(dtype=np.float64)
+            if len(new):
+                cache = pd.concat([cache, new]) if len(cache) else new
+                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+                cache.to_parquet(self.cache_path)  # parsed formulas only: failures are not remembered
+                self._cache = cache
+        X = (cache.reindex(formulas.astype(str)).to_numpy(dtype=np.float64) if cache.shape[1]
+             else np.full((len(formulas), 1), np.nan))
         bad_rows = np.flatnonzero(~np.isfinite(X).all(axis=1))
         msgs = [f"row {i} ({formulas.iloc[i]!r}): Magpie features unavailable" for i in bad_rows]
         return X, msgs

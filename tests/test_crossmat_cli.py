@@ -32,6 +32,16 @@ def test_help_lists_every_capability(capsys):
     assert scripts["crossmat"] == "crossmat.cli.main:main"
 
 
+def test_python_dash_m_crossmat_is_the_command(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "crossmat", "--help"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "crossmat evaluate " in proc.stdout and "crossmat train " in proc.stdout
+
+
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_each_subcommand_help_has_examples(name, capsys):
     assert main([name, "--help"]) == 0

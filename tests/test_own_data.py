@@ -118,3 +118,17 @@ def test_results_dir_defaults_to_none():
         text = script.read_text()
         if "evaluate.py" in text:
             assert "--results-dir benchmarks/results" in text, script
+
+
+def test_forest_features_read_formulas_as_crossmat_does_and_do_not_remember_failures(tmp_path: Path):
+    """Magpie features: a hydrate dot parses as CrossMat reads it, an unknown element rejects its row only (matminer
+    would fail the whole batch on it), and a failure is not cached (a later, better parser tries again)."""
+    import numpy as np
+
+    from crossmat.evaluation.baselines import MagpieFeaturizer
+
+    X, msgs = MagpieFeaturizer(tmp_path).transform(pd.Series(["NaCl", "CuSO4·5H2O", "Xx2O3", "CuH10SO9"]))
+    assert msgs == ["row 2 ('Xx2O3'): Magpie features unavailable"]
+    assert np.isfinite(X[[0, 1, 3]]).all() and np.array_equal(X[1], X[3])
+    cached = pd.read_parquet(tmp_path / "magpie_features.parquet")
+    assert sorted(cached.index) == ["CuH10SO9", "CuSO4·5H2O", "NaCl"]
