@@ -34,6 +34,10 @@ class CrossMatConfig(PretrainedConfig):
     ``structure_branch``: a property model also keeps a frozen copy of its pretrained encoder (never trained, shared
     by the ensemble members) whose pooled embedding joins the fine-tuned one at the head's input, so what the
     backbone learned before fine-tuning (for imKT: the structure knowledge of its pooled embedding) stays available.
+    ``element_statistics``: a property model's head also reads composition statistics of a frozen per-element property
+    table (``element_statistics_dim`` columns, e.g. ``magpie``, stored in the weights): the fraction-weighted mean and
+    standard deviation, the minimum and the maximum of each property over the formula's elements, the descriptors of
+    Magpie-style composition models, next to the pooled embedding.
 
     Calibrated uncertainty (set after training by ``crossmat.modeling.calibration``, never by hand):
     ``uncertainty_rows`` held-out calibration rows are stored in the weights (their pooled embeddings and
@@ -99,6 +103,8 @@ class CrossMatConfig(PretrainedConfig):
         uncertainty_spread_weight: float = 0.0,
         decision_threshold: float | None = None,
         structure_branch: bool = False,
+        element_statistics: str | None = None,
+        element_statistics_dim: int = 0,
         **kwargs: Any,
     ) -> None:
         if pooling not in POOLINGS:
@@ -113,6 +119,8 @@ class CrossMatConfig(PretrainedConfig):
             raise ValueError(f"fraction_encoding 'sinusoid_table' needs hidden_size divisible by 4, got {hidden_size}")
         if element_features and element_feature_dim < 1:
             raise ValueError("element_features needs element_feature_dim >= 1 (the width of the feature table)")
+        if element_statistics and element_statistics_dim < 1:
+            raise ValueError("element_statistics needs element_statistics_dim >= 1 (the width of the property table)")
         if not 0.0 <= fraction_jitter < 1.0:
             raise ValueError(f"fraction_jitter must be in [0, 1), got {fraction_jitter}")
         if int(ensemble_size) < 1:
@@ -167,6 +175,8 @@ class CrossMatConfig(PretrainedConfig):
         self.uncertainty_spread_weight = float(uncertainty_spread_weight)
         self.decision_threshold = None if decision_threshold is None else float(decision_threshold)
         self.structure_branch = bool(structure_branch)
+        self.element_statistics = element_statistics or None
+        self.element_statistics_dim = int(element_statistics_dim) if element_statistics else 0
         super().__init__(pad_token_id=pad_token_id, tie_word_embeddings=tie_word_embeddings, **kwargs)
 
 

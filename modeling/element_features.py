@@ -14,7 +14,7 @@ from torch import nn
 from crossmat._extras import needs_extra
 from crossmat.tokenization.vocabulary import ELEMENT_START, ELEMENTS, VOCAB
 
-__all__ = ["element_feature_table", "install_element_features"]
+__all__ = ["element_feature_table", "install_element_features", "install_element_statistics"]
 
 
 def element_feature_table(source: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,4 +55,17 @@ def install_element_features(model: nn.Module, source: str) -> int:
         raise ValueError(f"{type(model).__name__} has no CrossMat embeddings to install features into")
     for module in targets:
         module.set_element_features(table, covered)
+    return int(covered.sum())
+
+
+def install_element_statistics(model: nn.Module, source: str) -> int:
+    """Fill a property model's ``element_statistics_table`` (``config.element_statistics``) with the source's
+    standardised per-element properties; returns how many elements the source covers (the others read as the
+    mean element, zero after standardisation)."""
+    table, covered = element_feature_table(source)
+    buffer = getattr(model, "element_statistics_table", None)
+    if buffer is None or tuple(buffer.shape) != tuple(table.shape):
+        raise ValueError(f"{type(model).__name__} has no element_statistics_table of shape {tuple(table.shape)}")
+    with torch.no_grad():
+        buffer.copy_(table.to(buffer))
     return int(covered.sum())

@@ -598,9 +598,25 @@ class CrossMatForStructureAlignment(CrossMatPreTrainedModel):
         )
 
 
+def composition_statistics(table: torch.Tensor, input_ids: torch.Tensor, slot_mask: torch.Tensor,
+                           fractions: torch.Tensor) -> torch.Tensor:
+    """``(batch, 4 * d)``: the fraction-weighted mean and standard deviation, the minimum and the maximum of the
+    ``d`` columns of a per-token property ``table`` over each formula's element slots."""
+    x = table[input_ids].float()  # (batch, length, d)
+    mask = slot_mask.unsqueeze(-1)
+    w = (fractions.float() * slot_mask).unsqueeze(-1)
+    w = w / w.sum(1, keepdim=True).clamp_min(1e-12)
+    mean = (w * x).sum(1)
+    std = (w * (x - mean.unsqueeze(1)) ** 2).sum(1).clamp_min(0.0).sqrt()
+    low = torch.where(mask, x, torch.full_like(x, 1e4)).amin(1)
+    high = torch.where(mask, x, torch.full_like(x, -1e4)).amax(1)
+    return torch.cat([mean, std, low, high], -1)
+
+
 def _property_head(config: CrossMatConfig) -> nn.Sequential:
     drop = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
     width = config.hidden_size * (2 if getattr(config, "structure_branch", False) else 1)
+    width += 4 * getattr(config, "element_statistics_dim", 0)
     return nn.Sequential(
         nn.Linear(width, config.hidden_size),
         nn.GELU(),
@@ -645,6 +661,8 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
         self.head = _property_head(config)
         self.ensemble_members = nn.ModuleList(CrossMatEnsembleMember(config) for _ in range(config.ensemble_size - 1))
         self.structure_branch = CrossMatModel(config) if getattr(config, "structure_branch", False) else None
+        if getattr(config, "element_statistics_dim", 0):  # the frozen property table of the head's statistics
+            self.register_buffer("element_statistics_table", torch.zeros(config.vocab_size, config.element_statistics_dim))
         self._uncertainty_buffers(config.uncertainty_rows)
         self.post_init()
         if self.structure_branch is not None:
@@ -741,12 +759,20 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
                                  "itself; inputs_embeds alone cannot drive it)")
             with torch.no_grad():
                 frozen = self.structure_branch(input_ids, attention_mask=attention_mask).pooler_output
-        first = None
+        first = stats = None
         raws = []
         for (encoder, head), member_embeds in zip(members, per_member, strict=True):
             out = encoder(input_ids, attention_mask=attention_mask, inputs_embeds=member_embeds, **kwargs)
-            first = out if first is None else first
-            pooled = out.pooler_output if frozen is None else torch.cat([out.pooler_output, frozen.to(out.pooler_output)], -1)
+            if first is None:
+                first = out
+                if getattr(self.config, "element_statistics_dim", 0):
+                    if input_ids is None:
+                        raise ValueError("a model with element_statistics needs input_ids (the statistics read the "
+                                         "formula's elements)")
+                    stats = composition_statistics(self.element_statistics_table, input_ids, out.slot_mask,
+                                                   out.fractions)
+            parts = [out.pooler_output] + ([] if frozen is None else [frozen]) + ([] if stats is None else [stats])
+            pooled = parts[0] if len(parts) == 1 else torch.cat([t.to(out.pooler_output) for t in parts], -1)
             raws.append(head(pooled))
         raw = torch.stack(raws)  # (members, batch, labels)
         problem = self._problem_type(labels)

@@ -444,3 +444,40 @@ def test_a_backbone_loads_with_a_one_line_account_and_names_missing_encoder_weig
     run_recipe(recipe(str(broken)), tmp_path / "broken")
     assert ("warning: 1 weight(s) are missing from the checkpoint and start random: crossmat.final_norm.weight"
             in capsys.readouterr().out)
+
+
+def test_element_statistics_feed_the_head_and_travel_with_the_weights(tmp_path, gap_csv):
+    """model.config.element_statistics=magpie: the head reads the fraction-weighted mean / std / min / max of the
+    22 Magpie element properties beside the pooled embedding; the table is installed from a backbone too, saved in
+    the weights, and a reloaded model predicts exactly what the trained one did."""
+    from safetensors.torch import load_file
+
+    from crossmat.modeling import CrossMatForPropertyPrediction
+    from crossmat.modeling.element_features import element_feature_table
+    from crossmat.modeling.modeling_crossmat import composition_statistics
+    from crossmat.tokenization import CrossMatTokenizerFast
+
+    recipe = {"stage": "finetune", "model": {"init_from": "crossmat-imkt-mp-small",
+                                             "config": {"element_statistics": "magpie", "ensemble_size": 2}},
+              "data": {"train": str(gap_csv), "target_column": "gap"},
+              "train": {"max_steps": 4, "batch_size": 32, "progress_bar": False, "calibrate": False}}
+    out = run_recipe(recipe, tmp_path / "stats")
+    table = element_feature_table("magpie")[0]
+    weights = load_file(str(out / "model.safetensors"))
+    assert torch.equal(weights["element_statistics_table"], table)
+    assert weights["head.0.weight"].shape[1] == 128 + 4 * 22
+    assert weights["ensemble_members.0.head.0.weight"].shape[1] == 128 + 4 * 22
+    model = CrossMatForPropertyPrediction.from_pretrained(str(out)).eval()
+    tok = CrossMatTokenizerFast.from_pretrained(str(out))
+    enc = tok(["NaCl", "Fe2O3", "Li0.5Co0.5O2"], padding=True, return_tensors="pt")
+    out1 = model(**enc)
+    # NaCl: equal fractions, so the mean is the midpoint of min and max, the std half their distance
+    encoded = model.crossmat(**enc)
+    stats = composition_statistics(model.element_statistics_table, enc["input_ids"], encoded.slot_mask,
+                                   encoded.fractions)[0].view(4, 22)
+    torch.testing.assert_close(stats[0], (stats[2] + stats[3]) / 2)
+    torch.testing.assert_close(stats[1], (stats[3] - stats[2]) / 2)
+    with pytest.raises(RecipeError, match="element_statistics: .*cannot be loaded"):
+        run_recipe({**recipe, "model": {"init_from": "crossmat-imkt-mp-small",
+                                        "config": {"element_statistics": "no_such_table"}}}, tmp_path / "bad")
+    torch.testing.assert_close(CrossMatForPropertyPrediction.from_pretrained(str(out)).eval()(**enc).logits, out1.logits)

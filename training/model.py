@@ -12,7 +12,11 @@ import torch
 
 import crossmat.modeling  # noqa: F401  (registers CrossMat with the Auto classes)
 from crossmat.modeling import CrossMatConfig
-from crossmat.modeling.element_features import element_feature_table, install_element_features
+from crossmat.modeling.element_features import (
+    element_feature_table,
+    install_element_features,
+    install_element_statistics,
+)
 from crossmat.modeling.model_folder import ModelFolderError, check_folder, is_lora_folder, load_model
 from crossmat.modeling.pretrained import PretrainedNotFoundError, resolve_model_path
 from crossmat.tokenization.vocabulary import ELEMENT_START, ELEMENTS, token_layout
@@ -37,8 +41,8 @@ def check_checkpoint(path: Path) -> CrossMatConfig:
 # weights a model built from a pretrained encoder gets new (its heads; ensemble members and the frozen branch are
 # copied from the encoder right after loading) and what it leaves behind (pretraining heads, a fine-tuned model's
 # calibration rows, which calibration rebuilds): neither is worth a warning
-_EXPECTED_PARTS = ("head", "ensemble_members", "structure_branch", "lm_head", "projection", "uncertainty_keys",
-                   "uncertainty_residuals")
+_EXPECTED_PARTS = ("head", "ensemble_members", "structure_branch", "element_statistics_table", "lm_head", "projection",
+                   "uncertainty_keys", "uncertainty_residuals")
 
 
 def _parts(keys: list[str]) -> list[str]:
@@ -130,6 +134,14 @@ def build_model(recipe: StageRecipe, data: StageData,
             overrides["element_feature_dim"] = int(element_feature_table(features)[0].shape[1])
         except ValueError as exc:
             raise RecipeError(f"model.config.element_features: {exc}") from None
+    statistics = overrides.get("element_statistics")
+    if statistics:
+        if not kind.property_model:
+            raise RecipeError("model.config.element_statistics feeds a property head: it needs a fine-tuning stage")
+        try:
+            overrides["element_statistics_dim"] = int(element_feature_table(statistics)[0].shape[1])
+        except ValueError as exc:
+            raise RecipeError(f"model.config.element_statistics: {exc}") from None
     info: dict[str, Any] = {"class": cls.__name__}
     init = mcfg.init_from
     # every new weight (a fine-tuned backbone's head and extra members' heads too) comes from the recipe's seed, not
@@ -175,6 +187,9 @@ def build_model(recipe: StageRecipe, data: StageData,
         if mcfg.element_embedding_init:
             info["element_embedding_init"] = mcfg.element_embedding_init
             info["elements_initialised"] = init_element_embeddings(model, mcfg.element_embedding_init)
+    if statistics:
+        info["element_statistics"] = statistics
+        info["elements_with_statistics"] = install_element_statistics(model, statistics)
     if mcfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if recipe.lora.enabled:
