@@ -481,3 +481,18 @@ def test_element_statistics_feed_the_head_and_travel_with_the_weights(tmp_path, 
         run_recipe({**recipe, "model": {"init_from": "crossmat-imkt-mp-small",
                                         "config": {"element_statistics": "no_such_table"}}}, tmp_path / "bad")
     torch.testing.assert_close(CrossMatForPropertyPrediction.from_pretrained(str(out)).eval()(**enc).logits, out1.logits)
+
+
+def test_a_backbone_keeps_its_architecture_when_the_recipe_sizes_differ(tmp_path, gap_csv, capsys):
+    """Size keys in a fine-tuning recipe describe a model from scratch; with model.init_from the backbone's own
+    sizes are kept (and said), instead of re-initialising every weight whose shape no longer fits."""
+    recipe = {"stage": "finetune", "model": {"init_from": "crossmat-imkt-mp-small",
+                                             "config": {"hidden_size": 32, "num_hidden_layers": 1}},
+              "data": {"train": str(gap_csv), "target_column": "gap"},
+              "train": {"max_steps": 1, "batch_size": 32, "progress_bar": False, "calibrate": False}}
+    out = run_recipe(recipe, tmp_path / "sizes")
+    said = capsys.readouterr().out
+    assert "the backbone's hidden_size=128 (recipe: 32), num_hidden_layers=3 (recipe: 1) are kept" in said
+    assert "re-initialised" not in said
+    config = json.loads((out / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"]) == (128, 3)

@@ -45,6 +45,11 @@ _EXPECTED_PARTS = ("head", "ensemble_members", "structure_branch", "element_stat
                    "uncertainty_keys", "uncertainty_residuals")
 
 
+# config keys that shape a pretrained encoder's weights: a recipe that fine-tunes a backbone cannot change them
+_ARCHITECTURE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                      "fraction_encoding")
+
+
 def _parts(keys: list[str]) -> list[str]:
     return sorted({k.split(".", 1)[0] for k in keys})
 
@@ -153,6 +158,12 @@ def build_model(recipe: StageRecipe, data: StageData,
         except PretrainedNotFoundError as exc:
             raise RecipeError(f"model.init_from: {exc}") from None
         config = check_checkpoint(path)
+        kept = {k: (getattr(config, k), overrides.pop(k)) for k in _ARCHITECTURE_KEYS
+                if k in overrides and overrides[k] != getattr(config, k)}
+        if kept:  # a recipe's size keys describe a model from scratch: a pretrained encoder keeps its own
+            print(f"[crossmat] model.init_from {init}: the backbone's "
+                  + ", ".join(f"{k}={b!r} (recipe: {r!r})" for k, (b, r) in kept.items()) + " are kept")
+            info["architecture_from_backbone"] = {k: b for k, (b, _) in kept.items()}
         for key, value in {**overrides, **stage_cfg}.items():
             setattr(config, key, value)
         config.architectures = [cls.__name__]
