@@ -86,11 +86,11 @@ def load_own_data(
                               "target": values})
         missing = (frame["formula"].isna() | ~np.isfinite(frame["target"])).to_numpy()
         unreadable = _unreadable_formulas(frame["formula"], missing)
-        raw_targets.append(raw[target][~(missing | unreadable.astype(bool))])
-        rejected += [f"{Path(path).name} row {i} ({frame['id'].iloc[i]}): "
-                     + (unreadable[i] if unreadable[i] else "missing formula or target")
-                     for i in np.flatnonzero(missing | unreadable.astype(bool))]
-        frames[split] = frame[~(missing | unreadable.astype(bool))].reset_index(drop=True)
+        drop = missing | (unreadable != "")
+        raw_targets.append(raw[target][~drop])
+        rejected += [f"{Path(path).name} row {i} ({frame['id'].iloc[i]}): {unreadable[i] or 'missing formula or target'}"
+                     for i in np.flatnonzero(drop)]
+        frames[split] = frame[~drop].reset_index(drop=True)
         if frames[split].empty:
             raise BenchmarkDataError(f"{path}: no rows with both a formula and a target")
     try:
