@@ -20,14 +20,6 @@ from .tasks import TaskInfo
 logger = logging.getLogger(__name__)
 
 
-def _readable(formula: str) -> str:
-    """``formula`` canonicalised by the CrossMat formula grammar; raises ``FormulaError`` where CrossMat cannot
-    read it (an unknown element would otherwise reach matminer as a dummy species and fail the whole batch)."""
-    from crossmat.tokenization import CrossMatTokenizerFast
-
-    return CrossMatTokenizerFast.prepare_formula(formula)
-
-
 @dataclass
 class FoldData:
     """One fold: fit rows, validation rows (carved from the fold's training rows) and test rows."""
@@ -70,7 +62,10 @@ class MagpieFeaturizer:
 
     def _load(self) -> pd.DataFrame:
         if self._cache is None:
-            self._cache = read_table(self.cache_path).frame if self.cache_path.is_file() else pd.DataFrame()
+            cache = read_table(self.cache_path).frame if self.cache_path.is_file() else pd.DataFrame()
+            if len(cache):  # a formula that failed before is tried again (cheap; the parser may have improved)
+                cache = cache[np.isfinite(cache.to_numpy(dtype=np.float64)).all(axis=1)]
+            self._cache = cache
         return self._cache
 
     def transform(self, formulas: pd.Series) -> tuple[np.ndarray, list[str]]:
@@ -78,16 +73,18 @@ class MagpieFeaturizer:
         from matminer.featurizers.composition import ElementProperty
         from pymatgen.core import Composition
 
+        from crossmat.tokenization import CrossMatTokenizerFast
+
         cache = self._load()
         unique = pd.Index(pd.unique(formulas.astype(str)))
-        if len(cache):  # a formula that failed before is tried again (cheap; the parser may have improved)
-            cache = cache[np.isfinite(cache.to_numpy(dtype=np.float64)).all(axis=1)]
         todo = unique.difference(cache.index) if len(cache) else unique
         if len(todo):
             comps, ok = [], []
             for f in todo:  # parsing only; featurisation below is batched
-                try:  # the formula as CrossMat reads it (hydrate dots, brackets), so both models see the same rows
-                    comps.append(Composition(_readable(f)))
+                # the formula as CrossMat reads it (hydrate dots, brackets), so both models see the same rows; one
+                # CrossMat cannot read raises here (an unknown element would reach matminer and fail the whole batch)
+                try:
+                    comps.append(Composition(CrossMatTokenizerFast.prepare_formula(f)))
                     ok.append(f)
                 except Exception as err:  # noqa: BLE001 - any parse failure rejects the row
                     logger.warning("Magpie: cannot parse formula %r: %s", f, err)

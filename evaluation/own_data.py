@@ -18,7 +18,7 @@ from crossmat.dataset_builders.targets import TASK_TYPES, TaskTypeError, decide_
 from .tasks import BenchmarkDataError, TaskInfo, carve_validation
 
 CSV = "csv"
-__all__ = ["CSV", "TASK_TYPES", "load_own_data", "score_own"]
+__all__ = ["CSV", "TASK_TYPES", "load_own_data", "score_own", "unreadable_formulas"]
 
 
 def _read(path: Path, what: str) -> pd.DataFrame:
@@ -31,13 +31,13 @@ def _read(path: Path, what: str) -> pd.DataFrame:
         raise BenchmarkDataError(str(err)) from None
 
 
-def _unreadable_formulas(formulas: pd.Series, skip: np.ndarray) -> np.ndarray:
+def unreadable_formulas(formulas: pd.Series, skip: np.ndarray | None = None) -> np.ndarray:
     """Per row, why the tokenizer rejects its formula ("" when it reads it or the row is skipped anyway)."""
     from crossmat.tokenization import CrossMatTokenizerFast, FormulaError
 
     why = np.full(len(formulas), "", dtype=object)
     for i, f in enumerate(formulas.tolist()):
-        if not skip[i]:
+        if skip is None or not skip[i]:
             try:
                 CrossMatTokenizerFast.prepare_formula(f)
             except FormulaError as err:
@@ -85,7 +85,7 @@ def load_own_data(
         frame = pd.DataFrame({"id": ids.to_numpy(), "formula": raw[formula_column].to_numpy(),
                               "target": values})
         missing = (frame["formula"].isna() | ~np.isfinite(frame["target"])).to_numpy()
-        unreadable = _unreadable_formulas(frame["formula"], missing)
+        unreadable = unreadable_formulas(frame["formula"], missing)
         drop = missing | (unreadable != "")
         raw_targets.append(raw[target][~drop])
         rejected += [f"{Path(path).name} row {i} ({frame['id'].iloc[i]}): {unreadable[i] or 'missing formula or target'}"

@@ -22,7 +22,7 @@ from crossmat.modeling.calibration import coverage
 
 from . import matbench_json
 from .baselines import FoldData, FoldPrediction
-from .own_data import CSV, load_own_data, score_own
+from .own_data import CSV, load_own_data, score_own, unreadable_formulas
 from .records import hardware, write_record
 from .scores import fold_summary, score
 from .tasks import (
@@ -49,15 +49,8 @@ class Predictor(Protocol):
 
 def _validate_tokens(frame: pd.DataFrame) -> list[str]:
     """Messages for rows whose formula the CrossMat tokenizer rejects (checked in one pass, up front)."""
-    from crossmat.tokenization import CrossMatTokenizerFast, FormulaError
-
-    msgs = []
-    for rid, f in zip(frame["id"], frame["formula"], strict=True):
-        try:
-            CrossMatTokenizerFast.prepare_formula(f)
-        except FormulaError as err:
-            msgs.append(f"{rid}: {err}")
-    return msgs
+    why = unreadable_formulas(frame["formula"])
+    return [f"{rid}: {w}" for rid, w in zip(frame["id"], why, strict=True) if w]
 
 
 def _run_fold(pred: Predictor, data: FoldData, task: TaskInfo, out: Path, seed: int) -> tuple[FoldPrediction, float]:

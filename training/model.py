@@ -73,7 +73,7 @@ def _quiet_from_pretrained(cls: type, source: Path, config: CrossMatConfig, prop
             hf_logging.enable_progress_bar()
     missing, unexpected = list(loading["missing_keys"]), list(loading["unexpected_keys"])
     mismatched = [str(m[0]) if isinstance(m, tuple) else str(m) for m in loading["mismatched_keys"]]
-    loaded = sum(1 for _ in model.state_dict()) - len(missing) - len(mismatched)
+    loaded = len(model.state_dict()) - len(missing) - len(mismatched)
     odd_missing = sorted(k for k in missing if k.split(".", 1)[0] not in _EXPECTED_PARTS)
     odd_unexpected = sorted(k for k in unexpected if k.split(".", 1)[0] not in _EXPECTED_PARTS)
     summary = f"{loaded} tensors loaded"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.calibration.seed2_rule import mean_se
 from benchmarks.imkt.compare_arms import errors, record_path
 
 TASKS = ["matbench_steels", "matbench_jdft2d", "matbench_phonons", "matbench_expt_gap", "matbench_dielectric"]
@@ -31,10 +32,6 @@ def rel_to_route(task: str, arm: str) -> np.ndarray | None:
         return None
     ref = np.mean([errors(task, r)[0] for r in ROUTE], axis=0)
     return 100.0 * (got[0] - ref) / ref
-
-
-def mean_se(x: np.ndarray) -> tuple[float, float]:
-    return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x)))
 
 
 def main() -> None:
