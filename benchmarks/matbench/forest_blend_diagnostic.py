@@ -5,26 +5,46 @@ remapped so the calibrated threshold sits at 0.5) and a Magpie random forest (50
 fold's training rows, as the rf_magpie baseline), blended as ``w * crossmat + (1 - w) * forest`` at a fixed grid of
 weights. Nothing is chosen here: every weight is shown, and the best one per task is a test-row oracle. A method
 would pick ``w`` on held-out training rows (SECTION, "Blending with the forest").
+``--features element_statistics`` fits the forest instead on what a CrossMat model can compute at predict time: the
+fraction-weighted mean and std, min and max of the 22 standardised Magpie element properties the weights carry
+(``modeling.composition_statistics`` over ``element_feature_table("magpie")``), not matminer's 132 features.
 
     PYTHONPATH=. python benchmarks/matbench/forest_blend_diagnostic.py > benchmarks/matbench/forest_blend_diagnostic.txt
+    PYTHONPATH=. python benchmarks/matbench/forest_blend_diagnostic.py --features element_statistics \
+        --tasks matbench_steels matbench_glass > benchmarks/matbench/forest_blend_diagnostic_element_statistics.txt
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from crossmat.evaluation.baselines import MagpieFeaturizer
 from crossmat.evaluation.tasks import fold_indices, load_matbench_frame
+from crossmat.modeling.configuration_crossmat import CrossMatConfig
+from crossmat.modeling.element_features import element_feature_table
+from crossmat.modeling.modeling_crossmat import composition_statistics, decode_composition
+from crossmat.tokenization import CrossMatTokenizerFast
 
 RUNS = Path(__file__).resolve().parent / "runs" / "default_route_ens2_e100"
 TASKS = ["matbench_steels", "matbench_jdft2d", "matbench_phonons", "matbench_dielectric", "matbench_expt_gap",
          "matbench_glass"]
 WEIGHTS = (1.0, 0.9, 0.8, 0.7, 0.5, 0.25, 0.0)
+
+
+def element_statistics_features(formulas: pd.Series) -> np.ndarray:
+    """The head's ``composition_statistics`` of every formula over the standardised Magpie table, batched."""
+    tok = CrossMatTokenizerFast()
+    table, _ = element_feature_table("magpie")
+    ids = tok(list(formulas), padding=True, return_tensors="pt")["input_ids"]
+    slots, fractions = decode_composition(ids, CrossMatConfig(vocab_size=tok.vocab_size))
+    return composition_statistics(table, ids, slots, fractions).numpy()
 
 
 def fold_predictions(task: str, frame: pd.DataFrame, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -41,11 +61,19 @@ def fold_predictions(task: str, frame: pd.DataFrame, X: np.ndarray, k: int) -> t
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--features", choices=["magpie", "element_statistics"], default="magpie")
+    ap.add_argument("--tasks", nargs="+", default=TASKS)
+    args = ap.parse_args()
     featurizer = MagpieFeaturizer()
-    for task in TASKS:
+    for task in args.tasks:
         frame = load_matbench_frame(task)
-        X, rejected = featurizer.transform(frame["formula"])
-        assert not rejected, rejected[:3]
+        if args.features == "magpie":
+            X, rejected = featurizer.transform(frame["formula"])
+            assert not rejected, rejected[:3]
+        else:
+            with torch.no_grad():
+                X = element_statistics_features(frame["formula"])
         rows = []
         for k in range(5):
             y, cm, rf = fold_predictions(task, frame, X, k)
