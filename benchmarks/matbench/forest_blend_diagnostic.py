@@ -26,7 +26,7 @@ from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from crossmat.evaluation.baselines import MagpieFeaturizer
-from crossmat.evaluation.tasks import fold_indices, load_matbench_frame
+from crossmat.evaluation.tasks import fold_indices, load_matbench_frame, matbench_task
 from crossmat.modeling.configuration_crossmat import CrossMatConfig
 from crossmat.modeling.element_features import element_feature_table
 from crossmat.modeling.modeling_crossmat import composition_statistics, decode_composition
@@ -51,7 +51,7 @@ def fold_predictions(task: str, frame: pd.DataFrame, X: np.ndarray, k: int) -> t
     """Test targets, CrossMat predictions and forest predictions (P(1) for glass) of fold ``k``."""
     train, test = fold_indices(frame["test_fold"], k)
     y = frame.target.to_numpy()
-    if task == "matbench_glass":
+    if matbench_task(task).task_type == "classification":
         rf = RandomForestClassifier(500, n_jobs=1, random_state=0).fit(X[train], y[train].astype(int))
         forest = rf.predict_proba(X[test])[:, 1]
     else:
@@ -70,14 +70,15 @@ def main() -> None:
         frame = load_matbench_frame(task)
         if args.features == "magpie":
             X, rejected = featurizer.transform(frame["formula"])
-            assert not rejected, rejected[:3]
+            if rejected:
+                raise ValueError(f"{task}: rows without Magpie features: {rejected[:3]}")
         else:
             with torch.no_grad():
                 X = element_statistics_features(frame["formula"])
         rows = []
         for k in range(5):
             y, cm, rf = fold_predictions(task, frame, X, k)
-            if task == "matbench_glass":
+            if matbench_task(task).task_type == "classification":
                 yi = y.astype(int)
                 rows.append({f"BA w={w}": balanced_accuracy_score(yi, w * cm + (1 - w) * rf >= 0.5) for w in WEIGHTS}
                             | {f"AUC w={w}": roc_auc_score(yi, w * cm + (1 - w) * rf) for w in WEIGHTS})
@@ -85,7 +86,7 @@ def main() -> None:
                 rows.append({f"w={w}": float(np.abs(w * cm + (1 - w) * rf - y).mean()) for w in WEIGHTS})
         d = pd.DataFrame(rows)
         print(f"== {task} (5 folds; w = weight of CrossMat)")
-        if task == "matbench_glass":
+        if matbench_task(task).task_type == "classification":
             print("balanced accuracy at 0.5:", "  ".join(f"{c[3:]} {v:.4f}" for c, v in d.filter(like="BA").mean().items()))
             print("ROC-AUC:                 ", "  ".join(f"{c[4:]} {v:.4f}" for c, v in d.filter(like="AUC").mean().items()))
             continue
