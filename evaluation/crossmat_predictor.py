@@ -157,7 +157,7 @@ class CrossMatPredictor:
         info_file = run.folder / "training_info.json"  # what the held-out validation rows did (training.stages)
         if info_file.is_file():
             metrics = json.loads(info_file.read_text()).get("metrics", {})
-            params.update({k: metrics[k] for k in ("validation", "calibration") if k in metrics})
+            params.update({k: metrics[k] for k in ("validation", "calibration", "forest_blend") if k in metrics})
         return FoldPrediction(preds, params, unc)
 
 

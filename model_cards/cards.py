@@ -209,6 +209,8 @@ def _count_parameters(model_dir: Path) -> int | None:
     for file in files:
         with safe_open(str(file), framework="pt") as handle:
             for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+                if key.startswith("forest."):  # a blended forest's nodes are data, not parameters
+                    continue
                 shape = handle.get_slice(key).get_shape()
                 n = 1
                 for d in shape:
@@ -412,6 +414,10 @@ def build_model_card(
         )
     if params is not None:
         size_parts.append(f"{params / 1e6:.2f} M parameters")
+    if config.get("forest_nodes") and float(config.get("forest_weight", 1.0)) < 1.0:
+        size_parts.append(f"blended with a {config.get('forest_trees')}-tree random forest on "
+                          f"{config.get('forest_features')} composition statistics (CrossMat weight "
+                          f"{float(config['forest_weight']):.1f}, chosen on validation rows)")
     architecture = ", ".join(config.get("architectures") or []) or spec.label
     ctx = {
         "model_id": model_id,

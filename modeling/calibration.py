@@ -90,13 +90,15 @@ def fit_threshold(prob: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 
 @torch.inference_mode()
 def _pooled_and_outputs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                        forest_output: torch.Tensor | None = None, batch_size: int = 1024
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Pooled embeddings of the first member, the model outputs (physical units / class logits) and, for a
     regression ensemble, the members' spread (population std, physical units; ``None`` for one member)."""
     pooled, logits, spread = [], [], []
     for start in range(0, len(input_ids), batch_size):
         ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
-        out = model(input_ids=ids, attention_mask=mask)
+        forest = None if forest_output is None else forest_output[start : start + batch_size]
+        out = model(input_ids=ids, attention_mask=mask, **({} if forest is None else {"forest_output": forest}))
         pooled.append(out.pooler_output.float())
         logits.append(out.logits.float())
         if out.member_spread is not None:
@@ -105,14 +107,15 @@ def _pooled_and_outputs(model: Any, input_ids: torch.Tensor, attention_mask: tor
 
 
 def calibrate_property_model(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                             targets: np.ndarray) -> Calibration:
+                             targets: np.ndarray, forest_output: torch.Tensor | None = None) -> Calibration:
     """Calibrate ``model`` (a ``CrossMatForPropertyPrediction``, eval mode) in place on held-out rows: the
     uncertainty of a regression model, the decision threshold of a binary classifier. Returns the choice and
-    its leave-one-out coverage on these rows."""
+    its leave-one-out coverage on these rows. ``forest_output``: a blended forest's out-of-bag outputs for these
+    rows (``modeling.forest``), used instead of the installed forest's, which trained on them."""
     was_training = model.training
     model.eval()
     try:
-        pooled, out, spread = _pooled_and_outputs(model, input_ids, attention_mask)
+        pooled, out, spread = _pooled_and_outputs(model, input_ids, attention_mask, forest_output)
     finally:
         model.train(was_training)
     targets = np.asarray(targets, dtype=np.float64)

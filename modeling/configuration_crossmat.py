@@ -47,6 +47,12 @@ class CrossMatConfig(PretrainedConfig):
     joins it as ``sqrt(local**2 + uncertainty_spread_weight * spread**2)`` before the scale (weight 0: the
     neighbours' residuals alone). ``decision_threshold``: a binary
     classifier's label is 1 when P(class 1) reaches it (chosen on held-out rows; ``None`` = the argmax).
+
+    Forest blend (set after training by ``crossmat.modeling.forest``, never by hand): a random forest on the
+    composition statistics of a frozen per-element property table (``forest_features``, ``forest_features_dim``
+    columns) travels in the weights as ``forest_trees`` trees of ``forest_nodes`` nodes in all (``forest_depth``
+    levels); the output is ``forest_weight * CrossMat + (1 - forest_weight) * forest`` (regression values before
+    clipping; class probabilities for a classifier). ``forest_weight = 1``: no forest.
     """
 
     model_type = "crossmat"
@@ -105,6 +111,12 @@ class CrossMatConfig(PretrainedConfig):
         structure_branch: bool = False,
         element_statistics: str | None = None,
         element_statistics_dim: int = 0,
+        forest_features: str | None = None,
+        forest_features_dim: int = 0,
+        forest_nodes: int = 0,
+        forest_trees: int = 0,
+        forest_depth: int = 0,
+        forest_weight: float = 1.0,
         **kwargs: Any,
     ) -> None:
         if pooling not in POOLINGS:
@@ -121,6 +133,11 @@ class CrossMatConfig(PretrainedConfig):
             raise ValueError("element_features needs element_feature_dim >= 1 (the width of the feature table)")
         if element_statistics and element_statistics_dim < 1:
             raise ValueError("element_statistics needs element_statistics_dim >= 1 (the width of the property table)")
+        if forest_nodes and not (forest_features and forest_features_dim >= 1 and forest_trees >= 1):
+            raise ValueError("a forest (forest_nodes > 0) needs forest_features, forest_features_dim >= 1 and "
+                             "forest_trees >= 1")
+        if not 0.0 <= float(forest_weight) <= 1.0:
+            raise ValueError(f"forest_weight must be in [0, 1], got {forest_weight}")
         if not 0.0 <= fraction_jitter < 1.0:
             raise ValueError(f"fraction_jitter must be in [0, 1), got {fraction_jitter}")
         if int(ensemble_size) < 1:
@@ -177,6 +194,12 @@ class CrossMatConfig(PretrainedConfig):
         self.structure_branch = bool(structure_branch)
         self.element_statistics = element_statistics or None
         self.element_statistics_dim = int(element_statistics_dim) if element_statistics else 0
+        self.forest_features = forest_features or None
+        self.forest_features_dim = int(forest_features_dim) if forest_features else 0
+        self.forest_nodes = int(forest_nodes)
+        self.forest_trees = int(forest_trees)
+        self.forest_depth = int(forest_depth)
+        self.forest_weight = float(forest_weight)
         super().__init__(pad_token_id=pad_token_id, tie_word_embeddings=tie_word_embeddings, **kwargs)
 
 

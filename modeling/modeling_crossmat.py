@@ -39,6 +39,7 @@ __all__ = [
     "CrossMatPropertyOutput",
     "CrossMatModel",
     "CrossMatPreTrainedModel",
+    "TreeEnsemble",
     "decode_composition",
 ]
 
@@ -598,6 +599,36 @@ class CrossMatForStructureAlignment(CrossMatPreTrainedModel):
         )
 
 
+class TreeEnsemble(nn.Module):
+    """A fitted random forest held as tensors (saved with the weights, never pickled) and evaluated in torch.
+
+    Every tree's nodes are concatenated: ``feature`` (-1 on leaves), ``threshold`` (float64, as scikit-learn
+    compares), ``left`` / ``right`` (global node indices; a leaf points at itself), ``value`` (per-node outputs:
+    regression means or class fractions) and ``roots`` (each tree's first node); indices are int32 to halve the
+    size. ``depth`` steps of a batched descent reach every leaf; the output is the mean over trees, as
+    ``predict`` / ``predict_proba``."""
+
+    def __init__(self, n_nodes: int, n_trees: int, n_outputs: int, depth: int) -> None:
+        super().__init__()
+        self.depth = int(depth)
+        self.register_buffer("feature", torch.full((n_nodes,), -1, dtype=torch.int32))
+        self.register_buffer("threshold", torch.zeros(n_nodes, dtype=torch.float64))
+        self.register_buffer("left", torch.arange(n_nodes, dtype=torch.int32))
+        self.register_buffer("right", torch.arange(n_nodes, dtype=torch.int32))
+        self.register_buffer("value", torch.zeros(n_nodes, n_outputs))
+        self.register_buffer("roots", torch.zeros(n_trees, dtype=torch.int32))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``(batch, n_outputs)`` forest output for ``(batch, n_features)`` inputs (compared in float32 precision,
+        like scikit-learn's trees)."""
+        x = features.detach().float().double()
+        node = self.roots.long().unsqueeze(0).expand(x.shape[0], -1)
+        for _ in range(self.depth):
+            goes_left = x.gather(1, self.feature[node].long().clamp_min(0)) <= self.threshold[node]
+            node = torch.where(goes_left, self.left[node], self.right[node]).long()
+        return self.value[node].mean(1).to(features.dtype)
+
+
 def composition_statistics(table: torch.Tensor, input_ids: torch.Tensor, slot_mask: torch.Tensor,
                            fractions: torch.Tensor) -> torch.Tensor:
     """``(batch, 4 * d)``: the fraction-weighted mean and standard deviation, the minimum and the maximum of the
@@ -663,6 +694,10 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
         self.structure_branch = CrossMatModel(config) if getattr(config, "structure_branch", False) else None
         if getattr(config, "element_statistics_dim", 0):  # the frozen property table of the head's statistics
             self.register_buffer("element_statistics_table", torch.zeros(config.vocab_size, config.element_statistics_dim))
+        self.forest: TreeEnsemble | None = None
+        if getattr(config, "forest_nodes", 0):  # a blended forest (crossmat.modeling.forest), stored in the weights
+            self.register_buffer("forest_feature_table", torch.zeros(config.vocab_size, config.forest_features_dim))
+            self.forest = TreeEnsemble(config.forest_nodes, config.forest_trees, config.num_labels, config.forest_depth)
         self._uncertainty_buffers(config.uncertainty_rows)
         self.post_init()
         if self.structure_branch is not None:
@@ -712,6 +747,38 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
         prior = self.config.uncertainty_prior
         return ((local + prior * res2.mean(0)) / (k + prior)).sqrt()
 
+    def install_forest(self, forest: TreeEnsemble, table: torch.Tensor, source: str, weight: float) -> None:
+        """Blend ``forest`` (fitted on :meth:`forest_features` computed with the per-element ``table`` of
+        ``source``) into every later output with CrossMat's share ``weight`` (see :class:`CrossMatConfig`)."""
+        if self.config.problem_type == "multi_label_classification":
+            raise ValueError("a forest blend supports regression and single-label classification")
+        if forest.value.shape[1] != self.num_labels:
+            raise ValueError(f"the forest has {forest.value.shape[1]} outputs, the model {self.num_labels}")
+        ref = next(self.parameters())
+        self.register_buffer("forest_feature_table", table.detach().float().to(ref.device))
+        self.forest = forest.to(ref.device)
+        self.config.forest_features, self.config.forest_features_dim = source, int(table.shape[1])
+        self.config.forest_nodes, self.config.forest_trees = int(forest.value.shape[0]), int(forest.roots.shape[0])
+        self.config.forest_depth, self.config.forest_weight = forest.depth, float(weight)
+
+    def forest_features(self, input_ids: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """``(batch, 4 * d)`` composition statistics that the forest reads: :func:`composition_statistics` of the
+        per-element ``table`` (default: the installed ``forest_feature_table``) over the formula's exact fractions."""
+        table = self.forest_feature_table if table is None else table
+        slot_mask, fractions = decode_composition(input_ids, self.config)
+        return composition_statistics(table.to(input_ids.device), input_ids, slot_mask, fractions)
+
+    def _forest_output(self, input_ids: torch.Tensor | None, given: torch.Tensor | None) -> torch.Tensor | None:
+        """The forest's outputs for the batch: ``given`` (e.g. out-of-bag predictions of calibration rows) or the
+        installed forest's; ``None`` when nothing is blended."""
+        if self.config.forest_weight >= 1.0 or (given is None and self.forest is None):
+            return None
+        if given is not None:
+            return given
+        if input_ids is None:
+            raise ValueError("a model with a blended forest needs input_ids (the forest reads the formula's elements)")
+        return self.forest(self.forest_features(input_ids))
+
     def members(self) -> list[tuple[CrossMatModel, nn.Module]]:
         """(encoder, head) of every ensemble member, the first one being ``crossmat``/``head``."""
         return [(self.crossmat, self.head)] + [(m.crossmat, m.head) for m in self.ensemble_members]
@@ -741,7 +808,10 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
             self.config.problem_type = problem_type_of(self.config, floating)
         return self.config.problem_type
 
-    def forward(self, input_ids, attention_mask=None, labels=None, inputs_embeds=None, **kwargs) -> CrossMatPropertyOutput:
+    def forward(self, input_ids, attention_mask=None, labels=None, inputs_embeds=None, forest_output=None,
+                **kwargs) -> CrossMatPropertyOutput:
+        """``forest_output``: the blended forest's outputs for these rows, instead of the installed forest's
+        (out-of-bag predictions when the rows trained the forest: calibration and validation)."""
         members = self.members()
         if isinstance(inputs_embeds, (list, tuple)):
             if len(inputs_embeds) != len(members):
@@ -776,12 +846,15 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
             raws.append(head(pooled))
         raw = torch.stack(raws)  # (members, batch, labels)
         problem = self._problem_type(labels)
+        forest = self._forest_output(input_ids, forest_output)
+        w = self.config.forest_weight
         losses = []
         uncertainty = spread = None
         if problem == "regression":
             mean, std = self._target_stats(raw)
             values = raw * std + mean
-            logits = self._clip(values.mean(0))
+            blended = values.mean(0) if forest is None else w * values.mean(0) + (1 - w) * forest.to(values)
+            logits = self._clip(blended)
             spread = values.std(0, unbiased=False) if len(raws) > 1 else None
             if self.config.uncertainty_rows > 0:  # calibrated on held-out rows (CrossMatConfig)
                 scale = self.local_residual_scale(first.pooler_output)
@@ -800,13 +873,17 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
                 losses = [F.cross_entropy(r.view(-1, self.num_labels), labels.view(-1).long()) for r in raws]
             elif labels is not None:
                 losses = [F.binary_cross_entropy_with_logits(r, labels.to(r.dtype)) for r in raws]
-            if len(raws) == 1:
+            if len(raws) == 1 and forest is None:
                 logits = raw[0]
             else:
                 probs = torch.softmax(raw.float(), -1) if single else torch.sigmoid(raw.float())
-                p = probs.mean(0).clamp(1e-7, 1 - 1e-7)
+                p = probs.mean(0)
+                if forest is not None:  # class probabilities (install_forest: single-label only)
+                    p = w * p + (1 - w) * forest.float()
+                p = p.clamp(1e-7, 1 - 1e-7)
                 logits = (p.log() if single else torch.logit(p)).to(raw.dtype)
-                uncertainty = probs.std(0, unbiased=False).to(raw.dtype)
+                if len(raws) > 1:
+                    uncertainty = probs.std(0, unbiased=False).to(raw.dtype)
         return CrossMatPropertyOutput(
             loss=sum(losses) if losses else None,
             logits=logits,

@@ -141,7 +141,7 @@ def _card_metrics(task_type: str, metrics: Mapping[str, Mapping[str, float]], so
     """model-index entries, each attributed to the data its split really came from."""
     out = []
     for split, values in metrics.items():
-        if split == "calibration":  # what the validation rows calibrated, not scores on a split
+        if split in ("calibration", "forest_blend"):  # what the validation rows chose, not scores on a split
             continue
         desc = source_description(sources.get(split, "unknown"))
         for name, value in values.items():
@@ -305,5 +305,7 @@ def save_stage_folder(out: Path, recipe: StageRecipe, data: StageData, model: to
     explanation = card_explanation(out, recipe) if recipe.card.get("explain") else None
     card_path = write_model_card(out, explanation=explanation, **card)
     print(f"[crossmat] {recipe.stage} done: model -> {out}\n[crossmat]   card -> {card_path}\n[crossmat]   metrics -> {out / 'metrics.jsonl'}"
-          + ("".join(f"\n[crossmat]   {s}: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items()) for s, m in metrics.items())))
+          + ("".join(f"\n[crossmat]   {s}: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items()
+                                                         if isinstance(v, (int, float)) and not isinstance(v, bool))
+                     for s, m in metrics.items())))
     return model

@@ -11,6 +11,7 @@ steps; ``resume`` restarts from the newest one and replays nothing twice.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -428,17 +429,40 @@ class StageTrainer:
             counts = ", ".join(f"{k} {v}" for k, v in data.info["rows_with_structure_target"].items())
             acc.print(f"[crossmat] rows with a structure target: {counts}; the others train MLM only")
         summary = self.train()
-        metrics: dict[str, dict[str, float]] = {}
-        if (self.kind.property_model and self.recipe.train.calibrate and data.validation is not None
+        metrics: dict[str, Any] = {}
+        validation = data.validation
+        if self.kind.property_model and self.recipe.train.forest_blend:
+            metrics["forest_blend"], validation = self.blend_forest(validation)
+        if (self.kind.property_model and self.recipe.train.calibrate and validation is not None
                 and not self.recipe.lora.enabled):
-            metrics["calibration"] = self.calibrate(data.validation)
-        if data.validation is not None:
-            metrics["validation"] = self.evaluate(data.validation, "validation")
+            metrics["calibration"] = self.calibrate(validation)
+        if validation is not None:
+            metrics["validation"] = self.evaluate(validation, "validation")
         if data.test is not None:
             metrics["test"] = self.evaluate(data.test, "test")
             self._log({"split": "test", **metrics["test"]})
         test_pred = self.predict(data.test) if data.test is not None and self.kind.property_model else None
         return summary, metrics, test_pred
+
+    def blend_forest(self, validation: TensorSplit | None) -> tuple[dict[str, Any], TensorSplit]:
+        """Fit the forest of ``train.forest_blend`` on the training + validation rows and blend it in with the
+        weight the validation rows choose (``modeling.forest``); returns what was chosen and the validation split
+        carrying the forest's out-of-bag outputs, so that its later scores stay out of sample."""
+        from crossmat.modeling.forest import fit_forest_blend
+
+        cfg = self.recipe.train
+        if validation is None or len(validation) < 2:
+            raise RecipeError("train.forest_blend chooses the forest's weight on validation rows: give data.validation "
+                              "or data.validation_fraction > 0")
+        model = self.accelerator.unwrap_model(self.model)
+        oob, info = fit_forest_blend(model, self.data.train.tensors, validation.tensors, source=str(cfg.forest_blend),
+                                     trees=int(cfg.forest_trees), max_nodes=int(cfg.forest_max_nodes), seed=self.seed)
+        self.accelerator.print(
+            f"[crossmat] forest blend ({info['features']} statistics, {info['trees']} trees, {info['nodes']} nodes): "
+            f"CrossMat weight {info['weight']:.1f} chosen on {len(validation)} validation rows (loss CrossMat "
+            f"{info['validation_loss_crossmat']:.4g}, forest out-of-bag {info['validation_loss_forest']:.4g}, "
+            f"blend {info['validation_loss_blend']:.4g})" + ("" if info["installed"] else "; the forest is not kept"))
+        return info, dataclasses.replace(validation, tensors={**validation.tensors, "forest_output": oob.cpu()})
 
     def calibrate(self, split: TensorSplit) -> dict[str, float]:
         """Calibrate the trained property model on held-out rows (``modeling.calibration``): a standard deviation
@@ -449,8 +473,10 @@ class StageTrainer:
         model = self.accelerator.unwrap_model(self.model)
         targets = split.targets if split.targets is not None else split.tensors["labels"].numpy()
         device = next(model.parameters()).device
+        forest = split.tensors.get("forest_output")
         result = calibrate_property_model(model, split.tensors["input_ids"].to(device),
-                                          split.tensors["attention_mask"].to(device), targets)
+                                          split.tensors["attention_mask"].to(device), targets,
+                                          forest_output=None if forest is None else forest.to(device))
         chosen = {k: float(v) for k, v in result.as_dict().items()}
         if len(chosen) == 1:
             self.accelerator.print(f"[crossmat] {len(split)} validation rows: too few to calibrate an uncertainty")

@@ -42,7 +42,7 @@ def check_checkpoint(path: Path) -> CrossMatConfig:
 # copied from the encoder right after loading) and what it leaves behind (pretraining heads, a fine-tuned model's
 # calibration rows, which calibration rebuilds): neither is worth a warning
 _EXPECTED_PARTS = ("head", "ensemble_members", "structure_branch", "element_statistics_table", "lm_head", "projection",
-                   "uncertainty_keys", "uncertainty_residuals")
+                   "uncertainty_keys", "uncertainty_residuals", "forest", "forest_feature_table")
 
 
 # config keys that shape a pretrained encoder's weights: a recipe that fine-tunes a backbone cannot change them

@@ -141,6 +141,9 @@ class TrainSection:
     swa_epochs: int = 0
     swa_guard_z: float | None = 4.0  # regression: keep the best-validation checkpoint if it beats SWA by > z SE
     calibrate: bool = True  # property models: uncertainty / decision threshold from the validation rows
+    forest_blend: str | None = None  # property models: blend a forest on these element statistics (e.g. magpie)
+    forest_trees: int = 200  # trees of the blended forest
+    forest_max_nodes: int = 1_000_000  # cap on the stored forest's nodes (leaves per tree <= max / (2 * trees))
     layer_lr_decay: float = 1.0  # < 1: encoder layer i of L at lr * decay ** (L - i), embeddings one step lower
     anchor_weight: float = 0.0  # > 0: keep the pooled embedding near the initial backbone's (training/anchor.py)
     freeze_encoder_epochs: int = 0  # > 0: train only the head for this many epochs, then everything (LP-FT)
@@ -372,7 +375,8 @@ def resolve_stage(stage: Mapping[str, Any]) -> StageRecipe:
             raise RecipeError(f"recipe key 'data.{key}' must be in [0, 1), got {data[key]!r}")
     if not 0.0 < float(train["mlm_probability"]) <= 1.0:
         raise RecipeError(f"recipe key 'train.mlm_probability' must be in (0, 1], got {train['mlm_probability']!r}")
-    for key in (("gradient_accumulation_steps", "epochs", "checkpoint_every", "keep_checkpoints")
+    for key in (("gradient_accumulation_steps", "epochs", "checkpoint_every", "keep_checkpoints", "forest_trees",
+                 "forest_max_nodes")
                 + (() if train["batch_size"] == "auto" else ("batch_size",))):
         if not isinstance(train[key], int) or train[key] < 1:
             raise RecipeError(f"recipe key 'train.{key}' must be a positive integer, got {train[key]!r}")
@@ -400,6 +404,10 @@ def resolve_stage(stage: Mapping[str, Any]) -> StageRecipe:
         raise RecipeError(f"recipe key 'train.swa_epochs' must be a non-negative integer, got {train['swa_epochs']!r}")
     if train["max_steps"] is not None and (not isinstance(train["max_steps"], int) or train["max_steps"] < 1):
         raise RecipeError(f"recipe key 'train.max_steps' must be a positive integer, got {train['max_steps']!r}")
+    blend = train["forest_blend"]
+    if blend is not None and (not isinstance(blend, str) or not kind.property_model or resolved["lora"]["enabled"]):
+        raise RecipeError(f"recipe key 'train.forest_blend' is {blend!r}: the name of an element property table (e.g. "
+                          "magpie) for a full fine-tuning stage (not LoRA), or null")
     if resolved["lora"]["enabled"] and not kind.property_model:
         allowed = " or ".join(repr(n) for n, t in STAGE_TYPES.items() if t.property_model)
         raise RecipeError(f"recipe key 'lora.enabled' is only supported for stage {allowed}")

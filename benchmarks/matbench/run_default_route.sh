@@ -13,7 +13,9 @@
 # (crossmat_ens2). SEED=S (S > 0): a replicate with --seed S (another training seed, data order and calibration
 # hold-out; the official folds stay), `_seedS` appended to variant and route. Baselines run with the seed-0 default
 # and the previous default only. STATS=magpie: the head also reads the Magpie composition statistics
-# (model.config.element_statistics=magpie), `_magpie_stats` appended to variant and route.
+# (model.config.element_statistics=magpie), `_magpie_stats` appended to variant and route. BLEND=magpie: a forest
+# on the Magpie composition statistics is blended in, its weight chosen on the calibration rows against its
+# out-of-bag predictions (train.forest_blend=magpie, crossmat/modeling/forest.py), `_forest_blend` appended.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
@@ -30,11 +32,14 @@ NOTE="default route with ensemble_size=$N, $E epochs each"
 [ "$S" -gt 0 ] && ROUTE=${ROUTE}_seed$S VARIANT=${VARIANT}_seed$S NOTE="$NOTE, seed $S"
 ST="${STATS:-}"
 [ -n "$ST" ] && ROUTE=${ROUTE}_${ST}_stats VARIANT=${VARIANT}_${ST}_stats NOTE="$NOTE, $ST element statistics in the head"
+BL="${BLEND:-}"
+[ -n "$BL" ] && ROUTE=${ROUTE}_forest_blend VARIANT=${VARIANT}_forest_blend NOTE="$NOTE, blended with a $BL forest"
 BASELINES=none
 [ "$S" -eq 0 ] && { [ "$VARIANT" = crossmat ] || [ "$VARIANT" = crossmat_ens2_e100 ]; } && BASELINES=dummy,rf_magpie
 EXTRA=(--set "model.config.ensemble_size=$N" --set "train.epochs=$E" --set "train.swa_epochs=$((E / 10))"
        --seed "$S" --variant "$VARIANT" --baselines "$BASELINES")
 [ -n "$ST" ] && EXTRA+=(--set "model.config.element_statistics=$ST")
+[ -n "$BL" ] && EXTRA+=(--set "train.forest_blend=$BL")
 for t in "${TASKS[@]}"; do
   python evaluate.py --benchmark matbench --task "$t" "${EXTRA[@]}" \
     --output-dir "benchmarks/matbench/runs/$ROUTE/$t" --results-dir benchmarks/results \

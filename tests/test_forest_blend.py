@@ -1,0 +1,164 @@
+"""The forest blend (crossmat.modeling.forest): a forest on the model's own composition statistics, its weight
+chosen on validation rows against out-of-bag predictions, stored in the weights and applied by every predict route
+(in memory, the saved folder, the Hub pipeline, remote code without this package), on real MatBench rows."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pandas as pd
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+
+from crossmat.modeling import CrossMatConfig, CrossMatForPropertyPrediction  # noqa: E402
+from crossmat.modeling.forest import WEIGHT_GRID, fit_forest_blend  # noqa: E402
+from crossmat.tokenization import CrossMatTokenizerFast  # noqa: E402
+from crossmat.training import RecipeError, train_recipe  # noqa: E402
+
+from .test_tokenizer import _run_isolated  # noqa: E402
+
+TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+STEPS = {"max_steps": 3, "batch_size": 16, "progress_bar": False, "checkpoint_every": 1000}
+NEW = ["Fe2O3", "NaCl", "LiCoO2", "Fe0.7Ni0.2Cr0.1", "SrTiO3"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return CrossMatTokenizerFast()
+
+
+@pytest.fixture(scope="module")
+def steels(data_dir) -> pd.DataFrame:
+    df = pd.read_csv(data_dir / "matbench_v0.1" / "matbench_steels.csv.gz")
+    return df.rename(columns={df.columns[2]: "target"})
+
+
+def _split(tokenizer, frame: pd.DataFrame, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    enc = tokenizer(frame["formula"].tolist(), padding=True, return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+
+
+def _regression_model(frame: pd.DataFrame) -> CrossMatForPropertyPrediction:
+    torch.manual_seed(0)
+    y = frame["target"].to_numpy()
+    return CrossMatForPropertyPrediction(CrossMatConfig(**TINY, num_labels=1, problem_type="regression",
+                                                        target_mean=[float(y.mean())], target_std=[float(y.std())],
+                                                        target_min=[0.0])).eval()
+
+
+def test_weight_is_chosen_on_out_of_bag_rows_and_the_blend_is_what_the_model_outputs(tokenizer, steels):
+    train, val = steels.iloc[:250], steels.iloc[250:]
+    model = _regression_model(train)  # untrained: the forest is far better, so it must get most of the weight
+    as_labels = lambda f: torch.as_tensor(f["target"].to_numpy(), dtype=torch.float32).view(-1, 1)  # noqa: E731
+    enc = tokenizer(NEW, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        alone = model(**enc).logits[:, 0]
+    oob, info = fit_forest_blend(model, _split(tokenizer, train, as_labels(train)), _split(tokenizer, val, as_labels(val)),
+                                 trees=30, seed=0)
+    losses = info["validation_loss_by_weight"]
+    assert set(losses) == {f"{w:.1f}" for w in WEIGHT_GRID} and info["installed"]
+    assert info["weight"] <= 0.3 and info["validation_loss_blend"] == min(losses.values())
+    assert info["validation_loss_forest"] < info["validation_loss_crossmat"]
+    assert oob.shape == (len(val), 1) and torch.isfinite(oob).all()
+    w = model.config.forest_weight
+    assert w == info["weight"] and model.config.forest_trees == 30 and model.config.forest_nodes == info["nodes"]
+    with torch.no_grad():
+        forest = model.forest(model.forest_features(enc["input_ids"]))[:, 0]
+        blended = model(**enc).logits[:, 0]
+    torch.testing.assert_close(blended, (w * alone + (1 - w) * forest).clamp_min(0.0))
+    # the validation rows trained the forest: their out-of-bag outputs differ from the installed forest's
+    ids = _split(tokenizer, val, as_labels(val))["input_ids"]
+    with torch.no_grad():
+        assert not torch.allclose(model.forest(model.forest_features(ids)), oob)
+
+
+def test_blended_model_predicts_the_same_through_every_route(tokenizer, steels, tmp_path):
+    import crossmat
+
+    train, val = steels.iloc[:250], steels.iloc[250:]
+    model = _regression_model(train)
+    as_labels = lambda f: torch.as_tensor(f["target"].to_numpy(), dtype=torch.float32).view(-1, 1)  # noqa: E731
+    fit_forest_blend(model, _split(tokenizer, train, as_labels(train)), _split(tokenizer, val, as_labels(val)),
+                     trees=20, seed=1)
+    assert model.config.forest_weight < 1
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with torch.no_grad():
+        expected = model(**tokenizer(NEW, padding=True, return_tensors="pt")).logits[:, 0].tolist()
+    loaded, info = CrossMatForPropertyPrediction.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert crossmat.predict(str(tmp_path), NEW).values[:, 0].tolist() == pytest.approx(expected, abs=1e-5)
+    from transformers import pipeline
+
+    pipe = pipeline("composition-property-prediction", model=str(tmp_path), trust_remote_code=True)
+    assert [r["score"] if "score" in r else r["value"] for r in pipe(NEW)] == pytest.approx(expected, abs=1e-5)
+    code = textwrap.dedent(f"""
+        import json
+        from blocker import block; block()
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        path = {str(tmp_path)!r}
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+        model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True).eval()
+        out = model(**tok({NEW!r}, padding=True, return_tensors="pt"))
+        print("RESULT:" + json.dumps({{"values": out.logits[:, 0].tolist()}}))
+    """)
+    assert _run_isolated(code, tmp_path)["values"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_classifier_blends_probabilities(tokenizer, data_dir):
+    df = pd.read_csv(data_dir / "matbench_v0.1" / "matbench_glass.csv.gz").iloc[:400]
+    labels = torch.as_tensor(df.iloc[:, 2].astype(int).to_numpy())
+    torch.manual_seed(0)
+    model = CrossMatForPropertyPrediction(CrossMatConfig(**TINY, num_labels=2,
+                                                         problem_type="single_label_classification")).eval()
+    enc = tokenizer(NEW, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        alone = torch.softmax(model(**enc).logits, -1)
+    oob, info = fit_forest_blend(model, _split(tokenizer, df.iloc[:300], labels[:300]),
+                                 _split(tokenizer, df.iloc[300:], labels[300:]), trees=30, seed=0)
+    assert oob.shape == (100, 2) and torch.allclose(oob.sum(1), torch.ones(100))
+    assert info["installed"] and info["validation_loss_blend"] <= info["validation_loss_crossmat"]
+    w = model.config.forest_weight
+    with torch.no_grad():
+        forest = model.forest(model.forest_features(enc["input_ids"]))
+        blended = torch.softmax(model(**enc).logits, -1)
+    torch.testing.assert_close(blended, w * alone + (1 - w) * forest, atol=1e-6, rtol=1e-5)
+
+
+def _recipe(frame: pd.DataFrame, **train) -> dict:
+    return {"stage": "finetune", "seed": 3, "model": {"config": TINY},
+            "data": {"train": frame, "formula_column": "formula", "target_column": "target", "validation_fraction": 0.2},
+            "train": {**STEPS, "forest_blend": "magpie", "forest_trees": 20, **train}}
+
+
+def test_training_blends_and_scores_validation_rows_out_of_bag(steels, tmp_path):
+    run = train_recipe(_recipe(steels.iloc[:200]), tmp_path / "blend")
+    info = json.loads((run.folder / "training_info.json").read_text())["metrics"]
+    blend, cal, val = info["forest_blend"], info["calibration"], info["validation"]
+    assert blend["validation_rows"] == cal["rows"] > 30 and blend["features"] == "magpie"
+    # the reported validation MAE is the blend's with the forest's out-of-bag outputs, as the weight was chosen
+    std = run.model.config.target_std[0]
+    assert val["mae"] == pytest.approx(blend["validation_loss_blend"] * std, rel=1e-4)
+    assert run.model.config.forest_weight == blend["weight"]
+    card = (run.folder / "README.md").read_text()
+    assert ("random forest" in card) == blend["installed"]
+    # fine-tuning from a blended model starts without its forest and calibration
+    again = train_recipe({**_recipe(steels.iloc[:200]), "model": {"init_from": str(run.folder)},
+                          "train": {**STEPS}}, tmp_path / "again")
+    assert again.model.config.forest_nodes == 0 and again.model.forest is None
+    assert again.model.config.forest_weight == 1.0
+
+
+def test_blend_needs_validation_rows_and_full_fine_tuning(steels, tmp_path):
+    recipe = _recipe(steels.iloc[:100])
+    recipe["data"]["validation_fraction"] = 0.0
+    with pytest.raises(RecipeError, match="validation rows"):
+        train_recipe(recipe, tmp_path / "none")
+    with pytest.raises(RecipeError, match="forest_blend"):
+        train_recipe({**_recipe(steels.iloc[:100]), "lora": {"enabled": True}}, tmp_path / "lora")
+    with pytest.raises(RecipeError, match="forest_blend"):
+        train_recipe({"stage": "mlm", "model": {"config": TINY}, "data": {"train": steels.iloc[:50]},
+                      "train": {**STEPS, "forest_blend": "magpie"}}, tmp_path / "mlm")
