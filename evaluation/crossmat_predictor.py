@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from crossmat.inference.engine import FormulaPredictor
     from crossmat.training.stages import StageRun
 
+# a fold whose model blends a forest (train.forest_blend) also writes CrossMat's test outputs without it (id, prediction:
+# the same scale as predictions.csv), so that the blend's effect is paired on the same trained model
+WITHOUT_FOREST_FILE = "predictions_without_forest.csv"
+
 # Fine-tuning used with ``--model DIR`` when no recipe is given (sized for CPU; override with --set).
 DEFAULT_FINETUNE: dict[str, Any] = {
     "stage": "finetune",
@@ -152,7 +156,17 @@ class CrossMatPredictor:
         recipe = self.fold_recipe(data, task, seed)
         run = train_recipe(recipe, workdir / "model", overrides=self.overrides or None)  # the final stage
         predictor = fold_predictor(run, self.predict_batch_size)
-        preds, unc = predict_with(predictor, data.test["formula"].tolist(), task.task_type, return_uncertainty=True)
+        formulas = data.test["formula"].tolist()
+        preds, unc = predict_with(predictor, formulas, task.task_type, return_uncertainty=True)
+        model = predictor.model
+        if getattr(model.config, "forest_weight", 1.0) < 1.0:  # a blended forest: keep CrossMat's own test outputs too
+            weight, model.config.forest_weight = model.config.forest_weight, 1.0
+            try:
+                alone = predict_with(predictor, formulas, task.task_type)
+            finally:
+                model.config.forest_weight = weight
+            pd.DataFrame({"id": data.test["id"].to_numpy(), "prediction": alone}).to_csv(
+                workdir / WITHOUT_FOREST_FILE, index=False)
         params: dict[str, Any] = {"model_dir": str(run.folder), "overrides": self.overrides}
         info_file = run.folder / "training_info.json"  # what the held-out validation rows did (training.stages)
         if info_file.is_file():

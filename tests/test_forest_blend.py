@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import textwrap
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -162,3 +163,25 @@ def test_blend_needs_validation_rows_and_full_fine_tuning(steels, tmp_path):
     with pytest.raises(RecipeError, match="forest_blend"):
         train_recipe({"stage": "mlm", "model": {"config": TINY}, "data": {"train": steels.iloc[:50]},
                       "train": {**STEPS, "forest_blend": "magpie"}}, tmp_path / "mlm")
+
+
+def test_a_blended_fold_keeps_crossmat_alone_beside_the_blend(steels, tmp_path):
+    """The evaluation harness writes the fold model's test outputs without its forest next to the blend's, so the
+    forest's effect is paired on the same trained model (benchmarks/matbench/forest_blend_rule.py)."""
+    from crossmat.evaluation.baselines import FoldData
+    from crossmat.evaluation.crossmat_predictor import WITHOUT_FOREST_FILE, CrossMatPredictor, predict_folder
+    from crossmat.evaluation.tasks import TaskInfo
+
+    task = TaskInfo(benchmark="own", name="steels", task_type="regression", target="target", unit="MPa")
+    cols = steels.assign(id=[f"r{i}" for i in range(len(steels))])[["id", "formula", "target"]]
+    fold = FoldData(0, cols.iloc[:150], cols.iloc[150:200], cols.iloc[200:240])
+    predictor = CrossMatPredictor("crossmat", {"stage": "finetune", "model": {"config": TINY},
+                                               "train": {**STEPS, "forest_blend": "magpie", "forest_trees": 20}})
+    got = predictor.fit_predict(fold, task, tmp_path, seed=0)
+    weight = got.params["forest_blend"]["weight"]
+    assert weight < 1  # 3 training steps: the forest is far better
+    alone = pd.read_csv(tmp_path / WITHOUT_FOREST_FILE)
+    assert alone["id"].tolist() == fold.test["id"].tolist()
+    np.testing.assert_array_equal(got.predictions, predict_folder(tmp_path / "model", fold.test["formula"].tolist(),
+                                                                  "regression"))
+    assert not np.allclose(alone["prediction"], got.predictions)
