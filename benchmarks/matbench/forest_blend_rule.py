@@ -1,0 +1,126 @@
+"""The pre-registered rule for the forest blend (benchmarks/matbench/SECTION.md, "Blending with the Magpie forest",
+committed before any blend fold ran): per fold, the relative MAE change of ``crossmat_ens2_e100_forest_blend``
+(seed 0, ``BLEND=magpie bash benchmarks/matbench/run_default_route.sh``) against the mean of the default route's two
+seeds (``crossmat_ens2_e100``, ``crossmat_ens2_e100_seed1``); adopt as the default only if (a) the 25-fold mean is
+negative by > 2 SE and (b) no task's 5-fold mean is positive by > 2 SE. Glass is reported (balanced accuracy, bar
+0.8607, and ROC-AUC), never part of the decision.
+
+Beside the rule, the paired effect on the same trained model: every blended fold also wrote CrossMat's own test
+outputs (``predictions_without_forest.csv``; a fold whose weight came out 1 kept no forest, so its change is 0).
+This isolates the blend from the seed spread; it is reported, the rule above decides.
+
+Usage: PYTHONPATH=. python benchmarks/matbench/forest_blend_rule.py [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+from benchmarks.calibration.seed2_rule import mean_se
+from benchmarks.calibration.stats_rule import ROUTE, TASKS, rel_to_route
+from benchmarks.imkt.compare_arms import record_path
+
+ARM = "crossmat_ens2_e100_forest_blend"
+RUNS = Path("benchmarks/matbench/runs/default_route_ens2_e100_forest_blend")
+BAR = 0.8607
+
+
+def fold_frames(task: str) -> list[tuple[dict, pd.DataFrame, pd.DataFrame | None]]:
+    """(fold.json, predictions.csv, predictions_without_forest.csv or None) of every finished blended fold."""
+    out = []
+    for fold in sorted((RUNS / task / ARM).glob("fold_*")):
+        if (fold / "fold.json").is_file():
+            alone = fold / "predictions_without_forest.csv"
+            out.append((json.loads((fold / "fold.json").read_text()), pd.read_csv(fold / "predictions.csv"),
+                        pd.read_csv(alone) if alone.is_file() else None))
+    return out
+
+
+def same_model(task: str) -> dict:
+    """Per fold: the chosen CrossMat weight and the blend's MAE change (%) against the same model without its forest."""
+    weights, rel = [], []
+    for info, pred, alone in fold_frames(task):
+        weights.append(info["params"]["forest_blend"]["weight"])
+        blend = float(np.abs(pred["prediction"] - pred["target"]).mean())
+        if alone is None:
+            rel.append(0.0)
+            continue
+        ref = pred[["id", "target"]].merge(alone, on="id")
+        crossmat = float(np.abs(ref["prediction"] - ref["target"]).mean())
+        rel.append(100.0 * (blend - crossmat) / crossmat)
+    return {"weights": weights, "per_fold_pct": [round(r, 2) for r in rel]}
+
+
+def glass() -> dict | None:
+    """Glass, means over folds: the blend's balanced accuracy (the scores put 0.5 on its own threshold) and ROC-AUC,
+    CrossMat's own ROC-AUC from the same models, and the route's."""
+    folds = fold_frames("matbench_glass")
+    if not folds:
+        return None
+    both = [p.merge(a if a is not None else p[["id", "prediction"]], on="id", suffixes=("", "_alone"))
+            for _, p, a in folds]
+    auc = [roc_auc_score(b["target"].astype(int), b["prediction"]) for b in both]
+    auc_alone = [roc_auc_score(b["target"].astype(int), b["prediction_alone"]) for b in both]
+    route = json.loads(record_path("matbench_glass", ROUTE[0]).read_text())
+    per_fold = [balanced_accuracy_score(p["target"].astype(int), (p["prediction"] >= 0.5).astype(int)) for _, p, _ in folds]
+    return {"folds": len(folds), "weights": [i["params"]["forest_blend"]["weight"] for i, _, _ in folds],
+            "balanced_accuracy_per_fold": [round(float(b), 4) for b in per_fold],
+            "balanced_accuracy": float(np.mean(per_fold)),
+            "rocauc": float(np.mean(auc)), "rocauc_crossmat_same_models": float(np.mean(auc_alone)),
+            "route_balanced_accuracy": route["mean"], "route_rocauc": route["all_metrics"]["rocauc"], "bar": BAR}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    per_task, pooled, pooled_same, pending = {}, [], [], []
+    for t in TASKS:
+        same = same_model(t)
+        r = rel_to_route(t, ARM)
+        if r is None:
+            pending.append(t)
+            if same["weights"]:
+                print(f"{t:22s} pending: {len(same['weights'])} fold(s), weights {same['weights']}, same model "
+                      f"{same['per_fold_pct']}")
+            continue
+        m, se = mean_se(r)
+        sm, sse = mean_se(np.asarray(same["per_fold_pct"]))
+        per_task[t] = {"per_fold_pct": r.round(2).tolist(), "mean": m, "se": se, "worse_by_2se": m > 2 * se,
+                       "weights": same["weights"], "same_model_per_fold_pct": same["per_fold_pct"],
+                       "same_model_mean": sm, "same_model_se": sse}
+        pooled += r.tolist()
+        pooled_same += same["per_fold_pct"]
+        print(f"{t:22s} vs route {m:+6.2f} ± {se:.2f}  folds {r.round(1).tolist()}; weights {same['weights']}; "
+              f"same model {sm:+.2f} ± {sse:.2f}")
+    out: dict = {"tasks": per_task, "pending": pending}
+    if pooled:
+        pm, pse = mean_se(np.asarray(pooled))
+        sm, sse = mean_se(np.asarray(pooled_same))
+        rule = {"a_pooled_better_by_2se": pm < -2 * pse,
+                "b_no_task_worse_by_2se": not any(v["worse_by_2se"] for v in per_task.values())}
+        verdict = ("pending (screening tasks missing)" if pending
+                   else "adopt" if all(rule.values()) else "keep the default")
+        print(f"pooled over {len(pooled)} folds: {pm:+.2f} ± {pse:.2f} vs the route's two seeds; same model "
+              f"{sm:+.2f} ± {sse:.2f}; rule {rule}; pending tasks {pending}: {verdict}")
+        out.update(pooled_mean=pm, pooled_se=pse, same_model_pooled_mean=sm, same_model_pooled_se=sse, rule=rule,
+                   verdict=verdict)
+    g = glass()
+    if g is not None:
+        print(f"glass (reported, not decisive; {g['folds']} folds, weights {g['weights']}): balanced accuracy "
+              f"{g['balanced_accuracy']:.4f} (route {g['route_balanced_accuracy']:.4f}, bar {BAR}), ROC-AUC "
+              f"{g['rocauc']:.4f} (the same models without the forest {g['rocauc_crossmat_same_models']:.4f}; route "
+              f"{g['route_rocauc']:.4f}); means over folds")
+        out["glass"] = g
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
