@@ -160,6 +160,11 @@ def held_out_report(summary: dict) -> list[str]:
                         f"held-out rows{spread}, scale {cal['scale']:.3g})")
             if "decision_threshold" in cal:
                 msg += f"; they set the decision threshold P(1) >= {cal['decision_threshold']:.3f}"
+            blend = held.get("forest_blend")
+            if blend:
+                msg += (f"; they chose CrossMat's weight {blend['weight']:.1f} in the blend with a {blend['features']} "
+                        "forest (out-of-bag on these rows)" if blend["installed"] else
+                        f"; they kept the {blend['features']} forest out of the blend (weight 1.0)")
             prefix = f"fold {fold} " if len(summary["folds"]) > 1 else ""
             lines.append(f"{name} {prefix}validation ({summary['n_validation'][summary['folds'].index(fold)]} held-out "
                          f"rows, never trained on): {msg}")

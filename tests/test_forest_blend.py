@@ -185,3 +185,15 @@ def test_a_blended_fold_keeps_crossmat_alone_beside_the_blend(steels, tmp_path):
     np.testing.assert_array_equal(got.predictions, predict_folder(tmp_path / "model", fold.test["formula"].tolist(),
                                                                   "regression"))
     assert not np.allclose(alone["prediction"], got.predictions)
+
+
+def test_console_report_says_what_the_validation_rows_chose():
+    from crossmat.evaluation.cli import held_out_report
+
+    blend = {"weight": 0.7, "features": "magpie", "installed": True}
+    summary = {"folds": [0, 1], "n_validation": [30, 31], "variants": {"crossmat": {"validation": [
+        {"validation": {"mae": 1.0}, "forest_blend": blend},
+        {"validation": {"mae": 1.1}, "forest_blend": {**blend, "weight": 1.0, "installed": False}}]}}}
+    first, second = held_out_report(summary)
+    assert "CrossMat's weight 0.7 in the blend with a magpie forest" in first
+    assert "kept the magpie forest out of the blend" in second and "fold 1" in second
