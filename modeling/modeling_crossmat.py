@@ -622,11 +622,20 @@ class TreeEnsemble(nn.Module):
         """``(batch, n_outputs)`` forest output for ``(batch, n_features)`` inputs (compared in float32 precision,
         like scikit-learn's trees)."""
         x = features.detach().float().double()
-        node = self.roots.long().unsqueeze(0).expand(x.shape[0], -1)
-        for _ in range(self.depth):
-            goes_left = x.gather(1, self.feature[node].long().clamp_min(0)) <= self.threshold[node]
-            node = torch.where(goes_left, self.left[node], self.right[node]).long()
-        return self.value[node].mean(1).to(features.dtype)
+        batch, trees = x.shape[0], self.roots.shape[0]
+        node = self.roots.long().repeat(batch)  # (row, tree) pairs, row-major
+        row = torch.arange(batch, device=x.device).repeat_interleave(trees)
+        active = torch.arange(batch * trees, device=x.device)
+        for _ in range(self.depth):  # only the pairs not yet at a leaf move on: work ~ the paths' total length
+            here = node[active]
+            feature = self.feature[here].long()
+            inner = feature >= 0
+            active, here, feature = active[inner], here[inner], feature[inner]
+            if active.numel() == 0:
+                break
+            goes_left = x[row[active], feature] <= self.threshold[here]
+            node[active] = torch.where(goes_left, self.left[here], self.right[here]).long()
+        return self.value[node].view(batch, trees, -1).mean(1).to(features.dtype)
 
 
 def composition_statistics(table: torch.Tensor, input_ids: torch.Tensor, slot_mask: torch.Tensor,
