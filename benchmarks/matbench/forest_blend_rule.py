@@ -24,9 +24,10 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from benchmarks.calibration.seed2_rule import mean_se
 from benchmarks.calibration.stats_rule import ROUTE, TASKS, rel_to_route
-from benchmarks.imkt.compare_arms import record_path
+from benchmarks.imkt.compare_arms import errors, record_path
 
 ARM = "crossmat_ens2_e100_forest_blend"
+ARM_SEED1 = "crossmat_ens2_e100_seed1_forest_blend"  # the follow-up replicate (SECTION: "Follow-up")
 RUNS = Path("benchmarks/matbench/runs/default_route_ens2_e100_forest_blend")
 BAR = 0.8607
 
@@ -76,6 +77,25 @@ def glass() -> dict | None:
             "route_balanced_accuracy": route["mean"], "route_rocauc": route["all_metrics"]["rocauc"], "bar": BAR}
 
 
+def two_seed_rule() -> dict:
+    """The follow-up: (a) and (b) on the blend's two-seed mean against the route's two-seed mean, per fold."""
+    per_task, pooled = {}, []
+    for t in TASKS:
+        blend = np.mean([errors(t, a)[0] for a in (ARM, ARM_SEED1)], axis=0)
+        ref = np.mean([errors(t, r)[0] for r in ROUTE], axis=0)
+        r = 100.0 * (blend - ref) / ref
+        m, se = mean_se(r)
+        per_task[t] = {"per_fold_pct": r.round(2).tolist(), "mean": m, "se": se, "worse_by_2se": m > 2 * se}
+        pooled += r.tolist()
+        print(f"follow-up {t:22s} two seeds vs two seeds {m:+6.2f} ± {se:.2f}")
+    pm, pse = mean_se(np.asarray(pooled))
+    rule = {"a_pooled_better_by_2se": pm < -2 * pse,
+            "b_no_task_worse_by_2se": not any(v["worse_by_2se"] for v in per_task.values())}
+    verdict = "adopt" if all(rule.values()) else "keep the default"
+    print(f"follow-up pooled over {len(pooled)} folds: {pm:+.2f} ± {pse:.2f}; rule {rule}: {verdict}")
+    return {"tasks": per_task, "pooled_mean": pm, "pooled_se": pse, "rule": rule, "verdict": verdict}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path)
@@ -111,6 +131,8 @@ def main() -> None:
               f"{sm:+.2f} ± {sse:.2f}; rule {rule}; pending tasks {pending}: {verdict}")
         out.update(pooled_mean=pm, pooled_se=pse, same_model_pooled_mean=sm, same_model_pooled_se=sse, rule=rule,
                    verdict=verdict)
+    if not pending and all(errors(t, ARM_SEED1) is not None and len(errors(t, ARM_SEED1)[0]) == 5 for t in TASKS):
+        out["follow_up"] = two_seed_rule()
     g = glass()
     if g is not None:
         print(f"glass (reported, not decisive; {g['folds']} folds, weights {g['weights']}): balanced accuracy "
