@@ -7,7 +7,9 @@ negative by > 2 SE and (b) no task's 5-fold mean is positive by > 2 SE. Glass is
 
 Beside the rule, the paired effect on the same trained model: every blended fold also wrote CrossMat's own test
 outputs (``predictions_without_forest.csv``; a fold whose weight came out 1 kept no forest, so its change is 0).
-This isolates the blend from the seed spread; it is reported, the rule above decides.
+This isolates the blend from the seed spread; it is reported, the rule above decides. Two follow-ups fixed later in
+the SECTION are applied when their runs exist: the rule on two-seed means once the seed-1 replicate
+(``crossmat_ens2_e100_seed1_forest_blend``) is complete, and the classification confirmation on expt_is_metal.
 
 Usage: PYTHONPATH=. python benchmarks/matbench/forest_blend_rule.py [--json OUT]
 """
@@ -96,6 +98,25 @@ def two_seed_rule() -> dict:
     return {"tasks": per_task, "pooled_mean": pm, "pooled_se": pse, "rule": rule, "verdict": verdict}
 
 
+def classification_confirmation() -> dict | None:
+    """SECTION's classification confirmation on matbench_expt_is_metal: the blend's balanced accuracy above the
+    route's by more than 2 SE of the per-fold paired difference, and its mean ROC-AUC not lower."""
+    task = "matbench_expt_is_metal"
+    if not record_path(task, ARM).is_file():
+        return None
+    blend, route = (json.loads(record_path(task, a).read_text()) for a in (ARM, ROUTE[0]))
+    diff = np.asarray(blend["folds"]) - np.asarray(route["folds"])
+    m, se = mean_se(diff)
+    auc, route_auc = blend["all_metrics"]["rocauc"], route["all_metrics"]["rocauc"]
+    rule = {"balanced_accuracy_up_by_2se": m > 2 * se, "rocauc_not_lower": auc >= route_auc}
+    verdict = "the blend becomes the classification default" if all(rule.values()) else "keep the default"
+    print(f"expt_is_metal confirmation: balanced accuracy {blend['mean']:.4f} vs route {route['mean']:.4f} "
+          f"(paired {m:+.4f} ± {se:.4f}, folds {diff.round(4).tolist()}), ROC-AUC {auc:.4f} vs {route_auc:.4f}; "
+          f"rule {rule}: {verdict}")
+    return {"balanced_accuracy": blend["mean"], "route_balanced_accuracy": route["mean"], "paired_mean": m,
+            "paired_se": se, "rocauc": auc, "route_rocauc": route_auc, "rule": rule, "verdict": verdict}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path)
@@ -140,6 +161,9 @@ def main() -> None:
               f"{g['rocauc']:.4f} (the same models without the forest {g['rocauc_crossmat_same_models']:.4f}; route "
               f"{g['route_rocauc']:.4f}); means over folds")
         out["glass"] = g
+    confirmation = classification_confirmation()
+    if confirmation is not None:
+        out["classification_confirmation"] = confirmation
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 
