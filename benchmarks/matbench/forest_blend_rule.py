@@ -31,13 +31,14 @@ from benchmarks.imkt.compare_arms import errors, record_path
 ARM = "crossmat_ens2_e100_forest_blend"
 ARM_SEED1 = "crossmat_ens2_e100_seed1_forest_blend"  # the follow-up replicate (SECTION: "Follow-up")
 RUNS = Path("benchmarks/matbench/runs/default_route_ens2_e100_forest_blend")
+RUNS_SEED1 = Path("benchmarks/matbench/runs/default_route_ens2_e100_seed1_forest_blend")
 BAR = 0.8607
 
 
-def fold_frames(task: str) -> list[tuple[dict, pd.DataFrame, pd.DataFrame | None]]:
+def fold_frames(task: str, runs: Path = RUNS, arm: str = ARM) -> list[tuple[dict, pd.DataFrame, pd.DataFrame | None]]:
     """(fold.json, predictions.csv, predictions_without_forest.csv or None) of every finished blended fold."""
     out = []
-    for fold in sorted((RUNS / task / ARM).glob("fold_*")):
+    for fold in sorted((runs / task / arm).glob("fold_*")):
         if (fold / "fold.json").is_file():
             alone = fold / "predictions_without_forest.csv"
             out.append((json.loads((fold / "fold.json").read_text()), pd.read_csv(fold / "predictions.csv"),
@@ -45,10 +46,10 @@ def fold_frames(task: str) -> list[tuple[dict, pd.DataFrame, pd.DataFrame | None
     return out
 
 
-def same_model(task: str) -> dict:
+def same_model(task: str, runs: Path = RUNS, arm: str = ARM) -> dict:
     """Per fold: the chosen CrossMat weight and the blend's MAE change (%) against the same model without its forest."""
     weights, rel = [], []
-    for info, pred, alone in fold_frames(task):
+    for info, pred, alone in fold_frames(task, runs, arm):
         weights.append(info["params"]["forest_blend"]["weight"])
         blend = float(np.abs(pred["prediction"] - pred["target"]).mean())
         if alone is None:
@@ -81,21 +82,29 @@ def glass() -> dict | None:
 
 def two_seed_rule() -> dict:
     """The follow-up: (a) and (b) on the blend's two-seed mean against the route's two-seed mean, per fold."""
-    per_task, pooled = {}, []
+    per_task, pooled, pooled_same = {}, [], []
     for t in TASKS:
         blend = np.mean([errors(t, a)[0] for a in (ARM, ARM_SEED1)], axis=0)
         ref = np.mean([errors(t, r)[0] for r in ROUTE], axis=0)
         r = 100.0 * (blend - ref) / ref
         m, se = mean_se(r)
-        per_task[t] = {"per_fold_pct": r.round(2).tolist(), "mean": m, "se": se, "worse_by_2se": m > 2 * se}
+        same = same_model(t, RUNS_SEED1, ARM_SEED1)
+        sm, sse = mean_se(np.asarray(same["per_fold_pct"]))
+        per_task[t] = {"per_fold_pct": r.round(2).tolist(), "mean": m, "se": se, "worse_by_2se": m > 2 * se,
+                       "seed1_weights": same["weights"], "seed1_same_model_per_fold_pct": same["per_fold_pct"]}
         pooled += r.tolist()
-        print(f"follow-up {t:22s} two seeds vs two seeds {m:+6.2f} ± {se:.2f}")
+        pooled_same += same["per_fold_pct"]
+        print(f"follow-up {t:22s} two seeds vs two seeds {m:+6.2f} ± {se:.2f}; seed 1 weights {same['weights']}, "
+              f"same model {sm:+.2f} ± {sse:.2f}")
+    sm, sse = mean_se(np.asarray(pooled_same))
+    print(f"follow-up: seed 1 against the same models without the forest, pooled {sm:+.2f} ± {sse:.2f}")
     pm, pse = mean_se(np.asarray(pooled))
     rule = {"a_pooled_better_by_2se": pm < -2 * pse,
             "b_no_task_worse_by_2se": not any(v["worse_by_2se"] for v in per_task.values())}
     verdict = "adopt" if all(rule.values()) else "keep the default"
     print(f"follow-up pooled over {len(pooled)} folds: {pm:+.2f} ± {pse:.2f}; rule {rule}: {verdict}")
-    return {"tasks": per_task, "pooled_mean": pm, "pooled_se": pse, "rule": rule, "verdict": verdict}
+    return {"tasks": per_task, "pooled_mean": pm, "pooled_se": pse, "rule": rule, "verdict": verdict,
+            "seed1_same_model_pooled_mean": sm, "seed1_same_model_pooled_se": sse}
 
 
 def classification_confirmation() -> dict | None:
