@@ -98,7 +98,7 @@ def _pooled_and_outputs(model: Any, input_ids: torch.Tensor, attention_mask: tor
     for start in range(0, len(input_ids), batch_size):
         ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
         forest = None if forest_output is None else forest_output[start : start + batch_size]
-        out = model(input_ids=ids, attention_mask=mask, **({} if forest is None else {"forest_output": forest}))
+        out = model(input_ids=ids, attention_mask=mask, forest_output=forest)
         pooled.append(out.pooler_output.float())
         logits.append(out.logits.float())
         if out.member_spread is not None:

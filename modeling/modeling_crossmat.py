@@ -653,6 +653,13 @@ def composition_statistics(table: torch.Tensor, input_ids: torch.Tensor, slot_ma
     return torch.cat([mean, std, low, high], -1)
 
 
+def formula_statistics(table: torch.Tensor, input_ids: torch.Tensor, config: CrossMatConfig) -> torch.Tensor:
+    """:func:`composition_statistics` of ``table`` over each formula's exact fractions, decoded from ``input_ids``
+    (what a blended forest reads)."""
+    slot_mask, fractions = decode_composition(input_ids, config)
+    return composition_statistics(table.to(input_ids.device), input_ids, slot_mask, fractions)
+
+
 def _property_head(config: CrossMatConfig) -> nn.Sequential:
     drop = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
     width = config.hidden_size * (2 if getattr(config, "structure_branch", False) else 1)
@@ -773,9 +780,7 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
     def forest_features(self, input_ids: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         """``(batch, 4 * d)`` composition statistics that the forest reads: :func:`composition_statistics` of the
         per-element ``table`` (default: the installed ``forest_feature_table``) over the formula's exact fractions."""
-        table = self.forest_feature_table if table is None else table
-        slot_mask, fractions = decode_composition(input_ids, self.config)
-        return composition_statistics(table.to(input_ids.device), input_ids, slot_mask, fractions)
+        return formula_statistics(self.forest_feature_table if table is None else table, input_ids, self.config)
 
     def _forest_output(self, input_ids: torch.Tensor | None, given: torch.Tensor | None) -> torch.Tensor | None:
         """The forest's outputs for the batch: ``given`` (e.g. out-of-bag predictions of calibration rows) or the

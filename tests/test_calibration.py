@@ -3,8 +3,6 @@ in the weights, carried through save/load, the Hub pipeline, remote code and the
 
 from __future__ import annotations
 
-import textwrap
-
 import numpy as np
 import pytest
 import torch
@@ -14,7 +12,7 @@ from crossmat.modeling import CrossMatConfig, CrossMatForPropertyPrediction, cal
 from crossmat.modeling.calibration import calibrate_property_model, coverage, fit_threshold
 from crossmat.tokenization import CrossMatTokenizerFast
 
-from .test_tokenizer import _run_isolated
+from .test_tokenizer import remote_property_outputs
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 
@@ -110,17 +108,7 @@ def test_calibration_survives_save_load_and_runs_as_remote_code(tokenizer, held_
 
     pipe = pipeline("composition-property-prediction", model=str(tmp_path), trust_remote_code=True)
     assert [r["std"] for r in pipe(test)] == pytest.approx(expected, abs=1e-6)
-    code = textwrap.dedent(f"""
-        import json
-        from blocker import block; block()
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        path = {str(tmp_path)!r}
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-        model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True).eval()
-        out = model(**tok({test!r}, padding=True, return_tensors="pt"))
-        print("RESULT:" + json.dumps({{"std": out.uncertainty[:, 0].tolist()}}))
-    """)
-    assert _run_isolated(code, tmp_path)["std"] == pytest.approx(expected, abs=1e-6)
+    assert remote_property_outputs(tmp_path, test, "uncertainty") == pytest.approx(expected, abs=1e-6)
 
 
 def test_uncalibrated_folders_load_without_new_weights(tmp_path):

@@ -5,7 +5,6 @@ chosen on validation rows against out-of-bag predictions, stored in the weights 
 from __future__ import annotations
 
 import json
-import textwrap
 
 import numpy as np
 import pandas as pd
@@ -19,7 +18,7 @@ from crossmat.modeling.forest import WEIGHT_GRID, fit_forest_blend  # noqa: E402
 from crossmat.tokenization import CrossMatTokenizerFast  # noqa: E402
 from crossmat.training import RecipeError, train_recipe  # noqa: E402
 
-from .test_tokenizer import _run_isolated  # noqa: E402
+from .test_tokenizer import remote_property_outputs  # noqa: E402
 
 TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
 STEPS = {"max_steps": 3, "batch_size": 16, "progress_bar": False, "checkpoint_every": 1000}
@@ -95,18 +94,8 @@ def test_blended_model_predicts_the_same_through_every_route(tokenizer, steels, 
     from transformers import pipeline
 
     pipe = pipeline("composition-property-prediction", model=str(tmp_path), trust_remote_code=True)
-    assert [r["score"] if "score" in r else r["value"] for r in pipe(NEW)] == pytest.approx(expected, abs=1e-5)
-    code = textwrap.dedent(f"""
-        import json
-        from blocker import block; block()
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        path = {str(tmp_path)!r}
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-        model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True).eval()
-        out = model(**tok({NEW!r}, padding=True, return_tensors="pt"))
-        print("RESULT:" + json.dumps({{"values": out.logits[:, 0].tolist()}}))
-    """)
-    assert _run_isolated(code, tmp_path)["values"] == pytest.approx(expected, abs=1e-5)
+    assert [r["value"] for r in pipe(NEW)] == pytest.approx(expected, abs=1e-5)
+    assert remote_property_outputs(tmp_path, NEW, "logits") == pytest.approx(expected, abs=1e-5)
 
 
 def test_classifier_blends_probabilities(tokenizer, data_dir):

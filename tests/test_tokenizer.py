@@ -140,3 +140,19 @@ def _run_isolated(code: str, workdir) -> dict:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT:")]
     assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(lines[-1].removeprefix("RESULT:"))
+
+
+def remote_property_outputs(path, formulas: list[str], field: str) -> list[float]:
+    """``out.<field>[:, 0]`` of the property model folder ``path`` on ``formulas``, loaded through the Auto classes
+    with ``trust_remote_code`` in a fresh interpreter that cannot import any project package."""
+    code = textwrap.dedent(f"""
+        import json
+        from blocker import block; block()
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        path = {str(path)!r}
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+        model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True).eval()
+        out = model(**tok({formulas!r}, padding=True, return_tensors="pt"))
+        print("RESULT:" + json.dumps(out.{field}[:, 0].tolist()))
+    """)
+    return _run_isolated(code, path)

@@ -7,7 +7,7 @@ weights. Nothing is chosen here: every weight is shown, and the best one per tas
 would pick ``w`` on held-out training rows (SECTION, "Blending with the forest").
 ``--features element_statistics`` fits the forest instead on what a CrossMat model can compute at predict time: the
 fraction-weighted mean and std, min and max of the 22 standardised Magpie element properties the weights carry
-(``modeling.composition_statistics`` over ``element_feature_table("magpie")``), not matminer's 132 features.
+(``modeling_crossmat.formula_statistics`` over ``element_feature_table("magpie")``), not matminer's 132 features.
 
     PYTHONPATH=. python benchmarks/matbench/forest_blend_diagnostic.py > benchmarks/matbench/forest_blend_diagnostic.txt
     PYTHONPATH=. python benchmarks/matbench/forest_blend_diagnostic.py --features element_statistics \
@@ -29,7 +29,7 @@ from crossmat.evaluation.baselines import MagpieFeaturizer
 from crossmat.evaluation.tasks import fold_indices, load_matbench_frame, matbench_task
 from crossmat.modeling.configuration_crossmat import CrossMatConfig
 from crossmat.modeling.element_features import element_feature_table
-from crossmat.modeling.modeling_crossmat import composition_statistics, decode_composition
+from crossmat.modeling.modeling_crossmat import formula_statistics
 from crossmat.tokenization import CrossMatTokenizerFast
 
 RUNS = Path(__file__).resolve().parent / "runs" / "default_route_ens2_e100"
@@ -43,8 +43,7 @@ def element_statistics_features(formulas: pd.Series) -> np.ndarray:
     tok = CrossMatTokenizerFast()
     table, _ = element_feature_table("magpie")
     ids = tok(list(formulas), padding=True, return_tensors="pt")["input_ids"]
-    slots, fractions = decode_composition(ids, CrossMatConfig(vocab_size=tok.vocab_size))
-    return composition_statistics(table, ids, slots, fractions).numpy()
+    return formula_statistics(table, ids, CrossMatConfig(vocab_size=tok.vocab_size)).numpy()
 
 
 def fold_predictions(task: str, frame: pd.DataFrame, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
