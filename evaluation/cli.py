@@ -24,7 +24,8 @@ SCRATCH = ["model.init_from=null"]  # --from-scratch: the same encoder from rand
 
 EXAMPLES = """examples:
   # your own data: CrossMat (the shipped backbone + the default recipe) + dummy + Magpie RF, one table; the
-  # validation rows calibrate the uncertainty (classification: the decision threshold) and are reported
+  # validation rows calibrate the uncertainty (classification: probability temperature and decision threshold)
+  # and are reported
   python evaluate.py --train train.csv --validation val.csv --test test.csv --target band_gap --output-dir runs/gap
   # a first look in a tenth of the time, or the same recipe without the pretrained backbone
   python evaluate.py --train train.csv --test test.csv --target band_gap --output-dir runs/gap_quick --quick
@@ -50,7 +51,8 @@ def build_parser(prog: str = "evaluate.py") -> argparse.ArgumentParser:
     own = p.add_argument_group("your own data (--benchmark csv)")
     own.add_argument("--train", type=Path, help="training rows (.csv/.csv.gz/.parquet/.jsonl)")
     own.add_argument("--validation", type=Path, help="held-out rows that never train the model: they calibrate the "
-                     "uncertainty of every prediction (classification: the decision threshold) and their metrics are "
+                     "uncertainty of every prediction (classification: the probability temperature and the decision "
+                     "threshold) and their metrics are "
                      "reported (default: a --validation-fraction of --train is held out)")
     own.add_argument("--test", type=Path, help="test rows, scored once at the end")
     own.add_argument("--target", help="target column (numbers: regression; 0/1 or true/false: classification)")
@@ -158,6 +160,9 @@ def held_out_report(summary: dict) -> list[str]:
                 spread = " with the members' spread" if cal.get("spread_weight") else ""
                 msg += (f"; they calibrated the standard deviation of every prediction (k={cal['k']:.0f} nearest "
                         f"held-out rows{spread}, scale {cal['scale']:.3g})")
+            if "temperature" in cal:
+                msg += (f"; they set the probability temperature {cal['temperature']:.3g} (log loss "
+                        f"{cal['log_loss_before_temperature']:.3g} -> {cal['log_loss_after_temperature']:.3g})")
             if "decision_threshold" in cal:
                 msg += f"; they set the decision threshold P(1) >= {cal['decision_threshold']:.3f}"
             blend = held.get("forest_blend")

@@ -418,6 +418,9 @@ def build_model_card(
         size_parts.append(f"blended with a {config.get('forest_trees')}-tree random forest on "
                           f"{config.get('forest_features')} composition statistics (CrossMat weight "
                           f"{float(config['forest_weight']):.1f}, chosen on validation rows)")
+    if float(config.get("probability_temperature", 1.0)) != 1.0:
+        size_parts.append(f"class probabilities at temperature {float(config['probability_temperature']):.3g} "
+                          "(fitted on validation rows for the lowest log loss)")
     architecture = ", ".join(config.get("architectures") or []) or spec.label
     ctx = {
         "model_id": model_id,

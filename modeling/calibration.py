@@ -7,7 +7,9 @@
   ``sqrt(local**2 + w * spread**2)``, with ``w = 0`` (neighbours alone) among the choices. ``k``, ``prior``,
   ``w`` and ``scale`` are chosen on the held-out rows themselves, leave-one-out, so that the share of errors
   within 1 and 2 sigma is as close as possible to a Gaussian's 0.683 and 0.954.
-* Binary classification: the decision threshold on P(class 1) that maximises balanced accuracy on the
+* Binary classification: first a temperature that divides the class logits so that the held-out rows' log
+  loss is lowest (temperature scaling, Guo et al. 2017: a long fine-tuning leaves the probabilities overconfident;
+  the ranking does not change); then the decision threshold on P(class 1) that maximises balanced accuracy on the
   held-out rows (the leaderboard scores hard labels).
 
 Held-out means the model never trained on the rows: the user's validation file, or a carve-out of training
@@ -24,7 +26,8 @@ import torch
 
 from .pipeline_crossmat import scores_from_logits
 
-__all__ = ["COVERAGE_TARGETS", "MIN_ROWS", "Calibration", "calibrate_property_model", "coverage", "fit_threshold"]
+__all__ = ["COVERAGE_TARGETS", "MIN_ROWS", "TEMPERATURE_MIN_ROWS", "Calibration", "calibrate_property_model",
+           "calibrate_temperature", "coverage", "fit_temperature", "fit_threshold"]
 
 COVERAGE_TARGETS = (0.6827, 0.9545)
 MIN_ROWS = 10  # held-out rows needed to calibrate a regression model's uncertainty  # a Gaussian's share within 1 and 2 sigma
@@ -32,6 +35,8 @@ _K_GRID = (5, 10, 20, 40, 80)
 _PRIOR_GRID = (0.25, 0.5, 1.0, 2.0)  # in units of k; > 0, so no row gets sigma 0 (zero local residuals)
 _SPREAD_SHARES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # w * mean(spread**2) / mean(local**2): 0 = spread unused
 _SCALES = np.exp(np.linspace(np.log(0.2), np.log(5.0), 241))
+TEMPERATURE_MIN_ROWS = 20  # held-out rows (with both classes) needed to fit a classifier's temperature
+_TEMPERATURES = np.exp(np.linspace(np.log(0.1), np.log(20.0), 241))
 
 
 @dataclass
@@ -86,6 +91,49 @@ def fit_threshold(prob: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     best = np.flatnonzero(bal >= bal.max() - 1e-12)
     i = best[np.argmin(np.abs(cuts[best] - 0.5))]
     return float(cuts[i]), float(bal[i])
+
+
+def _log_loss(member_logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
+    """Mean negative log of the true class's probability, the members' softmax probabilities averaged."""
+    prob = torch.softmax(member_logits / temperature, -1).mean(0).clamp_min(1e-7)
+    return float(-prob.gather(1, labels[:, None]).log().mean())
+
+
+def fit_temperature(member_logits: np.ndarray | torch.Tensor, labels: np.ndarray) -> tuple[float, float, float]:
+    """``(temperature, log loss at 1, log loss at the temperature)``: the temperature on a log grid from 0.1 to 20
+    that minimises the log loss of ``softmax(logits / T)`` averaged over members (``member_logits``: ``(members,
+    rows, classes)``) on these rows; ties go to the one closest to 1. Fewer than ``TEMPERATURE_MIN_ROWS`` rows or
+    one class only: 1 (nothing to fit)."""
+    logits = torch.as_tensor(np.asarray(member_logits), dtype=torch.float64)
+    if logits.dim() == 2:
+        logits = logits[None]
+    y = torch.as_tensor(np.asarray(labels).reshape(-1).astype(np.int64))
+    before = _log_loss(logits, y, 1.0)
+    if len(y) < TEMPERATURE_MIN_ROWS or len(torch.unique(y)) < 2:
+        return 1.0, before, before
+    losses = np.array([_log_loss(logits, y, float(t)) for t in _TEMPERATURES])
+    best = np.flatnonzero(losses <= losses.min() + 1e-12)
+    i = best[np.argmin(np.abs(np.log(_TEMPERATURES[best])))]
+    return float(_TEMPERATURES[i]), before, float(losses[i])
+
+
+@torch.inference_mode()
+def calibrate_temperature(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: np.ndarray,
+                          batch_size: int = 1024) -> dict[str, float]:
+    """Set a single-label classifier's ``config.probability_temperature`` (in place) from held-out rows; returns
+    the temperature and the rows' log loss before and after. Regression models are left alone (``{}``)."""
+    if model.config.problem_type != "single_label_classification":
+        return {}
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = [model(input_ids=input_ids[s : s + batch_size], attention_mask=attention_mask[s : s + batch_size],
+                        ).member_logits.double() for s in range(0, len(input_ids), batch_size)]
+    finally:
+        model.train(was_training)
+    temperature, before, after = fit_temperature(torch.cat(chunks, 1), labels)
+    model.config.probability_temperature = temperature
+    return {"temperature": temperature, "log_loss_before_temperature": before, "log_loss_after_temperature": after}
 
 
 @torch.inference_mode()

@@ -45,7 +45,10 @@ class CrossMatConfig(PretrainedConfig):
     residual of its ``uncertainty_k`` nearest calibration rows (cosine similarity of pooled embeddings), shrunk
     towards the global RMS residual with weight ``uncertainty_prior``; for an ensemble the members' spread
     joins it as ``sqrt(local**2 + uncertainty_spread_weight * spread**2)`` before the scale (weight 0: the
-    neighbours' residuals alone). ``decision_threshold``: a binary
+    neighbours' residuals alone). ``probability_temperature``: a classifier's class logits are divided by it
+    (each member's, before the members' probabilities are averaged and before a forest blend), so that held-out
+    rows' log loss is lowest (temperature scaling: the ranking stays, the probabilities become honest; 1 = as
+    trained). ``decision_threshold``: a binary
     classifier's label is 1 when P(class 1) reaches it (chosen on held-out rows; ``None`` = the argmax).
 
     Forest blend (set after training by ``crossmat.modeling.forest``, never by hand): a random forest on the
@@ -108,6 +111,7 @@ class CrossMatConfig(PretrainedConfig):
         uncertainty_scale: float = 1.0,
         uncertainty_spread_weight: float = 0.0,
         decision_threshold: float | None = None,
+        probability_temperature: float = 1.0,
         structure_branch: bool = False,
         element_statistics: str | None = None,
         element_statistics_dim: int = 0,
@@ -136,6 +140,8 @@ class CrossMatConfig(PretrainedConfig):
         if forest_nodes and not (forest_features and forest_features_dim >= 1 and forest_trees >= 1):
             raise ValueError("a forest (forest_nodes > 0) needs forest_features, forest_features_dim >= 1 and "
                              "forest_trees >= 1")
+        if not float(probability_temperature) > 0.0:
+            raise ValueError(f"probability_temperature must be > 0, got {probability_temperature}")
         if not 0.0 <= float(forest_weight) <= 1.0:
             raise ValueError(f"forest_weight must be in [0, 1], got {forest_weight}")
         if not 0.0 <= fraction_jitter < 1.0:
@@ -191,6 +197,7 @@ class CrossMatConfig(PretrainedConfig):
         self.uncertainty_scale = float(uncertainty_scale)
         self.uncertainty_spread_weight = float(uncertainty_spread_weight)
         self.decision_threshold = None if decision_threshold is None else float(decision_threshold)
+        self.probability_temperature = float(probability_temperature)
         self.structure_branch = bool(structure_branch)
         self.element_statistics = element_statistics or None
         self.element_statistics_dim = int(element_statistics_dim) if element_statistics else 0

@@ -135,7 +135,8 @@ class CrossMatPropertyOutput(ModelOutput):
     else the spread (population std) of the members' predictions (values for regression, class probabilities
     for classification), ``None`` for one uncalibrated model; ``pooler_output`` is the (first member's) pooled
     formula embedding; ``member_spread`` is a regression ensemble's spread in physical units, calibrated or not
-    (``None`` for one model or classification)."""
+    (``None`` for one model or classification); ``member_logits`` are a classifier's class logits per member as
+    trained, before the temperature (``(members, batch, labels)``; ``None`` for regression)."""
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
@@ -144,6 +145,7 @@ class CrossMatPropertyOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
     pooler_output: torch.FloatTensor | None = None
     member_spread: torch.FloatTensor | None = None
+    member_logits: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -887,10 +889,12 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
                 losses = [F.cross_entropy(r.view(-1, self.num_labels), labels.view(-1).long()) for r in raws]
             elif labels is not None:
                 losses = [F.binary_cross_entropy_with_logits(r, labels.to(r.dtype)) for r in raws]
+            temperature = float(getattr(self.config, "probability_temperature", 1.0))
+            scaled = raw if temperature == 1.0 else raw / temperature
             if len(raws) == 1 and forest is None:
-                logits = raw[0]
+                logits = scaled[0]
             else:
-                probs = torch.softmax(raw.float(), -1) if single else torch.sigmoid(raw.float())
+                probs = torch.softmax(scaled.float(), -1) if single else torch.sigmoid(scaled.float())
                 p = probs.mean(0)
                 if forest is not None:  # class probabilities (install_forest: single-label only)
                     p = w * p + (1 - w) * forest.float()
@@ -906,4 +910,5 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
             attentions=first.attentions,
             pooler_output=first.pooler_output,
             member_spread=spread,
+            member_logits=None if problem == "regression" else raw,
         )

@@ -9,7 +9,7 @@ import torch
 
 from crossmat.evaluation.crossmat_predictor import decision_scores
 from crossmat.modeling import CrossMatConfig, CrossMatForPropertyPrediction, calibration
-from crossmat.modeling.calibration import calibrate_property_model, coverage, fit_threshold
+from crossmat.modeling.calibration import calibrate_property_model, coverage, fit_temperature, fit_threshold
 from crossmat.tokenization import CrossMatTokenizerFast
 
 from .test_tokenizer import remote_property_outputs
@@ -171,3 +171,56 @@ def test_rows_whose_neighbours_had_zero_error_keep_a_positive_sigma(tokenizer, h
     with torch.no_grad():
         sigma = model(input_ids=ids, attention_mask=mask).uncertainty[:, 0].numpy()
     assert (sigma > 0).all()
+
+
+def test_temperature_undoes_an_overconfident_scale():
+    """Labels drawn from sigmoid(z), logits 3z: the fitted temperature is about 3 and lowers the log loss; an
+    ensemble's members are tempered before their probabilities are averaged; nothing to fit leaves 1."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(scale=1.5, size=4000)
+    labels = (rng.random(4000) < 1 / (1 + np.exp(-z))).astype(int)
+    logits = np.stack([np.zeros_like(z), 3 * z], -1)
+    t, before, after = fit_temperature(logits, labels)
+    assert 2.6 < t < 3.4 and after < before
+    members = np.stack([logits + rng.normal(scale=0.3, size=logits.shape) for _ in range(2)])
+    t2, _, after2 = fit_temperature(members, labels)
+    assert 2.4 < t2 < 3.6 and after2 < fit_temperature(members, labels)[1]
+    assert fit_temperature(logits[:10], labels[:10]) == (1.0, *fit_temperature(logits[:10], labels[:10])[1:])
+    assert fit_temperature(logits, np.ones(4000))[0] == 1.0
+
+
+def test_classifier_temperature_is_applied_everywhere_and_keeps_the_ranking(tokenizer, data_dir, tmp_path):
+    import pandas as pd
+
+    df = pd.read_csv(data_dir / "matbench_v0.1" / "matbench_glass.csv.gz").iloc[:300]
+    torch.manual_seed(0)
+    model = CrossMatForPropertyPrediction(CrossMatConfig(**TINY, num_labels=2,
+                                                         problem_type="single_label_classification")).eval()
+    ids, mask = _encode(tokenizer, df["formula"].tolist())
+    with torch.no_grad():
+        raw = model(input_ids=ids, attention_mask=mask).logits
+    chosen = calibration.calibrate_temperature(model, ids, mask, df.iloc[:, 2].astype(int).to_numpy())
+    t = model.config.probability_temperature
+    assert chosen["temperature"] == t != 1.0 and chosen["log_loss_after_temperature"] < chosen[
+        "log_loss_before_temperature"]
+    with torch.no_grad():
+        tempered = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(tempered, raw / t)
+    p_raw, p_t = torch.softmax(raw, -1)[:, 1].numpy(), torch.softmax(tempered, -1)[:, 1].numpy()
+    assert (np.diff(p_raw[np.argsort(p_t)]) >= -1e-7).all()  # the same order: ROC-AUC unchanged
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    test = ["Fe2O3", "CuZr", "Al10Co31B9"]
+    with torch.no_grad():
+        expected = model(**tokenizer(test, padding=True, return_tensors="pt")).logits
+    import crossmat
+
+    prob = torch.softmax(expected, -1)
+    np.testing.assert_allclose(crossmat.predict(str(tmp_path), test).values, prob.numpy(), atol=1e-6)
+    from transformers import pipeline
+
+    pipe = pipeline("composition-property-prediction", model=str(tmp_path), trust_remote_code=True)
+    assert [list(r["probabilities"].values())[1] for r in pipe(test)] == pytest.approx(prob[:, 1].tolist(), abs=1e-6)
+    assert remote_property_outputs(tmp_path, test, "logits") == pytest.approx(expected[:, 0].tolist(), abs=1e-6)
+    with pytest.raises(ValueError, match="probability_temperature"):
+        CrossMatConfig(probability_temperature=0.0)

@@ -186,3 +186,33 @@ def test_console_report_says_what_the_validation_rows_chose():
     first, second = held_out_report(summary)
     assert "CrossMat's weight 0.7 in the blend with a magpie forest" in first
     assert "kept the magpie forest out of the blend" in second and "fold 1" in second
+
+
+def test_a_classifier_is_tempered_before_the_blend_chooses_its_weight(data_dir, tmp_path):
+    """Calibration order for a classifier: the temperature first (on CrossMat's own probabilities), so the blend's
+    weight and the decision threshold see honest probabilities; a new fine-tuning starts again from 1."""
+    df = pd.read_csv(data_dir / "matbench_v0.1" / "matbench_glass.csv.gz").iloc[:300]
+    frame = df.rename(columns={df.columns[2]: "target"}).assign(target=lambda d: d["target"].astype(int))
+    recipe = _recipe(frame, max_steps=20)
+    run = train_recipe(recipe, tmp_path / "glass")
+    info = json.loads((run.folder / "training_info.json").read_text())["metrics"]
+    cal, blend = info["calibration"], info["forest_blend"]
+    assert run.model.config.probability_temperature == cal["temperature"] != 1.0
+    assert cal["log_loss_after_temperature"] < cal["log_loss_before_temperature"]
+    assert blend["validation_loss_crossmat"] == pytest.approx(cal["log_loss_after_temperature"], rel=1e-4)
+    assert 0.0 <= cal["decision_threshold"] <= 1.0
+    assert f"class probabilities at temperature {cal['temperature']:.3g}" in (run.folder / "README.md").read_text()
+    again = train_recipe({**recipe, "model": {"init_from": str(run.folder)}, "train": {**STEPS, "calibrate": False}},
+                         tmp_path / "again")
+    assert again.model.config.probability_temperature == 1.0 and again.model.config.decision_threshold is None
+
+
+def test_console_report_says_what_the_temperature_did():
+    from crossmat.evaluation.cli import held_out_report
+
+    cal = {"rows": 40, "temperature": 2.5, "log_loss_before_temperature": 0.61, "log_loss_after_temperature": 0.32,
+           "decision_threshold": 0.41}
+    (line,) = held_out_report({"folds": [0], "n_validation": [40],
+                               "variants": {"crossmat": {"validation": [{"validation": {"roc_auc": 0.9},
+                                                                          "calibration": cal}]}}})
+    assert "probability temperature 2.5 (log loss 0.61 -> 0.32)" in line and "P(1) >= 0.410" in line

@@ -431,11 +431,13 @@ class StageTrainer:
         summary = self.train()
         metrics: dict[str, Any] = {}
         validation = data.validation
+        calibrating = (self.kind.property_model and self.recipe.train.calibrate and validation is not None
+                       and not self.recipe.lora.enabled)
+        temperature = self.fit_temperature(validation) if calibrating else {}  # before the blend chooses its weight
         if self.kind.property_model and self.recipe.train.forest_blend:
             metrics["forest_blend"], validation = self.blend_forest(validation)
-        if (self.kind.property_model and self.recipe.train.calibrate and validation is not None
-                and not self.recipe.lora.enabled):
-            metrics["calibration"] = self.calibrate(validation)
+        if calibrating:
+            metrics["calibration"] = {**temperature, **self.calibrate(validation)}
         if validation is not None:
             metrics["validation"] = self.evaluate(validation, "validation")
         if data.test is not None:
@@ -463,6 +465,22 @@ class StageTrainer:
             f"{info['validation_loss_crossmat']:.4g}, forest out-of-bag {info['validation_loss_forest']:.4g}, "
             f"blend {info['validation_loss_blend']:.4g})" + ("" if info["installed"] else "; the forest is not kept"))
         return info, dataclasses.replace(validation, tensors={**validation.tensors, "forest_output": oob.cpu()})
+
+    def fit_temperature(self, split: TensorSplit) -> dict[str, float]:
+        """A classifier's probability temperature, fitted on held-out rows (``modeling.calibration``; on every
+        process, so the models stay identical); ``{}`` for regression."""
+        from crossmat.modeling.calibration import calibrate_temperature
+
+        model = self.accelerator.unwrap_model(self.model)
+        device = next(model.parameters()).device
+        labels = split.targets if split.targets is not None else split.tensors["labels"].numpy()
+        chosen = calibrate_temperature(model, split.tensors["input_ids"].to(device),
+                                       split.tensors["attention_mask"].to(device), labels)
+        if chosen:
+            self.accelerator.print(
+                f"[crossmat] probability temperature {chosen['temperature']:.3g} fitted on {len(split)} held-out "
+                f"validation rows (log loss {chosen['log_loss_before_temperature']:.4g} -> {chosen['log_loss_after_temperature']:.4g})")
+        return chosen
 
     def calibrate(self, split: TensorSplit) -> dict[str, float]:
         """Calibrate the trained property model on held-out rows (``modeling.calibration``): a standard deviation

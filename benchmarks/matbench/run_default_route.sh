@@ -16,6 +16,8 @@
 # (model.config.element_statistics=magpie), `_magpie_stats` appended to variant and route. BLEND=magpie: a forest
 # on the Magpie composition statistics is blended in, its weight chosen on the calibration rows against its
 # out-of-bag predictions (train.forest_blend=magpie, crossmat/modeling/forest.py), `_forest_blend` appended.
+# TAG=name: `_name` appended to variant and route, for a rerun of the same settings with newer code (e.g. TAG=tempered:
+# the classifier's probability temperature, fitted on the calibration rows; benchmarks/calibration/temperature_scaling.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
@@ -34,6 +36,8 @@ ST="${STATS:-}"
 [ -n "$ST" ] && ROUTE=${ROUTE}_${ST}_stats VARIANT=${VARIANT}_${ST}_stats NOTE="$NOTE, $ST element statistics in the head"
 BL="${BLEND:-}"
 [ -n "$BL" ] && ROUTE=${ROUTE}_forest_blend VARIANT=${VARIANT}_forest_blend NOTE="$NOTE, blended with a $BL forest"
+TG="${TAG:-}"
+[ -n "$TG" ] && ROUTE=${ROUTE}_$TG VARIANT=${VARIANT}_$TG NOTE="$NOTE, $TG"
 BASELINES=none
 [ "$S" -eq 0 ] && { [ "$VARIANT" = crossmat ] || [ "$VARIANT" = crossmat_ens2_e100 ]; } && BASELINES=dummy,rf_magpie
 EXTRA=(--set "model.config.ensemble_size=$N" --set "train.epochs=$E" --set "train.swa_epochs=$((E / 10))"
