@@ -95,7 +95,7 @@ def fit_threshold(prob: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 
 def _log_loss(member_logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
     """Mean negative log of the true class's probability, the members' softmax probabilities averaged."""
-    prob = torch.softmax(member_logits / temperature, -1).mean(0).clamp_min(1e-7)
+    prob = scores_from_logits(member_logits / temperature, "single_label_classification").mean(0).clamp_min(1e-7)
     return float(-prob.gather(1, labels[:, None]).log().mean())
 
 

@@ -29,6 +29,7 @@ from crossmat.evaluation.protocol import matbench_folds
 from crossmat.evaluation.tasks import load_matbench_frame, matbench_task
 from crossmat.modeling import CrossMatForPropertyPrediction
 from crossmat.modeling.calibration import fit_threshold
+from crossmat.modeling.pipeline_crossmat import scores_from_logits
 from crossmat.tokenization import CrossMatTokenizerFast
 
 HERE = Path(__file__).resolve().parent
@@ -68,7 +69,7 @@ def probabilities(model: CrossMatForPropertyPrediction, tok: CrossMatTokenizerFa
         out = []
         for s in range(0, len(formulas), 1024):
             enc = tok(formulas[s : s + 1024], padding=True, return_tensors="pt")
-            out.append(torch.softmax(model(**enc).logits.double(), -1)[:, 1])
+            out.append(scores_from_logits(model(**enc).logits.double(), "single_label_classification")[:, 1])
         return torch.cat(out).numpy()
     finally:
         model.config.probability_temperature = fitted
