@@ -9,8 +9,9 @@ P(class 1)), ROC-AUC; the balanced accuracy of the fold's own decision rule agai
 benchmarks/matbench/SECTION.md ("Honest class probabilities"), and, where its folds exist, the tempered blend
 (``TAG=tempered BLEND=magpie``) against the tempered route under the classification confirmation rule.
 
-Run from the repository root: ``PYTHONPATH=. python benchmarks/calibration/temperature_scaling.py``; writes
-``temperature_scaling.txt`` / ``.json`` beside this script.
+Run from the repository root: ``PYTHONPATH=. python benchmarks/calibration/temperature_scaling.py [--seed S]``;
+writes ``temperature_scaling[_seedS].txt`` / ``.json`` beside this script (a replicate's rules are only reported:
+they were fixed for seed 0).
 """
 
 from __future__ import annotations
@@ -34,9 +35,19 @@ from crossmat.tokenization import CrossMatTokenizerFast
 
 HERE = Path(__file__).resolve().parent
 TASKS = ("matbench_glass", "matbench_expt_is_metal")
-ROUTE, ROUTE_VARIANT = "default_route_ens2_e100_tempered", "crossmat_ens2_e100_tempered"
-BLEND, BLEND_VARIANT = "default_route_ens2_e100_forest_blend_tempered", "crossmat_ens2_e100_forest_blend_tempered"
-RECORD, RECORD_VARIANT = "default_route_ens2_e100", "crossmat_ens2_e100"
+SEED = 0  # --seed: run_default_route.sh's SEED (names gain _seedS, the carve-out its seed); set in main()
+
+
+def _names(seed: int) -> dict[str, str]:
+    """Route folders and variants of the tempered route, the tempered blend and the untempered record."""
+    s = f"_seed{seed}" if seed else ""
+    return {"ROUTE": f"default_route_ens2_e100{s}_tempered", "ROUTE_VARIANT": f"crossmat_ens2_e100{s}_tempered",
+            "BLEND": f"default_route_ens2_e100{s}_forest_blend_tempered",
+            "BLEND_VARIANT": f"crossmat_ens2_e100{s}_forest_blend_tempered",
+            "RECORD": f"default_route_ens2_e100{s}", "RECORD_VARIANT": f"crossmat_ens2_e100{s}"}
+
+
+ROUTE, ROUTE_VARIANT, BLEND, BLEND_VARIANT, RECORD, RECORD_VARIANT = _names(0).values()
 BINS = 15
 GLASS_BAR = 0.8607
 
@@ -119,7 +130,7 @@ def measure_fold(fold: Path, runs: Path, task: str) -> dict[str, float]:
 def carve_out(task: str, fold: int) -> pd.DataFrame:
     """The calibration rows of one official fold, as the harness carves them (seed 0, 10%)."""
     frame = load_matbench_frame(task)
-    return matbench_folds(matbench_task(task), frame, [fold], 0.1, 0)[0].validation
+    return matbench_folds(matbench_task(task), frame, [fold], 0.1, SEED)[0].validation
 
 
 def paired(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -130,7 +141,12 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=Path, default=Path("benchmarks/matbench/runs"))
+    ap.add_argument("--seed", type=int, default=0, help="the runs' SEED (a replicate: reported, the rules are seed 0's)")
     args = ap.parse_args()
+    global SEED, ROUTE, ROUTE_VARIANT, BLEND, BLEND_VARIANT, RECORD, RECORD_VARIANT
+    SEED = args.seed
+    ROUTE, ROUTE_VARIANT, BLEND, BLEND_VARIANT, RECORD, RECORD_VARIANT = _names(args.seed).values()
+    stem = "temperature_scaling" + (f"_seed{args.seed}" if args.seed else "")
     out: dict = {"tasks": {}, "bins": BINS}
     lines = ["Temperature scaling on MatBench's binary tasks (test folds; same trained models at the fitted T and T=1)",
              ""]
@@ -166,7 +182,7 @@ def main() -> None:
         keep = folds_lower >= 8 and len(ece_lower) == len(TASKS) and all(ece_lower) and n_folds == 10
         out["rule"] = {"folds_with_lower_log_loss": folds_lower, "folds": n_folds, "ece_lower_per_task": ece_lower,
                        "temperature_stays_on": keep}
-        lines.append(f"Rule: test log loss lower on {folds_lower} of {n_folds} folds (needs >= 8 of 10), pooled ECE "
+        lines.append(("(replicate: reported only) " if SEED else "") + f"Rule: test log loss lower on {folds_lower} of {n_folds} folds (needs >= 8 of 10), pooled ECE "
                      f"lower on {sum(ece_lower)} of {len(ece_lower)} tasks (needs both): "
                      + ("the temperature stays on by default" if keep else "the rule fails"))
         lines.append("")
@@ -207,12 +223,12 @@ def main() -> None:
               and glass["balanced_accuracy"].mean() > GLASS_BAR)
         out["blend_rule"] = {"expt_is_metal_paired": [d, se], "glass_balanced_accuracy": glass["balanced_accuracy"].mean(),
                              "blend_becomes_classification_default": bool(ok)}
-        lines.append(f"Tempered blend rule: expt_is_metal paired {d:+.4f} (needs > 2 SE = {2 * se:.4f}), ROC-AUC "
+        lines.append(("(replicate: reported only) " if SEED else "") + f"Tempered blend rule: expt_is_metal paired {d:+.4f} (needs > 2 SE = {2 * se:.4f}), ROC-AUC "
                      f"{metal['roc_auc'].mean():.4f} vs {metal['route_roc_auc'].mean():.4f}, glass balanced accuracy "
                      f"{glass['balanced_accuracy'].mean():.4f} (needs > {GLASS_BAR}): "
                      + ("the blend becomes the classification default" if ok else "it stays a recorded variant"))
-    (HERE / "temperature_scaling.json").write_text(json.dumps(out, indent=1) + "\n")
-    (HERE / "temperature_scaling.txt").write_text("\n".join(lines) + "\n")
+    (HERE / f"{stem}.json").write_text(json.dumps(out, indent=1) + "\n")
+    (HERE / f"{stem}.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
