@@ -185,7 +185,8 @@ def test_temperature_undoes_an_overconfident_scale():
     members = np.stack([logits + rng.normal(scale=0.3, size=logits.shape) for _ in range(2)])
     t2, _, after2 = fit_temperature(members, labels)
     assert 2.4 < t2 < 3.6 and after2 < fit_temperature(members, labels)[1]
-    assert fit_temperature(logits[:10], labels[:10]) == (1.0, *fit_temperature(logits[:10], labels[:10])[1:])
+    t_few, before_few, after_few = fit_temperature(logits[:10], labels[:10])  # under TEMPERATURE_MIN_ROWS
+    assert t_few == 1.0 and before_few == after_few > 0
     assert fit_temperature(logits, np.ones(4000))[0] == 1.0
 
 

@@ -466,16 +466,20 @@ class StageTrainer:
             f"blend {info['validation_loss_blend']:.4g})" + ("" if info["installed"] else "; the forest is not kept"))
         return info, dataclasses.replace(validation, tensors={**validation.tensors, "forest_output": oob.cpu()})
 
+    def _held_out(self, split: TensorSplit) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, np.ndarray]:
+        """The unwrapped model and a held-out split's token ids, mask (on the model's device) and targets."""
+        model = self.accelerator.unwrap_model(self.model)
+        device = next(model.parameters()).device
+        targets = split.targets if split.targets is not None else split.tensors["labels"].numpy()
+        return model, split.tensors["input_ids"].to(device), split.tensors["attention_mask"].to(device), targets
+
     def fit_temperature(self, split: TensorSplit) -> dict[str, float]:
         """A classifier's probability temperature, fitted on held-out rows (``modeling.calibration``; on every
         process, so the models stay identical); ``{}`` for regression."""
         from crossmat.modeling.calibration import calibrate_temperature
 
-        model = self.accelerator.unwrap_model(self.model)
-        device = next(model.parameters()).device
-        labels = split.targets if split.targets is not None else split.tensors["labels"].numpy()
-        chosen = calibrate_temperature(model, split.tensors["input_ids"].to(device),
-                                       split.tensors["attention_mask"].to(device), labels)
+        model, ids, mask, labels = self._held_out(split)
+        chosen = calibrate_temperature(model, ids, mask, labels)
         if chosen:
             self.accelerator.print(
                 f"[crossmat] probability temperature {chosen['temperature']:.3g} fitted on {len(split)} held-out "
@@ -488,13 +492,10 @@ class StageTrainer:
         models stay identical). Returns what was chosen."""
         from crossmat.modeling.calibration import calibrate_property_model
 
-        model = self.accelerator.unwrap_model(self.model)
-        targets = split.targets if split.targets is not None else split.tensors["labels"].numpy()
-        device = next(model.parameters()).device
+        model, ids, mask, targets = self._held_out(split)
         forest = split.tensors.get("forest_output")
-        result = calibrate_property_model(model, split.tensors["input_ids"].to(device),
-                                          split.tensors["attention_mask"].to(device), targets,
-                                          forest_output=None if forest is None else forest.to(device))
+        result = calibrate_property_model(model, ids, mask, targets,
+                                          forest_output=None if forest is None else forest.to(ids.device))
         chosen = {k: float(v) for k, v in result.as_dict().items()}
         if len(chosen) == 1:
             self.accelerator.print(f"[crossmat] {len(split)} validation rows: too few to calibrate an uncertainty")

@@ -17,6 +17,7 @@ they were fixed for seed 0).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -127,10 +128,14 @@ def measure_fold(fold: Path, runs: Path, task: str) -> dict[str, float]:
     return row
 
 
+@functools.cache
+def _frame(task: str) -> pd.DataFrame:
+    return load_matbench_frame(task)
+
+
 def carve_out(task: str, fold: int) -> pd.DataFrame:
-    """The calibration rows of one official fold, as the harness carves them (seed 0, 10%)."""
-    frame = load_matbench_frame(task)
-    return matbench_folds(matbench_task(task), frame, [fold], 0.1, SEED)[0].validation
+    """The calibration rows of one official fold, as the harness carves them (the runs' seed, 10%)."""
+    return matbench_folds(matbench_task(task), _frame(task), [fold], 0.1, SEED)[0].validation
 
 
 def paired(a: list[float], b: list[float]) -> tuple[float, float]:
