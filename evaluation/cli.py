@@ -170,6 +170,13 @@ def held_out_report(summary: dict) -> list[str]:
                 msg += (f"; they chose CrossMat's weight {blend['weight']:.1f} in the blend with a {blend['features']} "
                         "forest (out-of-bag on these rows)" if blend["installed"] else
                         f"; they kept the {blend['features']} forest out of the blend (weight 1.0)")
+            same = held.get("same_composition")
+            if same and same.get("installed"):
+                msg += (f"; they chose the same-composition correction's weight {same['weight']:.2f} (on the "
+                        f"{same['validation_rows_with_composition']} rows whose composition has training rows)")
+            elif same:
+                msg += (f"; {same['validation_rows_with_composition']} of them share their composition with a training "
+                        "row: no same-composition correction")
             prefix = f"fold {fold} " if len(summary["folds"]) > 1 else ""
             lines.append(f"{name} {prefix}validation ({summary['n_validation'][summary['folds'].index(fold)]} held-out "
                          f"rows, never trained on): {msg}")

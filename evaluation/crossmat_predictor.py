@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 # a fold whose model blends a forest (train.forest_blend) also writes CrossMat's test outputs without it (id, prediction:
 # the same scale as predictions.csv), so that the blend's effect is paired on the same trained model
 WITHOUT_FOREST_FILE = "predictions_without_forest.csv"
+WITHOUT_SAME_COMPOSITION_FILE = "predictions_without_same_composition.csv"
 
 # Fine-tuning used with ``--model DIR`` when no recipe is given (sized for CPU; override with --set).
 DEFAULT_FINETUNE: dict[str, Any] = {
@@ -159,19 +160,24 @@ class CrossMatPredictor:
         formulas = data.test["formula"].tolist()
         preds, unc = predict_with(predictor, formulas, task.task_type, return_uncertainty=True)
         model = predictor.model
-        if getattr(model.config, "forest_weight", 1.0) < 1.0:  # a blended forest: keep CrossMat's own test outputs too
-            weight, model.config.forest_weight = model.config.forest_weight, 1.0
+        # a blended forest / a same-composition correction: keep the test outputs without it too (the same model)
+        for key, off, name in (("forest_weight", 1.0, WITHOUT_FOREST_FILE),
+                               ("same_composition_weight", 0.0, WITHOUT_SAME_COMPOSITION_FILE)):
+            if getattr(model.config, key, off) == off:
+                continue
+            value = getattr(model.config, key)
+            setattr(model.config, key, off)
             try:
                 alone = predict_with(predictor, formulas, task.task_type)
             finally:
-                model.config.forest_weight = weight
-            pd.DataFrame({"id": data.test["id"].to_numpy(), "prediction": alone}).to_csv(
-                workdir / WITHOUT_FOREST_FILE, index=False)
+                setattr(model.config, key, value)
+            pd.DataFrame({"id": data.test["id"].to_numpy(), "prediction": alone}).to_csv(workdir / name, index=False)
         params: dict[str, Any] = {"model_dir": str(run.folder), "overrides": self.overrides}
         info_file = run.folder / "training_info.json"  # what the held-out validation rows did (training.stages)
         if info_file.is_file():
             metrics = json.loads(info_file.read_text()).get("metrics", {})
-            params.update({k: metrics[k] for k in ("validation", "calibration", "forest_blend") if k in metrics})
+            params.update({k: metrics[k] for k in ("validation", "calibration", "forest_blend", "same_composition")
+                           if k in metrics})
         return FoldPrediction(preds, params, unc)
 
 

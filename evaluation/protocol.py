@@ -201,7 +201,7 @@ def run_benchmark(
             secs.append(s)
             bar.update(1)
         per[p.name] = {"scores": rows, "predictions": preds, "params": params, "seconds": secs, "uncertainty": uncs}
-        held_out = [{k: prm[k] for k in ("validation", "calibration", "forest_blend") if k in prm} for prm in params]
+        held_out = [{k: prm[k] for k in ("validation", "calibration", "forest_blend", "same_composition") if k in prm} for prm in params]
         if any(held_out):
             per[p.name]["validation"] = held_out
     bar.close()

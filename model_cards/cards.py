@@ -418,6 +418,11 @@ def build_model_card(
         size_parts.append(f"blended with a {config.get('forest_trees')}-tree random forest on "
                           f"{config.get('forest_features')} composition statistics (CrossMat weight "
                           f"{float(config['forest_weight']):.1f}, chosen on validation rows)")
+    if config.get("same_composition_rows") and float(config.get("same_composition_weight", 0.0)) != 0.0:
+        size_parts.append(f"a same-composition correction: a formula whose composition is among the "
+                          f"{config['same_composition_rows']} stored training compositions moves by "
+                          f"{float(config['same_composition_weight']):.2f} x (their mean target - its prediction), "
+                          "the weight chosen on validation rows")
     if float(config.get("probability_temperature", 1.0)) != 1.0:
         size_parts.append(f"class probabilities at temperature {float(config['probability_temperature']):.3g} "
                           "(fitted on validation rows for the lowest log loss)")

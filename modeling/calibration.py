@@ -138,7 +138,8 @@ def calibrate_temperature(model: Any, input_ids: torch.Tensor, attention_mask: t
 
 @torch.inference_mode()
 def _pooled_and_outputs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        forest_output: torch.Tensor | None = None, batch_size: int = 1024
+                        forest_output: torch.Tensor | None = None, batch_size: int = 1024,
+                        same_composition_target: torch.Tensor | None = None,
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Pooled embeddings of the first member, the model outputs (physical units / class logits) and, for a
     regression ensemble, the members' spread (population std, physical units; ``None`` for one member)."""
@@ -146,7 +147,8 @@ def _pooled_and_outputs(model: Any, input_ids: torch.Tensor, attention_mask: tor
     for start in range(0, len(input_ids), batch_size):
         ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
         forest = None if forest_output is None else forest_output[start : start + batch_size]
-        out = model(input_ids=ids, attention_mask=mask, forest_output=forest)
+        same = None if same_composition_target is None else same_composition_target[start : start + batch_size]
+        out = model(input_ids=ids, attention_mask=mask, forest_output=forest, same_composition_target=same)
         pooled.append(out.pooler_output.float())
         logits.append(out.logits.float())
         if out.member_spread is not None:
@@ -155,15 +157,18 @@ def _pooled_and_outputs(model: Any, input_ids: torch.Tensor, attention_mask: tor
 
 
 def calibrate_property_model(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                             targets: np.ndarray, forest_output: torch.Tensor | None = None) -> Calibration:
+                             targets: np.ndarray, forest_output: torch.Tensor | None = None,
+                             same_composition_target: torch.Tensor | None = None) -> Calibration:
     """Calibrate ``model`` (a ``CrossMatForPropertyPrediction``, eval mode) in place on held-out rows: the
     uncertainty of a regression model, the decision threshold of a binary classifier. Returns the choice and
     its leave-one-out coverage on these rows. ``forest_output``: a blended forest's out-of-bag outputs for these
-    rows (``modeling.forest``), used instead of the installed forest's, which trained on them."""
+    rows (``modeling.forest``), used instead of the installed forest's, which trained on them;
+    ``same_composition_target``: their leave-one-out same-composition targets (``modeling.same_composition``)."""
     was_training = model.training
     model.eval()
     try:
-        pooled, out, spread = _pooled_and_outputs(model, input_ids, attention_mask, forest_output)
+        pooled, out, spread = _pooled_and_outputs(model, input_ids, attention_mask, forest_output,
+                                                  same_composition_target=same_composition_target)
     finally:
         model.train(was_training)
     targets = np.asarray(targets, dtype=np.float64)

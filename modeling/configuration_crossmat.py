@@ -56,6 +56,14 @@ class CrossMatConfig(PretrainedConfig):
     columns) travels in the weights as ``forest_trees`` trees of ``forest_nodes`` nodes in all (``forest_depth``
     levels); the output is ``forest_weight * CrossMat + (1 - forest_weight) * forest`` (regression values before
     clipping; class probabilities for a classifier). ``forest_weight = 1``: no forest.
+
+    Same-composition correction (set after training by ``crossmat.modeling.same_composition``, never by hand): the
+    ``same_composition_rows`` distinct compositions of the labelled training rows travel in the weights with their
+    mean target (class fractions for a classifier); a formula whose composition is among them is answered with
+    ``prediction + same_composition_weight * (stored mean - prediction)`` (after a forest blend, before clipping),
+    the weight chosen in [-1, 1] on held-out rows: positive where another entry of the same composition (a
+    polymorph, a repeated measurement) is a good guess, negative where it is systematically another case (e.g. the
+    other site order of a perovskite). ``0``: no correction.
     """
 
     model_type = "crossmat"
@@ -121,6 +129,8 @@ class CrossMatConfig(PretrainedConfig):
         forest_trees: int = 0,
         forest_depth: int = 0,
         forest_weight: float = 1.0,
+        same_composition_rows: int = 0,
+        same_composition_weight: float = 0.0,
         **kwargs: Any,
     ) -> None:
         if pooling not in POOLINGS:
@@ -144,6 +154,10 @@ class CrossMatConfig(PretrainedConfig):
             raise ValueError(f"probability_temperature must be > 0, got {probability_temperature}")
         if not 0.0 <= float(forest_weight) <= 1.0:
             raise ValueError(f"forest_weight must be in [0, 1], got {forest_weight}")
+        if not -1.0 <= float(same_composition_weight) <= 1.0:
+            raise ValueError(f"same_composition_weight must be in [-1, 1], got {same_composition_weight}")
+        if int(same_composition_rows) < 0:
+            raise ValueError(f"same_composition_rows must be >= 0, got {same_composition_rows}")
         if not 0.0 <= fraction_jitter < 1.0:
             raise ValueError(f"fraction_jitter must be in [0, 1), got {fraction_jitter}")
         if int(ensemble_size) < 1:
@@ -207,6 +221,8 @@ class CrossMatConfig(PretrainedConfig):
         self.forest_trees = int(forest_trees)
         self.forest_depth = int(forest_depth)
         self.forest_weight = float(forest_weight)
+        self.same_composition_rows = int(same_composition_rows)
+        self.same_composition_weight = float(same_composition_weight)
         super().__init__(pad_token_id=pad_token_id, tie_word_embeddings=tie_word_embeddings, **kwargs)
 
 

@@ -662,6 +662,22 @@ def formula_statistics(table: torch.Tensor, input_ids: torch.Tensor, config: Cro
     return composition_statistics(table.to(input_ids.device), input_ids, slot_mask, fractions)
 
 
+COMPOSITION_KEY_BITS = 20  # fractions are compared to 2**-20 (about 1e-6)
+
+
+def composition_keys(input_ids: torch.Tensor, multipliers: torch.Tensor, config: CrossMatConfig) -> torch.Tensor:
+    """``(batch,)`` int64 key of each formula's composition: the sum over its elements of the molar fraction (rounded
+    to ``2**-COMPOSITION_KEY_BITS``) times the element's multiplier (random, below ``2**38``, so the sum stays below
+    ``2**59`` and two different compositions share a key with probability about ``2**-38``). ``Fe2O3``, ``Fe4O6`` and
+    ``O3Fe2`` get one key."""
+    slot_mask, fractions = decode_composition(input_ids, config)
+    is_elem = (input_ids >= config.element_token_start) & (input_ids < config.element_token_start + config.num_elements)
+    index = (input_ids - config.element_token_start).clamp(0, config.num_elements - 1)
+    quantised = torch.round(fractions.double() * 2**COMPOSITION_KEY_BITS).long()
+    terms = torch.where(slot_mask & is_elem, quantised * multipliers.to(input_ids.device)[index], torch.zeros_like(index))
+    return terms.sum(1)
+
+
 def _property_head(config: CrossMatConfig) -> nn.Sequential:
     drop = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
     width = config.hidden_size * (2 if getattr(config, "structure_branch", False) else 1)
@@ -717,6 +733,7 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
             self.register_buffer("forest_feature_table", torch.zeros(config.vocab_size, config.forest_features_dim))
             self.forest = TreeEnsemble(config.forest_nodes, config.forest_trees, config.num_labels, config.forest_depth)
         self._uncertainty_buffers(config.uncertainty_rows)
+        self._same_composition_buffers(getattr(config, "same_composition_rows", 0))
         self.post_init()
         if self.structure_branch is not None:
             self.structure_branch.requires_grad_(False).eval()
@@ -764,6 +781,53 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
         local = res2[idx].sum(1)  # (batch, labels)
         prior = self.config.uncertainty_prior
         return ((local + prior * res2.mean(0)) / (k + prior)).sqrt()
+
+    def _same_composition_buffers(self, rows: int) -> None:
+        """The same-composition correction's stored compositions (sorted keys, mean targets in physical units or
+        class fractions) and the per-element key multipliers; saved with the weights, empty until
+        ``install_same_composition``."""
+        keep = rows > 0
+        self.register_buffer("same_composition_keys", torch.zeros(rows, dtype=torch.long), persistent=keep)
+        self.register_buffer("same_composition_targets", torch.zeros(rows, self.num_labels), persistent=keep)
+        self.register_buffer("composition_key_multipliers", torch.zeros(self.config.num_elements, dtype=torch.long),
+                             persistent=keep)
+
+    def install_same_composition(self, keys: torch.Tensor, targets: torch.Tensor, multipliers: torch.Tensor,
+                                 weight: float) -> None:
+        """Store the training rows' distinct compositions (``keys`` from :func:`composition_keys` with
+        ``multipliers``, their mean ``targets``) and the correction's ``weight`` (see :class:`CrossMatConfig`)."""
+        order = torch.argsort(keys)
+        keys, targets = keys[order], targets.reshape(len(keys), -1)[order]
+        if len(keys) > 1 and bool((keys[1:] == keys[:-1]).any()):
+            raise ValueError("install_same_composition: every composition key must appear once (average first)")
+        ref = next(self.parameters())
+        self._same_composition_buffers(len(keys))
+        self.same_composition_keys = keys.long().to(ref.device)
+        self.same_composition_targets = targets.detach().float().to(ref.device)
+        self.composition_key_multipliers = multipliers.long().to(ref.device)
+        self.config.same_composition_rows, self.config.same_composition_weight = len(keys), float(weight)
+
+    def same_composition_target(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``(batch, labels)``: the stored mean target of each formula's composition, NaN where it is not stored."""
+        keys = composition_keys(input_ids, self.composition_key_multipliers, self.config)
+        stored = self.same_composition_keys
+        at = torch.searchsorted(stored, keys).clamp(max=max(len(stored) - 1, 0))
+        found = stored[at] == keys if len(stored) else torch.zeros_like(keys, dtype=torch.bool)
+        values = self.same_composition_targets[at] if len(stored) else keys.new_zeros(len(keys), self.num_labels).float()
+        return torch.where(found[:, None], values, torch.full_like(values, float("nan")))
+
+    def _same_composition(self, input_ids: torch.Tensor | None, given: torch.Tensor | None) -> torch.Tensor | None:
+        """The correction's stored targets for the batch: ``given`` (e.g. the training rows' means for calibration rows) or
+        the installed ones; ``None`` when nothing is corrected."""
+        if float(getattr(self.config, "same_composition_weight", 0.0)) == 0.0:
+            return None
+        if given is not None:
+            return given
+        if not self.config.same_composition_rows:
+            return None
+        if input_ids is None:
+            raise ValueError("a model with a same-composition correction needs input_ids (it reads the formula)")
+        return self.same_composition_target(input_ids)
 
     def install_forest(self, forest: TreeEnsemble, table: torch.Tensor, source: str, weight: float) -> None:
         """Blend ``forest`` (fitted on :meth:`forest_features` computed with the per-element ``table`` of
@@ -825,9 +889,11 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
         return self.config.problem_type
 
     def forward(self, input_ids, attention_mask=None, labels=None, inputs_embeds=None, forest_output=None,
-                **kwargs) -> CrossMatPropertyOutput:
+                same_composition_target=None, **kwargs) -> CrossMatPropertyOutput:
         """``forest_output``: the blended forest's outputs for these rows, instead of the installed forest's
-        (out-of-bag predictions when the rows trained the forest: calibration and validation)."""
+        (out-of-bag predictions when the rows trained the forest: calibration and validation);
+        ``same_composition_target``: the same-composition correction's targets for these rows (NaN: none), instead
+        of the stored ones (for held-out rows that are among the stored: their training rows' means)."""
         members = self.members()
         if isinstance(inputs_embeds, (list, tuple)):
             if len(inputs_embeds) != len(members):
@@ -864,12 +930,17 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
         problem = self._problem_type(labels)
         forest = self._forest_output(input_ids, forest_output)
         w = self.config.forest_weight
+        same = self._same_composition(input_ids, same_composition_target)
+        beta = float(getattr(self.config, "same_composition_weight", 0.0))
         losses = []
         uncertainty = spread = None
         if problem == "regression":
             mean, std = self._target_stats(raw)
             values = raw * std + mean
             blended = values.mean(0) if forest is None else w * values.mean(0) + (1 - w) * forest.to(values)
+            if same is not None:
+                same = same.to(blended)
+                blended = torch.where(same.isnan(), blended, blended + beta * (same - blended))
             logits = self._clip(blended)
             spread = values.std(0, unbiased=False) if len(raws) > 1 else None
             if self.config.uncertainty_rows > 0:  # calibrated on held-out rows (CrossMatConfig)
@@ -891,13 +962,17 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
                 losses = [F.binary_cross_entropy_with_logits(r, labels.to(r.dtype)) for r in raws]
             temperature = float(getattr(self.config, "probability_temperature", 1.0))
             scaled = raw if temperature == 1.0 else raw / temperature
-            if len(raws) == 1 and forest is None:
+            if len(raws) == 1 and forest is None and same is None:
                 logits = scaled[0]
             else:
                 probs = torch.softmax(scaled.float(), -1) if single else torch.sigmoid(scaled.float())
                 p = probs.mean(0)
                 if forest is not None:  # class probabilities (install_forest: single-label only)
                     p = w * p + (1 - w) * forest.float()
+                if same is not None:  # class fractions (install_same_composition: single-label only)
+                    same = same.float()
+                    moved = (p + beta * (same - p)).clamp(1e-7, 1.0)
+                    p = torch.where(same.isnan(), p, moved / moved.sum(-1, keepdim=True))
                 p = p.clamp(1e-7, 1 - 1e-7)
                 logits = (p.log() if single else torch.logit(p)).to(raw.dtype)
                 if len(raws) > 1:

@@ -41,7 +41,7 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Cut columns that are padding in every row of the batch."""
     mask = batch["attention_mask"]
     length = int(mask.sum(1).max())
-    return {k: (v[:, :length] if v.dim() == 2 and v.shape[1] == mask.shape[1] and k not in ("structure_embeddings", "forest_output")
+    return {k: (v[:, :length] if v.dim() == 2 and v.shape[1] == mask.shape[1] and k not in ("structure_embeddings", "forest_output", "same_composition_target")
                 else v)
             for k, v in batch.items()}
 

@@ -141,7 +141,7 @@ def _card_metrics(task_type: str, metrics: Mapping[str, Mapping[str, float]], so
     """model-index entries, each attributed to the data its split really came from."""
     out = []
     for split, values in metrics.items():
-        if split in ("calibration", "forest_blend"):  # what the validation rows chose, not scores on a split
+        if split in ("calibration", "forest_blend", "same_composition"):  # what the validation rows chose, not scores on a split
             continue
         desc = source_description(sources.get(split, "unknown"))
         for name, value in values.items():

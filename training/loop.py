@@ -436,6 +436,9 @@ class StageTrainer:
         temperature = self.fit_temperature(validation) if calibrating else {}  # before the blend chooses its weight
         if self.kind.property_model and self.recipe.train.forest_blend:
             metrics["forest_blend"], validation = self.blend_forest(validation)
+        if calibrating and self.recipe.train.same_composition and self.accelerator.unwrap_model(
+                self.model).config.problem_type in ("regression", "single_label_classification"):
+            metrics["same_composition"], validation = self.fit_same_composition(validation)
         if calibrating:
             metrics["calibration"] = {**temperature, **self.calibrate(validation)}
         if validation is not None:
@@ -466,6 +469,25 @@ class StageTrainer:
             f"blend {info['validation_loss_blend']:.4g})" + ("" if info["installed"] else "; the forest is not kept"))
         return info, dataclasses.replace(validation, tensors={**validation.tensors, "forest_output": oob.cpu()})
 
+    def fit_same_composition(self, validation: TensorSplit) -> tuple[dict[str, Any], TensorSplit]:
+        """Choose the same-composition correction's weight on the validation rows (``modeling.same_composition``;
+        on every process, so the models stay identical); returns what was chosen and the validation split carrying
+        the rows' targets of the correction (their training rows' means), so that its later scores stay out of sample."""
+        from crossmat.modeling.same_composition import MIN_ROWS, fit_same_composition
+
+        model = self.accelerator.unwrap_model(self.model)
+        held, info = fit_same_composition(model, self.data.train.tensors, validation.tensors,
+                                         forest_output=validation.tensors.get("forest_output"))
+        n = info["validation_rows_with_composition"]
+        if n < MIN_ROWS:
+            msg = f"{n} of {len(validation)} validation rows share their composition with another row (< {MIN_ROWS}): no correction"
+        else:
+            msg = (f"weight {info['weight']:.2f} chosen on the {n} of {len(validation)} validation rows that share their "
+                   f"composition with another row (loss {info['validation_loss_without']:.4g} -> "
+                   f"{info['validation_loss_with']:.4g})" + ("" if info["installed"] else "; not kept"))
+        self.accelerator.print(f"[crossmat] same-composition correction: {msg}")
+        return info, dataclasses.replace(validation, tensors={**validation.tensors, "same_composition_target": held})
+
     def _held_out(self, split: TensorSplit) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, np.ndarray]:
         """The unwrapped model and a held-out split's token ids, mask (on the model's device) and targets."""
         model = self.accelerator.unwrap_model(self.model)
@@ -493,9 +515,10 @@ class StageTrainer:
         from crossmat.modeling.calibration import calibrate_property_model
 
         model, ids, mask, targets = self._held_out(split)
-        forest = split.tensors.get("forest_output")
+        forest, same = split.tensors.get("forest_output"), split.tensors.get("same_composition_target")
         result = calibrate_property_model(model, ids, mask, targets,
-                                          forest_output=None if forest is None else forest.to(ids.device))
+                                          forest_output=None if forest is None else forest.to(ids.device),
+                                          same_composition_target=None if same is None else same.to(ids.device))
         chosen = {k: float(v) for k, v in result.as_dict().items()}
         if len(chosen) == 1:
             self.accelerator.print(f"[crossmat] {len(split)} validation rows: too few to calibrate an uncertainty")

@@ -144,6 +144,7 @@ class TrainSection:
     forest_blend: str | None = None  # property models: blend a forest on these element statistics (e.g. magpie)
     forest_trees: int = 200  # trees of the blended forest
     forest_max_nodes: int = 1_000_000  # cap on the stored forest's nodes (leaves per tree <= max / (2 * trees))
+    same_composition: bool = False  # property models: correct formulas whose composition has training rows
     layer_lr_decay: float = 1.0  # < 1: encoder layer i of L at lr * decay ** (L - i), embeddings one step lower
     anchor_weight: float = 0.0  # > 0: keep the pooled embedding near the initial backbone's (training/anchor.py)
     freeze_encoder_epochs: int = 0  # > 0: train only the head for this many epochs, then everything (LP-FT)
@@ -408,6 +409,8 @@ def resolve_stage(stage: Mapping[str, Any]) -> StageRecipe:
     if blend is not None and (not isinstance(blend, str) or not kind.property_model or resolved["lora"]["enabled"]):
         raise RecipeError(f"recipe key 'train.forest_blend' is {blend!r}: the name of an element property table (e.g. "
                           "magpie) for a full fine-tuning stage (not LoRA), or null")
+    if not isinstance(train["same_composition"], bool):
+        raise RecipeError(f"recipe key 'train.same_composition' must be true or false, got {train['same_composition']!r}")
     if resolved["lora"]["enabled"] and not kind.property_model:
         allowed = " or ".join(repr(n) for n, t in STAGE_TYPES.items() if t.property_model)
         raise RecipeError(f"recipe key 'lora.enabled' is only supported for stage {allowed}")

@@ -259,7 +259,7 @@ class FinetuneStage(Stage):
         # never inherited from a fine-tuned model used as init_from
         cfg: dict[str, Any] = {"uncertainty_rows": 0, "decision_threshold": None, "probability_temperature": 1.0,
                                "forest_nodes": 0, "forest_features": None, "forest_features_dim": 0,
-                               "forest_weight": 1.0}
+                               "forest_weight": 1.0, "same_composition_rows": 0, "same_composition_weight": 0.0}
         targets = data.info["target_columns"]
         regression = data.info["task"] == "regression"
         if regression:

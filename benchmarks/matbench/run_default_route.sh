@@ -16,6 +16,10 @@
 # (model.config.element_statistics=magpie), `_magpie_stats` appended to variant and route. BLEND=magpie: a forest
 # on the Magpie composition statistics is blended in, its weight chosen on the calibration rows against its
 # out-of-bag predictions (train.forest_blend=magpie, crossmat/modeling/forest.py), `_forest_blend` appended.
+# SAME=1: the same-composition correction (train.same_composition=true, crossmat/modeling/same_composition.py), its weight
+# chosen on the calibration rows, `_same_composition` appended; the fold also writes the same model's test outputs
+# without it (predictions_without_same_composition.csv). FOLDS=0,1,2: only these folds, no record written (two
+# processes can share one task's folds; a later run without FOLDS reuses the finished folds and writes the record).
 # TAG=name: `_name` appended to variant and route, for a rerun of the same settings with newer code (e.g. TAG=tempered:
 # the classifier's probability temperature, fitted on the calibration rows; benchmarks/calibration/temperature_scaling.py).
 set -euo pipefail
@@ -36,6 +40,8 @@ ST="${STATS:-}"
 [ -n "$ST" ] && ROUTE=${ROUTE}_${ST}_stats VARIANT=${VARIANT}_${ST}_stats NOTE="$NOTE, $ST element statistics in the head"
 BL="${BLEND:-}"
 [ -n "$BL" ] && ROUTE=${ROUTE}_forest_blend VARIANT=${VARIANT}_forest_blend NOTE="$NOTE, blended with a $BL forest"
+SC="${SAME:-}"
+[ -n "$SC" ] && ROUTE=${ROUTE}_same_composition VARIANT=${VARIANT}_same_composition NOTE="$NOTE, same-composition correction"
 TG="${TAG:-}"
 [ -n "$TG" ] && ROUTE=${ROUTE}_$TG VARIANT=${VARIANT}_$TG NOTE="$NOTE, $TG"
 BASELINES=none
@@ -44,9 +50,12 @@ EXTRA=(--set "model.config.ensemble_size=$N" --set "train.epochs=$E" --set "trai
        --seed "$S" --variant "$VARIANT" --baselines "$BASELINES")
 [ -n "$ST" ] && EXTRA+=(--set "model.config.element_statistics=$ST")
 [ -n "$BL" ] && EXTRA+=(--set "train.forest_blend=$BL")
+[ -n "$SC" ] && EXTRA+=(--set "train.same_composition=true")
+RESULTS=benchmarks/results LOG_SUFFIX=""
+[ -n "${FOLDS:-}" ] && EXTRA+=(--folds "$FOLDS") RESULTS=none LOG_SUFFIX="_folds${FOLDS//,/}"
 for t in "${TASKS[@]}"; do
   python evaluate.py --benchmark matbench --task "$t" "${EXTRA[@]}" \
-    --output-dir "benchmarks/matbench/runs/$ROUTE/$t" --results-dir benchmarks/results \
+    --output-dir "benchmarks/matbench/runs/$ROUTE/$t" --results-dir "$RESULTS" \
     --notes "$NOTE (no --config); 1 thread, 2 CPU cores shared with other jobs" \
-    2>&1 | grep --line-buffered -v -e "Loading weights" -e "Writing model" | tee "benchmarks/matbench/logs/${ROUTE}_${t#matbench_}.log"
+    2>&1 | grep --line-buffered -v -e "Loading weights" -e "Writing model" | tee "benchmarks/matbench/logs/${ROUTE}_${t#matbench_}${LOG_SUFFIX}.log"
 done
