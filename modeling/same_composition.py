@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -48,8 +49,10 @@ def _target_rows(model: Any, labels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def _loss(model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, forest: torch.Tensor | None,
-          same: torch.Tensor, weight: float, batch_size: int = 1024) -> float:
+def row_losses(model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, forest: torch.Tensor | None,
+               same: torch.Tensor, weight: float, batch_size: int = 1024) -> torch.Tensor:
+    """Per-row loss of the model's output with the correction at ``weight`` (targets ``same``): mean |error| / target
+    std over the targets (regression) or the negative log-likelihood of the true class."""
     model.config.same_composition_weight = float(weight)
     out = []
     for i in range(0, len(ids), batch_size):
@@ -60,16 +63,28 @@ def _loss(model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tenso
     if model.config.problem_type == "regression":
         std = torch.as_tensor(model.config.target_std or [1.0] * logits.shape[-1], dtype=torch.float64)
         err = (logits.reshape(len(labels), -1) - labels.double().reshape(len(labels), -1)).abs()
-        return float((err / std).mean())
-    return float(F.cross_entropy(logits, labels.long().view(-1)))
+        return (err / std).mean(1)
+    return F.cross_entropy(logits, labels.long().view(-1), reduction="none")
+
+
+def significant_gain(with_weight: torch.Tensor, without: torch.Tensor, min_se: float) -> tuple[bool, float, float]:
+    """``(kept, mean change, its standard error)`` of the per-row loss change: the weight is kept when the mean change
+    is below ``-min_se`` standard errors (``min_se = 0``: whenever it is lower)."""
+    d = (with_weight - without).double()
+    se = float(d.std(unbiased=True) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+    mean = float(d.mean())
+    return mean < -min_se * se if min_se > 0 else mean < 0, mean, se
 
 
 def fit_same_composition(model: Any, train: dict[str, torch.Tensor], validation: dict[str, torch.Tensor],
-                         forest_output: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+                         forest_output: torch.Tensor | None = None, min_se: float = 0.0
+                         ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Choose the correction's weight on the ``validation`` rows and, for a weight other than 0, install the
     compositions of the ``train`` + ``validation`` rows in ``model`` (a trained ``CrossMatForPropertyPrediction``,
     regression or single-label classification; ``input_ids``, ``attention_mask``, ``labels`` tensors).
-    ``forest_output``: a blended forest's out-of-bag outputs for the validation rows.
+    ``forest_output``: a blended forest's out-of-bag outputs for the validation rows. ``min_se > 0``: the chosen
+    weight is kept only if it lowers those rows' mean loss by more than ``min_se`` standard errors of the per-row
+    change (otherwise no correction); 0 keeps any weight that lowers it.
 
     Returns the validation rows' targets of the correction (the mean of the training rows of their composition, NaN
     where there are none; pass them as ``same_composition_target`` wherever those rows are scored: calibration,
@@ -104,12 +119,16 @@ def fit_same_composition(model: Any, train: dict[str, torch.Tensor], validation:
         ids, mask = validation["input_ids"][rows].to(device), validation["attention_mask"][rows].to(device)
         forest = None if forest_output is None else forest_output[rows.to(forest_output.device)].to(device)
         same = held[rows].float().to(device)
-        losses = {w: _loss(model, ids, mask, validation["labels"][rows], forest, same, w) for w in WEIGHT_GRID}
+        per_row = {w: row_losses(model, ids, mask, validation["labels"][rows], forest, same, w) for w in WEIGHT_GRID}
+        losses = {w: float(v.mean()) for w, v in per_row.items()}
         best = min(WEIGHT_GRID, key=lambda w: (round(losses[w], 12), abs(w)))
+        kept, change, se = significant_gain(per_row[best], per_row[0.0], min_se)
         model.config.same_composition_weight = 0.0
-        info.update(weight=best, installed=best != 0.0, validation_loss_without=losses[0.0],
-                    validation_loss_with=losses[best],
+        info.update(best_weight=best, loss_change=change, loss_change_se=se, min_se=float(min_se),
+                    validation_loss_without=losses[0.0], validation_loss_with=losses[best],
                     validation_loss_by_weight={f"{w:.2f}": losses[w] for w in WEIGHT_GRID})
+        best = best if kept else 0.0
+        info.update(weight=best, installed=best != 0.0)
         if best != 0.0:
             model.install_same_composition(unique, sums / counts[:, None], multipliers, best)
     model.train(was_training)
