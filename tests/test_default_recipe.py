@@ -37,6 +37,7 @@ def test_own_data_and_benchmark_defaults_are_the_same_recipe(tmp_path):
     # two members of 100 epochs (the cost of one 200-epoch model; benchmarks/calibration/seed2_rule.txt)
     assert stage.model.config["ensemble_size"] == 2
     assert stage.train.epochs == 100 and stage.train.swa_epochs == 10 and stage.train.calibrate
+    assert stage.train.same_composition  # benchmarks/matbench/same_composition_rule.txt
     assert stage.data.validation_fraction == 0.1  # held out only when no validation file is given
 
 

@@ -51,11 +51,11 @@ EXTRA=(--set "model.config.ensemble_size=$N" --set "train.epochs=$E" --set "trai
 [ -n "$ST" ] && EXTRA+=(--set "model.config.element_statistics=$ST")
 [ -n "$BL" ] && EXTRA+=(--set "train.forest_blend=$BL")
 [ -n "$SC" ] && EXTRA+=(--set "train.same_composition=true")
-RESULTS=benchmarks/results LOG_SUFFIX=""
-[ -n "${FOLDS:-}" ] && EXTRA+=(--folds "$FOLDS") RESULTS=none LOG_SUFFIX="_folds${FOLDS//,/}"
+RESULTS=(--results-dir benchmarks/results) LOG_SUFFIX=""
+[ -n "${FOLDS:-}" ] && EXTRA+=(--folds "$FOLDS") RESULTS=(--results-dir none) LOG_SUFFIX="_folds${FOLDS//,/}"
 for t in "${TASKS[@]}"; do
   python evaluate.py --benchmark matbench --task "$t" "${EXTRA[@]}" \
-    --output-dir "benchmarks/matbench/runs/$ROUTE/$t" --results-dir "$RESULTS" \
+    --output-dir "benchmarks/matbench/runs/$ROUTE/$t" "${RESULTS[@]}" \
     --notes "$NOTE (no --config); 1 thread, 2 CPU cores shared with other jobs" \
     2>&1 | grep --line-buffered -v -e "Loading weights" -e "Writing model" | tee "benchmarks/matbench/logs/${ROUTE}_${t#matbench_}${LOG_SUFFIX}.log"
 done
