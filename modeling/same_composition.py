@@ -6,7 +6,8 @@ query's composition say something it does not. The correction answers a formula 
 training rows with ``prediction + w * (their mean target - prediction)``. ``w`` is chosen in [-1, 1] (grid step
 0.05) on the held-out validation rows whose composition occurs among the training rows (the model trained on those,
 as it did on a test row's), against those training rows' mean: lowest MAE over standardised targets
-(classification: log loss of the class fractions), ties to the ``w`` nearest 0. Fewer than ``MIN_ROWS`` such rows
+(classification: log loss of the class fractions), ties to the ``w`` nearest 0; it is kept only if it lowers their
+mean per-row loss by more than ``MIN_SE`` standard errors (the significance guard). Fewer than ``MIN_ROWS`` such rows
 (e.g. a validation split grouped by formula): no correction. The stored compositions are then every labelled
 training and validation row's. Method and adoption rule:
 benchmarks/matbench/SECTION.md ("Same-composition correction").
@@ -22,10 +23,11 @@ import torch.nn.functional as F
 
 from .modeling_crossmat import composition_keys
 
-__all__ = ["MIN_ROWS", "WEIGHT_GRID", "fit_same_composition"]
+__all__ = ["MIN_ROWS", "MIN_SE", "WEIGHT_GRID", "fit_same_composition", "significant_gain"]
 
 WEIGHT_GRID = tuple(round(-1.0 + 0.05 * i, 2) for i in range(41))
 MIN_ROWS = 20  # held-out rows with another row of their composition needed to choose the weight
+MIN_SE = 2.0  # the chosen weight must lower those rows' mean loss by more than this many standard errors
 _MULTIPLIER_SEED = 20261206
 
 
@@ -77,7 +79,7 @@ def significant_gain(with_weight: torch.Tensor, without: torch.Tensor, min_se: f
 
 
 def fit_same_composition(model: Any, train: dict[str, torch.Tensor], validation: dict[str, torch.Tensor],
-                         forest_output: torch.Tensor | None = None, min_se: float = 0.0
+                         forest_output: torch.Tensor | None = None, min_se: float = MIN_SE
                          ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Choose the correction's weight on the ``validation`` rows and, for a weight other than 0, install the
     compositions of the ``train`` + ``validation`` rows in ``model`` (a trained ``CrossMatForPropertyPrediction``,

@@ -13,7 +13,14 @@ import torch
 
 from crossmat.modeling import CrossMatConfig, CrossMatForPropertyPrediction
 from crossmat.modeling.modeling_crossmat import composition_keys
-from crossmat.modeling.same_composition import MIN_ROWS, WEIGHT_GRID, fit_same_composition, key_multipliers
+from crossmat.modeling.same_composition import (
+    MIN_ROWS,
+    MIN_SE,
+    WEIGHT_GRID,
+    fit_same_composition,
+    key_multipliers,
+    significant_gain,
+)
 from crossmat.tokenization import CrossMatTokenizerFast
 from crossmat.training import RecipeError, train_recipe
 
@@ -77,7 +84,7 @@ def test_weight_chosen_on_leave_one_out_rows_and_applied_to_stored_compositions(
     with torch.no_grad():
         before = model(**enc).logits[:, 0]
     held, info = fit_same_composition(model, _split(tokenizer, train, _labels(train)),
-                                      _split(tokenizer, val, _labels(val)))
+                                      _split(tokenizer, val, _labels(val)), min_se=0.0)  # unguarded: any gain
     # a validation row's target of the correction is its composition's training rows' mean, by pandas
     everything = pd.concat([train, val])
     expected = val["formula"].map(train.groupby("formula")["target"].mean()).to_numpy()
@@ -86,9 +93,7 @@ def test_weight_chosen_on_leave_one_out_rows_and_applied_to_stored_compositions(
     losses = info["validation_loss_by_weight"]
     assert set(losses) == {f"{w:.2f}" for w in WEIGHT_GRID}
     assert info["validation_loss_with"] == min(losses.values()) <= info["validation_loss_without"]
-    assert info["installed"] == (info["weight"] != 0.0)
-    if not info["installed"]:
-        pytest.skip("weight 0 chosen on these rows: nothing to apply")
+    assert info["installed"] and info["weight"] == info["best_weight"] != 0.0
     w = model.config.same_composition_weight
     means = everything.groupby("formula")["target"].mean()
     with torch.no_grad():
@@ -212,3 +217,17 @@ def test_console_report_says_what_the_correction_did():
     first, second = held_out_report(summary)
     assert "same-composition correction's weight -0.30 (on the 120 rows" in first
     assert "3 of them share their composition with a training row: no same-composition correction" in second
+
+
+def test_a_weight_that_does_not_beat_no_correction_by_two_standard_errors_is_dropped(tokenizer, perovskites):
+    """The significance guard: a tiny, noisy gain on the matched rows keeps no correction; a large one is kept."""
+    noisy = torch.tensor([0.0, -0.3, 0.28, -0.1, 0.1] * 8)  # mean -0.004, SE about 0.03
+    assert significant_gain(noisy, torch.zeros(40), MIN_SE)[0] is False
+    assert significant_gain(noisy, torch.zeros(40), 0.0)[0] is True  # unguarded: any lower mean
+    assert significant_gain(noisy - 0.2, torch.zeros(40), MIN_SE)[0] is True
+    train, val = perovskites.iloc[:450], perovskites.iloc[450:]
+    model = _regression_model(train)
+    _, info = fit_same_composition(model, _split(tokenizer, train, _labels(train)), _split(tokenizer, val, _labels(val)))
+    assert info["min_se"] == MIN_SE and "best_weight" in info
+    kept = info["loss_change"] < -MIN_SE * info["loss_change_se"]
+    assert info["weight"] == (info["best_weight"] if kept else 0.0) and info["installed"] == (info["weight"] != 0.0)
