@@ -174,6 +174,10 @@ def held_out_report(summary: dict) -> list[str]:
             if same and same.get("installed"):
                 msg += (f"; they chose the same-composition correction's weight {same['weight']:.2f} (on the "
                         f"{same['validation_rows_with_composition']} rows whose composition has training rows)")
+            elif same and "best_weight" in same:  # enough rows, but the best weight was not significant
+                msg += (f"; on the {same['validation_rows_with_composition']} rows whose composition has training rows "
+                        f"the best same-composition weight {same['best_weight']:.2f} did not beat no correction by "
+                        f"{same['min_se']:g} SE: no correction")
             elif same:
                 msg += (f"; {same['validation_rows_with_composition']} of them share their composition with a training "
                         "row: no same-composition correction")

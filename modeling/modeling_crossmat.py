@@ -809,12 +809,13 @@ class CrossMatForPropertyPrediction(CrossMatPreTrainedModel):
 
     def same_composition_target(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``(batch, labels)``: the stored mean target of each formula's composition, NaN where it is not stored."""
+        if not self.config.same_composition_rows:
+            raise ValueError("no compositions are stored (install_same_composition)")
         keys = composition_keys(input_ids, self.composition_key_multipliers, self.config)
         stored = self.same_composition_keys
-        at = torch.searchsorted(stored, keys).clamp(max=max(len(stored) - 1, 0))
-        found = stored[at] == keys if len(stored) else torch.zeros_like(keys, dtype=torch.bool)
-        values = self.same_composition_targets[at] if len(stored) else keys.new_zeros(len(keys), self.num_labels).float()
-        return torch.where(found[:, None], values, torch.full_like(values, float("nan")))
+        at = torch.searchsorted(stored, keys).clamp(max=len(stored) - 1)
+        values = self.same_composition_targets[at]
+        return torch.where((stored[at] == keys)[:, None], values, torch.full_like(values, float("nan")))
 
     def _same_composition(self, input_ids: torch.Tensor | None, given: torch.Tensor | None) -> torch.Tensor | None:
         """The correction's stored targets for the batch: ``given`` (e.g. the training rows' means for calibration rows) or

@@ -480,11 +480,12 @@ class StageTrainer:
                                          forest_output=validation.tensors.get("forest_output"))
         n = info["validation_rows_with_composition"]
         if n < MIN_ROWS:
-            msg = f"{n} of {len(validation)} validation rows share their composition with another row (< {MIN_ROWS}): no correction"
+            msg = f"{n} of {len(validation)} validation rows share their composition with training rows (< {MIN_ROWS}): no correction"
         else:
-            msg = (f"weight {info['weight']:.2f} chosen on the {n} of {len(validation)} validation rows that share their "
-                   f"composition with another row (loss {info['validation_loss_without']:.4g} -> "
-                   f"{info['validation_loss_with']:.4g})" + ("" if info["installed"] else "; not kept"))
+            msg = (f"weight {info['best_weight']:.2f} chosen on the {n} of {len(validation)} validation rows that share "
+                   f"their composition with training rows (loss {info['validation_loss_without']:.4g} -> "
+                   f"{info['validation_loss_with']:.4g}, change {info['loss_change']:.3g} ± {info['loss_change_se']:.2g} SE)"
+                   + ("" if info["installed"] else f"; not kept (needs more than {info['min_se']:g} SE)"))
         self.accelerator.print(f"[crossmat] same-composition correction: {msg}")
         return info, dataclasses.replace(validation, tensors={**validation.tensors, "same_composition_target": held})
 

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from benchmarks.calibration.seed2_rule import mean_se
+from benchmarks.matbench.same_composition_rule import ARM, mae
 from crossmat.evaluation.protocol import matbench_folds
 from crossmat.evaluation.tasks import load_matbench_frame, matbench_task
 from crossmat.modeling import CrossMatForPropertyPrediction
@@ -29,12 +30,7 @@ from crossmat.modeling.modeling_crossmat import composition_keys
 from crossmat.modeling.same_composition import row_losses, significant_gain
 from crossmat.tokenization import CrossMatTokenizerFast
 
-ARM = "crossmat_ens2_e100_same_composition"
 MIN_SE = 2.0
-
-
-def _mae(pred: pd.DataFrame) -> float:
-    return float(np.abs(pred["prediction"] - pred["target"]).mean())
 
 
 @torch.inference_mode()
@@ -45,9 +41,9 @@ def fold_guard(task: str, k: int, folder: Path, tokenizer: CrossMatTokenizerFast
     alone_file = folder / "predictions_without_same_composition.csv"
     alone = pred[["id", "target"]].merge(pd.read_csv(alone_file), on="id") if alone_file.is_file() else pred
     out = {"fold": k, "weight": info["weight"], "rows": info["validation_rows_with_composition"],
-           "mae_unguarded": _mae(pred), "mae_without": _mae(alone)}
+           "mae_unguarded": mae(pred), "mae_without": mae(alone)}
     if not info["installed"]:
-        return {**out, "kept": False, "change": 0.0, "se": None, "mae_guarded": _mae(pred)}
+        return {**out, "kept": False, "change": 0.0, "se": None, "mae_guarded": mae(pred)}
     model = CrossMatForPropertyPrediction.from_pretrained(folder / "model").eval()
     frame = load_matbench_frame(task)
     fold = matbench_folds(matbench_task(task), frame, [k], 0.1, 0)[0]

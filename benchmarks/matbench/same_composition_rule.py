@@ -28,7 +28,7 @@ CRABNET = {"matbench_perovskites": 0.4065, "matbench_dielectric": 0.3234, "matbe
            "matbench_phonons": 55.11}
 
 
-def _mae(frame: pd.DataFrame) -> float:
+def mae(frame: pd.DataFrame) -> float:
     return float(np.abs(frame["prediction"] - frame["target"]).mean())
 
 
@@ -45,7 +45,7 @@ def task_summary(task: str) -> dict | None:
         alone = pred if not alone_file.is_file() else pred[["id", "target"]].merge(pd.read_csv(alone_file), on="id")
         err = (pred["prediction"] - pred["target"]).abs()
         inside = (err <= pred["uncertainty"]).mean(), (err <= 2 * pred["uncertainty"]).mean()
-        rows.append({"fold": int(fold.name.split("_")[1]), "mae": _mae(pred), "mae_without": _mae(alone),
+        rows.append({"fold": int(fold.name.split("_")[1]), "mae": mae(pred), "mae_without": mae(alone),
                      "weight": info.get("weight", 0.0), "rows_chosen_on": info.get("validation_rows_with_composition"),
                      "coverage_1sigma": float(inside[0]), "coverage_2sigma": float(inside[1])})
     if not rows:
