@@ -36,6 +36,7 @@ from .data import StageData, TensorSplit
 from .folder import latest_checkpoint
 from .progress import training_progress
 from .recipe import RecipeError, StageRecipe, resolve_stage, stage_kind
+from .structure_aux import load_structure_auxiliary
 
 __all__ = ["LoopState", "StageTrainer", "auto_batch_size", "compute_metrics", "latest_checkpoint", "make_accelerator"]
 
@@ -192,6 +193,17 @@ class StageTrainer:
         # the frozen teacher is copied before any step (and before a resume loads fine-tuned weights)
         self.anchor = (EmbeddingAnchor(model, float(self.cfg.anchor_weight)).to(accelerator.device)
                        if float(self.cfg.anchor_weight) > 0 else None)
+        # train.structure_aux_weight: the training rows' structure vectors and a linear read-out (structure_aux.py)
+        self.structure_aux = None
+        self.aux_head: torch.nn.Module | None = None
+        if float(self.cfg.structure_aux_weight) > 0:
+            self.structure_aux = load_structure_auxiliary(
+                recipe.data.structure_targets, recipe.data.embedding_column, data.train.formulas,
+                int(model.config.hidden_size), float(self.cfg.structure_aux_weight), self.seed)
+            data.info["structure_aux"] = self.structure_aux.summary()
+            accelerator.print(f"[crossmat] structure auxiliary: {self.structure_aux.rows_with_target} of "
+                              f"{len(data.train)} training rows have a {self.structure_aux.dim}-d structure vector "
+                              f"(weight {self.structure_aux.weight:g})")
         # train.freeze_encoder_epochs toggles the encoder parameters that train now (before any step)
         self._encoder_params = ([p for n, p in model.named_parameters() if p.requires_grad and "head" not in n.split(".")]
                                 if int(self.cfg.freeze_encoder_epochs) > 0 else [])
@@ -201,13 +213,20 @@ class StageTrainer:
     def _build_optimizer(self) -> None:
         groups = parameter_groups(self.model, float(self.cfg.weight_decay), float(self.cfg.layer_lr_decay),
                                   float(self.cfg.learning_rate))
+        modules: list[torch.nn.Module] = [self.model]
+        if self.structure_aux is not None:  # the read-out trains at the full rate, saved with every checkpoint
+            groups.append({"params": list(self.structure_aux.head.parameters()),
+                           "weight_decay": float(self.cfg.weight_decay), "lr": float(self.cfg.learning_rate)})
+            modules.append(self.structure_aux.head)
         optimizer = torch.optim.AdamW(groups, lr=float(self.cfg.learning_rate), betas=tuple(self.cfg.adam_betas))
         warmup = self.cfg.warmup_steps
         if warmup is None:
             warmup = int(math.ceil(float(self.cfg.warmup_ratio) * self.total_steps))
         scheduler = get_scheduler(self.cfg.lr_scheduler, optimizer, num_warmup_steps=warmup,
                                   num_training_steps=self.total_steps)
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(self.model, optimizer, scheduler)
+        *prepared, self.optimizer, self.scheduler = self.accelerator.prepare(*modules, optimizer, scheduler)
+        self.model = prepared[0]
+        self.aux_head = prepared[1] if self.structure_aux is not None else None
         # the loop state is saved as JSON (LOOP_STATE_FILE), not registered with accelerate: its custom
         # checkpoints are pickles loaded with weights_only=False, i.e. code execution from a checkpoint folder
 
@@ -557,6 +576,8 @@ class StageTrainer:
                     with ctx, acc.autocast():
                         out = self.model(**batch)
                         loss = out.loss if self.anchor is None else out.loss + self.anchor.loss(batch, out.pooler_output)
+                        if self.structure_aux is not None:
+                            loss = loss + self.structure_aux.loss(rows, out.pooler_output, self.aux_head)
                         loss = loss / self.accum
                         acc.backward(loss)
                     run_loss += loss.detach()

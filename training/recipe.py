@@ -91,6 +91,7 @@ class DataSection:
     embedding_column: str = "embedding"
     standardize_embeddings: bool = False  # imkt: z-score each embedding dimension with the train split's mean/std
     missing_embeddings: str = "error"  # imkt rows with no embedding (null): error | mlm_only (they train MLM only)
+    structure_targets: Source = None  # fine-tune: formula -> structure vector table (train.structure_aux_weight)
     id_column: str | None = None
     task: str = "auto"
     target_transform: str | None = None
@@ -148,6 +149,7 @@ class TrainSection:
     layer_lr_decay: float = 1.0  # < 1: encoder layer i of L at lr * decay ** (L - i), embeddings one step lower
     anchor_weight: float = 0.0  # > 0: keep the pooled embedding near the initial backbone's (training/anchor.py)
     freeze_encoder_epochs: int = 0  # > 0: train only the head for this many epochs, then everything (LP-FT)
+    structure_aux_weight: float = 0.0  # > 0: regress data.structure_targets from the pooled embedding (structure_aux.py)
 
 
 @dataclass(frozen=True)
@@ -388,6 +390,13 @@ def resolve_stage(stage: Mapping[str, Any]) -> StageRecipe:
     if float(train["anchor_weight"]) > 0 and not (kind.property_model and resolved["model"]["init_from"]):
         raise RecipeError("recipe key 'train.anchor_weight' anchors a fine-tuned model to its pretrained backbone: "
                           "it needs a property stage with model.init_from")
+    aux = train["structure_aux_weight"]
+    if isinstance(aux, bool) or not isinstance(aux, (int, float)) or float(aux) < 0:
+        raise RecipeError(f"recipe key 'train.structure_aux_weight' must be a non-negative number, got {aux!r}")
+    if float(aux) > 0 and not (kind.property_model and data.get("structure_targets") is not None):
+        raise RecipeError("recipe key 'train.structure_aux_weight' regresses each training row's crystal-structure "
+                          "vector from its formula embedding: it needs a property stage and data.structure_targets "
+                          "(a table with 'formula' and the vector column data.embedding_column)")
     freeze = train["freeze_encoder_epochs"]
     if isinstance(freeze, bool) or not isinstance(freeze, int) or freeze < 0:
         raise RecipeError(f"recipe key 'train.freeze_encoder_epochs' must be a non-negative integer, got {freeze!r}")

@@ -10,6 +10,10 @@
 #   branch  model.config.structure_branch=true (a frozen copy of the backbone embeds every formula too; the head
 #           reads the fine-tuned pooled embedding and the frozen one side by side, so the backbone's pooled
 #           embedding, where the frozen probes found imKT's structure knowledge, cannot be overwritten)
+#   aux     train.structure_aux_weight=1.0 with data.structure_targets=$STRUCTURE_TARGETS (default: the CHGNet
+#           embedding of the lowest-energy Materials Project polymorph of each task formula, built by
+#           benchmarks/imkt/build_task_structures.sh): a linear read-out of the pooled embedding regresses the
+#           z-scored structure vector of every training row that has one (training/structure_aux.py)
 # Paired per fold against crossmat_default_from_<ARM>.json (same recipe, same backbone, no keep method).
 # Usage: bash benchmarks/imkt/run_keep.sh METHOD ARM BACKBONE TASK [TASK ...]
 #   ARM: imkt (BACKBONE = crossmat-imkt-mp-small, the shipped imkt backbone) or mlm (its folder); imkt_seed7 and
@@ -26,7 +30,11 @@ case "$METHOD" in
   anchor) SET=(--set train.anchor_weight=1.0); WHAT="embedding anchor weight 1.0"; OUT="benchmarks/matbench/runs/keep_anchor/$ARM" ;;
   lpft) SET=(--set train.freeze_encoder_epochs=20); WHAT="the encoder frozen for the first 20 epochs"; OUT="benchmarks/matbench/runs/keep_lpft/$ARM" ;;
   branch) SET=(--set model.config.structure_branch=true); WHAT="a frozen structure branch (the backbone's own pooled embedding) beside the fine-tuned one"; OUT="benchmarks/matbench/runs/keep_branch/$ARM" ;;
-  *) echo "unknown keep method $METHOD (llrd, anchor, lpft or branch)" >&2; exit 2 ;;
+  aux) TARGETS="${STRUCTURE_TARGETS:-benchmarks/_work/imkt/task_structures/chgnet/per_formula/chgnet.parquet}"
+       [ -f "$TARGETS" ] || { echo "no structure targets at $TARGETS: run bash benchmarks/imkt/build_task_structures.sh" >&2; exit 2; }
+       SET=(--set train.structure_aux_weight=1.0 "data.structure_targets=$TARGETS")
+       WHAT="the structure auxiliary (weight 1.0, $TARGETS)"; OUT="benchmarks/matbench/runs/keep_aux/$ARM" ;;
+  *) echo "unknown keep method $METHOD (llrd, anchor, lpft, branch or aux)" >&2; exit 2 ;;
 esac
 mkdir -p benchmarks/imkt/logs
 for t in "$@"; do
