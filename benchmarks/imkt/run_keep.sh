@@ -14,6 +14,8 @@
 #           embedding of the lowest-energy Materials Project polymorph of each task formula, built by
 #           benchmarks/imkt/build_task_structures.sh): a linear read-out of the pooled embedding regresses the
 #           z-scored structure vector of every training row that has one (training/structure_aux.py)
+#   rerun   nothing: the same recipe and backbone rerun with this commit's code, when the record it would be paired
+#           with came from older code that no longer reproduces it
 # Paired per fold against crossmat_default_from_<ARM>.json (same recipe, same backbone, no keep method).
 # Usage: bash benchmarks/imkt/run_keep.sh METHOD ARM BACKBONE TASK [TASK ...]
 #   ARM: imkt (BACKBONE = crossmat-imkt-mp-small, the shipped imkt backbone) or mlm (its folder); imkt_seed7 and
@@ -30,16 +32,18 @@ case "$METHOD" in
   anchor) SET=(--set train.anchor_weight=1.0); WHAT="embedding anchor weight 1.0"; OUT="benchmarks/matbench/runs/keep_anchor/$ARM" ;;
   lpft) SET=(--set train.freeze_encoder_epochs=20); WHAT="the encoder frozen for the first 20 epochs"; OUT="benchmarks/matbench/runs/keep_lpft/$ARM" ;;
   branch) SET=(--set model.config.structure_branch=true); WHAT="a frozen structure branch (the backbone's own pooled embedding) beside the fine-tuned one"; OUT="benchmarks/matbench/runs/keep_branch/$ARM" ;;
+  rerun) SET=(); WHAT="no keep method, rerun with this commit's code (the paired control of a keep arm)"
+         OUT="benchmarks/matbench/runs/keep_rerun/$ARM" ;;
   aux) TARGETS="${STRUCTURE_TARGETS:-benchmarks/_work/imkt/task_structures/chgnet/per_formula/chgnet.parquet}"
        [ -f "$TARGETS" ] || { echo "no structure targets at $TARGETS: run bash benchmarks/imkt/build_task_structures.sh" >&2; exit 2; }
        SET=(--set train.structure_aux_weight=1.0 "data.structure_targets=$TARGETS")
        WHAT="the structure auxiliary (weight 1.0, $TARGETS)"; OUT="benchmarks/matbench/runs/keep_aux/$ARM" ;;
-  *) echo "unknown keep method $METHOD (llrd, anchor, lpft, branch or aux)" >&2; exit 2 ;;
+  *) echo "unknown keep method $METHOD (llrd, anchor, lpft, branch, aux or rerun)" >&2; exit 2 ;;
 esac
 mkdir -p benchmarks/imkt/logs
 for t in "$@"; do
   python evaluate.py --benchmark matbench --task "$t" --config benchmarks/matbench/recipes/crossmat_default.yaml \
-    --set "model.init_from=$BACKBONE" "${SET[@]}" --variant "crossmat_default_from_${ARM}_${METHOD}" \
+    --set "model.init_from=$BACKBONE" ${SET[@]+"${SET[@]}"} --variant "crossmat_default_from_${ARM}_${METHOD}" \
     --baselines none --output-dir "$OUT/$t" --results-dir benchmarks/results \
     --notes "crossmat_default from the $ARM backbone with $WHAT; 1 thread, 2 CPU cores shared" \
     2>&1 | grep --line-buffered -v -e "Loading weights" -e "Writing model" -e "^INFO" \
