@@ -36,7 +36,7 @@ case "$METHOD" in
          OUT="benchmarks/matbench/runs/keep_rerun/$ARM" ;;
   aux) TARGETS="${STRUCTURE_TARGETS:-benchmarks/_work/imkt/task_structures/chgnet/per_formula/chgnet.parquet}"
        [ -f "$TARGETS" ] || { echo "no structure targets at $TARGETS: run bash benchmarks/imkt/build_task_structures.sh" >&2; exit 2; }
-       SET=(--set train.structure_aux_weight=1.0 "data.structure_targets=$TARGETS")
+       SET=(--set train.structure_aux_weight=1.0 --set "data.structure_targets=$TARGETS")
        WHAT="the structure auxiliary (weight 1.0, $TARGETS)"; OUT="benchmarks/matbench/runs/keep_aux/$ARM" ;;
   *) echo "unknown keep method $METHOD (llrd, anchor, lpft, branch, aux or rerun)" >&2; exit 2 ;;
 esac
