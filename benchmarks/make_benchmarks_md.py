@@ -83,8 +83,9 @@ def summary_table(tasks: dict[str, dict[str, dict]], published: dict) -> list[st
     and the cited bars (composition-only best, structure-based best)."""
     lines = ["### Summary", "",
              "CrossMat columns are 5-fold means ± std over the official folds, measured here. *RF same run* is the "
-             "Magpie random forest trained on the same folds in the same command as `crossmat_default`; *default vs RF* "
-             "says *within spread* when the difference is not larger than the larger of the two fold std. Published "
+             "Magpie random forest trained on the same folds in the same command as `crossmat_default` (a seeded forest: "
+             "the same folds give the same forest); *default route vs RF* compares the default route's record with it "
+             "and says *within spread* when the difference is not larger than the larger of the two fold std. Published "
              "columns are cited (see `benchmarks/published.json` for sources), not re-measured. Wall times are "
              "per fold on 2 shared CPU cores.", "",
              f"*Default route* is `{ROUTE}`: what `python evaluate.py --benchmark matbench --task T` runs with no "
@@ -100,7 +101,7 @@ def summary_table(tasks: dict[str, dict[str, dict]], published: dict) -> list[st
              "the significance guard joined the method; with it, dielectric and log_kvrh give the same models' "
              "uncorrected outputs, 0.3229 and 0.0736 (benchmarks/matbench/same_composition_guard.txt), perovskites "
              "is unchanged.", "",
-             "| task | metric | default route (coverage 1σ / 2σ) | crossmat_default | RF same run | default vs RF | "
+             "| task | metric | default route (coverage 1σ / 2σ) | crossmat_default | RF same run | default route vs RF | "
              "best other CrossMat variant | published composition-only | published structure-based | default wall |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for task in sorted(tasks):
@@ -126,10 +127,10 @@ def summary_table(tasks: dict[str, dict[str, dict]], published: dict) -> list[st
         comp_s = (lambda p: f"{p['model']} {_fmt(p['value'])}")(pick(comp, key=lambda p: p["value"])) if comp else "—"
         struct_s = (lambda p: f"{p['model']} {_fmt(p['value'])}")(pick(struct, key=lambda p: p["value"])) if struct else "—"
         best_s = f"{_pm(recs[best]['mean'], recs[best]['std'])} ({best})" if best else "—"
-        if d and rf and rf.get("mean") == rf.get("mean"):
-            gain = (d["mean"] - rf["mean"]) / rf["mean"] * 100
-            spread = max(d["std"], rf["std"])  # a difference inside the fold-to-fold spread is not a result
-            verdict = "within spread" if abs(d["mean"] - rf["mean"]) <= spread else (
+        if route and rf and rf.get("mean") == rf.get("mean"):
+            gain = (route["mean"] - rf["mean"]) / rf["mean"] * 100
+            spread = max(route["std"], rf["std"])  # a difference inside the fold-to-fold spread is not a result
+            verdict = "within spread" if abs(route["mean"] - rf["mean"]) <= spread else (
                 "better" if (gain < 0) == lower else "worse")
             versus = f"{gain:+.1f}% ({verdict})"
         else:
