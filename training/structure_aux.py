@@ -5,7 +5,8 @@ lowest-energy Materials Project polymorph, written by ``python -m crossmat.datas
 vector, z-scored with the training rows' statistics, as a second target: a linear read-out of the pooled
 formula embedding regresses it, and ``weight * mean squared error`` is added to the task loss. The read-out is
 discarded after training, so the model still reads only formulas; validation and test rows never look a structure
-up. This is imKT's alignment kept through fine-tuning, on the compounds the property model is trained on."""
+up. This is imKT's alignment kept through fine-tuning, on the compounds the property model is trained on. In an
+ensemble it acts on the member whose pooled embedding the model returns (the first)."""
 
 from __future__ import annotations
 
