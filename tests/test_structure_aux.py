@@ -118,3 +118,36 @@ def test_finetune_with_structure_aux(tmp_path, expt_gap_csv, vectors_table):
     assert weights[0.0].keys() == weights[1.0].keys()  # the read-out is not saved with the model
     moved = [k for k in weights[0.0] if not torch.equal(weights[0.0][k], weights[1.0][k])]
     assert any(k.startswith("crossmat.layers.") for k in moved)
+
+
+def test_kill_and_resume_with_structure_aux_is_exact(tmp_path, expt_gap_csv, vectors_table):
+    """The read-out is saved with every checkpoint: a run killed after step 20 and resumed ends with the same
+    weights as an uninterrupted run."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    recipe = {"stage": "finetune",
+              "model": {"config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                   "intermediate_size": 64}},
+              "data": {"train": str(expt_gap_csv(300)), "target_column": "gap",
+                       "structure_targets": str(vectors_table)},
+              "train": {"max_steps": 40, "batch_size": 32, "progress_bar": False, "calibrate": False,
+                        "structure_aux_weight": 1.0, "checkpoint_every": 20, "resume": "auto"}}
+    script = ("import json, sys\nfrom crossmat.training import run_recipe\n"
+              "run_recipe(json.loads(sys.argv[1]), sys.argv[2])\n")
+
+    def run(out: str, fault: str | None = None) -> subprocess.CompletedProcess:
+        env = {**os.environ, **({"CROSSMAT_TRAIN_FAULT_AFTER_STEP": fault} if fault else {})}
+        return subprocess.run([sys.executable, "-c", script, json.dumps(recipe), str(tmp_path / out)], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    assert run("full").returncode == 0
+    assert run("killed", fault="20").returncode != 0
+    assert (tmp_path / "killed" / "checkpoints" / "step_000000020" / "model_1.safetensors").is_file()  # the read-out
+    resumed = run("killed")
+    assert resumed.returncode == 0 and "resumed from" in resumed.stdout + resumed.stderr
+    full, res = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "killed" / "model.safetensors"))
+    assert all(torch.equal(full[k], res[k]) for k in full)
