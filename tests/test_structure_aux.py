@@ -44,7 +44,8 @@ def test_lookup_by_composition_and_zscore(vectors_table):
     vectors = structure_vectors(str(vectors_table))
     key, vec = next(iter(vectors.items()))
     reordered = "".join(reversed([f"{el}{n:g}" for el, n in _counts(key)]))  # same composition, other order
-    aux = StructureAuxiliary(vectors, [key, "Xe", reordered, key], hidden_size=8, weight=2.0)
+    # a training split holds canonical formulas: another element order of the same composition finds the same vector
+    aux = StructureAuxiliary(vectors, [key, "Xe", canonical_formula(reordered), key], hidden_size=8, weight=2.0)
     assert aux.mask.tolist() == [True, False, True, True]
     assert aux.summary()["training_rows_with_structure"] == "3 of 4"
     assert torch.equal(aux.targets[1], torch.zeros(aux.dim))  # no structure: no target
@@ -95,6 +96,15 @@ def test_recipe_needs_targets_and_a_property_stage(expt_gap_csv):
         validate_recipe(apply_overrides(base, ["train.structure_aux_weight=-1", "data.structure_targets=x.parquet"]))
 
 
+def _aux_recipe(csv, table, **train) -> dict:
+    """A small fine-tuning recipe on real expt_gap rows with the structure auxiliary's table."""
+    return {"stage": "finetune",
+            "model": {"config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                 "intermediate_size": 64}},
+            "data": {"train": str(csv), "target_column": "gap", "structure_targets": str(table)},
+            "train": {"batch_size": 32, "progress_bar": False, "calibrate": False, **train}}
+
+
 def test_finetune_with_structure_aux(tmp_path, expt_gap_csv, vectors_table):
     """Same seed, data and steps with and without the auxiliary: the auxiliary changes the trained encoder, the run
     reports its coverage, and the saved folder is a plain formula model (no read-out weights)."""
@@ -102,13 +112,7 @@ def test_finetune_with_structure_aux(tmp_path, expt_gap_csv, vectors_table):
 
     weights = {}
     for w in (0.0, 1.0):
-        recipe = {"stage": "finetune",
-                  "model": {"config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                       "intermediate_size": 64}},
-                  "data": {"train": str(expt_gap_csv(300)), "target_column": "gap",
-                           "structure_targets": str(vectors_table)},
-                  "train": {"max_steps": 30, "batch_size": 32, "progress_bar": False, "calibrate": False,
-                            "structure_aux_weight": w}}
+        recipe = _aux_recipe(expt_gap_csv(300), vectors_table, max_steps=30, structure_aux_weight=w)
         out = run_recipe(recipe, tmp_path / f"aux_{w}")
         weights[w] = load_file(str(out / "model.safetensors"))
         info = json.loads((out / "training_info.json").read_text())
@@ -129,13 +133,8 @@ def test_kill_and_resume_with_structure_aux_is_exact(tmp_path, expt_gap_csv, vec
 
     from safetensors.torch import load_file
 
-    recipe = {"stage": "finetune",
-              "model": {"config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                   "intermediate_size": 64}},
-              "data": {"train": str(expt_gap_csv(300)), "target_column": "gap",
-                       "structure_targets": str(vectors_table)},
-              "train": {"max_steps": 40, "batch_size": 32, "progress_bar": False, "calibrate": False,
-                        "structure_aux_weight": 1.0, "checkpoint_every": 20, "resume": "auto"}}
+    recipe = _aux_recipe(expt_gap_csv(300), vectors_table, max_steps=40, structure_aux_weight=1.0,
+                         checkpoint_every=20, resume="auto")
     script = ("import json, sys\nfrom crossmat.training import run_recipe\n"
               "run_recipe(json.loads(sys.argv[1]), sys.argv[2])\n")
 

@@ -36,7 +36,7 @@ from .data import StageData, TensorSplit
 from .folder import latest_checkpoint
 from .progress import training_progress
 from .recipe import RecipeError, StageRecipe, resolve_stage, stage_kind
-from .structure_aux import load_structure_auxiliary
+from .structure_aux import StructureAuxiliary, structure_vectors
 
 __all__ = ["LoopState", "StageTrainer", "auto_batch_size", "compute_metrics", "latest_checkpoint", "make_accelerator"]
 
@@ -197,8 +197,8 @@ class StageTrainer:
         self.structure_aux = None
         self.aux_head: torch.nn.Module | None = None
         if float(self.cfg.structure_aux_weight) > 0:
-            self.structure_aux = load_structure_auxiliary(
-                recipe.data.structure_targets, recipe.data.embedding_column, data.train.formulas,
+            self.structure_aux = StructureAuxiliary(
+                structure_vectors(recipe.data.structure_targets, recipe.data.embedding_column), data.train.formulas,
                 int(model.config.hidden_size), float(self.cfg.structure_aux_weight), self.seed)
             data.info["structure_aux"] = self.structure_aux.summary()
             accelerator.print(f"[crossmat] structure auxiliary: {self.structure_aux.rows_with_target} of "

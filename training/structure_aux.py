@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from crossmat.tokenization import FormulaError, canonical_formula
@@ -60,12 +59,7 @@ class StructureAuxiliary:
 
     def __init__(self, vectors: dict[str, np.ndarray], formulas: Sequence[str], hidden_size: int, weight: float,
                  seed: int = 0) -> None:
-        keys = []
-        for f in formulas:
-            try:
-                keys.append(canonical_formula(f))
-            except FormulaError:
-                keys.append(f)
+        keys = list(formulas)  # canonical formulas, as a training split holds them (TensorSplit.formulas)
         dim = len(next(iter(vectors.values())))
         has = np.array([k in vectors for k in keys], dtype=bool)
         if not has.any():
@@ -103,10 +97,3 @@ class StructureAuxiliary:
         err = ((pred - target) ** 2).mean(-1) * mask
         return self.weight * err.sum() / mask.sum().clamp(min=1)
 
-
-def load_structure_auxiliary(source: Any, embedding_column: str, formulas: Sequence[str], hidden_size: int,
-                             weight: float, seed: int) -> StructureAuxiliary:
-    """:class:`StructureAuxiliary` for the training split's formulas, from the recipe's ``data.structure_targets``."""
-    if isinstance(source, pd.DataFrame):
-        source = source.reset_index(drop=True)
-    return StructureAuxiliary(structure_vectors(source, embedding_column), formulas, hidden_size, weight, seed)
