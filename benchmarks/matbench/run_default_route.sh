@@ -20,6 +20,8 @@
 # chosen on the calibration rows, `_same_composition` appended; the fold also writes the same model's test outputs
 # without it (predictions_without_same_composition.csv). FOLDS=0,1,2: only these folds, no record written (two
 # processes can share one task's folds; a later run without FOLDS reuses the finished folds and writes the record).
+# MAXROWS=N: --max-train-rows N (each fold's training rows subsampled, a declared deviation), `_nN` appended.
+# BASELINES_OVERRIDE=list: the baselines of the run (default: dummy,rf_magpie for the seed-0 default route, else none).
 # TAG=name: `_name` appended to variant and route, for a rerun of the same settings with newer code (e.g. TAG=tempered:
 # the classifier's probability temperature, fitted on the calibration rows; benchmarks/calibration/temperature_scaling.py).
 set -euo pipefail
@@ -42,15 +44,19 @@ BL="${BLEND:-}"
 [ -n "$BL" ] && ROUTE=${ROUTE}_forest_blend VARIANT=${VARIANT}_forest_blend NOTE="$NOTE, blended with a $BL forest"
 SC="${SAME:-}"
 [ -n "$SC" ] && ROUTE=${ROUTE}_same_composition VARIANT=${VARIANT}_same_composition NOTE="$NOTE, same-composition correction"
+MR="${MAXROWS:-}"
+[ -n "$MR" ] && ROUTE=${ROUTE}_n$MR VARIANT=${VARIANT}_n$MR NOTE="$NOTE, $MR training rows per fold"
 TG="${TAG:-}"
 [ -n "$TG" ] && ROUTE=${ROUTE}_$TG VARIANT=${VARIANT}_$TG NOTE="$NOTE, $TG"
 BASELINES=none
 [ "$S" -eq 0 ] && { [ "$VARIANT" = crossmat ] || [ "$VARIANT" = crossmat_ens2_e100 ]; } && BASELINES=dummy,rf_magpie
+BASELINES="${BASELINES_OVERRIDE:-$BASELINES}"
 EXTRA=(--set "model.config.ensemble_size=$N" --set "train.epochs=$E" --set "train.swa_epochs=$((E / 10))"
        --seed "$S" --variant "$VARIANT" --baselines "$BASELINES")
 [ -n "$ST" ] && EXTRA+=(--set "model.config.element_statistics=$ST")
 [ -n "$BL" ] && EXTRA+=(--set "train.forest_blend=$BL")
 [ -n "$SC" ] && EXTRA+=(--set "train.same_composition=true")
+[ -n "$MR" ] && EXTRA+=(--max-train-rows "$MR")
 RESULTS=(--results-dir benchmarks/results) LOG_SUFFIX=""
 [ -n "${FOLDS:-}" ] && EXTRA+=(--folds "$FOLDS") RESULTS=(--results-dir none) LOG_SUFFIX="_folds${FOLDS//,/}"
 for t in "${TASKS[@]}"; do
