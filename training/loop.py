@@ -454,7 +454,12 @@ class StageTrainer:
                        and not self.recipe.lora.enabled)
         temperature = self.fit_temperature(validation) if calibrating else {}  # before the blend chooses its weight
         if self.kind.property_model and self.recipe.train.forest_blend:
-            metrics["forest_blend"], validation = self.blend_forest(validation)
+            skip = self.forest_blend_skipped()
+            if skip:
+                acc.print(f"[crossmat] train.forest_blend={self.recipe.train.forest_blend}: no forest blend, {skip}")
+                metrics["forest_blend"] = {"skipped": skip}
+            else:
+                metrics["forest_blend"], validation = self.blend_forest(validation)
         if calibrating and self.recipe.train.same_composition and self.accelerator.unwrap_model(
                 self.model).config.problem_type in ("regression", "single_label_classification"):
             metrics["same_composition"], validation = self.fit_same_composition(validation)
@@ -467,6 +472,20 @@ class StageTrainer:
             self._log({"split": "test", **metrics["test"]})
         test_pred = self.predict(data.test) if data.test is not None and self.kind.property_model else None
         return summary, metrics, test_pred
+
+    def forest_blend_skipped(self) -> str | None:
+        """Why ``train.forest_blend`` does not act on this model (None: it does): ``train.forest_blend_tasks``
+        names the other task type, a multi-output head, or a LoRA adapter (it cannot carry the trees)."""
+        cfg = self.recipe.train
+        problem = self.accelerator.unwrap_model(self.model).config.problem_type
+        task = "regression" if problem == "regression" else "classification"
+        if cfg.forest_blend_tasks not in ("all", task):
+            return f"train.forest_blend_tasks={cfg.forest_blend_tasks} and this is a {task} model"
+        if problem not in ("regression", "single_label_classification"):
+            return f"a forest blend supports regression and single-label classification, not {problem}"
+        if self.recipe.lora.enabled:
+            return "a LoRA adapter cannot carry the forest's trees (full fine-tuning can)"
+        return None
 
     def blend_forest(self, validation: TensorSplit | None) -> tuple[dict[str, Any], TensorSplit]:
         """Fit the forest of ``train.forest_blend`` on the training + validation rows and blend it in with the

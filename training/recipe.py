@@ -143,6 +143,7 @@ class TrainSection:
     swa_guard_z: float | None = 4.0  # regression: keep the best-validation checkpoint if it beats SWA by > z SE
     calibrate: bool = True  # property models: uncertainty / decision threshold from the validation rows
     forest_blend: str | None = None  # property models: blend a forest on these element statistics (e.g. magpie)
+    forest_blend_tasks: str = "all"  # which property models get the blend: all, classification or regression
     forest_trees: int = 200  # trees of the blended forest
     forest_max_nodes: int = 1_000_000  # cap on the stored forest's nodes (leaves per tree <= max / (2 * trees))
     same_composition: bool = False  # property models: correct formulas whose composition has training rows
@@ -230,6 +231,7 @@ _CHOICES = {
     "data.duplicates": ("keep", "mean", "first", "error"),
     "data.stability_bias": ("none", "weight", "filter"),
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
+    "train.forest_blend_tasks": ("all", "classification", "regression"),
     "train.lr_scheduler": ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"),
 }
 _FREE_FORM = {"model.config", "card"}  # mappings whose keys are not fixed by the schema
@@ -415,9 +417,9 @@ def resolve_stage(stage: Mapping[str, Any]) -> StageRecipe:
     if train["max_steps"] is not None and (not isinstance(train["max_steps"], int) or train["max_steps"] < 1):
         raise RecipeError(f"recipe key 'train.max_steps' must be a positive integer, got {train['max_steps']!r}")
     blend = train["forest_blend"]
-    if blend is not None and (not isinstance(blend, str) or not kind.property_model or resolved["lora"]["enabled"]):
+    if blend is not None and (not isinstance(blend, str) or not kind.property_model):
         raise RecipeError(f"recipe key 'train.forest_blend' is {blend!r}: the name of an element property table (e.g. "
-                          "magpie) for a full fine-tuning stage (not LoRA), or null")
+                          "magpie) for a fine-tuning stage, or null")
     if not isinstance(train["same_composition"], bool):
         raise RecipeError(f"recipe key 'train.same_composition' must be true or false, got {train['same_composition']!r}")
     if resolved["lora"]["enabled"] and not kind.property_model:

@@ -10,6 +10,8 @@ outputs (``predictions_without_forest.csv``; a fold whose weight came out 1 kept
 This isolates the blend from the seed spread; it is reported, the rule above decides. Two follow-ups fixed later in
 the SECTION are applied when their runs exist: the rule on two-seed means once the seed-1 replicate
 (``crossmat_ens2_e100_seed1_forest_blend``) is complete, and the classification confirmation on expt_is_metal.
+The last confirmation, on matbench_mp_is_metal (a task no earlier run scored, 8,000 training rows per fold), is
+applied when both of its records exist (``mp_is_metal_confirmation``).
 
 Usage: PYTHONPATH=. python benchmarks/matbench/forest_blend_rule.py [--json OUT]
 """
@@ -126,6 +128,39 @@ def classification_confirmation() -> dict | None:
             "paired_se": se, "rocauc": auc, "route_rocauc": route_auc, "rule": rule, "verdict": verdict}
 
 
+MP_IS_METAL = ("crossmat_ens2_e100_forest_blend_n8000_tempered", "crossmat_ens2_e100_n8000_tempered")
+
+
+def mp_is_metal_confirmation() -> dict | None:
+    """SECTION's confirmation on matbench_mp_is_metal (fixed before any run of it): the tempered blend becomes the
+    binary-classification default if (a) its mean balanced accuracy is not below the tempered route's by more than
+    1 SE of the per-fold paired differences and (b) its mean ROC-AUC is not lower. Also reported: the same run's
+    Magpie forest and the blended models' own ROC-AUC without the forest."""
+    task = "matbench_mp_is_metal"
+    if not all(record_path(task, a).is_file() for a in MP_IS_METAL):
+        return None
+    blend, route = (json.loads(record_path(task, a).read_text()) for a in MP_IS_METAL)
+    forest = json.loads(record_path(task, "rf_magpie").read_text())
+    diff = np.asarray(blend["folds"]) - np.asarray(route["folds"])
+    m, se = mean_se(diff)
+    auc, route_auc = blend["all_metrics"]["rocauc"], route["all_metrics"]["rocauc"]
+    runs = Path("benchmarks/matbench/runs/default_route_ens2_e100_forest_blend_n8000_tempered")
+    folds = fold_frames(task, runs, MP_IS_METAL[0])
+    weights = [i["params"]["forest_blend"]["weight"] for i, _, _ in folds]
+    auc_alone = float(np.mean([roc_auc_score(p["target"].astype(int), (a if a is not None else p)["prediction"])
+                               for _, p, a in folds]))
+    rule = {"a_balanced_accuracy_not_below_by_1se": m >= -se, "b_rocauc_not_lower": auc >= route_auc}
+    verdict = "the blend becomes the binary-classification default" if all(rule.values()) else "keep the default"
+    print(f"mp_is_metal confirmation (8,000 training rows per fold): balanced accuracy {blend['mean']:.4f} vs route "
+          f"{route['mean']:.4f} (paired {m:+.4f} ± {se:.4f}, folds {diff.round(4).tolist()}), ROC-AUC {auc:.4f} vs "
+          f"{route_auc:.4f} (the blended models without the forest {auc_alone:.4f}); forest of the same run "
+          f"{forest['mean']:.4f}; CrossMat weights {weights}; rule {rule}: {verdict}")
+    return {"balanced_accuracy": blend["mean"], "route_balanced_accuracy": route["mean"], "paired_mean": m,
+            "paired_se": se, "paired_per_fold": diff.round(4).tolist(), "rocauc": auc, "route_rocauc": route_auc,
+            "rocauc_same_models_without_forest": auc_alone, "forest_balanced_accuracy": forest["mean"],
+            "weights": weights, "rule": rule, "verdict": verdict}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path)
@@ -173,6 +208,9 @@ def main() -> None:
     confirmation = classification_confirmation()
     if confirmation is not None:
         out["classification_confirmation"] = confirmation
+    last = mp_is_metal_confirmation()
+    if last is not None:
+        out["mp_is_metal_confirmation"] = last
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 
