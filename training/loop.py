@@ -475,14 +475,12 @@ class StageTrainer:
 
     def forest_blend_skipped(self) -> str | None:
         """Why ``train.forest_blend`` does not act on this model (None: it does): ``train.forest_blend_tasks``
-        names the other task type, a multi-output head, or a LoRA adapter (it cannot carry the trees)."""
+        names the other task type (a fine-tuned classifier is binary), or a LoRA adapter (it cannot carry the trees)."""
         cfg = self.recipe.train
         problem = self.accelerator.unwrap_model(self.model).config.problem_type
         task = "regression" if problem == "regression" else "classification"
         if cfg.forest_blend_tasks not in ("all", task):
             return f"train.forest_blend_tasks={cfg.forest_blend_tasks} and this is a {task} model"
-        if problem not in ("regression", "single_label_classification"):
-            return f"a forest blend supports regression and single-label classification, not {problem}"
         if self.recipe.lora.enabled:
             return "a LoRA adapter cannot carry the forest's trees (full fine-tuning can)"
         return None
