@@ -81,6 +81,20 @@ def test_summary_table_commands_once_and_balanced_accuracy_headline(tmp_path):
     assert "| 75 ± 7.071 (0.70 / 0.90) | 99 ± 7.071 | 100 ± 7.071 | -25.0% (better) |" in md_far
 
 
+def test_a_task_run_only_on_subsampled_training_rows_stays_out_of_the_summary(tmp_path):
+    """The summary compares official-protocol records; a task whose every record subsampled its training rows
+    (--max-train-rows) is named below it instead, and its own table states the subsample per variant."""
+    for name in ("rf_magpie", "crossmat_ens2_e100_n8000_tempered"):
+        write_record(tmp_path, "matbench", {**_rec(name, [0.8, 0.82, 0.81, 0.79, 0.8]), "task": "matbench_mp_is_metal",
+                                            "metric": "balanced_accuracy", "max_train_rows": 8000})
+    write_record(tmp_path, "matbench", _rec("crossmat_default", [90.0, 100.0, 95.0, 85.0, 80.0]))
+    md = _md_module().render(tmp_path, REPO / "benchmarks" / "published.json")
+    assert "| matbench_steels | mae |" in md and "| matbench_mp_is_metal |" not in md
+    assert "(every run of them subsampled the training rows" in md and "): matbench_mp_is_metal." in md
+    assert "crossmat_ens2_e100_n8000_tempered 8,000, rf_magpie 8,000." in md
+    assert "### matbench_mp_is_metal" in md and "Training rows subsampled" not in md.split("### matbench_steels")[1]
+
+
 def test_model_index_written_and_replaced(tmp_path):
     from huggingface_hub import ModelCard
 
