@@ -24,6 +24,9 @@ ROUTE_TEMPERED = ROUTE + "_tempered"
 # regression tasks rerun after the same-composition correction joined configs/default.yaml (SAME=1); it replaces ROUTE
 # where present (tasks without repeated compositions are unchanged by it)
 ROUTE_SAME = ROUTE + "_same_composition"
+# classifiers since the forest blend joined configs/default.yaml for binary classification (BLEND=magpie TAG=tempered);
+# it replaces ROUTE_TEMPERED where present
+ROUTE_BLEND = ROUTE + "_forest_blend_tempered"
 VARIANT_ORDER = [ROUTE, "crossmat", "crossmat_default", "crossmat_scratch", "crossmat_mlm", "crossmat_imkt", "crossmat_lora"]
 BASELINES = ["rf_magpie", "dummy"]
 HEADLINE = {"mae": "MAE (lower is better)",
@@ -78,6 +81,11 @@ def _per_fold_wall(r: dict) -> str:
     return f"{r['wall_seconds'] / 60 / max(len(r.get('fold_ids') or [1]), 1):.1f} min/fold"
 
 
+def _subsample(rec: dict) -> int | None:
+    """The record's training rows per fold when ``--max-train-rows`` subsampled them (a declared deviation)."""
+    return rec.get("protocol", {}).get("max_train_rows")
+
+
 def summary_table(tasks: dict[str, dict[str, dict]], published: dict) -> list[str]:
     """One row per task: the default recipe, the forest of the default's run, the best other CrossMat variant,
     and the cited bars (composition-only best, structure-based best)."""
@@ -93,8 +101,10 @@ def summary_table(tasks: dict[str, dict[str, dict]], published: dict) -> list[st
              "training rows held out to calibrate the uncertainty; recorded with the `--set` overrides that equal "
              "today's configs/default.yaml), with its test coverage at 1 and 2 sigma (a Gaussian gives 0.683 / 0.954). "
              "`crossmat` is the previous default route (one model of 200 epochs, same compute), now listed with the "
-             f"other variants. For the classification tasks the default route is `{ROUTE_TEMPERED}`, the same settings "
-             "recorded with today's calibration (the probability temperature, then the decision threshold). For the "
+             f"other variants. For the classification tasks the default route is `{ROUTE_BLEND}`, the same settings "
+             "recorded with today's classifier calibration (the probability temperature, the Magpie forest blended in "
+             "with a weight the held-out rows choose, then the decision threshold; the blend is the binary-"
+             "classification default since 2026-12-06, benchmarks/matbench/forest_blend_rule.txt). For the "
              f"regression tasks with repeated compositions that were rerun with the same-composition correction it is "
              f"`{ROUTE_SAME}` (its record is another seed draw of the route's models; "
              "benchmarks/matbench/same_composition_rule.txt has the same-model effect). Those records were written before "
@@ -104,14 +114,14 @@ def summary_table(tasks: dict[str, dict[str, dict]], published: dict) -> list[st
              "| task | metric | default route (coverage 1σ / 2σ) | crossmat_default | RF same run | default route vs RF | "
              "best other CrossMat variant | published composition-only | published structure-based | default wall |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    subsampled = sorted(t for t, recs in tasks.items() if all(r.get("max_train_rows") for r in recs.values()))
+    subsampled = sorted(t for t, recs in tasks.items() if all(_subsample(r) for r in recs.values()))
     for task in sorted(set(tasks) - set(subsampled)):
         recs = tasks[task]
         metric = next(iter(recs.values()))["metric"]
         lower = metric == "mae"
         d = recs.get("crossmat_default")
         rf = (d or {}).get("baseline_same_run", {}).get("rf_magpie")
-        route_name = next((r for r in (ROUTE_SAME, ROUTE_TEMPERED) if r in recs), ROUTE)
+        route_name = next((r for r in (ROUTE_BLEND, ROUTE_SAME, ROUTE_TEMPERED) if r in recs), ROUTE)
         earlier = [v for v in recs if v not in BASELINES and v not in ("crossmat_default", route_name)]
         route = recs.get(route_name)
         if route:
@@ -150,7 +160,7 @@ def summary_table(tasks: dict[str, dict[str, dict]], published: dict) -> list[st
 def task_table(benchmark: str, task: str, recs: dict[str, dict], published: list[dict]) -> list[str]:
     metric = next(iter(recs.values()))["metric"]
     lines = [f"### {task}", "", f"Metric: {HEADLINE.get(metric, metric)}.", ""]
-    cut = {v: r["max_train_rows"] for v, r in recs.items() if r.get("max_train_rows")}
+    cut = {v: _subsample(r) for v, r in recs.items() if _subsample(r)}
     if cut:
         lines += ["Training rows subsampled per fold (`--max-train-rows`, a declared deviation; the test folds are the "
                   "official ones, whole): " + ", ".join(f"{v} {n:,}" for v, n in sorted(cut.items())) + ".", ""]

@@ -86,7 +86,8 @@ def test_a_task_run_only_on_subsampled_training_rows_stays_out_of_the_summary(tm
     (--max-train-rows) is named below it instead, and its own table states the subsample per variant."""
     for name in ("rf_magpie", "crossmat_ens2_e100_n8000_tempered"):
         write_record(tmp_path, "matbench", {**_rec(name, [0.8, 0.82, 0.81, 0.79, 0.8]), "task": "matbench_mp_is_metal",
-                                            "metric": "balanced_accuracy", "max_train_rows": 8000})
+                                            "metric": "balanced_accuracy",
+                                            "protocol": {"max_train_rows": 8000}})
     write_record(tmp_path, "matbench", _rec("crossmat_default", [90.0, 100.0, 95.0, 85.0, 80.0]))
     md = _md_module().render(tmp_path, REPO / "benchmarks" / "published.json")
     assert "| matbench_steels | mae |" in md and "| matbench_mp_is_metal |" not in md

@@ -142,11 +142,7 @@ def test_training_blends_and_scores_validation_rows_out_of_bag(steels, tmp_path)
     assert again.model.config.forest_weight == 1.0
 
 
-def test_blend_needs_validation_rows_and_a_property_stage(steels, tmp_path):
-    recipe = _recipe(steels.iloc[:100])
-    recipe["data"]["validation_fraction"] = 0.0
-    with pytest.raises(RecipeError, match="validation rows"):
-        train_recipe(recipe, tmp_path / "none")
+def test_blend_needs_a_property_stage_and_a_known_task_type(steels, tmp_path):
     with pytest.raises(RecipeError, match="forest_blend"):
         train_recipe({"stage": "mlm", "model": {"config": TINY}, "data": {"train": steels.iloc[:50]},
                       "train": {**STEPS, "forest_blend": "magpie"}}, tmp_path / "mlm")
@@ -155,22 +151,28 @@ def test_blend_needs_validation_rows_and_a_property_stage(steels, tmp_path):
 
 
 def test_blend_is_skipped_with_a_reason_where_it_cannot_or_should_not_act(steels, tmp_path):
-    """``train.forest_blend_tasks: classification`` leaves a regression model alone, and a LoRA adapter (which
-    cannot carry the trees) gets no blend; both say why in the metrics, and no forest is installed."""
+    """``train.forest_blend_tasks: classification`` leaves a regression model alone; a LoRA adapter (which cannot
+    carry the trees) and a model without validation rows (nothing to choose the weight on) get no blend; each says
+    why in the metrics, and no forest is installed."""
     from crossmat.evaluation.cli import held_out_report
 
     recipe = _recipe(steels.iloc[:100], forest_blend_tasks="classification")
     first = train_recipe(recipe, tmp_path / "regression")
     lora = train_recipe({**_recipe(steels.iloc[:100]), "model": {"init_from": str(first.folder)},
                          "lora": {"enabled": True, "r": 2}}, tmp_path / "lora")
-    for run, words in ((first, "this is a regression model"), (lora, "LoRA adapter")):
+    unvalidated = _recipe(steels.iloc[:100])
+    unvalidated["data"]["validation_fraction"] = 0.0
+    alone = train_recipe(unvalidated, tmp_path / "none")
+    for run, words in ((first, "this is a regression model"), (lora, "LoRA adapter"), (alone, "no validation rows")):
         metrics = json.loads((run.folder / "training_info.json").read_text())["metrics"]
         assert words in metrics["forest_blend"]["skipped"]
         assert ("calibration" in metrics) == (run is first)  # the rest still happens (LoRA is not calibrated)
+        assert run.model.config.forest_nodes == 0
+        if run is alone:
+            continue
         (line,) = held_out_report({"folds": [0], "n_validation": [20], "variants": {"crossmat": {"validation": [
             {"validation": {"mae": 1.0}, "forest_blend": metrics["forest_blend"]}]}}})
         assert "forest" not in line
-    assert first.model.config.forest_weight == 1.0 and first.model.config.forest_nodes == 0
 
 
 def test_a_blended_fold_keeps_crossmat_alone_beside_the_blend(steels, tmp_path):

@@ -454,7 +454,7 @@ class StageTrainer:
                        and not self.recipe.lora.enabled)
         temperature = self.fit_temperature(validation) if calibrating else {}  # before the blend chooses its weight
         if self.kind.property_model and self.recipe.train.forest_blend:
-            skip = self.forest_blend_skipped()
+            skip = self.forest_blend_skipped(validation)
             if skip:
                 acc.print(f"[crossmat] train.forest_blend={self.recipe.train.forest_blend}: no forest blend, {skip}")
                 metrics["forest_blend"] = {"skipped": skip}
@@ -473,9 +473,10 @@ class StageTrainer:
         test_pred = self.predict(data.test) if data.test is not None and self.kind.property_model else None
         return summary, metrics, test_pred
 
-    def forest_blend_skipped(self) -> str | None:
+    def forest_blend_skipped(self, validation: TensorSplit | None) -> str | None:
         """Why ``train.forest_blend`` does not act on this model (None: it does): ``train.forest_blend_tasks``
-        names the other task type (a fine-tuned classifier is binary), or a LoRA adapter (it cannot carry the trees)."""
+        names the other task type (a fine-tuned classifier is binary), a LoRA adapter (it cannot carry the trees),
+        or no validation rows to choose the forest's weight on."""
         cfg = self.recipe.train
         problem = self.accelerator.unwrap_model(self.model).config.problem_type
         task = "regression" if problem == "regression" else "classification"
@@ -483,18 +484,18 @@ class StageTrainer:
             return f"train.forest_blend_tasks={cfg.forest_blend_tasks} and this is a {task} model"
         if self.recipe.lora.enabled:
             return "a LoRA adapter cannot carry the forest's trees (full fine-tuning can)"
+        if validation is None or len(validation) < 2:
+            return ("no validation rows to choose the forest's weight on (give data.validation or "
+                    "data.validation_fraction > 0)")
         return None
 
-    def blend_forest(self, validation: TensorSplit | None) -> tuple[dict[str, Any], TensorSplit]:
+    def blend_forest(self, validation: TensorSplit) -> tuple[dict[str, Any], TensorSplit]:
         """Fit the forest of ``train.forest_blend`` on the training + validation rows and blend it in with the
         weight the validation rows choose (``modeling.forest``); returns what was chosen and the validation split
         carrying the forest's out-of-bag outputs, so that its later scores stay out of sample."""
         from crossmat.modeling.forest import fit_forest_blend
 
         cfg = self.recipe.train
-        if validation is None or len(validation) < 2:
-            raise RecipeError("train.forest_blend chooses the forest's weight on validation rows: give data.validation "
-                              "or data.validation_fraction > 0")
         model = self.accelerator.unwrap_model(self.model)
         oob, info = fit_forest_blend(model, self.data.train.tensors, validation.tensors, source=str(cfg.forest_blend),
                                      trees=int(cfg.forest_trees), max_nodes=int(cfg.forest_max_nodes), seed=self.seed)
