@@ -166,9 +166,7 @@ def held_out_report(summary: dict) -> list[str]:
             if "decision_threshold" in cal:
                 msg += f"; they set the decision threshold P(1) >= {cal['decision_threshold']:.3f}"
             blend = held.get("forest_blend")
-            if blend and "skipped" in blend:
-                pass  # no blend for this model (train.forest_blend_tasks or a LoRA adapter); training said why
-            elif blend:
+            if blend and "skipped" not in blend:  # a skipped blend (e.g. a regression model) said why in training
                 msg += (f"; they chose CrossMat's weight {blend['weight']:.1f} in the blend with a {blend['features']} "
                         "forest (out-of-bag on these rows)" if blend["installed"] else
                         f"; they kept the {blend['features']} forest out of the blend (weight 1.0)")
