@@ -118,6 +118,33 @@ def test_classifier_blends_probabilities(tokenizer, data_dir):
     torch.testing.assert_close(blended, w * alone + (1 - w) * forest, atol=1e-6, rtol=1e-5)
 
 
+def test_blended_classifier_gives_the_same_probabilities_through_every_route(tokenizer, data_dir, tmp_path):
+    """Binary classifiers blend by default: the saved folder, ``crossmat.predict``, the Hub pipeline and remote code
+    without this package give the blended probabilities of the model in memory."""
+    from transformers import pipeline
+
+    import crossmat
+
+    df = pd.read_csv(data_dir / "matbench_v0.1" / "matbench_glass.csv.gz").iloc[:300]
+    labels = torch.as_tensor(df.iloc[:, 2].astype(int).to_numpy())
+    torch.manual_seed(1)
+    model = CrossMatForPropertyPrediction(CrossMatConfig(**TINY, num_labels=2,
+                                                         problem_type="single_label_classification")).eval()
+    fit_forest_blend(model, _split(tokenizer, df.iloc[:220], labels[:220]),
+                     _split(tokenizer, df.iloc[220:], labels[220:]), trees=20, seed=0)
+    assert model.config.forest_weight < 1
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with torch.no_grad():
+        expected = torch.softmax(model(**tokenizer(NEW, padding=True, return_tensors="pt")).logits, -1)
+    assert crossmat.predict(str(tmp_path), NEW).values[:, 1].tolist() == pytest.approx(expected[:, 1].tolist(), abs=1e-5)
+    pipe = pipeline("composition-property-prediction", model=str(tmp_path), trust_remote_code=True)
+    got = [list(r["probabilities"].values())[1] for r in pipe(NEW)]
+    assert got == pytest.approx(expected[:, 1].tolist(), abs=1e-5)
+    remote = remote_property_outputs(tmp_path, NEW, "logits")  # log-probabilities of class 0
+    assert np.exp(remote) == pytest.approx(expected[:, 0].tolist(), abs=1e-5)
+
+
 def _recipe(frame: pd.DataFrame, **train) -> dict:
     return {"stage": "finetune", "seed": 3, "model": {"config": TINY},
             "data": {"train": frame, "formula_column": "formula", "target_column": "target", "validation_fraction": 0.2},
