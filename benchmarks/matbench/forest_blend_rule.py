@@ -29,6 +29,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from benchmarks.calibration.seed2_rule import mean_se
 from benchmarks.calibration.stats_rule import ROUTE, TASKS, rel_to_route
 from benchmarks.imkt.compare_arms import errors, record_path
+from benchmarks.matbench.slim_predictions import with_targets
 
 ARM = "crossmat_ens2_e100_forest_blend"
 ARM_SEED1 = "crossmat_ens2_e100_seed1_forest_blend"  # the follow-up replicate (SECTION: "Follow-up")
@@ -147,8 +148,9 @@ def mp_is_metal_confirmation() -> dict | None:
     runs = Path("benchmarks/matbench/runs/default_route_ens2_e100_forest_blend_n8000_tempered")
     folds = fold_frames(task, runs, MP_IS_METAL[0])
     weights = [i["params"]["forest_blend"]["weight"] for i, _, _ in folds]
-    auc_alone = float(np.mean([roc_auc_score(p["target"].astype(int), (a if a is not None else p)["prediction"])
-                               for _, p, a in folds]))
+    # the slimmed fold files carry no targets: joined by id from the shared data (slim_predictions.py)
+    auc_alone = float(np.mean([roc_auc_score(with_targets(p, task)["target"].astype(int),
+                                             (a if a is not None else p)["prediction"]) for _, p, a in folds]))
     rule = {"a_balanced_accuracy_not_below_by_1se": m >= -se, "b_rocauc_not_lower": auc >= route_auc}
     verdict = "the blend becomes the binary-classification default" if all(rule.values()) else "keep the default"
     print(f"mp_is_metal confirmation (8,000 training rows per fold): balanced accuracy {blend['mean']:.4f} vs route "
