@@ -160,6 +160,9 @@ def held_out_report(summary: dict) -> list[str]:
                 spread = " with the members' spread" if cal.get("spread_weight") else ""
                 msg += (f"; they calibrated the standard deviation of every prediction (k={cal['k']:.0f} nearest "
                         f"held-out rows{spread}, scale {cal['scale']:.3g})")
+                if "interval_multiplier_95" in cal:
+                    msg += (f" and the 68% / 95% prediction intervals (± {cal['interval_multiplier_68']:.3g} / "
+                            f"± {cal['interval_multiplier_95']:.3g} std)")
             if "temperature" in cal:
                 msg += (f"; they set the probability temperature {cal['temperature']:.3g} (log loss "
                         f"{cal['log_loss_before_temperature']:.3g} -> {cal['log_loss_after_temperature']:.3g})")
@@ -187,7 +190,8 @@ def held_out_report(summary: dict) -> list[str]:
     return lines
 
 
-TABLE_METRICS = {"regression": ("mae", "rmse", "r2", "mad_mae", "coverage_1sigma", "coverage_2sigma"),
+TABLE_METRICS = {"regression": ("mae", "rmse", "r2", "mad_mae", "coverage_1sigma", "coverage_2sigma",
+                                "coverage_interval68", "coverage_interval95"),
                  "classification": ("balanced_accuracy", "rocauc", "accuracy", "official_auc_rounded")}
 
 

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from crossmat.dataset_builders.tables import read_table
 from crossmat.modeling.calibration import coverage
+from crossmat.modeling.configuration_crossmat import INTERVAL_NAMES
 
 from . import matbench_json
 from .baselines import FoldData, FoldPrediction
@@ -84,6 +85,20 @@ def _run_fold(pred: Predictor, data: FoldData, task: TaskInfo, out: Path, seed: 
     meta_path.write_text(json.dumps({"params": matbench_json._jsonable(result.params), "seconds": seconds,
                                       "signature": signature}, indent=1))
     return FoldPrediction(p, result.params, result.uncertainty), seconds
+
+
+def interval_coverage(predictions: np.ndarray, targets: np.ndarray, sigma: np.ndarray, params: dict[str, Any]
+                      ) -> dict[str, float]:
+    """Test coverage of a calibrated model's 68.27% / 95.45% prediction intervals (``value ± m * sigma``, ``m``
+    from the fold's ``params["calibration"]["interval_multiplier_68"]`` / ``["interval_multiplier_95"]``):
+    ``coverage_interval68`` and ``coverage_interval95``; ``{}`` for a model without intervals."""
+    cal = params.get("calibration") or {}
+    levels = [name.rsplit("_", 1)[1] for name in INTERVAL_NAMES]
+    if not all(f"interval_multiplier_{lv}" in cal for lv in levels):
+        return {}
+    err = np.abs(np.asarray(predictions, dtype=np.float64) - np.asarray(targets, dtype=np.float64))
+    sigma = np.asarray(sigma, dtype=np.float64)
+    return {f"coverage_interval{lv}": float((err <= cal[f"interval_multiplier_{lv}"] * sigma).mean()) for lv in levels}
 
 
 def uncertainty_calibration(uncertainty: Sequence[np.ndarray | None], predictions: Sequence[np.ndarray],
@@ -195,6 +210,7 @@ def run_benchmark(
             if res.uncertainty is not None and task.task_type == "regression":  # calibrated sigma: its coverage
                 c1, c2 = coverage(np.asarray(res.predictions) - refs, res.uncertainty)
                 rows[-1].update(coverage_1sigma=c1, coverage_2sigma=c2)
+                rows[-1].update(interval_coverage(res.predictions, refs, res.uncertainty, res.params))
             preds.append(res.predictions)
             uncs.append(res.uncertainty)
             params.append(res.params)

@@ -77,6 +77,9 @@ def predict_markdown(predictor: FormulaPredictor, formula: str) -> tuple[str, bo
         for p in out["predictions"]:
             unit = f" {md_escape(p['unit'])}" if p["unit"] else ""
             std = f" ± {p['std']:.2g}{unit} (1 σ, calibrated on held-out rows)" if p.get("std") is not None else ""
+            if p.get("interval_95"):
+                low, high = p["interval_95"]
+                std += f"; 95% interval {low:.4g} to {high:.4g}{unit}"
             lines.append(f"- {md_escape(p['property'])}: **{p['value']:.4g}{unit}**{std}")
     else:
         lines.append(f"- predicted: **{md_escape(out['label'])}** (probability {out['probability']:.3f})")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from crossmat.modeling.configuration_crossmat import INTERVAL_NAMES, prediction_intervals
 from crossmat.modeling.model_folder import is_property_config, load_property_model, output_info, scores_from_logits
 from crossmat.modeling.pipeline_crossmat import DEFAULT_MAX_CHARS, label_indices
 
@@ -141,6 +142,30 @@ class FormulaPredictor:
         """Names of the standard-deviation columns (``std_<target>``), one per regression output."""
         return [f"std_{n}" for n in self.target_names] if self.problem_type == "regression" else []
 
+    def interval_column_names(self) -> list[str]:
+        """Names of the prediction-interval columns (see :meth:`interval_columns`); ``[]`` without intervals."""
+        if not self.has_intervals:
+            return []
+        return [f"{side}{name.rsplit('_', 1)[1]}_{t}" for name in INTERVAL_NAMES for t in self.target_names
+                for side in ("low", "high")]
+
+    def interval_columns(self, pred: Predictions) -> dict[str, np.ndarray]:
+        """The prediction intervals of a calibrated regression model as columns: ``low68_<target>``,
+        ``high68_<target>``, ``low95_<target>``, ``high95_<target>`` (68.27% / 95.45%, conformal on the held-out
+        rows; NaN where no prediction); ``{}`` for a model without intervals."""
+        out: dict[str, np.ndarray] = {}
+        for name, (low, high) in prediction_intervals(self.model.config, pred.values, pred.uncertainty).items():
+            level = name.rsplit("_", 1)[1]
+            for j, target in enumerate(self.target_names):
+                out[f"low{level}_{target}"], out[f"high{level}_{target}"] = low[:, j], high[:, j]
+        return out
+
+    @property
+    def has_intervals(self) -> bool:
+        """Whether predictions carry the 68.27% / 95.45% prediction intervals (a calibrated regression model)."""
+        return (self.problem_type == "regression" and self.calibrated
+                and bool(getattr(self.model.config, "uncertainty_interval_multipliers", None)))
+
     def labels_of(self, values: np.ndarray) -> np.ndarray:
         """Predicted class index per row of class probabilities (the model's decision threshold for a binary
         classifier, else the most probable class); rows with NaN get -1."""
@@ -227,14 +252,12 @@ class FormulaPredictor:
         vals = pred.values[0].tolist()
         if self.problem_type == "regression":
             stds = [None] * len(vals) if pred.uncertainty is None else pred.uncertainty[0].tolist()
-            return {
-                "formula": formula,
-                "canonical": self.tokenizer.prepare_formula(formula),
-                "predictions": [
-                    {"property": n, "value": v, "unit": u, "std": s}
-                    for n, v, u, s in zip(self.target_names, vals, self.target_units, stds, strict=False)
-                ],
-            }
+            rows = [{"property": n, "value": v, "unit": u, "std": s}
+                    for n, v, u, s in zip(self.target_names, vals, self.target_units, stds, strict=False)]
+            for name, (low, high) in prediction_intervals(self.model.config, pred.values, pred.uncertainty).items():
+                for j, row in enumerate(rows):
+                    row[name] = [float(low[0, j]), float(high[0, j])]
+            return {"formula": formula, "canonical": self.tokenizer.prepare_formula(formula), "predictions": rows}
         best = int(self.labels_of(pred.values[:1])[0])
         return {
             "formula": formula,

@@ -205,7 +205,8 @@ def predict_file(
         else FormulaPredictor(model, device=device, batch_size=batch_size, max_chars=max_chars, precision=precision)
     )
     std_cols = predictor.uncertainty_columns() if predictor.calibrated else []
-    new_cols = [*predictor.output_columns(), *std_cols,
+    interval_cols = predictor.interval_column_names()
+    new_cols = [*predictor.output_columns(), *std_cols, *interval_cols,
                 *(["predicted_label"] if predictor.problem_type != "regression" else [])]
     new_cols.append("error")
     summary = PredictionSummary(output=output_path, resumed_from=skip)
@@ -246,6 +247,9 @@ def predict_file(
                 df[col] = pred.values[:, j]
             for j, col in enumerate(std_cols):  # calibrated standard deviation (NaN where no prediction)
                 df[col] = np.nan if pred.uncertainty is None else pred.uncertainty[:, j]
+            intervals = predictor.interval_columns(pred)
+            for col in interval_cols:  # 68.27% / 95.45% prediction intervals (NaN where no prediction)
+                df[col] = intervals.get(col, np.nan)
             if predictor.problem_type != "regression":
                 best = predictor.labels_of(pred.values)
                 labels = np.array(predictor.labels, dtype=object)[np.maximum(best, 0)]

@@ -13,6 +13,7 @@ ALIGNMENT_LOSSES = ("cosine", "mse", "infonce")
 REGRESSION_LOSSES = ("l1", "mse", "huber")
 POOLINGS = ("cls", "mean", "fraction_weighted")
 FRACTION_ENCODINGS = ("projected", "sinusoid_table")
+INTERVAL_LEVELS = (0.6827, 0.9545)  # the prediction intervals' nominal coverage: a Gaussian's share within 1 / 2 std
 
 
 class CrossMatConfig(PretrainedConfig):
@@ -50,6 +51,10 @@ class CrossMatConfig(PretrainedConfig):
     rows' log loss is lowest (temperature scaling: the ranking stays, the probabilities become honest; 1 = as
     trained). ``decision_threshold``: a binary
     classifier's label is 1 when P(class 1) reaches it (chosen on held-out rows; ``None`` = the argmax).
+    ``uncertainty_interval_multipliers``: two numbers ``(m68, m95)``; ``value ± m * std`` is the 68.27% and the
+    95.45% prediction interval (split conformal: quantiles of ``|residual| / std`` over the held-out rows, each
+    row's std leave-one-out). They differ from 1 and 2 when errors are not Gaussian (heavy tails); ``None``: no
+    intervals.
 
     Forest blend (set after training by ``crossmat.modeling.forest``, never by hand): a random forest on the
     composition statistics of a frozen per-element property table (``forest_features``, ``forest_features_dim``
@@ -120,6 +125,7 @@ class CrossMatConfig(PretrainedConfig):
         uncertainty_spread_weight: float = 0.0,
         decision_threshold: float | None = None,
         probability_temperature: float = 1.0,
+        uncertainty_interval_multipliers: list[float] | None = None,
         structure_branch: bool = False,
         element_statistics: str | None = None,
         element_statistics_dim: int = 0,
@@ -152,6 +158,11 @@ class CrossMatConfig(PretrainedConfig):
                              "forest_trees >= 1")
         if not float(probability_temperature) > 0.0:
             raise ValueError(f"probability_temperature must be > 0, got {probability_temperature}")
+        if uncertainty_interval_multipliers is not None and not (
+                len(uncertainty_interval_multipliers) == len(INTERVAL_LEVELS)
+                and 0.0 < float(uncertainty_interval_multipliers[0]) <= float(uncertainty_interval_multipliers[1])):
+            raise ValueError("uncertainty_interval_multipliers must be two numbers 0 < m68 <= m95, got "
+                             f"{uncertainty_interval_multipliers!r}")
         if not 0.0 <= float(forest_weight) <= 1.0:
             raise ValueError(f"forest_weight must be in [0, 1], got {forest_weight}")
         if not -1.0 <= float(same_composition_weight) <= 1.0:
@@ -212,6 +223,8 @@ class CrossMatConfig(PretrainedConfig):
         self.uncertainty_spread_weight = float(uncertainty_spread_weight)
         self.decision_threshold = None if decision_threshold is None else float(decision_threshold)
         self.probability_temperature = float(probability_temperature)
+        self.uncertainty_interval_multipliers = (None if uncertainty_interval_multipliers is None
+                                                 else [float(m) for m in uncertainty_interval_multipliers])
         self.structure_branch = bool(structure_branch)
         self.element_statistics = element_statistics or None
         self.element_statistics_dim = int(element_statistics_dim) if element_statistics else 0
@@ -276,3 +289,16 @@ def output_info(config: Any) -> dict[str, Any]:
     units = list(_get(config, "target_units") or [])
     units = (units + [""] * n)[:n]
     return {"problem_type": problem, "num_labels": n, "labels": labels, "names": names, "units": units}
+
+
+INTERVAL_NAMES = ("interval_68", "interval_95")  # output keys of the two prediction intervals (INTERVAL_LEVELS)
+
+
+def prediction_intervals(config: Any, values: Any, std: Any) -> dict[str, tuple[Any, Any]]:
+    """``{"interval_68": (low, high), "interval_95": (low, high)}``: ``values ± m * std`` with the model's
+    ``uncertainty_interval_multipliers`` (arrays or tensors of any shape, same as ``values``); ``{}`` when the
+    model has no intervals or no std."""
+    multipliers = _get(config, "uncertainty_interval_multipliers")
+    if not multipliers or std is None:
+        return {}
+    return {name: (values - m * std, values + m * std) for name, m in zip(INTERVAL_NAMES, multipliers, strict=True)}

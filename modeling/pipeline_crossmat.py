@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import Pipeline
 
-from .configuration_crossmat import output_info
+from .configuration_crossmat import output_info, prediction_intervals
 
 __all__ = ["DEFAULT_MAX_CHARS", "TASK", "CompositionPropertyPipeline", "label_indices", "scores_from_logits"]
 
@@ -50,7 +50,9 @@ class CompositionPropertyPipeline(Pipeline):
     ``pipe("Fe2O3")`` returns one dict, ``pipe([...], batch_size=256)`` a list of dicts in input order:
 
     * regression: ``{"formula", "property", "value", "unit"}`` (lists for multi-target models), value in
-      physical units, plus ``"std"`` (same shape as ``value``) when the model carries a calibrated uncertainty;
+      physical units, plus ``"std"`` (same shape as ``value``) when the model carries a calibrated uncertainty,
+      and ``"interval_68"`` / ``"interval_95"`` (``[low, high]``, one pair per target) when it carries the
+      held-out rows' prediction intervals (``config.uncertainty_interval_multipliers``);
     * classification: ``{"formula", "label", "probability", "probabilities"}``.
 
     Invalid formulas raise ``ValueError`` naming every bad row and its reason (``on_error="raise"``), or
@@ -151,13 +153,18 @@ class CompositionPropertyPipeline(Pipeline):
         scores = scores_from_logits(logits, problem)
         if problem == "regression":
             values = scores.tolist()
-            stds = None if uncertainty is None else uncertainty.float().reshape(scores.shape).tolist()
+            std = None if uncertainty is None else uncertainty.float().reshape(scores.shape)
+            stds = None if std is None else std.tolist()
+            bounds = {name: torch.stack(pair, -1).tolist()
+                      for name, pair in prediction_intervals(self.model.config, scores.float(), std).items()}
             for i, (row, vals) in enumerate(zip(batch["keep"], values, strict=True)):
                 one = len(vals) == 1
                 out[row].update(property=names[0] if one else names, value=vals[0] if one else vals,
                                 unit=units[0] if one else units)
                 if stds is not None:
                     out[row]["std"] = stds[i][0] if one else stds[i]
+                for name, pairs in bounds.items():
+                    out[row][name] = pairs[i][0] if one else pairs[i]
         elif problem == "multi_label_classification":
             for row, p in zip(batch["keep"], scores.tolist(), strict=True):
                 named = {labels.get(k, f"LABEL_{k}"): v for k, v in enumerate(p)}

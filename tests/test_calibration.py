@@ -109,6 +109,59 @@ def test_calibration_survives_save_load_and_runs_as_remote_code(tokenizer, held_
     pipe = pipeline("composition-property-prediction", model=str(tmp_path), trust_remote_code=True)
     assert [r["std"] for r in pipe(test)] == pytest.approx(expected, abs=1e-6)
     assert remote_property_outputs(tmp_path, test, "uncertainty") == pytest.approx(expected, abs=1e-6)
+    # the prediction intervals: value ± m * std with the stored multipliers, in the pipeline, the CSV and the app
+    m68, m95 = model.config.uncertainty_interval_multipliers
+    assert 0 < m68 < m95
+    for r in pipe(test):
+        for name, m in (("interval_68", m68), ("interval_95", m95)):
+            assert r[name] == pytest.approx([r["value"] - m * r["std"], r["value"] + m * r["std"]], abs=1e-5)
+    from crossmat.inference.predict import predict_file
+
+    (tmp_path / "in.csv").write_text("formula\n" + "\n".join([*test, "Xx2"]) + "\n")
+    predict_file(tmp_path, tmp_path / "in.csv", tmp_path / "out.csv")
+    import pandas as pd
+
+    out = pd.read_csv(tmp_path / "out.csv")
+    name = model.config.target_names[0] if model.config.target_names else "LABEL_0"
+    value, std = out[f"predicted_{name}"][:3].to_numpy(), out[f"std_{name}"][:3].to_numpy()
+    assert (out[f"high95_{name}"][:3].to_numpy() - value).tolist() == pytest.approx([m95 * s for s in expected],
+                                                                                     abs=1e-5)
+    assert out[f"low68_{name}"][:3].tolist() == pytest.approx((value - m68 * std).tolist())
+    assert out[f"low95_{name}"].isna().tolist() == [False, False, False, True]  # the invalid row: no interval
+    from crossmat.inference.engine import FormulaPredictor
+
+    one = FormulaPredictor(tmp_path).predict_one("Fe2O3")["predictions"][0]
+    assert one["interval_95"] == pytest.approx([one["value"] - m95 * one["std"], one["value"] + m95 * one["std"]])
+
+
+def test_conformal_multipliers_are_split_conformal_quantiles():
+    ratios = np.arange(1, 100, dtype=float)  # 99 rows: ranks ceil(100 * q)
+    assert calibration.conformal_multipliers(ratios) == [69.0, 96.0]
+    assert calibration.conformal_multipliers(np.array([3.0, 1.0, 2.0])) == [3.0, 3.0]  # too few: the largest
+    with pytest.raises(ValueError, match="finite"):
+        calibration.conformal_multipliers(np.array([1.0, np.nan]))
+
+
+def test_intervals_cover_heavy_tailed_errors_where_one_sigma_cannot(tokenizer, matbench_formulas):
+    """Heavy-tailed errors (Student t, 2 degrees of freedom): no Gaussian sigma covers both 68% at 1 sigma and
+    95% at 2 sigma, but the conformal intervals fitted on 1,000 held-out rows cover 1,000 new rows at the nominal
+    levels."""
+    formulas = matbench_formulas["matbench_expt_gap"][:2000]
+    model = _model()
+    ids, mask = _encode(tokenizer, formulas)
+    with torch.no_grad():
+        pred = model(input_ids=ids, attention_mask=mask).logits[:, 0].numpy()
+    targets = pred + np.random.default_rng(5).standard_t(2, size=len(pred))
+    cal, new = slice(0, 1000), slice(1000, 2000)
+    result = calibrate_property_model(model, ids[cal], mask[cal], targets[cal])
+    m68, m95 = result.interval_multiplier_68, result.interval_multiplier_95
+    assert model.config.uncertainty_interval_multipliers == [m68, m95]
+    with torch.no_grad():
+        sigma = model(input_ids=ids[new], attention_mask=mask[new]).uncertainty[:, 0].numpy()
+    err = np.abs(targets[new] - pred[new])
+    c1, c2 = coverage(err, sigma)
+    assert max(abs(c1 - 0.683), abs(c2 - 0.954)) > 0.05  # the Gaussian sigma misses one of the two levels
+    assert abs((err <= m68 * sigma).mean() - 0.683) < 0.05 and abs((err <= m95 * sigma).mean() - 0.954) < 0.03
 
 
 def test_uncalibrated_folders_load_without_new_weights(tmp_path):

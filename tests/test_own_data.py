@@ -55,6 +55,7 @@ def test_documented_worked_example_runs_with_baselines_in_one_table(own_csvs: Pa
     # the validation file is used, visibly: its metrics and the calibration it did are printed
     held = next(line for line in lines if line.startswith("crossmat validation (30 held-out rows, never trained on)"))
     assert "calibrated the standard deviation" in held and "coverage_1sigma" in held
+    assert "68% / 95% prediction intervals" in held
     assert all(float(v) == float(v) for vals in rows.values() for v in vals)  # numbers, not NaN
     out = own_csvs / "runs" / "my_gap"
     summary = pd.read_csv(out / "summary.csv")
@@ -67,7 +68,8 @@ def test_documented_worked_example_runs_with_baselines_in_one_table(own_csvs: Pa
     assert cfg["target_units"] == ["eV"] and cfg["uncertainty_rows"] == 30
     preds = pd.read_csv(out / "crossmat" / "fold_0" / "predictions.csv")
     assert len(preds) == 30 and (preds["uncertainty"] > 0).all()  # every test prediction carries a sigma
-    assert {"coverage_1sigma", "coverage_2sigma"} <= set(summary.columns)
+    assert {"coverage_1sigma", "coverage_2sigma", "coverage_interval68", "coverage_interval95"} <= set(summary.columns)
+    assert len(cfg["uncertainty_interval_multipliers"]) == 2
     assert sorted(p.relative_to(REPO) for p in (REPO / "benchmarks" / "results").rglob("*")) == before
 
 
