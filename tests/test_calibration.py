@@ -12,6 +12,7 @@ from crossmat.modeling import CrossMatConfig, CrossMatForPropertyPrediction, cal
 from crossmat.modeling.calibration import calibrate_property_model, coverage, fit_temperature, fit_threshold
 from crossmat.tokenization import CrossMatTokenizerFast
 
+from .test_inference_support import last_json, run_without_package
 from .test_tokenizer import remote_property_outputs
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
@@ -132,6 +133,17 @@ def test_calibration_survives_save_load_and_runs_as_remote_code(tokenizer, held_
 
     one = FormulaPredictor(tmp_path).predict_one("Fe2O3")["predictions"][0]
     assert one["interval_95"] == pytest.approx([one["value"] - m95 * one["std"], one["value"] + m95 * one["std"]])
+    # the Hub route without this package: the folder's remote-code pipeline gives the same intervals
+    from crossmat.inference import add_pipeline_to_model_dir
+
+    add_pipeline_to_model_dir(tmp_path)
+    code = (f"import json\nfrom transformers import pipeline\npipe = pipeline('composition-property-prediction', "
+            f"model={str(tmp_path)!r}, trust_remote_code=True)\nprint(json.dumps(pipe({test!r})))\n")
+    proc = run_without_package(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    remote = last_json(proc.stdout)
+    assert [b for r in remote for b in r["interval_95"]] == pytest.approx(
+        [b for r in pipe(test) for b in r["interval_95"]], abs=1e-5)
 
 
 def test_conformal_multipliers_are_split_conformal_quantiles():
