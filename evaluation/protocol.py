@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from crossmat.dataset_builders.tables import read_table
 from crossmat.modeling.calibration import coverage
-from crossmat.modeling.configuration_crossmat import INTERVAL_NAMES
+from crossmat.modeling.configuration_crossmat import INTERVAL_TAGS
 
 from . import matbench_json
 from .baselines import FoldData, FoldPrediction
@@ -93,12 +93,12 @@ def interval_coverage(predictions: np.ndarray, targets: np.ndarray, sigma: np.nd
     from the fold's ``params["calibration"]["interval_multiplier_68"]`` / ``["interval_multiplier_95"]``):
     ``coverage_interval68`` and ``coverage_interval95``; ``{}`` for a model without intervals."""
     cal = params.get("calibration") or {}
-    levels = [name.rsplit("_", 1)[1] for name in INTERVAL_NAMES]
-    if not all(f"interval_multiplier_{lv}" in cal for lv in levels):
+    if not all(f"interval_multiplier_{tag}" in cal for tag in INTERVAL_TAGS):
         return {}
     err = np.abs(np.asarray(predictions, dtype=np.float64) - np.asarray(targets, dtype=np.float64))
     sigma = np.asarray(sigma, dtype=np.float64)
-    return {f"coverage_interval{lv}": float((err <= cal[f"interval_multiplier_{lv}"] * sigma).mean()) for lv in levels}
+    return {f"coverage_interval{tag}": float((err <= cal[f"interval_multiplier_{tag}"] * sigma).mean())
+            for tag in INTERVAL_TAGS}
 
 
 def uncertainty_calibration(uncertainty: Sequence[np.ndarray | None], predictions: Sequence[np.ndarray],

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crossmat.modeling.configuration_crossmat import INTERVAL_NAMES, prediction_intervals
+from crossmat.modeling.configuration_crossmat import INTERVAL_NAMES, INTERVAL_TAGS, prediction_intervals
 from crossmat.modeling.model_folder import is_property_config, load_property_model, output_info, scores_from_logits
 from crossmat.modeling.pipeline_crossmat import DEFAULT_MAX_CHARS, label_indices
 
@@ -146,18 +146,20 @@ class FormulaPredictor:
         """Names of the prediction-interval columns (see :meth:`interval_columns`); ``[]`` without intervals."""
         if not self.has_intervals:
             return []
-        return [f"{side}{name.rsplit('_', 1)[1]}_{t}" for name in INTERVAL_NAMES for t in self.target_names
-                for side in ("low", "high")]
+        return [f"{side}{tag}_{t}" for tag in INTERVAL_TAGS for t in self.target_names for side in ("low", "high")]
 
     def interval_columns(self, pred: Predictions) -> dict[str, np.ndarray]:
         """The prediction intervals of a calibrated regression model as columns: ``low68_<target>``,
         ``high68_<target>``, ``low95_<target>``, ``high95_<target>`` (68.27% / 95.45%, conformal on the held-out
         rows; NaN where no prediction); ``{}`` for a model without intervals."""
         out: dict[str, np.ndarray] = {}
-        for name, (low, high) in prediction_intervals(self.model.config, pred.values, pred.uncertainty).items():
-            level = name.rsplit("_", 1)[1]
+        bounds = prediction_intervals(self.model.config, pred.values, pred.uncertainty)
+        for tag, name in zip(INTERVAL_TAGS, INTERVAL_NAMES, strict=True):
+            if name not in bounds:
+                continue
+            low, high = bounds[name]
             for j, target in enumerate(self.target_names):
-                out[f"low{level}_{target}"], out[f"high{level}_{target}"] = low[:, j], high[:, j]
+                out[f"low{tag}_{target}"], out[f"high{tag}_{target}"] = low[:, j], high[:, j]
         return out
 
     @property

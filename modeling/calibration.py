@@ -28,13 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from .configuration_crossmat import INTERVAL_LEVELS
 from .pipeline_crossmat import scores_from_logits
 
 __all__ = ["COVERAGE_TARGETS", "MIN_ROWS", "TEMPERATURE_MIN_ROWS", "Calibration", "calibrate_property_model",
            "calibrate_temperature", "conformal_multipliers", "coverage", "fit_temperature", "fit_threshold"]
 
-COVERAGE_TARGETS = (0.6827, 0.9545)
-MIN_ROWS = 10  # held-out rows needed to calibrate a regression model's uncertainty  # a Gaussian's share within 1 and 2 sigma
+COVERAGE_TARGETS = INTERVAL_LEVELS  # a Gaussian's share within 1 and 2 sigma
+MIN_ROWS = 10  # held-out rows needed to calibrate a regression model's uncertainty
 _K_GRID = (5, 10, 20, 40, 80)
 _PRIOR_GRID = (0.25, 0.5, 1.0, 2.0)  # in units of k; > 0, so no row gets sigma 0 (zero local residuals)
 _SPREAD_SHARES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # w * mean(spread**2) / mean(local**2): 0 = spread unused

@@ -291,7 +291,8 @@ def output_info(config: Any) -> dict[str, Any]:
     return {"problem_type": problem, "num_labels": n, "labels": labels, "names": names, "units": units}
 
 
-INTERVAL_NAMES = ("interval_68", "interval_95")  # output keys of the two prediction intervals (INTERVAL_LEVELS)
+INTERVAL_TAGS = ("68", "95")  # short names of INTERVAL_LEVELS in output keys and columns (low68_<target>, ...)
+INTERVAL_NAMES = tuple(f"interval_{tag}" for tag in INTERVAL_TAGS)  # the pipeline's output keys
 
 
 def prediction_intervals(config: Any, values: Any, std: Any) -> dict[str, tuple[Any, Any]]:
