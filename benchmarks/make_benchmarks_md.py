@@ -136,11 +136,9 @@ def summary_table(tasks: dict[str, dict[str, dict]], published: dict) -> list[st
         route = recs.get(route_name)
         if route:
             am = route.get("all_metrics", {})
-            cov = (f" ({am['coverage_1sigma']:.2f} / {am['coverage_2sigma']:.2f}" if "coverage_1sigma" in am else "")
-            if cov and "coverage_interval95" in am:
-                cov += f"; {am['coverage_interval68']:.2f} / {am['coverage_interval95']:.2f}"
-            cov += ")" if cov else ""
-            route_s = _pm(route["mean"], route["std"]) + cov
+            parts = [f"{am[a]:.2f} / {am[b]:.2f}" for a, b in (("coverage_1sigma", "coverage_2sigma"),
+                                                                ("coverage_interval68", "coverage_interval95")) if a in am]
+            route_s = _pm(route["mean"], route["std"]) + (f" ({'; '.join(parts)})" if parts else "")
         else:
             route_s = "not run yet"
         best = (min if lower else max)(earlier, key=lambda v: recs[v]["mean"]) if earlier else None

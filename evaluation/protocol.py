@@ -18,7 +18,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from crossmat.dataset_builders.tables import read_table
-from crossmat.modeling.calibration import coverage
+from crossmat.modeling.calibration import coverage_metrics
 from crossmat.modeling.configuration_crossmat import INTERVAL_TAGS
 
 from . import matbench_json
@@ -85,20 +85,6 @@ def _run_fold(pred: Predictor, data: FoldData, task: TaskInfo, out: Path, seed: 
     meta_path.write_text(json.dumps({"params": matbench_json._jsonable(result.params), "seconds": seconds,
                                       "signature": signature}, indent=1))
     return FoldPrediction(p, result.params, result.uncertainty), seconds
-
-
-def interval_coverage(predictions: np.ndarray, targets: np.ndarray, sigma: np.ndarray, params: dict[str, Any]
-                      ) -> dict[str, float]:
-    """Test coverage of a calibrated model's 68.27% / 95.45% prediction intervals (``value ± m * sigma``, ``m``
-    from the fold's ``params["calibration"]["interval_multiplier_68"]`` / ``["interval_multiplier_95"]``):
-    ``coverage_interval68`` and ``coverage_interval95``; ``{}`` for a model without intervals."""
-    cal = params.get("calibration") or {}
-    if not all(f"interval_multiplier_{tag}" in cal for tag in INTERVAL_TAGS):
-        return {}
-    err = np.abs(np.asarray(predictions, dtype=np.float64) - np.asarray(targets, dtype=np.float64))
-    sigma = np.asarray(sigma, dtype=np.float64)
-    return {f"coverage_interval{tag}": float((err <= cal[f"interval_multiplier_{tag}"] * sigma).mean())
-            for tag in INTERVAL_TAGS}
 
 
 def uncertainty_calibration(uncertainty: Sequence[np.ndarray | None], predictions: Sequence[np.ndarray],
@@ -208,9 +194,10 @@ def run_benchmark(
             rows.append(score_own(task.task_type, res.predictions, refs) if benchmark == CSV
                         else score(task.benchmark, task.task_type, res.predictions, refs))
             if res.uncertainty is not None and task.task_type == "regression":  # calibrated sigma: its coverage
-                c1, c2 = coverage(np.asarray(res.predictions) - refs, res.uncertainty)
-                rows[-1].update(coverage_1sigma=c1, coverage_2sigma=c2)
-                rows[-1].update(interval_coverage(res.predictions, refs, res.uncertainty, res.params))
+                cal = res.params.get("calibration") or {}  # the fold's interval multipliers, when it has them
+                multipliers = ([cal[f"interval_multiplier_{tag}"] for tag in INTERVAL_TAGS]
+                               if all(f"interval_multiplier_{tag}" in cal for tag in INTERVAL_TAGS) else None)
+                rows[-1].update(coverage_metrics(np.asarray(res.predictions) - refs, res.uncertainty, multipliers))
             preds.append(res.predictions)
             uncs.append(res.uncertainty)
             params.append(res.params)

@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .configuration_crossmat import INTERVAL_LEVELS
+from .configuration_crossmat import INTERVAL_LEVELS, INTERVAL_TAGS
 from .pipeline_crossmat import scores_from_logits
 
 __all__ = ["COVERAGE_TARGETS", "MIN_ROWS", "TEMPERATURE_MIN_ROWS", "Calibration", "calibrate_property_model",
-           "calibrate_temperature", "conformal_multipliers", "coverage", "fit_temperature", "fit_threshold"]
+           "calibrate_temperature", "conformal_multipliers", "coverage", "coverage_metrics", "fit_temperature", "fit_threshold"]
 
 COVERAGE_TARGETS = INTERVAL_LEVELS  # a Gaussian's share within 1 and 2 sigma
 MIN_ROWS = 10  # held-out rows needed to calibrate a regression model's uncertainty
@@ -68,6 +68,18 @@ def coverage(errors: np.ndarray, sigma: np.ndarray) -> tuple[float, float]:
     """Share of ``|errors|`` within 1 and 2 ``sigma`` (flattened over rows and labels)."""
     err, sig = np.abs(np.asarray(errors, dtype=np.float64)).ravel(), np.asarray(sigma, dtype=np.float64).ravel()
     return float((err <= sig).mean()), float((err <= 2 * sig).mean())
+
+
+def coverage_metrics(errors: np.ndarray, sigma: np.ndarray, multipliers: list[float] | None = None
+                     ) -> dict[str, float]:
+    """``coverage_1sigma`` / ``coverage_2sigma`` and, given a model's interval ``multipliers`` (``m68``, ``m95``),
+    ``coverage_interval68`` / ``coverage_interval95``: the share of ``|errors|`` within ``m * sigma``."""
+    c1, c2 = coverage(errors, sigma)
+    out = {"coverage_1sigma": c1, "coverage_2sigma": c2}
+    err, sig = np.abs(np.asarray(errors, dtype=np.float64)).ravel(), np.asarray(sigma, dtype=np.float64).ravel()
+    for tag, m in zip(INTERVAL_TAGS, multipliers or (), strict=False):
+        out[f"coverage_interval{tag}"] = float((err <= m * sig).mean())
+    return out
 
 
 def conformal_multipliers(ratios: np.ndarray, levels: tuple[float, ...] = COVERAGE_TARGETS) -> list[float]:

@@ -220,6 +220,10 @@ def test_binary_classifier_gets_its_threshold(tokenizer, held_out):
 
 def test_coverage_counts_within_one_and_two_sigma():
     assert coverage(np.array([0.5, 1.5, 2.5, -0.5]), np.ones(4)) == (0.5, 0.75)
+    got = calibration.coverage_metrics(np.array([0.5, 1.5, 2.5, -0.5]), np.ones(4), [0.4, 3.0])
+    assert got == {"coverage_1sigma": 0.5, "coverage_2sigma": 0.75, "coverage_interval68": 0.0,
+                   "coverage_interval95": 1.0}
+    assert set(calibration.coverage_metrics(np.ones(2), np.ones(2))) == {"coverage_1sigma", "coverage_2sigma"}
 
 
 def test_rows_whose_neighbours_had_zero_error_keep_a_positive_sigma(tokenizer, held_out):

@@ -20,7 +20,7 @@ from transformers import GPT2LMHeadModel
 from crossmat.dataset_builders.cif_text import CIF_FORMS
 from crossmat.dataset_builders.targets import TaskTypeError, decide_task_type
 from crossmat.modeling import CrossMatForMaskedLM, CrossMatForPropertyPrediction, CrossMatForStructureAlignment
-from crossmat.modeling.configuration_crossmat import INTERVAL_TAGS
+from crossmat.modeling.calibration import coverage_metrics
 from crossmat.modeling.model_folder import scores_from_logits
 from crossmat.modeling.modeling_crossmat import alignment_loss
 from crossmat.tokenization import FormulaError, canonical_formula
@@ -302,10 +302,7 @@ class FinetuneStage(Stage):
             out["loss"] = float(np.abs(err / std).mean())
             if "uncertainty" in pred:  # share of errors within 1 and 2 predicted sigma (Gaussian: 0.683, 0.954)
                 sigma = np.asarray(pred["uncertainty"]).reshape(err.shape)
-                out["coverage_1sigma"] = float((np.abs(err) <= sigma).mean())
-                out["coverage_2sigma"] = float((np.abs(err) <= 2 * sigma).mean())
-                for tag, m in zip(INTERVAL_TAGS, config.uncertainty_interval_multipliers or (), strict=False):
-                    out[f"coverage_interval{tag}"] = float((np.abs(err) <= m * sigma).mean())
+                out.update(coverage_metrics(err, sigma, config.uncertainty_interval_multipliers))
         else:
             from sklearn.metrics import roc_auc_score
 
