@@ -26,6 +26,11 @@ Leakage guard (``exclude``): the same specs as the corpus builder (``matbench=<t
 imKT stage runs on these formulas too, so every formula of a benchmark split that will be evaluated is
 removed. ``max_formulas`` takes a seeded random subset; subsets of one seed are nested (the first N of one
 fixed permutation), which is what a scaling curve needs.
+
+Teacher (``teacher``): ``embedding`` (default) targets the structure encoder's embedding; ``energy`` targets
+what the structure model *predicts* for the chosen (lowest-energy) polymorph instead: its energy per atom and
+that energy relative to elemental references fitted by least squares over the kept formulas (a formation-energy
+proxy), 2 values per formula, for an MSE alignment loss on z-scored targets.
 """
 
 from __future__ import annotations
@@ -37,13 +42,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from crossmat.tokenization.formula_grammar import parse_amounts
+
 from .common import BadInputError, write_card, write_json, write_parquet
 from .corpus import exclusion_formulas
 from .tables import read_table
 
-__all__ = ["POLYMORPH_RULES", "load_embedding_rows", "build_alignment_set", "polymorph_statistics"]
+__all__ = ["POLYMORPH_RULES", "TEACHERS", "load_embedding_rows", "build_alignment_set", "polymorph_statistics",
+           "energy_targets"]
 
 POLYMORPH_RULES = ("lowest_energy", "mean")
+TEACHERS = ("embedding", "energy")
 
 
 def load_embedding_rows(folder: str | Path, encoder: str) -> pd.DataFrame:
@@ -114,6 +123,32 @@ def polymorph_statistics(formulas: np.ndarray, emb: np.ndarray, seed: int = 0, m
     }
 
 
+def energy_targets(formulas: np.ndarray, energy: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """``(n, 2)`` targets ``[energy per atom, energy - fitted elemental references]`` and the fit's summary.
+
+    The references are one energy per element, fitted by least squares of the energy per atom on the element
+    fractions of the given formulas; the residual is what the composition's elements alone do not explain
+    (a formation-energy proxy, the part that depends on the crystal the structure model saw)."""
+    amounts = [parse_amounts(f) for f in formulas]
+    elements = sorted({el for a in amounts for el in a})
+    column = {el: i for i, el in enumerate(elements)}
+    rows = np.repeat(np.arange(len(amounts)), [len(a) for a in amounts])
+    cols = np.fromiter((column[el] for a in amounts for el in a), dtype=np.int64, count=len(rows))
+    vals = np.fromiter((v for a in amounts for v in a.values()), dtype=np.float64, count=len(rows))
+    fractions = np.zeros((len(amounts), len(elements)))
+    np.add.at(fractions, (rows, cols), vals)
+    fractions /= fractions.sum(1, keepdims=True)
+    refs = np.linalg.lstsq(fractions, energy, rcond=None)[0]
+    residual = energy - fractions @ refs
+    summary = {
+        "elements": len(elements),
+        "energy_std_ev_per_atom": round(float(energy.std()), 4),
+        "residual_std_ev_per_atom": round(float(residual.std()), 4),
+        "references_r2": round(float(1.0 - residual.var() / energy.var()), 4),
+    }
+    return np.stack([energy, residual], axis=1).astype(np.float32), summary
+
+
 def build_alignment_set(
     folders: list[str | Path],
     encoders: list[str],
@@ -123,15 +158,21 @@ def build_alignment_set(
     max_formulas: int | None = None,
     seed: int = 0,
     max_targets: int | None = None,
+    teacher: str = "embedding",
 ) -> dict[str, Any]:
     """Build an alignment-set folder (one row per formula); returns its metadata.
 
     ``max_formulas`` keeps a seeded subset of the formulas; ``max_targets`` keeps every formula but the
     structure embedding of a seeded subset only (the others get a null embedding: MLM-only rows under
     ``data.missing_embeddings: mlm_only``), so an alignment-set scaling curve keeps the MLM corpus fixed.
-    Both subsets are nested across sizes for one seed."""
+    Both subsets are nested across sizes for one seed. ``teacher="energy"`` replaces each embedding by the
+    structure model's energy targets (:func:`energy_targets`; lowest-energy polymorph only)."""
     if polymorphs not in POLYMORPH_RULES:
         raise ValueError(f"polymorphs must be one of {POLYMORPH_RULES}, got {polymorphs!r}")
+    if teacher not in TEACHERS:
+        raise ValueError(f"teacher must be one of {TEACHERS}, got {teacher!r}")
+    if teacher == "energy" and polymorphs != "lowest_energy":
+        raise ValueError("teacher='energy' takes the lowest-energy polymorph's energy; use polymorphs='lowest_energy'")
     if not folders or not encoders:
         raise ValueError("need at least one embeddings folder and one encoder")
     start = time.perf_counter()
@@ -155,6 +196,7 @@ def build_alignment_set(
         ids = rows["id"].to_numpy(dtype=object)[first]
         src = rows["source"].to_numpy(dtype=object)[first]
         form = formulas[first]
+        chosen_energy = raw[first]
     else:
         sums = np.zeros((len(uniq), emb.shape[1]), dtype=np.float64)
         np.add.at(sums, inverse, emb)
@@ -176,6 +218,15 @@ def build_alignment_set(
         excluded_all.update(table["formula"][hit])
         table = table.loc[~hit].reset_index(drop=True)
     n_after_exclusion = len(table)
+    energy_fit = None
+    if teacher == "energy":
+        energy = chosen_energy[pd.Index(form).get_indexer(table["formula"])]
+        missing = ~np.isfinite(energy)
+        if missing.any():
+            raise BadInputError(f"{int(missing.sum())} formula(s), e.g. {table['formula'][missing].iloc[0]!r}, have no "
+                                f"energy from {encoders[0]}: teacher='energy' needs an encoder with energies")
+        targets, energy_fit = energy_targets(table["formula"].to_numpy(dtype=object), energy)
+        table["embedding"] = list(targets)
     if max_formulas is not None and max_formulas < len(table):
         perm = np.random.default_rng(seed).permutation(len(table))
         table = table.iloc[np.sort(perm[:max_formulas])].reset_index(drop=True)
@@ -188,7 +239,9 @@ def build_alignment_set(
     meta = {
         "embedding_folders": [str(f) for f in folders],
         "encoders": list(encoders),
-        "embedding_dims": dims,
+        "embedding_dims": dims if teacher == "embedding" else [2],
+        "teacher": teacher,
+        "energy_fit": energy_fit,
         "polymorphs": polymorphs,
         "polymorph_statistics": stats,
         "lowest_energy_fallback_formulas": fallback,
@@ -207,6 +260,16 @@ def build_alignment_set(
     return meta
 
 
+def _teacher_line(meta: dict[str, Any]) -> str:
+    fit = meta.get("energy_fit")
+    if not fit:
+        return ""
+    return (f"; teacher `energy`: instead of the embedding, each row holds the encoder's predicted energy per atom of "
+            f"the lowest-energy polymorph and that energy minus least-squares elemental references over "
+            f"{fit['elements']} elements (references explain R² {fit['references_r2']} of the energy; residual std "
+            f"{fit['residual_std_ev_per_atom']} eV/atom)")
+
+
 def _card_body(meta: dict[str, Any]) -> str:
     excl = "\n".join(f"- `{e['spec']}`: {e['test_formulas']} formulas, {e['removed']} removed" for e in meta["exclusions"])
     st = meta["polymorph_statistics"]
@@ -216,7 +279,7 @@ def _card_body(meta: dict[str, Any]) -> str:
 Targets for the imKT alignment loss: one structure embedding per reduced formula, built by
 `python -m crossmat.dataset_builders alignment` from {", ".join(f"`{f}`" for f in meta["embedding_folders"])} with
 encoder(s) {", ".join(f"`{e}`" for e in meta["encoders"])} (sizes {meta["embedding_dims"]}, concatenated per
-structure). {meta["rows"]} rows, {meta["rows_with_embedding"]} with an embedding (the others are formulas
+structure){_teacher_line(meta)}. {meta["rows"]} rows, {meta["rows_with_embedding"]} with an embedding (the others are formulas
 without a structure target: train with `data.missing_embeddings: mlm_only`). No property labels.
 
 ## Polymorphs

@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-targets", type=int, default=None,
                    help="keep every formula, but the embedding of a seeded nested subset only (alignment-set scaling "
                         "curve at a fixed MLM corpus; train with data.missing_embeddings=mlm_only)")
+    p.add_argument("--teacher", default="embedding", choices=["embedding", "energy"],
+                   help="target: the encoder's embedding, or its predicted energy per atom and that energy relative to "
+                        "fitted elemental references (a formation-energy proxy; lowest-energy polymorph)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", required=True, help="output dataset folder")
 
@@ -123,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from .alignment import build_alignment_set
 
                 result = build_alignment_set(args.embeddings, args.encoder, args.output_dir, args.polymorphs, args.exclude,
-                                             args.max_formulas, args.seed, args.max_targets)  # fmt: skip
+                                             args.max_formulas, args.seed, args.max_targets, args.teacher)  # fmt: skip
             else:
                 from .publish import publish_folder
 

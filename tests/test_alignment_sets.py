@@ -131,6 +131,55 @@ def test_target_subsets_keep_every_formula_for_a_fixed_mlm_corpus(tmp_path):
     assert sum(e is None for e in ds["embedding"]) == 6
 
 
+def test_energy_teacher_targets_the_ground_state_energy_and_its_residual_over_elemental_references(tmp_path):
+    refs = {"Fe": -8.0, "O": -5.0, "Ti": -7.5, "Na": -1.3, "Cl": -1.8}
+    amounts = {"Fe2O3": {"Fe": 2, "O": 3}, "FeO": {"Fe": 1, "O": 1}, "Fe3O4": {"Fe": 3, "O": 4},
+               "TiO2": {"Ti": 1, "O": 2}, "Ti2O3": {"Ti": 2, "O": 3}, "NaCl": {"Na": 1, "Cl": 1},
+               "Na2O": {"Na": 2, "O": 1}, "TiCl4": {"Ti": 1, "Cl": 4}, "FeCl3": {"Fe": 1, "Cl": 3},
+               "FeCl2": {"Fe": 1, "Cl": 2}}  # fmt: skip
+    formulas = list(amounts)
+    fractions = np.array([[amounts[f].get(e, 0) / sum(amounts[f].values()) for e in refs] for f in formulas])
+    formation = np.array([-1.7, -1.4, -1.6, -3.2, -3.1, -2.1, -1.4, -2.0, -1.0, -1.1])
+    linear = fractions @ np.array(list(refs.values()))
+
+    def energies(shift: float) -> np.ndarray:  # per atom: fraction-weighted references + a formation term
+        return linear + formation + shift
+
+    # every formula has a ground state and a polymorph 0.3 eV/atom above it (listed first)
+    rows = [(f"mp-{i}h", f, e) for i, (f, e) in enumerate(zip(formulas, energies(0.3), strict=True))]
+    rows += [(f"mp-{i}", f, e) for i, (f, e) in enumerate(zip(formulas, energies(0.0), strict=True))]
+    emb = tmp_path / "emb"
+    _shards(emb, "chgnet", 3, 0, rows=rows)
+    assert builders_main(["alignment", "--embeddings", str(emb), "--encoder", "chgnet", "--teacher", "energy",
+                          "--output-dir", str(tmp_path / "energy")]) == 0  # fmt: skip
+    table = pd.read_parquet(tmp_path / "energy" / "data" / "train.parquet").set_index("formula").loc[formulas]
+    target = np.stack(table["embedding"].to_numpy())
+    assert target.shape == (10, 2) and list(table["structure_id"]) == [f"mp-{i}" for i in range(10)]
+    np.testing.assert_allclose(target[:, 0], energies(0.0), rtol=1e-6)  # the ground state's energy
+    # the residual is the formation term minus the part per-element references absorb: orthogonal to the
+    # element fractions, and energy - residual is a fraction-weighted sum of references
+    np.testing.assert_allclose(fractions.T @ target[:, 1], 0.0, atol=1e-4)
+    fitted = np.linalg.lstsq(fractions, target[:, 0] - target[:, 1], rcond=None)
+    assert fitted[1].sum() < 1e-8
+    absorbed = fractions @ np.linalg.lstsq(fractions, formation, rcond=None)[0]
+    np.testing.assert_allclose(target[:, 1], formation - absorbed, atol=1e-5)
+    meta = __import__("json").loads((tmp_path / "energy" / "alignment_metadata.json").read_text())
+    assert meta["teacher"] == "energy" and meta["embedding_dims"] == [2] and meta["energy_fit"]["elements"] == 5
+    assert 0.9 < meta["energy_fit"]["references_r2"] < 1.0
+    assert "teacher `energy`" in (tmp_path / "energy" / "README.md").read_text()
+    rows_linear = [(f"mp-{i}", f, e) for i, (f, e) in enumerate(zip(formulas, linear, strict=True))]
+    _shards(tmp_path / "lin", "chgnet", 3, 0, rows=rows_linear)
+    build_alignment_set([tmp_path / "lin"], ["chgnet"], tmp_path / "lin_out", teacher="energy")
+    lin = np.stack(pd.read_parquet(tmp_path / "lin_out" / "data" / "train.parquet")["embedding"].to_numpy())
+    np.testing.assert_allclose(lin[:, 1], 0.0, atol=1e-5)
+    with pytest.raises(ValueError, match="lowest_energy"):
+        build_alignment_set([emb], ["chgnet"], tmp_path / "x", polymorphs="mean", teacher="energy")
+    no_energy = [(i, f, float("nan")) for i, f, _ in rows[10:]]
+    _shards(tmp_path / "desc", "descriptors", 3, 0, rows=no_energy)
+    with pytest.raises(BadInputError, match="no energy from descriptors"):
+        build_alignment_set([tmp_path / "desc"], ["descriptors"], tmp_path / "y", teacher="energy")
+
+
 def test_imkt_rows_without_a_structure_are_an_error_or_mlm_only_rows():
     from crossmat.tokenization import CrossMatTokenizerFast
     from crossmat.training.data import DataError, prepare_stage_data

@@ -11,6 +11,8 @@
 #          mp_chgnet and mp_descriptors)
 #          alignment_scaling  (the alignment-set scaling curve: all 31,584 formulas, CHGNet targets for a seeded nested
 #          10k / 20k subset, the rest MLM-only rows; needs mp_chgnet)
+#          alignment_energy  (the energy teacher: CHGNet's predicted energy per atom of each formula's lowest-energy
+#          structure and that energy minus fitted elemental references, instead of the embedding; needs mp_chgnet)
 #          corpus_large  (issue 23 item 4: every formula the shared and pip data hold as text, same leakage guard: the
 #          MP structures, the three MatBench mp_* tasks' formulas (no labels) and matminer's MP transport set)
 set -euo pipefail
@@ -49,6 +51,9 @@ for step in "${STEPS[@]}"; do
     alignment_chgnet_descriptors)  # one multimodal target: learned (CHGNet) + explicit geometry (descriptors)
       python -m crossmat.dataset_builders alignment --embeddings $W/embeddings/mp_structures "${EXCLUDE_ARGS[@]}" \
         --encoder chgnet --encoder descriptors --polymorphs mean --output-dir $W/alignment/chgnet_descriptors ;;
+    alignment_energy)
+      python -m crossmat.dataset_builders alignment --embeddings $W/embeddings/mp_structures "${EXCLUDE_ARGS[@]}" \
+        --encoder chgnet --teacher energy --output-dir $W/alignment/chgnet_energy ;;
     alignment_scaling)  # the alignment-set scaling curve: every corpus formula, CHGNet targets for a nested subset
       for n in 10000 20000; do
         python -m crossmat.dataset_builders alignment --embeddings $W/embeddings/mp_structures "${EXCLUDE_ARGS[@]}" \

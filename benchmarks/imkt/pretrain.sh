@@ -11,6 +11,9 @@
 #   imkt_mean          same, mean over polymorphs instead of the lowest-energy one
 #   imkt_descriptors   same, 29 pymatgen structure descriptors (polymorph mean) instead of CHGNet
 #   imkt_chgnet_descriptors  same, CHGNet and the 29 descriptors concatenated (polymorph mean)
+#   imkt_energy[_seedN] same formulas, MLM + MSE onto what CHGNet *predicts* for the lowest-energy MP structure: its
+#                      energy per atom and that energy minus fitted elemental references (z-scored; build_data.sh
+#                      alignment_energy), instead of its embedding (issue 23 item 2: the structure model's predictions)
 #   imkt_targets10k/20k same formulas, CHGNet targets for a nested 10k / 20k subset only (the others MLM only)
 #   mlm_large          MLM only on corpus_large (80,002 formulas: MP structures + MatBench mp_* formulas + MP transport,
 #                      build_data.sh corpus_large), 40 epochs as the others (about 2.5x their steps)
@@ -38,6 +41,10 @@ case "$ARM" in
   imkt_mean) ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/chgnet_mean) ;;
   imkt_descriptors) ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/descriptors) ;;
   imkt_chgnet_descriptors) ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/chgnet_descriptors) ;;
+  imkt_energy|imkt_energy_seed*)
+    S="${ARM#imkt_energy}"
+    ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/chgnet_energy model.config.alignment_loss=mse
+          ${S:+"seed=${S#_seed}"}) ;;
   imkt_targets10k|imkt_targets20k)  # scaling curve: the same 31,584 formulas, CHGNet targets for 10k / 20k of them
     ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/chgnet_${ARM#imkt_} data.missing_embeddings=mlm_only) ;;
   *) echo "unknown arm $ARM" >&2; exit 2 ;;

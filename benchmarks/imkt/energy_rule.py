@@ -1,0 +1,79 @@
+"""The pre-registered two-seed rule for the energy teacher (benchmarks/imkt/SECTION.md, "The structure model's
+predictions as the teacher", written before any run of the arm). Per task and fold an arm's error is the mean of its
+two pretraining seeds (42 and 7); changes are per fold, 100 (a - b) / b, mean ± SE over folds, pooled over the
+screening tasks that have all four records:
+  1. imKT-energy vs MLM-only: pooled <= -3%, beyond 2 SE, and no task worse by more than 2 SE (branch_rule.rule);
+     a task's own difference is read as one only if it is also larger than half the larger seed-to-seed change;
+  2. futility: once phonons, jdft2d and steels are complete, a pooled change >= 0 stops the arm there.
+For reference (not part of the rule): imKT-energy against the CHGNet-embedding imKT backbone (seed 42, same code).
+
+Usage: PYTHONPATH=. python benchmarks/imkt/energy_rule.py [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.imkt.branch_rule import rule
+from benchmarks.imkt.compare_arms import errors
+
+TASKS = ["matbench_phonons", "matbench_jdft2d", "matbench_steels", "matbench_dielectric", "matbench_expt_gap"]
+FUTILITY_TASKS = TASKS[:3]
+# records crossmat_default_from_<name>: the arms by run_transfer.sh, the MLM-only controls by run_keep.sh rerun
+SEEDS = {"energy": ("imkt_energy", "imkt_energy_seed7"), "mlm": ("mlm_rerun", "mlm_seed7_rerun")}
+REFERENCE = "imkt_rerun"
+
+
+def folds(task: str, arm: str) -> np.ndarray | None:
+    found = errors(task, arm)
+    return None if found is None else found[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    runs = {t: {name: [folds(t, s) for s in seeds] for name, seeds in SEEDS.items()} for t in TASKS}
+    complete = [t for t in TASKS if all(r is not None for arm in runs[t].values() for r in arm)]
+    out: dict = {"complete_tasks": complete}
+    if not complete:
+        print("no screening task has all four records yet")
+    else:
+        mean = {t: {name: (r[0] + r[1]) / 2 for name, r in runs[t].items()} for t in complete}
+        rel = {t: 100.0 * (mean[t]["energy"] - mean[t]["mlm"]) / mean[t]["mlm"] for t in complete}
+        res = rule(rel)
+        seed_gap = {t: {name: round(float((100.0 * (r[1] - r[0]) / r[0]).mean()), 2) for name, r in runs[t].items()}
+                    for t in complete}  # fmt: skip
+        for t, v in res["tasks"].items():
+            half_gap = max(abs(g) for g in seed_gap[t].values()) / 2
+            v["seed7_vs_seed42_pct"] = seed_gap[t]
+            v["beyond_2se_and_half_seed_gap"] = bool(abs(v["mean"]) > max(2 * v["se"], half_gap))
+            v["mae_two_seed_mean"] = {name: round(float(m.mean()), 4) for name, m in mean[t].items()}
+        res["futility_stop"] = (all(t in complete for t in FUTILITY_TASKS)
+                                and float(np.concatenate([rel[t] for t in FUTILITY_TASKS]).mean()) >= 0)  # fmt: skip
+        out["energy vs mlm"] = res
+        for t, v in res["tasks"].items():
+            print(f"{t.removeprefix('matbench_'):12s} energy {v['mae_two_seed_mean']['energy']:.4g}  mlm "
+                  f"{v['mae_two_seed_mean']['mlm']:.4g}  change {v['mean']:+.1f}% ± {v['se']:.1f}  seed 7 vs 42 "
+                  f"{v['seed7_vs_seed42_pct']}  {'clear' if v['beyond_2se_and_half_seed_gap'] else 'inside the spread'}")
+        print(f"energy vs mlm, pooled {res['pooled_mean']:+.2f} ± {res['pooled_se']:.2f} over {res['folds']} folds -> "
+              f"rule 1 {'holds' if res['holds'] else 'does not hold'}; futility stop: {res['futility_stop']}")
+    ref = {}
+    for t in TASKS:
+        a, b = folds(t, SEEDS["energy"][0]), folds(t, REFERENCE)
+        if a is not None and b is not None:
+            r = 100.0 * (a - b) / b
+            ref[t] = {"mean": round(float(r.mean()), 2), "se": round(float(r.std(ddof=1) / np.sqrt(len(r))), 2)}
+    if ref:
+        print("reference, energy seed 42 vs CHGNet-embedding imKT (%):", ref)
+    out["energy_seed42_vs_imkt_pct"] = ref
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
