@@ -18,19 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.imkt.aux_rule import arm_errors as folds
 from benchmarks.imkt.branch_rule import rule
-from benchmarks.imkt.compare_arms import errors
+from benchmarks.imkt.compare_arms import paired
 
 TASKS = ["matbench_phonons", "matbench_jdft2d", "matbench_steels", "matbench_dielectric", "matbench_expt_gap"]
 FUTILITY_TASKS = TASKS[:3]
 # records crossmat_default_from_<name>: the arms by run_transfer.sh, the MLM-only controls by run_keep.sh rerun
 SEEDS = {"energy": ("imkt_energy", "imkt_energy_seed7"), "mlm": ("mlm_rerun", "mlm_seed7_rerun")}
 REFERENCE = "imkt_rerun"
-
-
-def folds(task: str, arm: str) -> np.ndarray | None:
-    found = errors(task, arm)
-    return None if found is None else found[0]
 
 
 def main() -> None:
@@ -66,8 +62,7 @@ def main() -> None:
     for t in TASKS:
         a, b = folds(t, SEEDS["energy"][0]), folds(t, REFERENCE)
         if a is not None and b is not None:
-            r = 100.0 * (a - b) / b
-            ref[t] = {"mean": round(float(r.mean()), 2), "se": round(float(r.std(ddof=1) / np.sqrt(len(r))), 2)}
+            ref[t] = {k: v for k, v in paired(a, b).items() if k in ("mean_pct", "se_pct")}
     if ref:
         print("reference, energy seed 42 vs CHGNet-embedding imKT (%):", ref)
     out["energy_seed42_vs_imkt_pct"] = ref
