@@ -19,7 +19,8 @@ B="${BACKBONES:-$PWD/benchmarks/_work/imkt/backbones}"
 mkdir -p "$L"
 case "${1:-}" in
   data)
-    bash benchmarks/imkt/build_data.sh mp_chgnet alignment_energy 2>&1 | tee "$L/build_alignment_energy.log" ;;
+    PROCESSES=2 bash benchmarks/imkt/build_data.sh mp_chgnet
+    bash benchmarks/imkt/build_data.sh alignment_energy 2>&1 | tee "$L/build_alignment_energy.log" ;;
   42|7)
     ARM=imkt_energy; [ "$1" = 7 ] && ARM=imkt_energy_seed7
     bash benchmarks/imkt/pretrain.sh "$ARM" 2>&1 | tee "$L/pretrain_$ARM.log"
