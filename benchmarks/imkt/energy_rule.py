@@ -4,7 +4,11 @@ two pretraining seeds (42 and 7); changes are per fold, 100 (a - b) / b, mean ±
 screening tasks that have all four records:
   1. imKT-energy vs MLM-only: pooled <= -3%, beyond 2 SE, and no task worse by more than 2 SE (branch_rule.rule);
      a task's own difference is read as one only if it is also larger than half the larger seed-to-seed change;
-  2. futility: once phonons, jdft2d and steels are complete, a pooled change >= 0 stops the arm there.
+  2. futility: once phonons, jdft2d and steels are complete, a pooled change >= 0 stops the arm there;
+  3. confirmation (only after 1 holds): the same two seeds on the other five tasks, then issue 23's criterion over
+     every task with all four records: >= 8 tasks, pooled change vs MLM-only <= -3%, better (mean change < 0) on more
+     tasks than worse, and the mean over tasks of the change vs scratch <= -10% (scratch: the same-code rerun
+     crossmat_default_from_scratch where there is one, else the crossmat_default record).
 For reference (not part of the rule): imKT-energy against the CHGNet-embedding imKT backbone (seed 42, same code).
 
 Usage: PYTHONPATH=. python benchmarks/imkt/energy_rule.py [--json OUT]
@@ -24,17 +28,42 @@ from benchmarks.imkt.compare_arms import paired
 
 TASKS = ["matbench_phonons", "matbench_jdft2d", "matbench_steels", "matbench_dielectric", "matbench_expt_gap"]
 FUTILITY_TASKS = TASKS[:3]
+CONFIRM = ["matbench_expt_is_metal", "matbench_glass", "matbench_log_kvrh", "matbench_log_gvrh", "matbench_perovskites"]
 # records crossmat_default_from_<name>: the arms by run_transfer.sh, the MLM-only controls by run_keep.sh rerun
 SEEDS = {"energy": ("imkt_energy", "imkt_energy_seed7"), "mlm": ("mlm_rerun", "mlm_seed7_rerun")}
 REFERENCE = "imkt_rerun"
+
+
+def criterion(runs: dict, done: list[str]) -> dict:
+    """Issue 23's bar over every task with all four records (rule step 3); two-seed means, paired per fold."""
+    mean = {t: {name: (r[0] + r[1]) / 2 for name, r in runs[t].items()} for t in done}
+    rel = {t: 100.0 * (mean[t]["energy"] - mean[t]["mlm"]) / mean[t]["mlm"] for t in done}
+    vs_mlm = rule(rel)
+    better = sum(v["mean"] < 0 for v in vs_mlm["tasks"].values())
+    vs_scratch = {}
+    for t in done:
+        base = folds(t, "scratch")
+        base = folds(t, "crossmat_default") if base is None else base
+        if base is not None:
+            vs_scratch[t] = round(float((100.0 * (mean[t]["energy"] - base) / base).mean()), 2)
+    scratch_mean = float(np.mean(list(vs_scratch.values()))) if vs_scratch else float("nan")
+    holds = (len(done) >= 8 and vs_mlm["pooled_mean"] <= -3.0 and better > len(done) - better
+             and len(vs_scratch) == len(done) and scratch_mean <= -10.0)
+    res = {"tasks": done, "vs_mlm": vs_mlm, "tasks_better": better, "tasks_worse": len(done) - better,
+           "vs_scratch_pct": vs_scratch, "vs_scratch_mean_pct": round(scratch_mean, 2), "holds": bool(holds)}
+    print(f"issue criterion over {len(done)} tasks: vs MLM-only pooled {vs_mlm['pooled_mean']:+.2f} ± "
+          f"{vs_mlm['pooled_se']:.2f}, better on {better} / worse on {len(done) - better}; vs scratch mean "
+          f"{scratch_mean:+.2f}% {vs_scratch} -> {'holds' if holds else 'does not hold (yet)'}")
+    return res
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    runs = {t: {name: [folds(t, s) for s in seeds] for name, seeds in SEEDS.items()} for t in TASKS}
-    complete = [t for t in TASKS if all(r is not None for arm in runs[t].values() for r in arm)]
+    runs = {t: {name: [folds(t, s) for s in seeds] for name, seeds in SEEDS.items()} for t in TASKS + CONFIRM}
+    done = [t for t in TASKS + CONFIRM if all(r is not None for arm in runs[t].values() for r in arm)]
+    complete = [t for t in TASKS if t in done]
     out: dict = {"complete_tasks": complete}
     if not complete:
         print("no screening task has all four records yet")
@@ -58,6 +87,8 @@ def main() -> None:
                   f"{v['seed7_vs_seed42_pct']}  {'clear' if v['beyond_2se_and_half_seed_gap'] else 'inside the spread'}")
         print(f"energy vs mlm, pooled {res['pooled_mean']:+.2f} ± {res['pooled_se']:.2f} over {res['folds']} folds -> "
               f"rule 1 {'holds' if res['holds'] else 'does not hold'}; futility stop: {res['futility_stop']}")
+    if any(t in done for t in CONFIRM):
+        out["issue criterion"] = criterion(runs, done)
     ref = {}
     for t in TASKS:
         a, b = folds(t, SEEDS["energy"][0]), folds(t, REFERENCE)

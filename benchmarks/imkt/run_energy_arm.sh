@@ -6,6 +6,10 @@
 #                                                     and fine-tune it on the five screening tasks
 #   bash benchmarks/imkt/run_energy_arm.sh controls   the MLM-only seed-7 control on the five tasks (retrains the
 #                                                     seed-7 backbone if missing; seed 42's records already exist)
+#   bash benchmarks/imkt/run_energy_arm.sh confirm SEED           rule step 3, only once rule 1 holds on the screening
+#   bash benchmarks/imkt/run_energy_arm.sh confirm_controls SEED  tasks: the energy arm (SEED 42 or 7; retrains its
+#       backbone if missing) or the MLM-only control of the same seed (run_keep.sh rerun; retrains mlm / mlm_seed7 if
+#       missing) on the other five tasks, cheapest first: expt_is_metal, glass, log_kvrh, log_gvrh, perovskites
 # Two processes on two cores: `data` first, then `42` and `7` side by side, then `controls`. A fold is reused only
 # if its overrides match, and they hold the backbone's path: the landed control folds used
 # /work/main/benchmarks/_work/imkt/backbones (BACKBONES=... sets it; default: this checkout's).
@@ -14,6 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 TASKS=(matbench_phonons matbench_jdft2d matbench_steels matbench_dielectric matbench_expt_gap)
+CONFIRM=(matbench_expt_is_metal matbench_glass matbench_log_kvrh matbench_log_gvrh matbench_perovskites)
 L=benchmarks/imkt/logs
 B="${BACKBONES:-$PWD/benchmarks/_work/imkt/backbones}"
 mkdir -p "$L"
@@ -21,15 +26,22 @@ case "${1:-}" in
   data)
     PROCESSES=2 bash benchmarks/imkt/build_data.sh mp_chgnet
     bash benchmarks/imkt/build_data.sh alignment_energy 2>&1 | tee "$L/build_alignment_energy.log" ;;
-  42|7)
-    ARM=imkt_energy; [ "$1" = 7 ] && ARM=imkt_energy_seed7
-    bash benchmarks/imkt/pretrain.sh "$ARM" 2>&1 | tee "$L/pretrain_$ARM.log"
-    for t in "${TASKS[@]}"; do
+  42|7|confirm)
+    SEED="$1"; RUN=("${TASKS[@]}")
+    [ "$1" = confirm ] && { SEED="${2:?confirm needs a seed: 42 or 7}"; RUN=("${CONFIRM[@]}"); }
+    ARM=imkt_energy; [ "$SEED" = 7 ] && ARM=imkt_energy_seed7
+    [ -f "$B/$ARM/model.safetensors" ] || bash benchmarks/imkt/pretrain.sh "$ARM" 2>&1 | tee "$L/pretrain_$ARM.log"
+    for t in "${RUN[@]}"; do
       TRANSFER_DIR=benchmarks/matbench/runs/transfer bash benchmarks/imkt/run_transfer.sh "$ARM" "$t" 2>&1 |
         grep --line-buffered -v -e "Loading weights" -e "Writing model" | tee "$L/transfer_${ARM}_${t#matbench_}.log"
     done ;;
   controls)
     [ -f "$B/mlm_seed7/model.safetensors" ] || bash benchmarks/imkt/pretrain.sh mlm_seed7 2>&1 | tee "$L/pretrain_mlm_seed7_rebuild.log"
     bash benchmarks/imkt/run_keep.sh rerun mlm_seed7 "$B/mlm_seed7" "${TASKS[@]}" ;;
-  *) echo "usage: bash benchmarks/imkt/run_energy_arm.sh data | 42 | 7 | controls" >&2; exit 2 ;;
+  confirm_controls)
+    ARM=mlm; [ "${2:?confirm_controls needs a seed: 42 or 7}" = 7 ] && ARM=mlm_seed7
+    [ -f "$B/$ARM/model.safetensors" ] || bash benchmarks/imkt/pretrain.sh "$ARM" 2>&1 | tee "$L/pretrain_${ARM}_rebuild.log"
+    bash benchmarks/imkt/run_keep.sh rerun "$ARM" "$B/$ARM" "${CONFIRM[@]}" ;;
+  *) echo "usage: bash benchmarks/imkt/run_energy_arm.sh data | 42 | 7 | controls | confirm SEED | confirm_controls SEED" >&2
+     exit 2 ;;
 esac
