@@ -10,6 +10,7 @@ from typing import Any
 from transformers import PretrainedConfig
 
 ALIGNMENT_LOSSES = ("cosine", "mse", "infonce")
+ALIGNMENT_INPUTS = ("masked", "clean")
 REGRESSION_LOSSES = ("l1", "mse", "huber")
 POOLINGS = ("cls", "mean", "fraction_weighted")
 FRACTION_ENCODINGS = ("projected", "sinusoid_table")
@@ -23,6 +24,11 @@ class CrossMatConfig(PretrainedConfig):
     model reads element amounts back from the digit tokens. Property heads store
     ``target_mean``/``target_std`` (one value per label) so regression outputs are in physical units,
     plus ``target_names``/``target_units`` for display.
+
+    imKT pretraining: ``alignment_input`` is the formula the alignment loss reads. ``masked``: the pooled embedding
+    of the MLM forward pass, whose every formula has at least one element masked or replaced. ``clean``: a second
+    pass over the unmasked formula (the collator's ``clean_input_ids``), so the alignment target is predicted from the
+    whole formula, as fine-tuning and inference see it (about 1.5x the pretraining compute).
 
     Composition-model options (see docs/models.md): ``element_features`` names a frozen per-element
     feature table (``element_feature_dim`` columns, stored in the weights, projected by a trained linear
@@ -101,6 +107,7 @@ class CrossMatConfig(PretrainedConfig):
         num_elements: int = 118,
         structure_embedding_dim: int = 64,
         alignment_loss: str = "cosine",
+        alignment_input: str = "masked",
         mlm_loss_weight: float = 1.0,
         alignment_loss_weight: float = 1.0,
         infonce_temperature: float = 0.1,
@@ -143,6 +150,8 @@ class CrossMatConfig(PretrainedConfig):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if alignment_loss not in ALIGNMENT_LOSSES:
             raise ValueError(f"alignment_loss must be one of {ALIGNMENT_LOSSES}, got {alignment_loss!r}")
+        if alignment_input not in ALIGNMENT_INPUTS:
+            raise ValueError(f"alignment_input must be one of {ALIGNMENT_INPUTS}, got {alignment_input!r}")
         if regression_loss not in REGRESSION_LOSSES:
             raise ValueError(f"regression_loss must be one of {REGRESSION_LOSSES}, got {regression_loss!r}")
         if fraction_encoding not in FRACTION_ENCODINGS:
@@ -200,6 +209,7 @@ class CrossMatConfig(PretrainedConfig):
         self.num_elements = num_elements
         self.structure_embedding_dim = structure_embedding_dim
         self.alignment_loss = alignment_loss
+        self.alignment_input = alignment_input
         self.mlm_loss_weight = mlm_loss_weight
         self.alignment_loss_weight = alignment_loss_weight
         self.infonce_temperature = infonce_temperature

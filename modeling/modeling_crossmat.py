@@ -544,7 +544,8 @@ class CrossMatForStructureAlignment(CrossMatPreTrainedModel):
     ``config.structure_embedding_dim``). Total loss = ``mlm_loss_weight * mlm + alignment_loss_weight *
     alignment``; either part is skipped when its target (``labels`` / ``structure_embeddings``) is absent.
     ``structure_mask`` (bool, one per row) marks the rows that have a structure; the alignment loss is taken
-    over those rows only (the others train MLM only)."""
+    over those rows only (the others train MLM only). With ``config.alignment_input == "clean"`` the projection reads
+    the pooled embedding of a second pass over ``clean_input_ids`` (the unmasked formula) when they are given."""
 
     _tied_weights_keys = {"lm_head.decoder.weight": "crossmat.embeddings.word_embeddings.weight"}
 
@@ -567,11 +568,14 @@ class CrossMatForStructureAlignment(CrossMatPreTrainedModel):
 
     def forward(
         self, input_ids, attention_mask=None, labels=None, structure_embeddings=None, inputs_embeds=None,
-        structure_mask=None, **kwargs
+        structure_mask=None, clean_input_ids=None, **kwargs
     ) -> CrossMatAlignmentOutput:
         out = self.crossmat(input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
         logits = self.lm_head(out.last_hidden_state)
-        projected = self.projection(out.pooler_output)
+        pooled = out.pooler_output
+        if clean_input_ids is not None and self.config.alignment_input == "clean" and structure_embeddings is not None:
+            pooled = self.crossmat(clean_input_ids, attention_mask=attention_mask, **kwargs).pooler_output
+        projected = self.projection(pooled)
         mlm = _mlm_loss(logits, labels)
         align = None
         if structure_embeddings is not None:

@@ -132,6 +132,31 @@ def test_alignment_loss_skips_rows_without_a_structure(batch, kind):
     assert none.alignment_loss.item() == 0.0 and none.alignment_loss.requires_grad
 
 
+def test_clean_view_alignment_reads_the_unmasked_formula(batch):
+    """alignment_input="clean": the projection reads a second pass over clean_input_ids; MLM still reads the masked
+    ids. "masked" (the default) ignores clean_input_ids, so old recipes and backbones behave as before."""
+    torch.manual_seed(0)
+    clean_ids = batch["input_ids"]
+    masked = clean_ids.clone()
+    labels = torch.full_like(masked, -100)
+    labels[:, 1], masked[:, 1] = masked[:, 1], MASK_ID
+    target = torch.randn(len(FORMULAS), 8)
+    cfg = CrossMatConfig(**TINY, alignment_loss="mse", alignment_input="clean", initializer_range=0.5)
+    model = CrossMatForStructureAlignment(cfg).eval()
+    args = {"attention_mask": batch["attention_mask"], "labels": labels, "structure_embeddings": target}
+    out = model(input_ids=masked, clean_input_ids=clean_ids, **args)
+    on_clean = model(input_ids=clean_ids, **args)  # the same weights, alignment on the unmasked formula
+    on_masked = model(input_ids=masked, **args)
+    torch.testing.assert_close(out.projected_embedding, on_clean.projected_embedding)
+    torch.testing.assert_close(out.alignment_loss, on_clean.alignment_loss)
+    torch.testing.assert_close(out.mlm_loss, on_masked.mlm_loss)
+    assert (out.projected_embedding - on_masked.projected_embedding).abs().max() > 1e-2
+    model.config.alignment_input = "masked"
+    torch.testing.assert_close(model(input_ids=masked, clean_input_ids=clean_ids, **args).loss, on_masked.loss)
+    with pytest.raises(ValueError, match="alignment_input"):
+        CrossMatConfig(**TINY, alignment_input="unmasked")
+
+
 def test_property_regression_in_physical_units(batch):
     cfg = CrossMatConfig(**TINY, num_labels=2, problem_type="regression", target_mean=[100.0, -1.0],
                          target_std=[50.0, 0.5], regression_loss="mse")

@@ -77,7 +77,12 @@ def test_collator_masks_only_elements_and_is_deterministic():
     _, lab1 = col.mask(big["input_ids"], torch.arange(4000))
     assert not torch.equal(lab1, lab), "a new epoch draws new masks"
     batch = col([{"input_ids": tok("NaCl")["input_ids"], "row_id": 0}, {"input_ids": tok("Fe2O3")["input_ids"], "row_id": 1}])
-    assert set(batch) >= {"input_ids", "attention_mask", "labels"}
+    assert set(batch) >= {"input_ids", "attention_mask", "labels"} and "clean_input_ids" not in batch
+    # clean-view alignment (imKT alignment_input="clean"): the same masks, plus the unmasked ids beside them
+    clean = MaskedElementCollator(mlm_probability=0.3, seed=1, keep_clean=True)
+    kept = clean.mask_batch({"input_ids": enc["input_ids"], "row_id": rows})
+    assert torch.equal(kept["clean_input_ids"], orig) and torch.equal(kept["input_ids"], ids)
+    assert torch.equal(kept["labels"], labels)
 
 
 def test_bad_input_fails_before_training(gap_csv, tmp_path):

@@ -85,7 +85,8 @@ def test_all_stages_lora_and_auto_loading(tmp_path, gap_csv, perov_embeddings):
     recipe = {"name": "tiny", "seed": 1, "pipeline": [
         {"name": "mlm", "stage": "mlm", "model": {"config": TINY, "element_embedding_init": "magpie"},
          "data": {"train": str(gap_csv), "test_fraction": 0.2}, "train": steps},
-        {"name": "imkt", "stage": "imkt", "model": {"init_from": "@mlm", "config": {"alignment_loss": "infonce"}},
+        {"name": "imkt", "stage": "imkt", "model": {"init_from": "@mlm", "config": {"alignment_loss": "infonce",
+                                                                                "alignment_input": "clean"}},
          "data": {"train": str(perov_embeddings), "stability_column": "heat_ref", "stability_bias": "weight",
                   "stability_temperature": 0.5}, "train": steps},
         {"name": "finetune", "stage": "finetune", "model": {"init_from": "@imkt"},
@@ -107,6 +108,7 @@ def test_all_stages_lora_and_auto_loading(tmp_path, gap_csv, perov_embeddings):
     assert type(AutoModelForMaskedLM.from_pretrained(out / "mlm")).__name__ == "CrossMatForMaskedLM"
     imkt = AutoModelForPreTraining.from_pretrained(out / "imkt")
     assert imkt.config.structure_embedding_dim == 64 and imkt.config.alignment_loss == "infonce"
+    assert imkt.config.alignment_input == "clean"
     ft = AutoModelForSequenceClassification.from_pretrained(out / "finetune").eval()
     tok = AutoTokenizer.from_pretrained(out / "finetune")
     pred = pd.read_csv(out / "finetune" / "test_predictions.csv")

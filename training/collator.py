@@ -57,7 +57,7 @@ class MaskedElementCollator:
     """
 
     def __init__(self, mlm_probability: float = 0.15, seed: int = 0, mask_replace_prob: float = 0.8,
-                 random_replace_prob: float = 0.1) -> None:
+                 random_replace_prob: float = 0.1, keep_clean: bool = False) -> None:
         if not 0.0 < mlm_probability <= 1.0:
             raise ValueError(f"mlm_probability must be in (0, 1], got {mlm_probability}")
         self.mlm_probability = mlm_probability
@@ -65,6 +65,7 @@ class MaskedElementCollator:
         self.epoch = 0
         self.mask_replace_prob = mask_replace_prob
         self.random_replace_prob = random_replace_prob
+        self.keep_clean = keep_clean  # also return the unmasked ids as ``clean_input_ids`` (clean-view alignment)
         self._calls = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -80,6 +81,13 @@ class MaskedElementCollator:
             batch["row_id"] = torch.arange(n) + self._calls * n
             self._calls += 1
         batch = trim_padding(batch)
+        return self.mask_batch(batch)
+
+    def mask_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Mask ``batch["input_ids"]`` in place of the batch (labels added; with ``keep_clean`` the unmasked ids
+        stay as ``clean_input_ids``)."""
+        if self.keep_clean:
+            batch["clean_input_ids"] = batch["input_ids"]
         batch["input_ids"], batch["labels"] = self.mask(batch["input_ids"], batch["row_id"])
         return batch
 

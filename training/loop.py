@@ -30,6 +30,8 @@ from accelerate.utils import gather_object, set_seed
 from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import get_scheduler
 
+from crossmat.modeling import CrossMatForStructureAlignment
+
 from .anchor import EmbeddingAnchor
 from .collator import MaskedElementCollator, hash_uniform, trim_padding
 from .data import StageData, TensorSplit
@@ -167,7 +169,10 @@ class StageTrainer:
         self.accelerator = accelerator
         self.world = accelerator.num_processes
         self.rank = accelerator.process_index
-        self.collator = MaskedElementCollator(self.cfg.mlm_probability, seed=self.seed) if self.kind.masks_elements else None
+        clean = (issubclass(self.kind.model_class, CrossMatForStructureAlignment)  # clean-view alignment (imKT)
+                 and getattr(getattr(model, "config", None), "alignment_input", "masked") == "clean")
+        self.collator = (MaskedElementCollator(self.cfg.mlm_probability, seed=self.seed, keep_clean=clean)
+                         if self.kind.masks_elements else None)
         self.global_batch = auto_batch_size(len(data.train)) if self.cfg.batch_size == "auto" else int(self.cfg.batch_size)
         self.accum = int(self.cfg.gradient_accumulation_steps)
         if self.global_batch % self.world:
@@ -250,7 +255,7 @@ class StageTrainer:
         batch = trim_padding({k: v[rows] for k, v in split.tensors.items()})
         if self.collator is not None:
             self.collator.set_epoch(epoch)
-            batch["input_ids"], batch["labels"] = self.collator.mask(batch["input_ids"], batch["row_id"])
+            batch = self.collator.mask_batch(batch)
         batch.pop("row_id")
         return {k: v.to(self.accelerator.device) for k, v in batch.items()}
 

@@ -10,8 +10,11 @@ screening tasks that have all four records:
      tasks than worse, and the mean over tasks of the change vs scratch <= -10% (scratch: the same-code rerun
      crossmat_default_from_scratch where there is one, else the crossmat_default record).
 For reference (not part of the rule): imKT-energy against the CHGNet-embedding imKT backbone (seed 42, same code).
+``--arm imkt_energy_clean`` applies the same rule to the clean-view arm (SECTION.md, "Alignment on the clean
+formula", records crossmat_default_from_imkt_energy_clean[_seed7]) and also reports it against the masked-view
+energy arm (two-seed means, paired per fold; not part of the rule).
 
-Usage: PYTHONPATH=. python benchmarks/imkt/energy_rule.py [--json OUT]
+Usage: PYTHONPATH=. python benchmarks/imkt/energy_rule.py [--arm imkt_energy_clean] [--json OUT]
 """
 
 from __future__ import annotations
@@ -59,8 +62,12 @@ def criterion(runs: dict, done: list[str]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arm", default="imkt_energy", help="the arm's seed-42 record name (imkt_energy_clean: clean view)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    masked_view = SEEDS["energy"]
+    if args.arm != "imkt_energy":
+        SEEDS["energy"] = (args.arm, f"{args.arm}_seed7")
     runs = {t: {name: [folds(t, s) for s in seeds] for name, seeds in SEEDS.items()} for t in TASKS + CONFIRM}
     done = [t for t in TASKS + CONFIRM if all(r is not None for arm in runs[t].values() for r in arm)]
     complete = [t for t in TASKS if t in done]
@@ -87,6 +94,16 @@ def main() -> None:
                   f"{v['seed7_vs_seed42_pct']}  {'clear' if v['beyond_2se_and_half_seed_gap'] else 'inside the spread'}")
         print(f"energy vs mlm, pooled {res['pooled_mean']:+.2f} ± {res['pooled_se']:.2f} over {res['folds']} folds -> "
               f"rule 1 {'holds' if res['holds'] else 'does not hold'}; futility stop: {res['futility_stop']}")
+    if args.arm != "imkt_energy":
+        view = {}
+        for t in done:
+            pairs = [[folds(t, s) for s in seeds] for seeds in (SEEDS["energy"], masked_view)]
+            if all(r is not None for arm in pairs for r in arm):
+                view[t] = paired((pairs[0][0] + pairs[0][1]) / 2, (pairs[1][0] + pairs[1][1]) / 2)
+        if view:
+            print(f"{args.arm} vs the masked-view energy arm (two-seed means, %):",
+                  {t.removeprefix("matbench_"): (v["mean_pct"], v["se_pct"]) for t, v in view.items()})
+        out["vs_masked_view_energy_arm"] = view
     if any(t in done for t in CONFIRM):
         out["issue criterion"] = criterion(runs, done)
     ref = {}

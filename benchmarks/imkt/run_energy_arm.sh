@@ -10,6 +10,8 @@
 #   bash benchmarks/imkt/run_energy_arm.sh confirm_controls SEED  tasks: the energy arm (SEED 42 or 7; retrains its
 #       backbone if missing) or the MLM-only control of the same seed (run_keep.sh rerun; retrains mlm / mlm_seed7 if
 #       missing) on the other five tasks, cheapest first: expt_is_metal, glass, log_kvrh, log_gvrh, perovskites
+# ENERGY_ARM=imkt_energy_clean runs the clean-view arm instead (pretrain.sh imkt_energy_clean[_seed7]; SECTION.md,
+# "Alignment on the clean formula"); its rule: energy_rule.py --arm imkt_energy_clean.
 # Two processes on two cores: `data` first, then `42` and `7` side by side, then `controls`. A fold is reused only
 # if its overrides match, and they hold the backbone's path: the landed control folds used
 # /work/main/benchmarks/_work/imkt/backbones (BACKBONES=... sets it; default: this checkout's).
@@ -29,7 +31,7 @@ case "${1:-}" in
   42|7|confirm)
     SEED="$1"; RUN=("${TASKS[@]}")
     [ "$1" = confirm ] && { SEED="${2:?confirm needs a seed: 42 or 7}"; RUN=("${CONFIRM[@]}"); }
-    ARM=imkt_energy; [ "$SEED" = 7 ] && ARM=imkt_energy_seed7
+    ARM="${ENERGY_ARM:-imkt_energy}"; [ "$SEED" = 7 ] && ARM="${ARM}_seed7"
     [ -f "$B/$ARM/model.safetensors" ] || bash benchmarks/imkt/pretrain.sh "$ARM" 2>&1 | tee "$L/pretrain_$ARM.log"
     for t in "${RUN[@]}"; do
       TRANSFER_DIR=benchmarks/matbench/runs/transfer bash benchmarks/imkt/run_transfer.sh "$ARM" "$t" 2>&1 |
