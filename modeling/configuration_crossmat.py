@@ -28,7 +28,7 @@ class CrossMatConfig(PretrainedConfig):
     imKT pretraining: ``alignment_input`` is the formula the alignment loss reads. ``masked``: the pooled embedding
     of the MLM forward pass, whose every formula has at least one element masked or replaced. ``clean``: a second
     pass over the unmasked formula (the collator's ``clean_input_ids``), so the alignment target is predicted from the
-    whole formula, as fine-tuning and inference see it (about 1.5x the pretraining compute).
+    whole formula, as fine-tuning and inference see it (pretraining takes about twice as long).
 
     Composition-model options (see docs/models.md): ``element_features`` names a frozen per-element
     feature table (``element_feature_dim`` columns, stored in the weights, projected by a trained linear
