@@ -119,6 +119,11 @@ def test_stage_objects_own_what_differs() -> None:
     assert [k.target_key for k in (mlm, imkt, ft)] == [None, None, "target_column"]
     assert [[getattr(data, key) for key in k.required_keys] for k in (mlm, imkt, ft)] == [[], ["emb"], []]
     assert [k.masks_elements for k in (mlm, imkt, ft)] == [True, True, False]
+    # imKT's clean-view alignment (config alignment_input="clean") keeps the unmasked ids beside the masks
+    from crossmat.modeling import CrossMatConfig
+    clean, masked = CrossMatConfig(alignment_input="clean"), CrossMatConfig()
+    assert imkt.collator(0.15, 1, clean).keep_clean and not imkt.collator(0.15, 1, masked).keep_clean
+    assert not mlm.collator(0.15, 1, clean).keep_clean and ft.collator(0.15, 1, clean) is None
     assert [k.default_metric.get("regression", "loss") for k in (mlm, imkt, ft)] == ["loss", "loss", "mae"]
 
 

@@ -30,10 +30,8 @@ from accelerate.utils import gather_object, set_seed
 from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import get_scheduler
 
-from crossmat.modeling import CrossMatForStructureAlignment
-
 from .anchor import EmbeddingAnchor
-from .collator import MaskedElementCollator, hash_uniform, trim_padding
+from .collator import hash_uniform, trim_padding
 from .data import StageData, TensorSplit
 from .folder import latest_checkpoint
 from .progress import training_progress
@@ -169,10 +167,7 @@ class StageTrainer:
         self.accelerator = accelerator
         self.world = accelerator.num_processes
         self.rank = accelerator.process_index
-        clean = (issubclass(self.kind.model_class, CrossMatForStructureAlignment)  # clean-view alignment (imKT)
-                 and getattr(getattr(model, "config", None), "alignment_input", "masked") == "clean")
-        self.collator = (MaskedElementCollator(self.cfg.mlm_probability, seed=self.seed, keep_clean=clean)
-                         if self.kind.masks_elements else None)
+        self.collator = self.kind.collator(self.cfg.mlm_probability, self.seed, getattr(model, "config", None))
         self.global_batch = auto_batch_size(len(data.train)) if self.cfg.batch_size == "auto" else int(self.cfg.batch_size)
         self.accum = int(self.cfg.gradient_accumulation_steps)
         if self.global_batch % self.world:

@@ -26,6 +26,7 @@ from crossmat.modeling.modeling_crossmat import alignment_loss
 from crossmat.tokenization import FormulaError, canonical_formula
 
 from .cif_lm_stage import train_cif_lm_stage
+from .collator import MaskedElementCollator
 from .data import DataError, Rejects, StageData, TensorSplit
 from .recipe import STAGE_TYPES, DataSection, RecipeError, StageRecipe, register_stage, stage_kind
 
@@ -46,9 +47,10 @@ class SplitTensors:
 class Stage:
     """Base stage: the defaults of a pretraining stage (no targets, no test predictions).
 
-    What a stage *is* is declared in class attributes; what it *does* is seven methods: :meth:`validate`
+    What a stage *is* is declared in class attributes; what it *does* is eight methods: :meth:`validate`
     (recipe), :meth:`split_tensors`, :meth:`finish_splits` (data), :meth:`model_config`
-    (model), :meth:`batch_outputs`, :meth:`metrics` (evaluation) and :meth:`card` (the model card)."""
+    (model), :meth:`collator` (batches), :meth:`batch_outputs`, :meth:`metrics` (evaluation) and :meth:`card`
+    (the model card)."""
 
     name: ClassVar[str]
     model_class: ClassVar[type[torch.nn.Module]]
@@ -84,6 +86,10 @@ class Stage:
     def model_config(self, recipe: StageRecipe, data: StageData) -> dict[str, Any]:
         """Config keys the stage sets from its data (e.g. the structure-embedding size, the targets)."""
         return {}
+
+    def collator(self, mlm_probability: float, seed: int, config: Any) -> MaskedElementCollator | None:
+        """The masked-element collator of the stage's batches (``masks_elements``), or None: batches as they are."""
+        return MaskedElementCollator(mlm_probability, seed=seed) if self.masks_elements else None
 
     def batch_outputs(self, out: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-row prediction records of one evaluation batch (input of :meth:`metrics`)."""
@@ -134,6 +140,11 @@ class ImktStage(MLMStage):
     model_class = CrossMatForStructureAlignment
     card_kind = "clm-imkt"
     required_keys = ("embedding_column",)
+
+    def collator(self, mlm_probability: float, seed: int, config: Any) -> MaskedElementCollator:
+        """MLM masks; with ``alignment_input == "clean"`` the unmasked ids travel beside them for the alignment."""
+        clean = getattr(config, "alignment_input", "masked") == "clean"
+        return MaskedElementCollator(mlm_probability, seed=seed, keep_clean=clean)
 
     def split_tensors(self, df: pd.DataFrame, split: str, data: DataSection, rejects: Rejects, task: str,
                       target_columns: list[str], keep: np.ndarray) -> SplitTensors:

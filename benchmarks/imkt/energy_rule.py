@@ -65,10 +65,8 @@ def main() -> None:
     ap.add_argument("--arm", default="imkt_energy", help="the arm's seed-42 record name (imkt_energy_clean: clean view)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    masked_view = SEEDS["energy"]
-    if args.arm != "imkt_energy":
-        SEEDS["energy"] = (args.arm, f"{args.arm}_seed7")
-    runs = {t: {name: [folds(t, s) for s in seeds] for name, seeds in SEEDS.items()} for t in TASKS + CONFIRM}
+    seeds = {**SEEDS, "energy": (args.arm, f"{args.arm}_seed7")}
+    runs = {t: {name: [folds(t, s) for s in pair] for name, pair in seeds.items()} for t in TASKS + CONFIRM}
     done = [t for t in TASKS + CONFIRM if all(r is not None for arm in runs[t].values() for r in arm)]
     complete = [t for t in TASKS if t in done]
     out: dict = {"complete_tasks": complete}
@@ -97,9 +95,9 @@ def main() -> None:
     if args.arm != "imkt_energy":
         view = {}
         for t in done:
-            pairs = [[folds(t, s) for s in seeds] for seeds in (SEEDS["energy"], masked_view)]
-            if all(r is not None for arm in pairs for r in arm):
-                view[t] = paired((pairs[0][0] + pairs[0][1]) / 2, (pairs[1][0] + pairs[1][1]) / 2)
+            masked = [folds(t, s) for s in SEEDS["energy"]]
+            if all(r is not None for r in masked):
+                view[t] = paired(sum(runs[t]["energy"]) / 2, sum(masked) / 2)
         if view:
             print(f"{args.arm} vs the masked-view energy arm (two-seed means, %):",
                   {t.removeprefix("matbench_"): (v["mean_pct"], v["se_pct"]) for t, v in view.items()})
@@ -108,11 +106,11 @@ def main() -> None:
         out["issue criterion"] = criterion(runs, done)
     ref = {}
     for t in TASKS:
-        a, b = folds(t, SEEDS["energy"][0]), folds(t, REFERENCE)
+        a, b = runs[t]["energy"][0], folds(t, REFERENCE)
         if a is not None and b is not None:
             ref[t] = {k: v for k, v in paired(a, b).items() if k in ("mean_pct", "se_pct")}
     if ref:
-        print("reference, energy seed 42 vs CHGNet-embedding imKT (%):", ref)
+        print(f"reference, {args.arm} seed 42 vs CHGNet-embedding imKT (%):", ref)
     out["energy_seed42_vs_imkt_pct"] = ref
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
