@@ -6,6 +6,9 @@
 #                                                     and fine-tune it on the five screening tasks
 #   bash benchmarks/imkt/run_energy_arm.sh controls   the MLM-only seed-7 control on the five tasks (retrains the
 #                                                     seed-7 backbone if missing; seed 42's records already exist)
+#   bash benchmarks/imkt/run_energy_arm.sh probes     frozen probes (probes.py) of the energy backbones against MLM-only:
+#                                                     masked view seed 42, clean view seeds 42 and 7 (pretrains missing
+#                                                     backbones; output probes_energy/<arm>/)
 #   bash benchmarks/imkt/run_energy_arm.sh confirm SEED           rule step 3, only once rule 1 holds on the screening
 #   bash benchmarks/imkt/run_energy_arm.sh confirm_controls SEED  tasks: the energy arm (SEED 42 or 7; retrains its
 #       backbone if missing) or the MLM-only control of the same seed (run_keep.sh rerun; retrains mlm / mlm_seed7 if
@@ -44,6 +47,18 @@ case "${1:-}" in
     ARM=mlm; [ "${2:?confirm_controls needs a seed: 42 or 7}" = 7 ] && ARM=mlm_seed7
     [ -f "$B/$ARM/model.safetensors" ] || bash benchmarks/imkt/pretrain.sh "$ARM" 2>&1 | tee "$L/pretrain_${ARM}_rebuild.log"
     bash benchmarks/imkt/run_keep.sh rerun "$ARM" "$B/$ARM" "${CONFIRM[@]}" ;;
-  *) echo "usage: bash benchmarks/imkt/run_energy_arm.sh data | 42 | 7 | controls | confirm SEED | confirm_controls SEED" >&2
+  probes)  # reported beside the rule, not part of it; the first two side by side, the third reuses the first's cache
+    W=benchmarks/_work/probes_energy
+    for a in mlm imkt_energy imkt_energy_clean imkt_energy_clean_seed7; do
+      [ -f "$B/$a/model.safetensors" ] || bash benchmarks/imkt/pretrain.sh "$a" > "$L/pretrain_${a}_probes.log" 2>&1
+    done
+    probe() {  # ARM WORK_DIR
+      python benchmarks/imkt/probes.py --mlm "$B/mlm" --imkt "$B/$1" --output-dir "benchmarks/imkt/probes_energy/$1" \
+        --work-dir "$2" --corpus benchmarks/_work/imkt/corpus_mp/data/train.parquet \
+        --chgnet-embeddings benchmarks/_work/imkt/embeddings/mp_structures
+    }
+    probe imkt_energy "$W/masked" & probe imkt_energy_clean "$W/clean"; wait
+    probe imkt_energy_clean_seed7 "$W/clean" ;;
+  *) echo "usage: bash benchmarks/imkt/run_energy_arm.sh data | 42 | 7 | controls | probes | confirm SEED | confirm_controls SEED" >&2
      exit 2 ;;
 esac
