@@ -122,8 +122,7 @@ def cmd_generate(a: argparse.Namespace) -> None:
         shard = (state.process_index, state.num_processes)
         output = f"{a.output}.part{state.process_index}-of-{state.num_processes}"
     stats = generate_to_jsonl(gen, formulas, output, n_candidates=a.n, rank=rank, relax_steps=a.relax_steps, ids=ids,
-                              potential=potential, ranker=ranker,
-                              shard=shard)
+                              potential=potential, ranker=ranker, distinct=a.distinct, shard=shard)
     print(json.dumps(stats))
 
 
@@ -263,6 +262,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="potential for --rank energy / learned+energy")
     g.add_argument("--ranker", help="site ranker folder (config.json + model.safetensors) for --rank learned")
     g.add_argument("--relax-steps", type=int, default=0, help="bounded relaxation steps before ranking (0: none)")
+    g.add_argument("--distinct", action="store_true",
+                   help="after ranking, put one candidate per distinct structure first (StructureMatcher, the CSP "
+                        "match settings); repeats follow, flagged metadata.duplicate_of")
     g.add_argument("--output", required=True, help="JSON-lines output (resumes if it exists)")
     g.set_defaults(func=cmd_generate)
 

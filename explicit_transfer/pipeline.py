@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from .base import GenerationBatch, StructureGenerator
 from .potentials import POTENTIALS
-from .ranking import rank_candidates
+from .ranking import distinct_first, rank_candidates
 from .site_ranker import SiteRanker
 
 __all__ = ["generate_to_jsonl", "read_jsonl"]
@@ -44,14 +44,15 @@ def generate_to_jsonl(
     generator: StructureGenerator, formulas: Sequence[object], output: str | Path, n_candidates: int = 5,
     chunk_size: int = 64, rank: str | None = None, relax_steps: int = 0, ids: Sequence[object] | None = None,
     progress: bool = True, shard: tuple[int, int] | None = None, potential: str = "chgnet",
-    ranker: SiteRanker | str | Path | None = None,
+    ranker: SiteRanker | str | Path | None = None, distinct: bool = False,
 ) -> dict[str, int]:
     """Generate (and optionally rank) in chunks, appending records
 
     ``{"row", "id", "formula", "candidates": [{"cif", "score", "source", "metadata"}], "failure": reason|null}``.
     ``rank``: ``None`` (the generator's order), ``energy`` (``potential``'s energy per atom; ``chgnet`` /
     ``matgl-tensornet`` as a value mean energy with that potential), ``learned`` or ``learned+energy``
-    (``ranker``: a :class:`SiteRanker` or its folder); see :func:`rank_candidates`.
+    (``ranker``: a :class:`SiteRanker` or its folder); see :func:`rank_candidates`. ``distinct``: then put one
+    candidate per distinct structure first, repeats after (:func:`distinct_first`).
     Rows already in ``output`` are skipped, so an interrupted job resumes where it stopped.
     ``shard=(index, count)``: this process handles rows ``index::count`` (one output file per process).
     """
@@ -71,6 +72,8 @@ def generate_to_jsonl(
         if rank:
             method, pot = ("energy", rank) if rank in POTENTIALS else (rank, potential)
             batch = rank_candidates(batch, potential=pot, relax_steps=relax_steps, method=method, ranker=ranker)
+        if distinct:
+            batch = distinct_first(batch)
         with out.open("a") as f:
             for j, row in enumerate(rows):
                 fail = [x.reason for x in batch.failures if x.row == j]

@@ -7,13 +7,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
 from .base import Candidate, GenerationBatch, GenerationFailure
+from .csp_metrics import csp_matcher
 from .potentials import predict_energies, relax, unsupported_elements
 from .site_ranker import SiteRanker, unscorable_species
 
-__all__ = ["RANK_METHODS", "rank_candidates"]
+__all__ = ["RANK_METHODS", "distinct_first", "rank_candidates", "structure_classes"]
 
 RANK_METHODS = ("similarity", "energy", "learned", "learned+energy")
 
@@ -44,6 +47,53 @@ def rank_candidates(
     if method in ("learned", "learned+energy"):
         return _rank_learned(batch, method, ranker, energy_weight, potential, relax_steps, fmax, batch_size, progress)
     return _rank_energy(batch, potential, relax_steps, fmax, batch_size, progress)
+
+
+def structure_classes(structures: list[Structure], matcher: StructureMatcher | None = None) -> list[int]:
+    """Class id per structure, in order: each structure joins the first earlier class whose representative (its
+    first member) ``matcher`` fits, else starts a new one. Default matcher: the CSP evaluation settings, so two
+    candidates of one class count as the same answer in match@k. A fit that raises counts as no fit."""
+    matcher = matcher or csp_matcher()
+    reps: list[Structure] = []
+    out = []
+    for s in structures:
+        cls = next((k for k, r in enumerate(reps) if _fits(matcher, s, r)), None)
+        if cls is None:
+            cls = len(reps)
+            reps.append(s)
+        out.append(cls)
+    return out
+
+
+def _fits(matcher: StructureMatcher, a: Structure, b: Structure) -> bool:
+    try:
+        return bool(matcher.fit(a, b))
+    except Exception:  # noqa: BLE001 - a degenerate candidate is a distinct one, never a crash
+        return False
+
+
+def distinct_first(batch: GenerationBatch, matcher: StructureMatcher | None = None,
+                   progress: bool = False) -> GenerationBatch:
+    """Reorder each formula's (ranked) candidates so the best-ranked member of every distinct structure comes
+    first, in rank order, and the repeats follow, in rank order. Repeats are kept and flagged:
+    ``metadata["duplicate_of"]`` is the position (in the new order) of the structure they repeat. A ranker that
+    scores all copies of its favourite arrangement highest otherwise fills the top-k with one answer."""
+    out = GenerationBatch([[] for _ in batch], batch.failures)
+    for row, cands in enumerate(tqdm(batch, desc="distinct structures", disable=not progress)):
+        classes = structure_classes([c.structure for c in cands], matcher)
+        first: dict[int, int] = {}
+        for k, cls in enumerate(classes):
+            first.setdefault(cls, k)
+        repeats = [k for k in range(len(cands)) if first[classes[k]] != k]
+        order = sorted(first.values()) + repeats
+        position = {classes[k]: p for p, k in enumerate(sorted(first.values()))}
+        for k in order:
+            c = cands[k]
+            c.metadata.pop("duplicate_of", None)
+            if first[classes[k]] != k:
+                c.metadata["duplicate_of"] = position[classes[k]]
+            out[row].append(c)
+    return out
 
 
 def _rescore(batch: GenerationBatch, unusable: Callable[[Candidate], list[str]], who: str, why: str,

@@ -190,6 +190,28 @@ def test_rank_candidates_chgnet_sorts_and_reports_unsupported(proto, perov):
     assert any(f.row == 1 and "Am" in f.reason for f in ranked.failures)
 
 
+def test_distinct_first_puts_one_candidate_per_structure_first(perov, proto, tmp_path):
+    _, test = perov
+    s0 = test.structure[0]
+    strained = s0.copy()
+    strained.scale_lattice(s0.volume * 1.05)
+    decoy = et.make_decoys(s0, max_decoys=1)[0]
+    assert match_rms(strained, s0) is not None and match_rms(decoy, s0) is None
+    cands = [et.Candidate(s, score=-k, source="test") for k, s in enumerate([s0, strained, decoy, decoy.copy()])]
+    assert et.structure_classes([c.structure for c in cands]) == [0, 0, 1, 1]
+    out = et.distinct_first(et.GenerationBatch([cands, []]))
+    assert [c.structure for c in out[0]] == [s0, decoy, strained, cands[3].structure]
+    assert [c.metadata.get("duplicate_of") for c in out[0]] == [None, None, 0, 1]
+    assert out[1] == []
+    # the batch job: every non-repeat precedes every repeat, and a repeat names an earlier distinct one
+    generate_to_jsonl(proto, list(test.formula[:3]), tmp_path / "d.jsonl", n_candidates=6, distinct=True,
+                      progress=False)
+    for rec in read_jsonl(tmp_path / "d.jsonl"):
+        dup = [c["metadata"].get("duplicate_of") for c in rec["candidates"]]
+        n_distinct = sum(d is None for d in dup)
+        assert all(d is None for d in dup[:n_distinct]) and all(d < n_distinct for d in dup[n_distinct:])
+
+
 # ---------------------------------------------------------------- CIF validation
 def test_validate_cif_good_and_corrupted(perov):
     val, _ = perov

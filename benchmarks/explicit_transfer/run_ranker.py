@@ -5,6 +5,9 @@
     PYTHONPATH=. python benchmarks/explicit_transfer/run_ranker.py --stage lm --lm-model <CIF LM folder>  # + CIF-LM pool
     # every test formula, CIF-LM samples read from run_cif_lm_full.py records (their matches included):
     PYTHONPATH=. python benchmarks/explicit_transfer/run_ranker.py --stage lm --lm-subset 0 --lm-records <records>
+    # match@k when each ranking first lists one candidate per distinct structure (the saved ranker; every test
+    # formula, or a seeded subset): results_ranker_distinct.json
+    PYTHONPATH=. python benchmarks/explicit_transfer/run_ranker.py --stage distinct --distinct-subset 0
 
 Pool: top-20 similarity-ranked template substitutions (AFLOW + perov_5 train, same-composition templates
 excluded) for every test formula (and a seeded val subset used only to choose the energy mixing weight).
@@ -36,7 +39,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from run_train_templates import GROUPS, load, merge_headline, train_relation  # noqa: E402
 
-from crossmat.explicit_transfer import GenerationBatch, PrototypeGenerator, SiteRanker, train_site_ranker  # noqa: E402
+from crossmat.explicit_transfer import (  # noqa: E402
+    GenerationBatch,
+    PrototypeGenerator,
+    SiteRanker,
+    structure_classes,
+    train_site_ranker,
+)
 from crossmat.explicit_transfer.csp_metrics import CSP_MATCHER_KWARGS, csp_matcher, match_rms  # noqa: E402
 from crossmat.explicit_transfer.data import composition_key  # noqa: E402
 from crossmat.explicit_transfer.potentials import predict_energies  # noqa: E402
@@ -183,6 +192,46 @@ def run_rank(args: argparse.Namespace, train: pd.DataFrame, pools: dict) -> dict
     print("ground state", json.dumps(res["test_pool"]["ground_state"]), flush=True)
     res["test_pool"]["matches_computed"] = int(np.isfinite(matches.rms).sum() + np.isinf(matches.rms).sum())
     return res
+
+
+def run_distinct(args: argparse.Namespace, test: pd.DataFrame, batch: GenerationBatch) -> dict:
+    """match@k of every ranking as is and distinct-first: the saved ranker (its energy weight was chosen on the val
+    pool), a seeded subset of the test pool. Structure classes (:func:`structure_classes`, the CSP matcher) are
+    computed once per formula in the generator's order; a ranking's distinct-first order lists the best-ranked
+    member of each class first, in rank order, then the repeats."""
+    n = args.distinct_subset or len(test)
+    rows = np.sort(np.random.default_rng(args.seed).choice(len(test), n, replace=False)) if n < len(test) else \
+        np.arange(len(test))
+    df, sub = test.iloc[rows].reset_index(drop=True), GenerationBatch([batch[i] for i in rows])
+    ranker = SiteRanker.from_pretrained(args.ranker_dir)
+    energy = -energies(sub, f"test-distinct-{len(df)}")
+    learned = learned_scores(ranker, sub)
+    st = {"similarity": -np.tile(np.arange(K, dtype=float), (len(df), 1)), "energy": energy, "learned": learned,
+          "learned+energy": learned + ranker.config.energy_weight * energy}
+    t = time.time()
+    classes = np.array([structure_classes([c.structure for c in row[:K]]) for row in sub])
+    class_s = time.time() - t
+    matches = LazyMatches(sub, df.structure.tolist(), f"test-distinct-{len(df)}")
+    groups = train_relation(df.formula, load("train"))
+    ks = (1, 2, 5, 20)
+    out: dict = {"n_formulas": len(df), "subset_seed": args.seed, "energy_weight": ranker.config.energy_weight,
+                 "classes_seconds": class_s, "distinct_structures_per_formula": {
+                     "mean": float((classes.max(1) + 1).mean()), "min": int(classes.max(1).min() + 1),
+                     "max": int(classes.max(1).max() + 1)}, "metrics": {}}
+    for name, sc in st.items():
+        order = order_by(sc)
+        repeat = np.zeros_like(classes, dtype=bool)
+        for i, row in enumerate(order):
+            seen: set[int] = set()
+            for j in row:
+                repeat[i, j] = classes[i, j] in seen
+                seen.add(int(classes[i, j]))
+        rank = np.argsort(order, axis=1)  # position of each candidate in this ranking
+        distinct = -(repeat * K + rank).astype(float)  # non-repeats first, each group in rank order
+        out["metrics"][name] = {"as_ranked": by_group(matches.hits(sc, ks), groups, ks),
+                                "distinct_first": by_group(matches.hits(distinct, ks), groups, ks)}
+        print(f"{name}:", {v: out["metrics"][name][v]["all"] for v in ("as_ranked", "distinct_first")}, flush=True)
+    return out
 
 
 def ground_state_eval(test: pd.DataFrame, batch: GenerationBatch, scores: dict, matches: LazyMatches) -> dict:
@@ -343,6 +392,21 @@ def update_headline(res: dict) -> None:
     })
 
 
+def update_headline_distinct(d: dict) -> None:
+    """Add match@k of the distinct-first orderings (``distinct_*``; ``as_ranked`` in the same run beside them)."""
+    m = d["metrics"]
+    keys: dict = {"distinct_n_targets": d["n_formulas"],
+                  "distinct_structures_per_formula_mean": d["distinct_structures_per_formula"]["mean"]}
+    for name, tag in (("learned", "learned"), ("energy", "chgnet"), ("learned+energy", "learned_energy")):
+        for k in (2, 5):
+            keys[f"distinct_{tag}_match_at_{k}"] = m[name]["distinct_first"]["all"][f"match_rate@{k}"]
+            keys[f"distinct_{tag}_as_ranked_match_at_{k}"] = m[name]["as_ranked"]["all"][f"match_rate@{k}"]
+    keys["distinct_source"] = ("results_ranker_distinct.json (run_ranker.py --stage distinct): the template top-20 of "
+                               "the test formulas, each ranking as is and distinct-first (explicit_transfer."
+                               "distinct_first: one candidate per StructureMatcher group first); match@1 unchanged")
+    merge_headline(keys)
+
+
 def update_headline_lm(union: dict, source: str, prefix: str) -> None:
     """Add the template + CIF-LM pool numbers (seeded test subset: ``union_*``, every test formula:
     ``union_full_*``) to headline.json."""
@@ -361,7 +425,8 @@ def update_headline_lm(union: dict, source: str, prefix: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--stage", choices=["energy", "rank", "lm"], required=True)
+    ap.add_argument("--stage", choices=["energy", "rank", "lm", "distinct"], required=True)
+    ap.add_argument("--distinct-subset", type=int, default=300, help="seeded test formulas for --stage distinct (0: all)")
     ap.add_argument("--val-subset", type=int, default=600, help="seeded val formulas for the energy weight")
     ap.add_argument("--holdout", type=int, default=1000, help="train structures held out of ranker training")
     ap.add_argument("--max-decoys", type=int, default=32)
@@ -381,7 +446,7 @@ def main() -> None:
     gen = PrototypeGenerator.from_perov5("train", frame=train, exclude_same_formula=True)
     print(f"generator: {gen.n_templates} templates in {time.time() - t0:.0f}s", flush=True)
     pools = {}
-    for split in ("val", "test"):
+    for split in ("test",) if args.stage == "distinct" else ("val", "test"):
         df = pool_frame(args, split)
         t = time.time()
         pools[split] = (df, generate_pool(gen, df))
@@ -393,6 +458,12 @@ def main() -> None:
     res: dict = {"hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared with "
                              "other jobs), no GPU", "matcher": CSP_MATCHER_KWARGS, "args": vars(args),
                  "pool": f"top-{K} similarity-ranked template substitutions, same-composition templates excluded"}
+    if args.stage == "distinct":
+        res["distinct"] = run_distinct(args, *pools["test"])
+        res["total_s"] = time.time() - t0
+        Path(args.out, "results_ranker_distinct.json").write_text(json.dumps(res, indent=2))
+        update_headline_distinct(res["distinct"])
+        return
     if args.stage == "lm":
         res["union"] = run_lm(args, train, pools)
         res["total_s"] = time.time() - t0
