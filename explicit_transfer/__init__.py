@@ -10,7 +10,7 @@ Importing this package registers :class:`StructurePropertyPredictor` with the tr
 from .base import Candidate, GenerationBatch, GenerationFailure, StructureGenerator, parse_target
 from .predictor import StructurePredictorConfig, StructurePropertyPredictor, register, train_structure_predictor
 from .prototypes import PrototypeGenerator, load_aflow_prototypes
-from .ranking import RANK_METHODS, distinct_first, rank_candidates, structure_classes
+from .ranking import RANK_METHODS, distinct_first, distinct_order, rank_candidates, structure_classes
 from .site_ranker import SiteRanker, SiteRankerConfig, make_decoys, train_site_ranker
 
 register()
@@ -27,6 +27,7 @@ __all__ = [
     "StructurePredictorConfig",
     "StructurePropertyPredictor",
     "distinct_first",
+    "distinct_order",
     "load_aflow_prototypes",
     "make_decoys",
     "parse_target",

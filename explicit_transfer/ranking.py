@@ -16,7 +16,7 @@ from .csp_metrics import csp_matcher
 from .potentials import predict_energies, relax, unsupported_elements
 from .site_ranker import SiteRanker, unscorable_species
 
-__all__ = ["RANK_METHODS", "distinct_first", "rank_candidates", "structure_classes"]
+__all__ = ["RANK_METHODS", "distinct_first", "distinct_order", "rank_candidates", "structure_classes"]
 
 RANK_METHODS = ("similarity", "energy", "learned", "learned+energy")
 
@@ -72,26 +72,34 @@ def _fits(matcher: StructureMatcher, a: Structure, b: Structure) -> bool:
         return False
 
 
+def distinct_order(classes: list[int]) -> list[int]:
+    """Positions of candidates given in rank order with their structure ``classes``: the first member of every
+    class, in rank order, then the repeats, in rank order."""
+    seen: set[int] = set()
+    firsts, repeats = [], []
+    for k, cls in enumerate(classes):
+        (repeats if cls in seen else firsts).append(k)
+        seen.add(cls)
+    return firsts + repeats
+
+
 def distinct_first(batch: GenerationBatch, matcher: StructureMatcher | None = None,
                    progress: bool = False) -> GenerationBatch:
-    """Reorder each formula's (ranked) candidates so the best-ranked member of every distinct structure comes
-    first, in rank order, and the repeats follow, in rank order. Repeats are kept and flagged:
+    """Reorder each formula's (ranked) candidates by :func:`distinct_order` over their :func:`structure_classes`:
+    the best-ranked member of every distinct structure first, the repeats after. Repeats are kept and flagged:
     ``metadata["duplicate_of"]`` is the position (in the new order) of the structure they repeat. A ranker that
     scores all copies of its favourite arrangement highest otherwise fills the top-k with one answer."""
     out = GenerationBatch([[] for _ in batch], batch.failures)
     for row, cands in enumerate(tqdm(batch, desc="distinct structures", disable=not progress)):
         classes = structure_classes([c.structure for c in cands], matcher)
-        first: dict[int, int] = {}
-        for k, cls in enumerate(classes):
-            first.setdefault(cls, k)
-        repeats = [k for k in range(len(cands)) if first[classes[k]] != k]
-        order = sorted(first.values()) + repeats
-        position = {classes[k]: p for p, k in enumerate(sorted(first.values()))}
-        for k in order:
+        where: dict[int, int] = {}  # class -> position of its first member in the new order
+        for position, k in enumerate(distinct_order(classes)):
             c = cands[k]
             c.metadata.pop("duplicate_of", None)
-            if first[classes[k]] != k:
-                c.metadata["duplicate_of"] = position[classes[k]]
+            if classes[k] in where:
+                c.metadata["duplicate_of"] = where[classes[k]]
+            else:
+                where[classes[k]] = position
             out[row].append(c)
     return out
 

@@ -206,10 +206,14 @@ def test_distinct_first_puts_one_candidate_per_structure_first(perov, proto, tmp
     # the batch job: every non-repeat precedes every repeat, and a repeat names an earlier distinct one
     generate_to_jsonl(proto, list(test.formula[:3]), tmp_path / "d.jsonl", n_candidates=6, distinct=True,
                       progress=False)
+    repeats = 0
     for rec in read_jsonl(tmp_path / "d.jsonl"):
         dup = [c["metadata"].get("duplicate_of") for c in rec["candidates"]]
         n_distinct = sum(d is None for d in dup)
         assert all(d is None for d in dup[:n_distinct]) and all(d < n_distinct for d in dup[n_distinct:])
+        repeats += len(dup) - n_distinct
+    assert repeats > 0  # the 40 val templates give repeated perovskites, so the reordering was exercised
+    assert et.distinct_order([1, 1, 0, 2, 0]) == [0, 2, 3, 1, 4]
 
 
 # ---------------------------------------------------------------- CIF validation

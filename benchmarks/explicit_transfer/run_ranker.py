@@ -49,6 +49,7 @@ from crossmat.explicit_transfer import (  # noqa: E402
 from crossmat.explicit_transfer.csp_metrics import CSP_MATCHER_KWARGS, csp_matcher, match_rms  # noqa: E402
 from crossmat.explicit_transfer.data import composition_key  # noqa: E402
 from crossmat.explicit_transfer.potentials import predict_energies  # noqa: E402
+from crossmat.explicit_transfer.ranking import distinct_order  # noqa: E402
 from crossmat.explicit_transfer.site_ranker import decoy_accuracy  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -219,15 +220,9 @@ def run_distinct(args: argparse.Namespace, test: pd.DataFrame, batch: Generation
                      "mean": float((classes.max(1) + 1).mean()), "min": int(classes.max(1).min() + 1),
                      "max": int(classes.max(1).max() + 1)}, "metrics": {}}
     for name, sc in st.items():
-        order = order_by(sc)
-        repeat = np.zeros_like(classes, dtype=bool)
-        for i, row in enumerate(order):
-            seen: set[int] = set()
-            for j in row:
-                repeat[i, j] = classes[i, j] in seen
-                seen.add(int(classes[i, j]))
-        rank = np.argsort(order, axis=1)  # position of each candidate in this ranking
-        distinct = -(repeat * K + rank).astype(float)  # non-repeats first, each group in rank order
+        distinct = np.empty_like(sc)  # score = minus the candidate's position in the distinct-first order
+        for i, order in enumerate(order_by(sc)):
+            distinct[i, order[distinct_order(classes[i, order].tolist())]] = -np.arange(K)
         out["metrics"][name] = {"as_ranked": by_group(matches.hits(sc, ks), groups, ks),
                                 "distinct_first": by_group(matches.hits(distinct, ks), groups, ks)}
         print(f"{name}:", {v: out["metrics"][name][v]["all"] for v in ("as_ranked", "distinct_first")}, flush=True)
