@@ -3,14 +3,24 @@
 Generators share one interface, ``generate(formulas, n_candidates) -> GenerationBatch`` (a
 ``list[list[Candidate]]`` with ``.failures``): :class:`PrototypeGenerator` (template substitution) and
 :class:`CIFLanguageModelGenerator` (a GPT-2 CIF language model, CrystaLLM-style prompts). Candidates are ranked
-by :func:`rank_candidates` (generator similarity, potential energy, or the learned :class:`SiteRanker`).
+by :func:`rank_candidates` (generator similarity, potential energy, or the learned :class:`SiteRanker`);
+:func:`distinct_first` and :func:`novel_first` reorder them (one per distinct structure, structures not yet known).
 Importing this package registers :class:`StructurePropertyPredictor` with the transformers Auto classes.
 """
 
 from .base import Candidate, GenerationBatch, GenerationFailure, StructureGenerator, parse_target
 from .predictor import StructurePredictorConfig, StructurePropertyPredictor, register, train_structure_predictor
 from .prototypes import PrototypeGenerator, load_aflow_prototypes
-from .ranking import RANK_METHODS, distinct_first, distinct_order, rank_candidates, structure_classes
+from .ranking import (
+    RANK_METHODS,
+    KnownIndex,
+    distinct_first,
+    distinct_order,
+    known_index,
+    novel_first,
+    rank_candidates,
+    structure_classes,
+)
 from .site_ranker import SiteRanker, SiteRankerConfig, make_decoys, train_site_ranker
 
 register()
@@ -19,6 +29,7 @@ __all__ = [
     "Candidate",
     "GenerationBatch",
     "GenerationFailure",
+    "KnownIndex",
     "PrototypeGenerator",
     "RANK_METHODS",
     "SiteRanker",
@@ -28,8 +39,10 @@ __all__ = [
     "StructurePropertyPredictor",
     "distinct_first",
     "distinct_order",
+    "known_index",
     "load_aflow_prototypes",
     "make_decoys",
+    "novel_first",
     "parse_target",
     "rank_candidates",
     "register",

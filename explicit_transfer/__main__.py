@@ -43,6 +43,18 @@ def _parse_cifs(cifs: list, what: str) -> tuple[list, list[dict]]:
     return ok, rejected
 
 
+def _structure_files(paths: list[str], cif_column: str, what: str) -> list[tuple[str, object]]:
+    """``(file:row, Structure)`` for every row of tables with a CIF column; a row whose CIF does not parse is
+    reported on stderr with its file, row and reason, and skipped."""
+    out = []
+    for path in paths:
+        ok, rejected = _parse_cifs(_column(_read_table(path, cif_column), cif_column, path), f"{what} file {path}")
+        for r in rejected:
+            print(f"warning: {what} row {r['row']} skipped: {r['reason']}", file=sys.stderr)
+        out += [(f"{Path(path).name}:{i}", s) for i, s in ok]
+    return out
+
+
 MAX_Z = 94  # CHGNet and M3GNet/TensorNet embed elements H..Pu
 
 
@@ -70,15 +82,11 @@ def cmd_generate(a: argparse.Namespace) -> None:
         formulas, ids = a.formulas, None
     if not formulas:
         sys.exit("error: give formulas or --input")
+    known = _structure_files(a.known, a.cif_column, "known") if a.known else None
     if a.generator == "prototype":
         from .prototypes import PrototypeGenerator
 
-        templates = []
-        for path in a.templates or []:
-            ok, rejected = _parse_cifs(_column(_read_table(path, a.cif_column), a.cif_column, path), f"template file {path}")
-            for r in rejected:
-                print(f"warning: template row {r['row']} skipped: {r['reason']}", file=sys.stderr)
-            templates += [(f"{Path(path).name}:{i}", s) for i, s in ok]
+        templates = _structure_files(a.templates or [], a.cif_column, "template")
         gen = PrototypeGenerator(templates=templates, use_aflow=not a.no_aflow)
     else:
         from .cif_lm import CIFLanguageModelGenerator
@@ -122,7 +130,7 @@ def cmd_generate(a: argparse.Namespace) -> None:
         shard = (state.process_index, state.num_processes)
         output = f"{a.output}.part{state.process_index}-of-{state.num_processes}"
     stats = generate_to_jsonl(gen, formulas, output, n_candidates=a.n, rank=rank, relax_steps=a.relax_steps, ids=ids,
-                              potential=potential, ranker=ranker, distinct=a.distinct, shard=shard)
+                              potential=potential, ranker=ranker, distinct=a.distinct, known=known, shard=shard)
     print(json.dumps(stats))
 
 
@@ -265,6 +273,10 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--distinct", action="store_true",
                    help="after ranking, put one candidate per distinct structure first (StructureMatcher, the CSP "
                         "match settings); repeats follow, flagged metadata.duplicate_of")
+    g.add_argument("--known", nargs="+", metavar="TABLE",
+                   help="tables with a CIF column (--cif-column) of structures you already have: candidates that "
+                        "reproduce one of its composition (StructureMatcher, the CSP settings) go after the others, "
+                        "flagged metadata.known_as (applied before --distinct)")
     g.add_argument("--output", required=True, help="JSON-lines output (resumes if it exists)")
     g.set_defaults(func=cmd_generate)
 

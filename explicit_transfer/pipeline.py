@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from .base import GenerationBatch, StructureGenerator
 from .potentials import POTENTIALS
-from .ranking import distinct_first, rank_candidates
+from .ranking import KnownStructures, distinct_first, known_index, novel_first, rank_candidates
 from .site_ranker import SiteRanker
 
 __all__ = ["generate_to_jsonl", "read_jsonl"]
@@ -44,7 +44,7 @@ def generate_to_jsonl(
     generator: StructureGenerator, formulas: Sequence[object], output: str | Path, n_candidates: int = 5,
     chunk_size: int = 64, rank: str | None = None, relax_steps: int = 0, ids: Sequence[object] | None = None,
     progress: bool = True, shard: tuple[int, int] | None = None, potential: str = "chgnet",
-    ranker: SiteRanker | str | Path | None = None, distinct: bool = False,
+    ranker: SiteRanker | str | Path | None = None, distinct: bool = False, known: KnownStructures | None = None,
 ) -> dict[str, int]:
     """Generate (and optionally rank) in chunks, appending records
 
@@ -52,7 +52,9 @@ def generate_to_jsonl(
     ``rank``: ``None`` (the generator's order), ``energy`` (``potential``'s energy per atom; ``chgnet`` /
     ``matgl-tensornet`` as a value mean energy with that potential), ``learned`` or ``learned+energy``
     (``ranker``: a :class:`SiteRanker` or its folder); see :func:`rank_candidates`. ``distinct``: then put one
-    candidate per distinct structure first, repeats after (:func:`distinct_first`).
+    candidate per distinct structure first, repeats after (:func:`distinct_first`). ``known``: structures the user
+    already has; candidates that reproduce one of them go after the others, flagged ``metadata.known_as``
+    (:func:`novel_first`, applied before ``distinct``).
     Rows already in ``output`` are skipped, so an interrupted job resumes where it stopped.
     ``shard=(index, count)``: this process handles rows ``index::count`` (one output file per process).
     """
@@ -65,6 +67,9 @@ def generate_to_jsonl(
     mine = range(len(formulas)) if shard is None else range(shard[0], len(formulas), shard[1])
     todo = [i for i in mine if i not in done]
     stats = {"skipped_done": len(done), "generated": 0, "failed": 0}
+    index = known_index(known) if known is not None else None
+    if index is not None:
+        stats["top_candidate_known"] = 0
     bar = tqdm(total=len(todo), desc=f"generate ({generator.name})", disable=not progress)
     for start in range(0, len(todo), chunk_size):
         rows = todo[start : start + chunk_size]
@@ -72,6 +77,9 @@ def generate_to_jsonl(
         if rank:
             method, pot = ("energy", rank) if rank in POTENTIALS else (rank, potential)
             batch = rank_candidates(batch, potential=pot, relax_steps=relax_steps, method=method, ranker=ranker)
+        if index is not None:
+            batch = novel_first(batch, index)
+            stats["top_candidate_known"] += sum(bool(c) and "known_as" in c[0].metadata for c in batch)
         if distinct:
             batch = distinct_first(batch)
         with out.open("a") as f:

@@ -3,7 +3,7 @@ by a learned site-arrangement ranker, or both."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +16,13 @@ from .csp_metrics import csp_matcher
 from .potentials import predict_energies, relax, unsupported_elements
 from .site_ranker import SiteRanker, unscorable_species
 
-__all__ = ["RANK_METHODS", "distinct_first", "distinct_order", "rank_candidates", "structure_classes"]
+__all__ = ["RANK_METHODS", "KnownIndex", "KnownStructures", "distinct_first", "distinct_order", "known_index", "novel_first",
+           "rank_candidates", "structure_classes"]
 
 RANK_METHODS = ("similarity", "energy", "learned", "learned+energy")
+
+# structures the user already has: a list (ids are positions), ``(id, structure)`` pairs or ``{id: structure}``
+KnownStructures = Sequence[Structure] | Sequence[tuple[str, Structure]] | Mapping[str, Structure]
 
 
 def rank_candidates(
@@ -101,6 +105,52 @@ def distinct_first(batch: GenerationBatch, matcher: StructureMatcher | None = No
             else:
                 where[classes[k]] = position
             out[row].append(c)
+    return out
+
+
+class KnownIndex(dict):
+    """Known structures by reduced formula: ``{formula: [(id, structure), ...]}`` (see :func:`known_index`)."""
+
+
+def known_index(known: KnownStructures) -> KnownIndex:
+    """Known structures grouped by reduced formula, each with its id (its position in a plain list)."""
+    items = known.items() if isinstance(known, Mapping) else (
+        (str(k), x) if isinstance(x, Structure) else (str(x[0]), x[1]) for k, x in enumerate(known))
+    index = KnownIndex()
+    for key, s in items:
+        if not isinstance(s, Structure):
+            raise TypeError(f"known structure {key!r} is a {type(s).__name__}, not a pymatgen Structure")
+        index.setdefault(s.composition.reduced_formula, []).append((key, s))
+    return index
+
+
+def novel_first(batch: GenerationBatch, known: KnownStructures | KnownIndex,
+                matcher: StructureMatcher | None = None, progress: bool = False) -> GenerationBatch:
+    """Reorder each formula's (ranked) candidates: those that reproduce no ``known`` structure first, in their
+    order, then those that do, flagged ``metadata["known_as"]`` = the id of the known structure they fit.
+
+    A candidate is compared only with the known structures of its own composition (``matcher``: the CSP
+    evaluation settings by default, so a flagged candidate would count as that known structure in match@k).
+    This is the "what I do not have yet" question of structure prediction: when a composition already has
+    entries in a database (one polymorph, one site order), the answer wanted is usually another one. Apply it
+    before :func:`distinct_first`, which keeps the order of the first member of every distinct structure.
+    ``known`` may be a :class:`KnownIndex` built once with :func:`known_index` (reused across chunks).
+    """
+    index = known if isinstance(known, KnownIndex) else known_index(known)
+    matcher = matcher or csp_matcher()
+    out = GenerationBatch([[] for _ in batch], batch.failures)
+    for row, cands in enumerate(tqdm(batch, desc="known structures", disable=not progress)):
+        novel, seen = [], []
+        for c in cands:
+            c.metadata.pop("known_as", None)
+            same = index.get(c.structure.composition.reduced_formula, [])
+            hit = next((key for key, s in same if _fits(matcher, c.structure, s)), None)
+            if hit is None:
+                novel.append(c)
+            else:
+                c.metadata["known_as"] = hit
+                seen.append(c)
+        out[row] = novel + seen
     return out
 
 

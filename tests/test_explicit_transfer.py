@@ -216,6 +216,38 @@ def test_distinct_first_puts_one_candidate_per_structure_first(perov, proto, tmp
     assert et.distinct_order([1, 1, 0, 2, 0]) == [0, 2, 3, 1, 4]
 
 
+def test_novel_first_puts_structures_you_do_not_have_first(perov, tmp_path, capsys):
+    from crossmat.explicit_transfer.__main__ import main
+
+    val, test = perov
+    s0 = test.structure[0]
+    strained = s0.copy()
+    strained.scale_lattice(s0.volume * 1.05)
+    decoy = et.make_decoys(s0, max_decoys=1)[0]
+    cands = [et.Candidate(s, score=-k, source="test") for k, s in enumerate([s0, strained, decoy])]
+    known = [("db:7", s0), ("db:8", val.structure[0])]  # the second is another composition: never compared
+    out = et.novel_first(et.GenerationBatch([cands, []]), known)
+    assert [c.structure for c in out[0]] == [decoy, s0, strained]
+    assert [c.metadata.get("known_as") for c in out[0]] == [None, "db:7", "db:7"]
+    assert out[1] == []
+    assert [c.metadata.get("duplicate_of") for c in et.distinct_first(out)[0]] == [None, None, 1]
+    assert et.novel_first(et.GenerationBatch([cands]), []) [0] == cands  # nothing known: order unchanged
+    with pytest.raises(TypeError, match="not a pymatgen Structure"):
+        et.known_index({"x": "not a structure"})
+    # the command line: the first answer of a plain run becomes a known structure of a table (beside a broken
+    # CIF, named and skipped); the same run with --known puts every candidate that reproduces it after the others
+    main(["generate", "SrTiO3", "-n", "6", "--output", str(tmp_path / "plain.jsonl")])
+    first = read_jsonl(tmp_path / "plain.jsonl")[0]["candidates"][0]["cif"]
+    pd.DataFrame({"cif": [first, "garbage"]}).to_csv(tmp_path / "known.csv", index=False)
+    main(["generate", "SrTiO3", "-n", "6", "--known", str(tmp_path / "known.csv"), "--distinct",
+          "--output", str(tmp_path / "k.jsonl")])
+    assert "known row 1 skipped" in capsys.readouterr().err
+    meta = [c["metadata"] for c in read_jsonl(tmp_path / "k.jsonl")[0]["candidates"]]
+    assert meta[0].get("known_as") is None and any(m.get("known_as") == "known.csv:0" for m in meta)
+    distinct = [m.get("known_as") for m in meta if m.get("duplicate_of") is None]  # one per structure, in order
+    assert distinct == sorted(distinct, key=lambda f: f is not None)  # every new structure before the known one
+
+
 # ---------------------------------------------------------------- CIF validation
 def test_validate_cif_good_and_corrupted(perov):
     val, _ = perov
