@@ -113,7 +113,10 @@ class CrossMatPredictor:
         stage["seed"] = seed
         given = dict(stage.get("data") or {})
         cols = ["id", "formula", "target"]
-        train, validation = data.train[cols], data.validation[cols]
+        # the fold model is trained on the task's own target name, so its config, card, pipeline labels and
+        # `crossmat predict` columns say "yield_strength", not "target"
+        name = task.target if task.target and task.target not in ("id", "formula") else "target"
+        train, validation = (f[cols].rename(columns={"target": name}) for f in (data.train, data.validation))
         if given.get("validation_fraction") == 0:  # the recipe trains on every training row, no carve-out
             train, validation = pd.concat([train, validation]), validation.iloc[:0]
         card = dict(stage.get("card") or {})  # the fold model's card says what it was trained on
@@ -130,7 +133,7 @@ class CrossMatPredictor:
             "validation": validation.reset_index(drop=True),
             "test": None,
             "formula_column": "formula",
-            "target_column": "target",
+            "target_column": name,
             "id_column": "id",
             "task": task.task_type,
         }

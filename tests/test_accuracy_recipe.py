@@ -246,7 +246,9 @@ def test_evaluation_trains_on_every_row_when_the_recipe_says_so(data_dir):
     assert len(stage["data"]["train"]) == 35 and len(stage["data"]["validation"]) == 0
     carved = CrossMatPredictor("y", recipe={"stage": "finetune"}).fold_recipe(fold, task, 0)
     assert len(carved["data"]["train"]) == 30 and len(carved["data"]["validation"]) == 5
-    assert np.isfinite(stage["data"]["train"]["target"]).all()
+    # the fold model learns the task's own target name (its config, card and predict columns say it)
+    assert stage["data"]["target_column"] == task.target == "gap expt"
+    assert np.isfinite(stage["data"]["train"]["gap expt"]).all()
 
 
 def test_attributions_explain_the_model_with_element_features():

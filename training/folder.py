@@ -304,8 +304,8 @@ def save_stage_folder(out: Path, recipe: StageRecipe, data: StageData, model: to
     (out / DONE_FILE).write_text(json.dumps(info, indent=2, default=str))
     explanation = card_explanation(out, recipe) if recipe.card.get("explain") else None
     card_path = write_model_card(out, explanation=explanation, **card)
+    numbers = {s: ", ".join(f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, (int, float))
+                            and not isinstance(v, bool)) for s, m in metrics.items()}
     print(f"[crossmat] {recipe.stage} done: model -> {out}\n[crossmat]   card -> {card_path}\n[crossmat]   metrics -> {out / 'metrics.jsonl'}"
-          + ("".join(f"\n[crossmat]   {s}: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items()
-                                                         if isinstance(v, (int, float)) and not isinstance(v, bool))
-                     for s, m in metrics.items())))
+          + "".join(f"\n[crossmat]   {s}: {text}" for s, text in numbers.items() if text))  # a section with no numbers is left out
     return model
