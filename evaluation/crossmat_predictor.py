@@ -127,10 +127,13 @@ class CrossMatPredictor:
         if task.benchmark in ("matbench", "llm4mat"):
             card.setdefault("benchmark", task.benchmark)
         stage["card"] = card
+        train, validation = train.reset_index(drop=True), validation.reset_index(drop=True)
+        for frame, rows in ((train, "training"), (validation, "validation")):  # what the fold model's card names
+            frame.attrs["source"] = f"{task.benchmark} {task.name}, fold {data.fold} {rows} rows"
         stage["data"] = {
             **given,
-            "train": train.reset_index(drop=True),
-            "validation": validation.reset_index(drop=True),
+            "train": train,
+            "validation": validation,
             "test": None,
             "formula_column": "formula",
             "target_column": name,

@@ -67,6 +67,8 @@ def test_documented_worked_example_runs_with_baselines_in_one_table(own_csvs: Pa
     cfg = json.loads((out / "crossmat" / "fold_0" / "model" / "config.json").read_text())
     assert cfg["target_units"] == ["eV"] and cfg["uncertainty_rows"] == 30
     assert cfg["target_names"] == ["band_gap"]  # the user's column name, not the harness's internal "target"
+    card = (out / "crossmat" / "fold_0" / "model" / "README.md").read_text()
+    assert "band_gap (eV)" in card and "fold 0 validation rows" in card and "in-memory DataFrame" not in card
     preds = pd.read_csv(out / "crossmat" / "fold_0" / "predictions.csv")
     assert len(preds) == 30 and (preds["uncertainty"] > 0).all()  # every test prediction carries a sigma
     assert {"coverage_1sigma", "coverage_2sigma", "coverage_interval68", "coverage_interval95"} <= set(summary.columns)

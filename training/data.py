@@ -100,8 +100,8 @@ def load_source(source: Any, what: str = "data.train", formula_column: str | Non
     """Load a data source into a DataFrame; return it with a short description for cards and logs."""
     if source is None:
         raise DataError(f"{what}: no data source given")
-    if type(source).__name__ == "DataFrame":
-        return source.reset_index(drop=True), "in-memory DataFrame"
+    if type(source).__name__ == "DataFrame":  # a caller may name its frame: DataFrame.attrs["source"]
+        return source.reset_index(drop=True), str(source.attrs.get("source") or "in-memory DataFrame")
     if type(source).__name__ == "Dataset" and hasattr(source, "to_pandas"):
         return source.to_pandas(), f"in-memory datasets.Dataset ({getattr(source.info, 'dataset_name', None) or 'unnamed'})"
     if isinstance(source, str):

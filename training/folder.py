@@ -203,7 +203,10 @@ def card_explanation(out: Path, recipe: StageRecipe) -> Any:
 
 def printable_recipe(recipe: StageRecipe) -> dict[str, Any]:
     """The resolved recipe with in-memory data replaced by a description (for YAML and cards)."""
-    out = json.loads(json.dumps(recipe.to_dict(), default=lambda o: f"<in-memory {type(o).__name__}>"))
+    def describe(o: Any) -> str:  # a frame named by its caller (DataFrame.attrs["source"]) keeps its name
+        return f"<{getattr(o, 'attrs', {}).get('source') or f'in-memory {type(o).__name__}'}>"
+
+    out = json.loads(json.dumps(recipe.to_dict(), default=describe))
     return out
 
 
