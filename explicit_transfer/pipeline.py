@@ -54,7 +54,8 @@ def generate_to_jsonl(
     (``ranker``: a :class:`SiteRanker` or its folder); see :func:`rank_candidates`. ``distinct``: then put one
     candidate per distinct structure first, repeats after (:func:`distinct_first`). ``known``: structures the user
     already has; candidates that reproduce one of them go after the others, flagged ``metadata.known_as``
-    (:func:`novel_first`, applied before ``distinct``).
+    (:func:`novel_first`, applied before ``distinct``); the returned counts then include ``only_known_candidates``,
+    the formulas for which every candidate reproduces a known structure.
     Rows already in ``output`` are skipped, so an interrupted job resumes where it stopped.
     ``shard=(index, count)``: this process handles rows ``index::count`` (one output file per process).
     """
@@ -69,7 +70,7 @@ def generate_to_jsonl(
     stats = {"skipped_done": len(done), "generated": 0, "failed": 0}
     index = known_index(known) if known is not None else None
     if index is not None:
-        stats["top_candidate_known"] = 0
+        stats["only_known_candidates"] = 0  # formulas whose every candidate reproduces a known structure
     bar = tqdm(total=len(todo), desc=f"generate ({generator.name})", disable=not progress)
     for start in range(0, len(todo), chunk_size):
         rows = todo[start : start + chunk_size]
@@ -79,7 +80,7 @@ def generate_to_jsonl(
             batch = rank_candidates(batch, potential=pot, relax_steps=relax_steps, method=method, ranker=ranker)
         if index is not None:
             batch = novel_first(batch, index)
-            stats["top_candidate_known"] += sum(bool(c) and "known_as" in c[0].metadata for c in batch)
+            stats["only_known_candidates"] += sum(bool(c) and "known_as" in c[0].metadata for c in batch)
         if distinct:
             batch = distinct_first(batch)
         with out.open("a") as f:

@@ -241,7 +241,8 @@ def test_novel_first_puts_structures_you_do_not_have_first(perov, tmp_path, caps
     pd.DataFrame({"cif": [first, "garbage"]}).to_csv(tmp_path / "known.csv", index=False)
     main(["generate", "SrTiO3", "-n", "6", "--known", str(tmp_path / "known.csv"), "--distinct",
           "--output", str(tmp_path / "k.jsonl")])
-    assert "known row 1 skipped" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "known row 1 skipped" in captured.err and '"only_known_candidates": 0' in captured.out
     meta = [c["metadata"] for c in read_jsonl(tmp_path / "k.jsonl")[0]["candidates"]]
     assert meta[0].get("known_as") is None and any(m.get("known_as") == "known.csv:0" for m in meta)
     distinct = [m.get("known_as") for m in meta if m.get("duplicate_of") is None]  # one per structure, in order
