@@ -44,14 +44,27 @@ def _parse_cifs(cifs: list, what: str) -> tuple[list, list[dict]]:
 
 
 def _structure_files(paths: list[str], cif_column: str, what: str) -> list[tuple[str, object]]:
-    """``(file:row, Structure)`` for every row of tables with a CIF column; a row whose CIF does not parse is
-    reported on stderr with its file, row and reason, and skipped."""
+    """``(id, Structure)`` from tables with a CIF column (id ``file:row``), ``.cif`` files (id: the file name) and
+    folders of ``.cif`` files. A CIF that does not parse is reported on stderr with its file (and row) and the
+    reason, and skipped; a path that does not exist, or a folder without ``.cif`` files, is an error."""
     out = []
     for path in paths:
-        ok, rejected = _parse_cifs(_column(_read_table(path, cif_column), cif_column, path), f"{what} file {path}")
-        for r in rejected:
-            print(f"warning: {what} row {r['row']} skipped: {r['reason']}", file=sys.stderr)
-        out += [(f"{Path(path).name}:{i}", s) for i, s in ok]
+        p = Path(path)
+        files = sorted(p.glob("*.cif")) if p.is_dir() else [p] if p.suffix.lower() == ".cif" else None
+        if files is None:  # a table
+            ok, rejected = _parse_cifs(_column(_read_table(path, cif_column), cif_column, path), f"{what} file {path}")
+            for r in rejected:
+                print(f"warning: {what} row {r['row']} skipped: {r['reason']}", file=sys.stderr)
+            out += [(f"{p.name}:{i}", s) for i, s in ok]
+            continue
+        if not files or not all(f.is_file() for f in files):
+            sys.exit(f"error: {what} path {path}: no such .cif file" if not p.is_dir() else
+                     f"error: {what} folder {path} holds no .cif file")
+        for f in files:
+            ok, rejected = _parse_cifs([f.read_text(errors="replace")], f"{what} file {f}")
+            for r in rejected:
+                print(f"warning: {what} file {f} skipped: {r['reason']}", file=sys.stderr)
+            out += [(f.name, s) for _, s in ok]
     return out
 
 
@@ -244,7 +257,9 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--formula-column", default="formula")
     g.add_argument("--id-column", default="id")
     g.add_argument("--generator", choices=["prototype", "cif-lm"], default="prototype")
-    g.add_argument("--templates", nargs="*", help="CSV/parquet files with CIFs to add to the template library")
+    g.add_argument("--templates", nargs="*",
+                   help="structures to add to the template library: tables with a CIF column (--cif-column), "
+                        ".cif files or folders of them")
     g.add_argument("--cif-column", default="cif")
     g.add_argument("--no-aflow", action="store_true", help="do not use pymatgen's AFLOW prototypes")
     g.add_argument("--model", help="CIF LM folder (for --generator cif-lm)")
@@ -273,10 +288,10 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--distinct", action="store_true",
                    help="after ranking, put one candidate per distinct structure first (StructureMatcher, the CSP "
                         "match settings); repeats follow, flagged metadata.duplicate_of")
-    g.add_argument("--known", nargs="+", metavar="TABLE",
-                   help="tables with a CIF column (--cif-column) of structures you already have: candidates that "
-                        "reproduce one of its composition (StructureMatcher, the CSP settings) go after the others, "
-                        "flagged metadata.known_as (applied before --distinct)")
+    g.add_argument("--known", nargs="+", metavar="PATH",
+                   help="structures you already have (tables with a CIF column, .cif files or folders of them): "
+                        "candidates that reproduce one of their composition (StructureMatcher, the CSP settings) go "
+                        "after the others, flagged metadata.known_as (applied before --distinct)")
     g.add_argument("--output", required=True, help="JSON-lines output (resumes if it exists)")
     g.set_defaults(func=cmd_generate)
 

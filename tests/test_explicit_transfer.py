@@ -247,6 +247,16 @@ def test_novel_first_puts_structures_you_do_not_have_first(perov, tmp_path, caps
     assert meta[0].get("known_as") is None and any(m.get("known_as") == "known.csv:0" for m in meta)
     distinct = [m.get("known_as") for m in meta if m.get("duplicate_of") is None]  # one per structure, in order
     assert distinct == sorted(distinct, key=lambda f: f is not None)  # every new structure before the known one
+    # a folder of .cif files works the same; a broken file is named, a missing path is an error
+    (tmp_path / "db").mkdir()
+    (tmp_path / "db" / "SrTiO3_a.cif").write_text(first)
+    (tmp_path / "db" / "broken.cif").write_text("data_x\n_cell_length_a 3\n")
+    main(["generate", "SrTiO3", "-n", "6", "--known", str(tmp_path / "db"), "--output", str(tmp_path / "f.jsonl")])
+    assert "broken.cif skipped" in capsys.readouterr().err
+    flags = [c["metadata"].get("known_as") for c in read_jsonl(tmp_path / "f.jsonl")[0]["candidates"]]
+    assert flags[0] is None and "SrTiO3_a.cif" in flags
+    with pytest.raises(SystemExit, match="no such .cif file"):
+        main(["generate", "SrTiO3", "--known", str(tmp_path / "nope.cif"), "--output", str(tmp_path / "n.jsonl")])
 
 
 # ---------------------------------------------------------------- CIF validation
