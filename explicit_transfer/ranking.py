@@ -16,7 +16,8 @@ from .csp_metrics import csp_matcher
 from .potentials import predict_energies, relax, unsupported_elements
 from .site_ranker import SiteRanker, unscorable_species
 
-__all__ = ["RANK_METHODS", "KnownIndex", "KnownStructures", "distinct_first", "distinct_order", "known_index", "novel_first",
+__all__ = ["RANK_METHODS", "KnownIndex", "KnownStructures", "distinct_first", "distinct_order", "known_index", "known_matches",
+           "novel_first",
            "rank_candidates", "structure_classes"]
 
 RANK_METHODS = ("similarity", "energy", "learned", "learned+energy")
@@ -124,33 +125,38 @@ def known_index(known: KnownStructures) -> KnownIndex:
     return index
 
 
+def known_matches(structures: list[Structure], known: KnownStructures | KnownIndex,
+                  matcher: StructureMatcher | None = None) -> list[str | None]:
+    """Per structure, the id of the first ``known`` structure of its own composition that ``matcher`` fits (the CSP
+    evaluation settings by default, so a match would count as that known structure in match@k), else ``None``.
+    ``known`` may be a :class:`KnownIndex` built once with :func:`known_index` (reused across calls)."""
+    index = known if isinstance(known, KnownIndex) else known_index(known)
+    matcher = matcher or csp_matcher()
+    return [next((key for key, k in index.get(s.composition.reduced_formula, []) if _fits(matcher, s, k)), None)
+            for s in structures]
+
+
 def novel_first(batch: GenerationBatch, known: KnownStructures | KnownIndex,
                 matcher: StructureMatcher | None = None, progress: bool = False) -> GenerationBatch:
     """Reorder each formula's (ranked) candidates: those that reproduce no ``known`` structure first, in their
-    order, then those that do, flagged ``metadata["known_as"]`` = the id of the known structure they fit.
+    order, then those that do, flagged ``metadata["known_as"]`` = the id of the known structure they fit
+    (:func:`known_matches`).
 
-    A candidate is compared only with the known structures of its own composition (``matcher``: the CSP
-    evaluation settings by default, so a flagged candidate would count as that known structure in match@k).
     This is the "what I do not have yet" question of structure prediction: when a composition already has
     entries in a database (one polymorph, one site order), the answer wanted is usually another one. Apply it
     before :func:`distinct_first`, which keeps the order of the first member of every distinct structure.
-    ``known`` may be a :class:`KnownIndex` built once with :func:`known_index` (reused across chunks).
     """
     index = known if isinstance(known, KnownIndex) else known_index(known)
     matcher = matcher or csp_matcher()
     out = GenerationBatch([[] for _ in batch], batch.failures)
     for row, cands in enumerate(tqdm(batch, desc="known structures", disable=not progress)):
-        novel, seen = [], []
-        for c in cands:
+        hits = known_matches([c.structure for c in cands], index, matcher)
+        for c, hit in zip(cands, hits, strict=True):
             c.metadata.pop("known_as", None)
-            same = index.get(c.structure.composition.reduced_formula, [])
-            hit = next((key for key, s in same if _fits(matcher, c.structure, s)), None)
-            if hit is None:
-                novel.append(c)
-            else:
+            if hit is not None:
                 c.metadata["known_as"] = hit
-                seen.append(c)
-        out[row] = novel + seen
+        out[row] = [c for c, h in zip(cands, hits, strict=True) if h is None] + \
+                   [c for c, h in zip(cands, hits, strict=True) if h is not None]
     return out
 
 

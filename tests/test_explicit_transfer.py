@@ -190,13 +190,21 @@ def test_rank_candidates_chgnet_sorts_and_reports_unsupported(proto, perov):
     assert any(f.row == 1 and "Am" in f.reason for f in ranked.failures)
 
 
-def test_distinct_first_puts_one_candidate_per_structure_first(perov, proto, tmp_path):
-    _, test = perov
-    s0 = test.structure[0]
+@pytest.fixture(scope="module")
+def same_and_swapped(perov):
+    """A real perov_5 structure, a strained copy (the same structure at the CSP settings) and a site-swapped
+    decoy (another one)."""
+    s0 = perov[1].structure[0]
     strained = s0.copy()
     strained.scale_lattice(s0.volume * 1.05)
     decoy = et.make_decoys(s0, max_decoys=1)[0]
     assert match_rms(strained, s0) is not None and match_rms(decoy, s0) is None
+    return s0, strained, decoy
+
+
+def test_distinct_first_puts_one_candidate_per_structure_first(perov, proto, same_and_swapped, tmp_path):
+    _, test = perov
+    s0, strained, decoy = same_and_swapped
     cands = [et.Candidate(s, score=-k, source="test") for k, s in enumerate([s0, strained, decoy, decoy.copy()])]
     assert et.structure_classes([c.structure for c in cands]) == [0, 0, 1, 1]
     out = et.distinct_first(et.GenerationBatch([cands, []]))
@@ -216,19 +224,17 @@ def test_distinct_first_puts_one_candidate_per_structure_first(perov, proto, tmp
     assert et.distinct_order([1, 1, 0, 2, 0]) == [0, 2, 3, 1, 4]
 
 
-def test_novel_first_puts_structures_you_do_not_have_first(perov, tmp_path, capsys):
+def test_novel_first_puts_structures_you_do_not_have_first(perov, same_and_swapped, tmp_path, capsys):
     from crossmat.explicit_transfer.__main__ import main
 
-    val, test = perov
-    s0 = test.structure[0]
-    strained = s0.copy()
-    strained.scale_lattice(s0.volume * 1.05)
-    decoy = et.make_decoys(s0, max_decoys=1)[0]
+    val = perov[0]
+    s0, strained, decoy = same_and_swapped
     cands = [et.Candidate(s, score=-k, source="test") for k, s in enumerate([s0, strained, decoy])]
     known = [("db:7", s0), ("db:8", val.structure[0])]  # the second is another composition: never compared
     out = et.novel_first(et.GenerationBatch([cands, []]), known)
     assert [c.structure for c in out[0]] == [decoy, s0, strained]
     assert [c.metadata.get("known_as") for c in out[0]] == [None, "db:7", "db:7"]
+    assert et.known_matches([decoy, strained], known) == [None, "db:7"]
     assert out[1] == []
     assert [c.metadata.get("duplicate_of") for c in et.distinct_first(out)[0]] == [None, None, 1]
     assert et.novel_first(et.GenerationBatch([cands]), []) [0] == cands  # nothing known: order unchanged

@@ -52,7 +52,7 @@ from crossmat.explicit_transfer import (  # noqa: E402
 from crossmat.explicit_transfer.csp_metrics import CSP_MATCHER_KWARGS, csp_matcher, match_rms  # noqa: E402
 from crossmat.explicit_transfer.data import composition_key  # noqa: E402
 from crossmat.explicit_transfer.potentials import predict_energies  # noqa: E402
-from crossmat.explicit_transfer.ranking import distinct_order, novel_first  # noqa: E402
+from crossmat.explicit_transfer.ranking import distinct_order, known_index, known_matches  # noqa: E402
 from crossmat.explicit_transfer.site_ranker import decoy_accuracy  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -214,8 +214,8 @@ def run_distinct(args: argparse.Namespace, test: pd.DataFrame, batch: Generation
     """match@k of every ranking as is and distinct-first: the saved ranker (its energy weight was chosen on the val
     pool), a seeded subset of the test pool. Structure classes (:func:`structure_classes`, the CSP matcher) are
     computed once per formula in the generator's order; a ranking's distinct-first order lists the best-ranked
-    member of each class first, in rank order, then the repeats. ``--stage known`` adds novel-first
-    (:func:`novel_first` with every perov_5 train and val structure as the known set, then distinct-first, as
+    member of each class first, in rank order, then the repeats. ``--stage known`` adds novel-first (the flags of
+    :func:`known_matches`, with every perov_5 train and val structure as the known set, then distinct-first, as
     ``crossmat generate --known ... --distinct`` does) and reports it by where the composition's twin is."""
     n = args.distinct_subset or len(test)
     rows = np.sort(np.random.default_rng(args.seed).choice(len(test), n, replace=False)) if n < len(test) else \
@@ -241,12 +241,10 @@ def run_distinct(args: argparse.Namespace, test: pd.DataFrame, batch: Generation
     if args.stage == "known":
         val = load("val")
         t = time.time()
-        flagged = novel_first(GenerationBatch([list(row[:K]) for row in sub]),
-                              [(f"train:{i}", s) for i, s in enumerate(train.structure)]
-                              + [(f"val:{i}", s) for i, s in enumerate(val.structure)], progress=True)
-        for i, row in enumerate(sub):  # novel_first reorders; read each candidate's flag back by identity
-            known_ids = {id(c) for c in flagged[i] if "known_as" in c.metadata}
-            known[i] = [id(c) in known_ids for c in row[:K]]
+        index = known_index([(f"train:{i}", s) for i, s in enumerate(train.structure)]
+                            + [(f"val:{i}", s) for i, s in enumerate(val.structure)])
+        for i, row in enumerate(sub):  # the flags novel_first sets, per candidate in the generator's order
+            known[i] = [m is not None for m in known_matches([c.structure for c in row[:K]], index)]
         twins = twin_location(df, train, val)
         out.update(known_seconds=time.time() - t, known_structures=len(train) + len(val),
                    known_candidates_per_formula=float(known.sum(1).mean()),
