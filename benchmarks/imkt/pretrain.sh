@@ -17,6 +17,8 @@
 #   imkt_energy_clean[_seedN] the same, the alignment loss read from a second pass over the unmasked formula
 #                      (model.config.alignment_input=clean) instead of the MLM pass, where every formula has at least
 #                      one element masked or replaced
+#   imkt_clean[_seedN] the shipped imkt recipe (InfoNCE onto the CHGNet embedding) with the alignment read from the
+#                      clean-formula pass (model.config.alignment_input=clean), the fix found with the energy teacher
 #   imkt_targets10k/20k same formulas, CHGNet targets for a nested 10k / 20k subset only (the others MLM only)
 #   mlm_large          MLM only on corpus_large (80,002 formulas: MP structures + MatBench mp_* formulas + MP transport,
 #                      build_data.sh corpus_large), 40 epochs as the others (about 2.5x their steps)
@@ -44,6 +46,9 @@ case "$ARM" in
   imkt_mean) ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/chgnet_mean) ;;
   imkt_descriptors) ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/descriptors) ;;
   imkt_chgnet_descriptors) ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/chgnet_descriptors) ;;
+  imkt_clean|imkt_clean_seed*)
+    S="${ARM#imkt_clean}"
+    ARGS=(--config $R/pretrain_imkt.yaml model.config.alignment_input=clean ${S:+"seed=${S#_seed}"}) ;;
   imkt_energy_clean|imkt_energy_clean_seed*)
     S="${ARM#imkt_energy_clean}"
     ARGS=(--config $R/pretrain_imkt.yaml data.train.path=$A/chgnet_energy model.config.alignment_loss=mse

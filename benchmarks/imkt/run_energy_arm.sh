@@ -14,7 +14,9 @@
 #       backbone if missing) or the MLM-only control of the same seed (run_keep.sh rerun; retrains mlm / mlm_seed7 if
 #       missing) on the other five tasks, cheapest first: expt_is_metal, glass, log_kvrh, log_gvrh, perovskites
 # ENERGY_ARM=imkt_energy_clean runs the clean-view arm instead (pretrain.sh imkt_energy_clean[_seed7]; SECTION.md,
-# "Alignment on the clean formula"); its rule: energy_rule.py --arm imkt_energy_clean.
+# "Alignment on the clean formula"); its rule: energy_rule.py --arm imkt_energy_clean. ENERGY_ARM=imkt_clean runs the
+# CHGNet-embedding teacher with the clean view (pretrain.sh imkt_clean[_seed7], `data` step: build_data.sh alignment);
+# its rule: energy_rule.py --arm imkt_clean.
 # Two processes on two cores: `data` first, then `42` and `7` side by side, then `controls`. A fold is reused only
 # if its overrides match, and they hold the backbone's path: the landed control folds used
 # /work/main/benchmarks/_work/imkt/backbones (BACKBONES=... sets it; default: this checkout's).
