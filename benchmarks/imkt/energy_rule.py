@@ -16,7 +16,8 @@ energy arm (two-seed means, paired per fold; not part of the rule). ``--arm imkt
 teacher on the clean formula") applies it to the shipped CHGNet-embedding recipe with the clean view, and reports it
 against that recipe's masked view (records crossmat_default_from_imkt_rerun and _imkt_seed7; not part of the rule).
 
-Usage: PYTHONPATH=. python benchmarks/imkt/energy_rule.py [--arm imkt_energy_clean | imkt_clean] [--json OUT]
+Usage: PYTHONPATH=. python benchmarks/imkt/energy_rule.py [--arm imkt_energy_clean | imkt_clean] [--controls A B]
+       [--json OUT]
 """
 
 from __future__ import annotations
@@ -67,9 +68,12 @@ def criterion(runs: dict, done: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arm", default="imkt_energy", help="the arm's seed-42 record name (imkt_energy_clean, imkt_clean: clean views)")
+    ap.add_argument("--controls", nargs=2, default=list(SEEDS["mlm"]), metavar=("SEED42", "SEED7"),
+                    help="the MLM-only control records (default: mlm_rerun mlm_seed7_rerun; the imkt_clean arm, run on "
+                         "a machine where they do not reproduce: mlm_avx512_rerun mlm_seed7_avx512_rerun)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    seeds = {**SEEDS, "energy": (args.arm, f"{args.arm}_seed7")}
+    seeds = {"mlm": tuple(args.controls), "energy": (args.arm, f"{args.arm}_seed7")}
     runs = {t: {name: [folds(t, s) for s in pair] for name, pair in seeds.items()} for t in TASKS + CONFIRM}
     done = [t for t in TASKS + CONFIRM if all(r is not None for arm in runs[t].values() for r in arm)]
     complete = [t for t in TASKS if t in done]
