@@ -18,13 +18,17 @@ RECORD_KEYS = ("task", "variant", "metric", "folds", "mean", "std", "baseline_sa
 
 
 def hardware() -> str:
-    """One line: CPU model and cores visible, RAM, accelerator."""
+    """One line: CPU model (with its family / model numbers) and cores visible, RAM, accelerator, torch build and the
+    CPU kernels torch uses. A seeded fine-tuning is digit-for-digit reproducible only on the same kind of CPU and
+    kernels (docs/evaluation.md), so a record says which ones it ran on."""
     cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines()[:40] if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        if "model name" in info:
+            cpu = info["model name"]
+            if "cpu family" in info and "model" in info:  # tells CPU generations of one brand name apart
+                cpu += f" (family {info['cpu family']} model {info['model']})"
     except OSError:
         pass
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -41,7 +45,8 @@ def hardware() -> str:
         if torch.cuda.is_available():
             acc = f"GPU {torch.cuda.get_device_name(0)}"
         threads = torch.get_num_threads()
-        acc += f", torch {torch.__version__} ({threads} threads)"
+        kernels = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
+        acc += f", torch {torch.__version__}{f' {kernels} kernels' if kernels else ''} ({threads} threads)"
     except ImportError:
         pass
     return f"{cpu}, {n} cores visible{mem}, {acc}"

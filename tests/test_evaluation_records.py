@@ -130,3 +130,20 @@ def test_transfer_table_pairs_arms_with_the_scratch_default(tmp_path):
     row = next(line for line in section.splitlines() if line.startswith("| matbench_steels | mae | 90 "))
     assert "+0.0% ± 0.0 (no clear difference)" in row and "scratch vs scratch" not in section
     assert "- matbench_steels, scratch (crossmat_default_from_scratch): 90, 91, 89, 90, 90" in section
+
+
+def test_hardware_names_the_cpu_kernels_a_record_ran_on(monkeypatch):
+    """A seeded fine-tuning is reproducible only on the same CPU kind and kernels, so the record's hardware line
+    names them: the CPU family / model numbers and the kernels torch dispatches to (AVX2, AVX512, ...)."""
+    import torch
+
+    from crossmat.evaluation.records import hardware
+
+    line = hardware()
+    assert "cores visible" in line and f"torch {torch.__version__}" in line
+    assert f"{torch.backends.cpu.get_cpu_capability()} kernels" in line
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists() and "cpu family" in cpuinfo.read_text():
+        assert "(family " in line and " model " in line
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert "AVX2 kernels" in hardware()
