@@ -95,10 +95,10 @@ def main() -> None:
                                 and float(np.concatenate([rel[t] for t in FUTILITY_TASKS]).mean()) >= 0)  # fmt: skip
         out["energy vs mlm"] = res
         for t, v in res["tasks"].items():
-            print(f"{t.removeprefix('matbench_'):12s} energy {v['mae_two_seed_mean']['energy']:.4g}  mlm "
+            print(f"{t.removeprefix('matbench_'):12s} {args.arm} {v['mae_two_seed_mean']['energy']:.4g}  mlm "
                   f"{v['mae_two_seed_mean']['mlm']:.4g}  change {v['mean']:+.1f}% ± {v['se']:.1f}  seed 7 vs 42 "
                   f"{v['seed7_vs_seed42_pct']}  {'clear' if v['beyond_2se_and_half_seed_gap'] else 'inside the spread'}")
-        print(f"energy vs mlm, pooled {res['pooled_mean']:+.2f} ± {res['pooled_se']:.2f} over {res['folds']} folds -> "
+        print(f"{args.arm} vs mlm, pooled {res['pooled_mean']:+.2f} ± {res['pooled_se']:.2f} over {res['folds']} folds -> "
               f"rule 1 {'holds' if res['holds'] else 'does not hold'}; futility stop: {res['futility_stop']}")
     if args.arm in MASKED_VIEW:
         view = {}
