@@ -16,9 +16,8 @@ from .csp_metrics import csp_matcher
 from .potentials import predict_energies, relax, unsupported_elements
 from .site_ranker import SiteRanker, unscorable_species
 
-__all__ = ["RANK_METHODS", "KnownIndex", "KnownStructures", "distinct_first", "distinct_order", "known_index", "known_matches",
-           "novel_first",
-           "rank_candidates", "structure_classes"]
+__all__ = ["RANK_METHODS", "KnownIndex", "KnownStructures", "distinct_first", "distinct_order", "known_index",
+           "known_matches", "novel_first", "rank_candidates", "structure_classes"]
 
 RANK_METHODS = ("similarity", "energy", "learned", "learned+energy")
 

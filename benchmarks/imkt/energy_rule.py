@@ -36,16 +36,16 @@ TASKS = ["matbench_phonons", "matbench_jdft2d", "matbench_steels", "matbench_die
 FUTILITY_TASKS = TASKS[:3]
 CONFIRM = ["matbench_expt_is_metal", "matbench_glass", "matbench_log_kvrh", "matbench_log_gvrh", "matbench_perovskites"]
 # records crossmat_default_from_<name>: the arms by run_transfer.sh, the MLM-only controls by run_keep.sh rerun
-SEEDS = {"energy": ("imkt_energy", "imkt_energy_seed7"), "mlm": ("mlm_rerun", "mlm_seed7_rerun")}
+SEEDS = {"arm": ("imkt_energy", "imkt_energy_seed7"), "mlm": ("mlm_rerun", "mlm_seed7_rerun")}
 REFERENCE = "imkt_rerun"
 # the same teacher with the alignment read from the masked MLM pass (reported beside a clean-view arm's rule)
-MASKED_VIEW = {"imkt_energy_clean": SEEDS["energy"], "imkt_clean": ("imkt_rerun", "imkt_seed7")}
+MASKED_VIEW = {"imkt_energy_clean": SEEDS["arm"], "imkt_clean": ("imkt_rerun", "imkt_seed7")}
 
 
 def criterion(runs: dict, done: list[str]) -> dict:
     """Issue 23's bar over every task with all four records (rule step 3); two-seed means, paired per fold."""
     mean = {t: {name: (r[0] + r[1]) / 2 for name, r in runs[t].items()} for t in done}
-    rel = {t: 100.0 * (mean[t]["energy"] - mean[t]["mlm"]) / mean[t]["mlm"] for t in done}
+    rel = {t: 100.0 * (mean[t]["arm"] - mean[t]["mlm"]) / mean[t]["mlm"] for t in done}
     vs_mlm = rule(rel)
     better = sum(v["mean"] < 0 for v in vs_mlm["tasks"].values())
     vs_scratch = {}
@@ -53,7 +53,7 @@ def criterion(runs: dict, done: list[str]) -> dict:
         base = folds(t, "scratch")
         base = folds(t, "crossmat_default") if base is None else base
         if base is not None:
-            vs_scratch[t] = round(float((100.0 * (mean[t]["energy"] - base) / base).mean()), 2)
+            vs_scratch[t] = round(float((100.0 * (mean[t]["arm"] - base) / base).mean()), 2)
     scratch_mean = float(np.mean(list(vs_scratch.values()))) if vs_scratch else float("nan")
     holds = (len(done) >= 8 and vs_mlm["pooled_mean"] <= -3.0 and better > len(done) - better
              and len(vs_scratch) == len(done) and scratch_mean <= -10.0)
@@ -73,7 +73,7 @@ def main() -> None:
                          "a machine where they do not reproduce: mlm_avx512_rerun mlm_seed7_avx512_rerun)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    seeds = {"mlm": tuple(args.controls), "energy": (args.arm, f"{args.arm}_seed7")}
+    seeds = {"mlm": tuple(args.controls), "arm": (args.arm, f"{args.arm}_seed7")}
     runs = {t: {name: [folds(t, s) for s in pair] for name, pair in seeds.items()} for t in TASKS + CONFIRM}
     done = [t for t in TASKS + CONFIRM if all(r is not None for arm in runs[t].values() for r in arm)]
     complete = [t for t in TASKS if t in done]
@@ -82,7 +82,7 @@ def main() -> None:
         print("no screening task has all four records yet")
     else:
         mean = {t: {name: (r[0] + r[1]) / 2 for name, r in runs[t].items()} for t in complete}
-        rel = {t: 100.0 * (mean[t]["energy"] - mean[t]["mlm"]) / mean[t]["mlm"] for t in complete}
+        rel = {t: 100.0 * (mean[t]["arm"] - mean[t]["mlm"]) / mean[t]["mlm"] for t in complete}
         res = rule(rel)
         seed_gap = {t: {name: round(float((100.0 * (r[1] - r[0]) / r[0]).mean()), 2) for name, r in runs[t].items()}
                     for t in complete}  # fmt: skip
@@ -93,9 +93,9 @@ def main() -> None:
             v["mae_two_seed_mean"] = {name: round(float(m.mean()), 4) for name, m in mean[t].items()}
         res["futility_stop"] = (all(t in complete for t in FUTILITY_TASKS)
                                 and float(np.concatenate([rel[t] for t in FUTILITY_TASKS]).mean()) >= 0)  # fmt: skip
-        out["energy vs mlm"] = res
+        out["arm vs mlm"] = res
         for t, v in res["tasks"].items():
-            print(f"{t.removeprefix('matbench_'):12s} {args.arm} {v['mae_two_seed_mean']['energy']:.4g}  mlm "
+            print(f"{t.removeprefix('matbench_'):12s} {args.arm} {v['mae_two_seed_mean']['arm']:.4g}  mlm "
                   f"{v['mae_two_seed_mean']['mlm']:.4g}  change {v['mean']:+.1f}% ± {v['se']:.1f}  seed 7 vs 42 "
                   f"{v['seed7_vs_seed42_pct']}  {'clear' if v['beyond_2se_and_half_seed_gap'] else 'inside the spread'}")
         print(f"{args.arm} vs mlm, pooled {res['pooled_mean']:+.2f} ± {res['pooled_se']:.2f} over {res['folds']} folds -> "
@@ -105,21 +105,21 @@ def main() -> None:
         for t in done:
             masked = [folds(t, s) for s in MASKED_VIEW[args.arm]]
             if all(r is not None for r in masked):
-                view[t] = paired(sum(runs[t]["energy"]) / 2, sum(masked) / 2)
+                view[t] = paired(sum(runs[t]["arm"]) / 2, sum(masked) / 2)
         if view:
             print(f"{args.arm} vs the same teacher's masked view {MASKED_VIEW[args.arm]} (two-seed means, %):",
                   {t.removeprefix("matbench_"): (v["mean_pct"], v["se_pct"]) for t, v in view.items()})
-        out["vs_masked_view_energy_arm"] = view
+        out["vs_masked_view"] = view
     if any(t in done for t in CONFIRM):
         out["issue criterion"] = criterion(runs, done)
     ref = {}
     for t in TASKS:
-        a, b = runs[t]["energy"][0], folds(t, REFERENCE)
+        a, b = runs[t]["arm"][0], folds(t, REFERENCE)
         if a is not None and b is not None:
             ref[t] = {k: v for k, v in paired(a, b).items() if k in ("mean_pct", "se_pct")}
     if ref:
         print(f"reference, {args.arm} seed 42 vs CHGNet-embedding imKT (%):", ref)
-    out["energy_seed42_vs_imkt_pct"] = ref
+    out["arm_seed42_vs_imkt_pct"] = ref
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 
