@@ -1,0 +1,243 @@
+"""How much does a structure teacher know that a fine-tuned formula model does not? (issue 23, item 2)
+
+imKT can only transfer what the teacher's structure embedding says about a task beyond what the formula model
+already learns from the labels. This script measures that headroom directly, without pretraining anything:
+
+1. ``structures``: the ground-state Materials Project structure (lowest CHGNet energy per atom, the polymorph the
+   CHGNet alignment set uses) of every formula of the given MatBench tasks that has one, as one CSV
+   (``material_id, formula, cif``), split in ``--parts`` files so that several processes can embed it
+   (``python -m crossmat.dataset_builders embeddings --source PART --encoder ...``). No target enters.
+2. ``measure``: for a fine-tuned record (its out-of-fold test predictions, ``predictions.csv`` of each official
+   fold), the residual ``r = y - prediction`` of every row whose formula has an MP structure is regressed on a
+   feature set with ridge (alpha by inner CV), cross-fitted over the official folds: the correction of fold ``i``
+   is fitted on the rows of the other four test folds only (their predictions are out-of-sample too), so no target
+   of fold ``i`` is used for fold ``i``. The relative change of the MAE after the correction, per fold, is the
+   headroom of that feature set. Feature sets: the teacher embeddings (CHGNet, TensorNet), their concatenation,
+   and as a control the frozen MLM-only pooled formula embedding (formula information only, so it measures what
+   the fine-tuned model left on the table that needs no structure).
+
+A teacher whose embedding cannot correct the fine-tuned MLM-only model even when given the *real* structure has
+nothing a formula student could carry over: its headroom bounds what aligning to it can add (for a linear read-out).
+
+    python benchmarks/imkt/teacher_headroom.py structures --tasks matbench_phonons ... --parts 2
+    python benchmarks/imkt/teacher_headroom.py measure --records mlm=benchmarks/matbench/runs/keep_rerun/mlm_avx512 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+WORK = Path("benchmarks/_work/imkt/headroom")
+CHGNET_PER_FORMULA = Path("benchmarks/_work/imkt/embeddings/mp_structures/per_formula/chgnet.parquet")
+ALPHAS = np.logspace(-2, 5, 15)
+
+
+def _canonical(formulas: pd.Series) -> pd.Series:
+    from crossmat.tokenization import canonical_formula
+
+    return formulas.map(canonical_formula)
+
+
+def structures(args: argparse.Namespace) -> None:
+    from crossmat.dataset_builders.matbench import load_task_frame
+    from crossmat.dataset_builders.paths import data_dir
+
+    wanted: set[str] = set()
+    for task in args.tasks:
+        wanted |= set(_canonical(load_task_frame(task)["formula"]))
+    ground = pd.read_parquet(CHGNET_PER_FORMULA, columns=["id", "formula"])
+    ground = ground[_canonical(ground["formula"]).isin(wanted)]
+    mp = pd.read_csv(data_dir() / "mp_structures" / "structures.csv.gz", usecols=["material_id", "formula", "cif"])
+    chosen = mp[mp["material_id"].isin(set(ground["id"]))].copy()
+    # balance the parts by cell size (embedding time grows with the number of sites)
+    chosen["_sites"] = chosen["cif"].str.count("\n")
+    chosen = chosen.sort_values("_sites", kind="stable").reset_index(drop=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    for part in range(args.parts):
+        rows = chosen.iloc[part :: args.parts][["material_id", "formula", "cif"]]
+        rows.to_csv(WORK / f"structures_part{part}.csv.gz", index=False)
+        print(f"part {part}: {len(rows)} structures")
+    print(f"{len(chosen)} ground-state structures of {len(wanted)} task formulas ({', '.join(args.tasks)})")
+
+
+def _teacher_table(name: str) -> pd.DataFrame:
+    """canonical formula -> embedding: ``chgnet`` from the MP ground states of the alignment build, any other
+    teacher (``tensornet``, ``descriptors``) from the parts the ``structures`` step's commands embedded."""
+    if name == "chgnet":
+        table = pd.read_parquet(CHGNET_PER_FORMULA, columns=["formula", "embedding"])
+    else:
+        paths = sorted(WORK.glob(f"{name}_part*/data/*/*.parquet"))
+        if not paths:
+            raise SystemExit(f"no {name} embeddings under {WORK}: run the embeddings commands of the structures step")
+        table = pd.concat([pd.read_parquet(p, columns=["formula", "embedding"]) for p in paths], ignore_index=True)
+    table["key"] = _canonical(table["formula"])
+    return table.drop_duplicates("key").set_index("key")
+
+
+def _one_record(task_root: Path) -> Path:
+    records = sorted(p.parent for p in task_root.glob("*/fold_0"))
+    if len(records) != 1:
+        raise SystemExit(f"{task_root}: expected one record folder, found {len(records)}")
+    return records[0]
+
+
+def _read_record(folder: Path) -> pd.DataFrame:
+    """The out-of-fold test predictions of a 5-fold record, one row per test row, with its fold."""
+    frames = []
+    for fold in range(5):
+        path = folder / f"fold_{fold}" / "predictions.csv"
+        if not path.exists():
+            raise SystemExit(f"{path} is missing: the record is incomplete")
+        frames.append(pd.read_csv(path).assign(fold=fold))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _regressor(kind: str):
+    """The correction model: ``ridge`` (squared loss, alpha by inner CV), ``huber`` (linear, robust to the heavy
+    residual tails that make a squared-loss fit raise the MAE) or ``gbm`` (gradient-boosted trees on the absolute
+    error, early-stopped on a tenth of the fitting rows: the non-linear read-out)."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.linear_model import HuberRegressor, RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if kind == "ridge":
+        return make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS))
+    if kind == "huber":
+        return make_pipeline(StandardScaler(), HuberRegressor(alpha=1.0, max_iter=2000))
+    if kind == "gbm_l2":  # the direct probes of y, whose range an absolute-error boosting climbs too slowly
+        return HistGradientBoostingRegressor(learning_rate=0.1, max_iter=1000, early_stopping=True,
+                                             validation_fraction=0.1, n_iter_no_change=30, random_state=0)
+    if kind == "gbm":
+        return HistGradientBoostingRegressor(loss="absolute_error", learning_rate=0.05, max_iter=500,
+                                             early_stopping=True, validation_fraction=0.1, n_iter_no_change=30,
+                                             random_state=0)
+    raise ValueError(f"unknown regressor {kind!r}")
+
+
+def _cross_fit(kind: str, x: np.ndarray, r: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """The correction of each fold's residuals, fitted on the other folds' rows only."""
+    correction = np.zeros_like(r)
+    for fold in np.unique(folds):
+        train = folds != fold
+        correction[~train] = _regressor(kind).fit(x[train], r[train]).predict(x[~train])
+    return correction
+
+
+def measure(args: argparse.Namespace) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from probes import embed, load_encoders
+
+    teachers = {name: _teacher_table(name) for name in args.teachers}
+    encoders, _ = load_encoders(args.imkt_backbone, args.mlm_backbone)
+    results: dict[str, dict] = {}
+    probes_done: dict[str, dict] = {}
+    lines: list[str] = []
+    for spec in args.records:
+        label, roots = spec.split("=", 1)
+        root, _, control_root = roots.partition("@")
+        for task in args.tasks:
+            if not Path(root, task).is_dir():
+                print(f"{label}: no {task} record under {root}, skipped", flush=True)
+                continue
+            record = _one_record(Path(root, task))
+            frame = _read_record(record)
+            keys = _canonical(frame["formula"])
+            covered = np.logical_and.reduce([keys.isin(t.index).to_numpy() for t in teachers.values()])
+            sub, keys = frame[covered].reset_index(drop=True), keys[covered].reset_index(drop=True)
+            r = (sub["target"] - sub["prediction"]).to_numpy(np.float64)
+            folds = sub["fold"].to_numpy()
+            before = np.array([np.abs(r[folds == f]).mean() for f in range(5)])
+            formula = embed(encoders, sub["formula"].tolist())
+            blocks = {"mlm_formula": formula["mlm"], "mat2vec_formula": formula["mat2vec"]}
+            for name, table in teachers.items():
+                blocks[name] = np.stack(table.loc[keys, "embedding"].to_numpy())
+            features = list(args.features)
+            if control_root:
+                # a feature known to hold residual information: another fine-tuned model's out-of-fold prediction
+                # of the same rows (the ensembling gain), so a null result is not the procedure's blindness
+                other = _read_record(_one_record(Path(control_root, task))).set_index("id")["prediction"]
+                blocks["other_model"] = (other.loc[sub["id"]].to_numpy() - sub["prediction"].to_numpy())[:, None]
+                features.append("other_model")
+            if task not in probes_done:
+                # the teachers' and the formula encoder's own knowledge of the target on these rows (GBM on y)
+                y = sub["target"].to_numpy(np.float64)
+                probe = {}
+                for feature in ("mlm_formula", *teachers, "mlm_formula+" + "+".join(teachers)):
+                    x = np.concatenate([blocks[b] for b in feature.split("+")], axis=1).astype(np.float64)
+                    err = np.abs(y - _cross_fit("gbm_l2", x, y, folds))
+                    probe[feature] = float(np.mean([err[folds == f].mean() for f in range(5)]))
+                    line = f"{'probe':11s} {task:20s} gbm   {feature:30s} MAE of y from the features alone {probe[feature]:.4g}"
+                    print(line, flush=True)
+                    lines.append(line)
+                probes_done[task] = probe
+            entry: dict[str, object] = {"record": str(record), "rows": len(frame), "covered_rows": int(covered.sum()),
+                                        "mae_covered_before": float(before.mean())}
+            pred = sub["prediction"].to_numpy(np.float64)[:, None]
+            for kind in args.regressors:
+                # the correction model given the prediction alone (a re-calibration): what the procedure itself
+                # gains or costs, so that a feature set's headroom is what it adds beyond that
+                calibrated = np.abs(r - _cross_fit(kind, pred, r, folds))
+                calib = np.array([calibrated[folds == f].mean() for f in range(5)])
+                entry[f"{kind}:calibration"] = {"mae_after": float(calib.mean())}
+                for feature in features:
+                    x = np.concatenate([pred] + [blocks[b] for b in feature.split("+")], axis=1).astype(np.float64)
+                    after_rows = np.abs(r - _cross_fit(kind, x, r, folds))
+                    after = np.array([after_rows[folds == f].mean() for f in range(5)])
+                    change = 100 * (after - before) / before
+                    beyond = 100 * (after - calib) / calib
+                    se, se_b = (float(c.std(ddof=1) / np.sqrt(5)) for c in (change, beyond))
+                    entry[f"{kind}:{feature}"] = {
+                        "mae_after": float(after.mean()), "change_pct": float(change.mean()), "se_pct": se,
+                        "per_fold_pct": [round(float(c), 2) for c in change],
+                        "beyond_calibration_pct": float(beyond.mean()), "beyond_calibration_se_pct": se_b}
+                    line = (f"{label:11s} {task:20s} {kind:5s} {feature:30s} rows {int(covered.sum()):4d}/{len(frame):4d}"
+                            f"  MAE {before.mean():.4g} -> {after.mean():.4g}  {change.mean():+6.1f}% ± {se:.1f}"
+                            f"  (beyond re-calibration {beyond.mean():+6.1f}% ± {se_b:.1f})")
+                    print(line, flush=True)
+                    lines.append(line)
+            results.setdefault(label, {})[task] = entry
+    out = Path(args.output)
+    payload = {"generated": time.strftime("%Y-%m-%d %H:%M"), "command": "python " + " ".join(sys.argv),
+               "protocol": __doc__.split("\n\n")[1:3], "results": results,
+               "probes_gbm_mae": probes_done}
+    out.write_text(json.dumps(payload, indent=1) + "\n")
+    out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="stage", required=True)
+    s = sub.add_parser("structures")
+    s.add_argument("--tasks", nargs="+", required=True)
+    s.add_argument("--parts", type=int, default=2)
+    m = sub.add_parser("measure")
+    m.add_argument("--records", nargs="+", required=True, help="LABEL=ROOT[@CONTROL]: the record ROOT/<task>/<record>/fold_*/; CONTROL, another record "
+                   "of the same tasks whose predictions are a positive-control feature")
+    m.add_argument("--tasks", nargs="+", required=True)
+    m.add_argument("--features", nargs="+", default=["mat2vec_formula", "mlm_formula", "chgnet", "tensornet", "descriptors",
+                                                       "chgnet+tensornet+descriptors",
+                                                       "mlm_formula+chgnet+tensornet+descriptors"])
+    m.add_argument("--regressors", nargs="+", default=["huber", "gbm"], choices=["ridge", "huber", "gbm"])
+    m.add_argument("--teachers", nargs="+", default=["chgnet", "tensornet", "descriptors"])
+    m.add_argument("--imkt-backbone", default="crossmat-imkt-mp-small")
+    m.add_argument("--mlm-backbone", default="benchmarks/_work/imkt/backbones/mlm")
+    m.add_argument("--output", default="benchmarks/imkt/teacher_headroom.json")
+    args = ap.parse_args()
+    structures(args) if args.stage == "structures" else measure(args)
+
+
+if __name__ == "__main__":
+    main()
