@@ -8,19 +8,26 @@ already learns from the labels. This script measures that headroom directly, wit
    (``material_id, formula, cif``), split in ``--parts`` files so that several processes can embed it
    (``python -m crossmat.dataset_builders embeddings --source PART --encoder ...``). No target enters.
 2. ``measure``: for a fine-tuned record (its out-of-fold test predictions, ``predictions.csv`` of each official
-   fold), the residual ``r = y - prediction`` of every row whose formula has an MP structure is regressed on a
-   feature set with ridge (alpha by inner CV), cross-fitted over the official folds: the correction of fold ``i``
-   is fitted on the rows of the other four test folds only (their predictions are out-of-sample too), so no target
-   of fold ``i`` is used for fold ``i``. The relative change of the MAE after the correction, per fold, is the
-   headroom of that feature set. Feature sets: the teacher embeddings (CHGNet, TensorNet), their concatenation,
-   and as a control the frozen MLM-only pooled formula embedding (formula information only, so it measures what
-   the fine-tuned model left on the table that needs no structure).
+   fold), the residual ``r = y - prediction`` of every row whose formula has an MP structure is regressed on
+   ``[prediction, feature set]`` with a robust linear model (Huber) and with gradient-boosted trees on the absolute
+   error, cross-fitted over the official folds: the correction of fold ``i`` is fitted on the rows of the other four
+   test folds only (their predictions are out-of-sample too), so no target of fold ``i`` is used for fold ``i``.
+   The same correction from the prediction alone (a re-calibration) is the baseline; a feature set's *headroom* is
+   the per-fold relative MAE change beyond it. Feature sets: the teachers (CHGNet and TensorNet embeddings, the 29
+   pymatgen structure descriptors, together), two formula-only controls (the frozen MLM-only pooled embedding, the
+   fraction-weighted mat2vec vector) and a positive control (``LABEL=ROOT@CONTROL``: another fine-tuned record's
+   prediction, which holds residual information by construction). Also the teachers' direct probes of ``y``.
+3. ``summary``: the table over each group of records (seeds) and the reading fixed before the measurement.
 
-A teacher whose embedding cannot correct the fine-tuned MLM-only model even when given the *real* structure has
-nothing a formula student could carry over: its headroom bounds what aligning to it can add (for a linear read-out).
+A teacher whose embedding cannot correct the fine-tuned MLM-only model even given the *real* structure has little a
+formula student could carry over: its headroom bounds what aligning to it can add, for these read-outs.
 
     python benchmarks/imkt/teacher_headroom.py structures --tasks matbench_phonons ... --parts 2
-    python benchmarks/imkt/teacher_headroom.py measure --records mlm=benchmarks/matbench/runs/keep_rerun/mlm_avx512 ...
+    python -m crossmat.dataset_builders embeddings --source benchmarks/_work/imkt/headroom/structures_part0.csv.gz \
+        --encoder matgl-tensornet --output-dir benchmarks/_work/imkt/headroom/tensornet_part0 --num-threads 1
+    (the same for part 1 and for --encoder descriptors, output descriptors_part<k>)
+    python benchmarks/imkt/teacher_headroom.py measure --tasks ... --records mlm42=ROOT@ROOT_SEED7 ...
+    python benchmarks/imkt/teacher_headroom.py summary
 """
 
 from __future__ import annotations
@@ -68,6 +75,10 @@ def structures(args: argparse.Namespace) -> None:
         rows.to_csv(WORK / f"structures_part{part}.csv.gz", index=False)
         print(f"part {part}: {len(rows)} structures")
     print(f"{len(chosen)} ground-state structures of {len(wanted)} task formulas ({', '.join(args.tasks)})")
+    for encoder, name in (("matgl-tensornet", "tensornet"), ("descriptors", "descriptors")):
+        for part in range(args.parts):
+            print(f"python -m crossmat.dataset_builders embeddings --source {WORK}/structures_part{part}.csv.gz "
+                  f"--encoder {encoder} --output-dir {WORK}/{name}_part{part} --num-threads 1 --on-bad report")
 
 
 def _teacher_table(name: str) -> pd.DataFrame:
