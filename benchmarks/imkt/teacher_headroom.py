@@ -26,7 +26,7 @@ formula student could carry over: its headroom bounds what aligning to it can ad
     python -m crossmat.dataset_builders embeddings --source benchmarks/_work/imkt/headroom/structures_part0.csv.gz \
         --encoder matgl-tensornet --output-dir benchmarks/_work/imkt/headroom/tensornet_part0 --num-threads 1
     (the same for part 1 and for --encoder descriptors, output descriptors_part<k>)
-    python benchmarks/imkt/teacher_headroom.py measure --tasks ... --records mlm42=ROOT@ROOT_SEED7 ...
+    PYTHONPATH=. python benchmarks/imkt/teacher_headroom.py measure --tasks ... --records mlm42=ROOT@ROOT_SEED7 ...
     python benchmarks/imkt/teacher_headroom.py summary
 """
 
@@ -136,6 +136,16 @@ def _regressor(kind: str):
     raise ValueError(f"unknown regressor {kind!r}")
 
 
+def _fold_means(values: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """The mean of ``values`` in each of the 5 official folds."""
+    return np.array([values[folds == f].mean() for f in range(5)])
+
+
+def _passes(cell: dict) -> bool:
+    """The reading's bar for one task: headroom <= -3% and beyond 2 SE."""
+    return cell["change_pct"] <= -3 and cell["change_pct"] + 2 * cell["se_pct"] < 0
+
+
 def _cross_fit(kind: str, x: np.ndarray, r: np.ndarray, folds: np.ndarray) -> np.ndarray:
     """The correction of each fold's residuals, fitted on the other folds' rows only."""
     correction = np.zeros_like(r)
@@ -148,13 +158,13 @@ def _cross_fit(kind: str, x: np.ndarray, r: np.ndarray, folds: np.ndarray) -> np
 def measure(args: argparse.Namespace) -> None:
     import sys
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from probes import embed, load_encoders
+    from benchmarks.imkt.probes import embed, load_encoders
 
     teachers = {name: _teacher_table(name) for name in args.teachers}
     encoders, _ = load_encoders(args.imkt_backbone, args.mlm_backbone)
     results: dict[str, dict] = {}
     probes_done: dict[str, dict] = {}
+    formula_blocks: dict[str, dict[str, pd.DataFrame]] = {}  # per task: the frozen formula features, embedded once
     lines: list[str] = []
     for spec in args.records:
         label, roots = spec.split("=", 1)
@@ -170,9 +180,13 @@ def measure(args: argparse.Namespace) -> None:
             sub, keys = frame[covered].reset_index(drop=True), keys[covered].reset_index(drop=True)
             r = (sub["target"] - sub["prediction"]).to_numpy(np.float64)
             folds = sub["fold"].to_numpy()
-            before = np.array([np.abs(r[folds == f]).mean() for f in range(5)])
-            formula = embed(encoders, sub["formula"].tolist())
-            blocks = {"mlm_formula": formula["mlm"], "mat2vec_formula": formula["mat2vec"]}
+            before = _fold_means(np.abs(r), folds)
+            if task not in formula_blocks:
+                unique = sorted(set(sub["formula"]))
+                vectors = embed(encoders, unique)
+                formula_blocks[task] = {name: pd.DataFrame(vectors[src], index=unique)
+                                        for name, src in (("mlm_formula", "mlm"), ("mat2vec_formula", "mat2vec"))}
+            blocks = {name: table.loc[sub["formula"]].to_numpy() for name, table in formula_blocks[task].items()}
             for name, table in teachers.items():
                 blocks[name] = np.stack(table.loc[keys, "embedding"].to_numpy())
             features = list(args.features)
@@ -189,7 +203,7 @@ def measure(args: argparse.Namespace) -> None:
                 for feature in ("mlm_formula", *teachers, "mlm_formula+" + "+".join(teachers)):
                     x = np.concatenate([blocks[b] for b in feature.split("+")], axis=1).astype(np.float64)
                     err = np.abs(y - _cross_fit("gbm_l2", x, y, folds))
-                    probe[feature] = float(np.mean([err[folds == f].mean() for f in range(5)]))
+                    probe[feature] = float(_fold_means(err, folds).mean())
                     line = f"{'probe':11s} {task:20s} gbm   {feature:30s} MAE of y from the features alone {probe[feature]:.4g}"
                     print(line, flush=True)
                     lines.append(line)
@@ -201,13 +215,13 @@ def measure(args: argparse.Namespace) -> None:
                 # the correction model given the prediction alone (a re-calibration): what the procedure itself
                 # gains or costs, so that a feature set's headroom is what it adds beyond that
                 calibrated = np.abs(r - _cross_fit(kind, pred, r, folds))
-                calib = np.array([calibrated[folds == f].mean() for f in range(5)])
+                calib = _fold_means(calibrated, folds)
                 entry[f"{kind}:calibration"] = {"mae_after": float(calib.mean()),
                                                 "per_fold_pct": [round(float(c), 3) for c in 100 * (calib - before) / before]}
                 for feature in features:
                     x = np.concatenate([pred] + [blocks[b] for b in feature.split("+")], axis=1).astype(np.float64)
                     after_rows = np.abs(r - _cross_fit(kind, x, r, folds))
-                    after = np.array([after_rows[folds == f].mean() for f in range(5)])
+                    after = _fold_means(after_rows, folds)
                     change = 100 * (after - before) / before
                     beyond = 100 * (after - calib) / calib
                     se, se_b = (float(c.std(ddof=1) / np.sqrt(5)) for c in (change, beyond))
@@ -279,7 +293,7 @@ def summary(args: argparse.Namespace) -> None:
                             + (k,) for k in kinds), key=lambda c: c[0])
                 table[task] = {"change_pct": best[0], "se_pct": best[1], "read_out": best[2]}
                 cells.append(f"{best[0]:+.1f} ± {best[1]:.1f} ({best[2]})")
-                passes += best[0] <= -3 and best[0] + 2 * best[1] < 0
+                passes += _passes(table[task])
             verdict.setdefault(group, {})[feature] = {"tasks": table, "tasks_passing": passes}
             lines.append(f"| {feature} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -294,8 +308,7 @@ def summary(args: argparse.Namespace) -> None:
             continue
         if "formula" in feature and "+" not in feature:
             continue
-        n = sum(1 for t, c in v["tasks"].items() if c["change_pct"] <= -3 and c["change_pct"] + 2 * c["se_pct"] < 0
-                and c["change_pct"] < formula_best[t])
+        n = sum(1 for t, c in v["tasks"].items() if _passes(c) and c["change_pct"] < formula_best[t])
         v["tasks_passing_with_controls"] = n
         lines.append(f"  {feature}: passes on {n} of {len(tasks)} tasks -> {'worth an arm' if n >= 3 else 'not worth an arm'}")
     text = "\n".join(lines) + "\n"
