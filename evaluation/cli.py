@@ -195,25 +195,34 @@ TABLE_METRICS = {"regression": ("mae", "rmse", "r2", "mad_mae", "coverage_1sigma
                  "classification": ("balanced_accuracy", "rocauc", "accuracy", "official_auc_rounded")}
 
 
+def _table_number(x: float) -> str:
+    """A metric for the console table: 4 decimals, or 5 significant digits where that would be long or all zeros."""
+    return f"{x:.4f}" if x == 0 or 1e-3 <= abs(x) < 1e4 else f"{x:.5g}"
+
+
 def results_table(summary: dict) -> str:
     """One console table: a row per predictor (CrossMat and baselines), mean ± std over folds of the
-    task's main metrics, and wall time."""
+    task's main metrics, and wall time. Columns are as wide as their widest cell, so large targets stay readable."""
     variants = summary["variants"]
     first = next(iter(variants.values()))["summary"]
     cols = [m for m in TABLE_METRICS[summary["task_type"]] if m in first]
     if summary["metric"] not in cols:
         cols.insert(0, summary["metric"])
     multi = len(summary["folds"]) > 1
+    rows = {}
+    for name, v in variants.items():
+        rows[name] = []
+        for c in cols:
+            st = v["summary"].get(c)
+            rows[name].append("-" if st is None else f"{_table_number(st['mean'])} ± {_table_number(st['std'])}"
+                              if multi else _table_number(st["mean"]))
     width = max(len("predictor"), *(len(n) for n in variants)) + 2
-    cells = [max(20 if multi else 11, len(c) + 2) for c in cols]
+    cells = [max(len(c), *(len(r[i]) for r in rows.values())) + 3 for i, c in enumerate(cols)]
     lines = ["predictor".ljust(width) + "".join(c.upper().rjust(w) for c, w in zip(cols, cells, strict=True))
              + "time".rjust(9)]
     for name, v in variants.items():
-        vals = []
-        for c, w in zip(cols, cells, strict=True):
-            st = v["summary"].get(c)
-            vals.append(("-" if st is None else f"{st['mean']:.4f} ± {st['std']:.4f}" if multi else f"{st['mean']:.4f}").rjust(w))
-        lines.append(name.ljust(width) + "".join(vals) + f"{v['wall_seconds']:8.0f}s")
+        lines.append(name.ljust(width) + "".join(s.rjust(w) for s, w in zip(rows[name], cells, strict=True))
+                     + f"{v['wall_seconds']:8.0f}s")
     return "\n".join(lines)
 
 

@@ -137,3 +137,23 @@ def test_forest_features_read_formulas_as_crossmat_does_and_do_not_remember_fail
     assert np.isfinite(X[[0, 1, 3]]).all() and np.array_equal(X[1], X[3])
     cached = pd.read_parquet(tmp_path / "magpie_features.parquet")
     assert sorted(cached.index) == ["CuH10SO9", "CuSO4·5H2O", "NaCl"]
+
+
+def test_console_table_keeps_large_and_tiny_metrics_apart():
+    """Targets in the tens of thousands (or tiny ones) once ran two columns together; every cell stays separated."""
+    from crossmat.evaluation.cli import results_table
+
+    def st(x: float) -> dict:
+        return {"mean": x, "std": x / 10}
+
+    summary = {"task_type": "regression", "metric": "mae", "folds": [0, 1],
+               "variants": {"crossmat": {"summary": {"mae": st(80090.0279), "rmse": st(119133.2022), "r2": st(-0.9067)},
+                                         "wall_seconds": 3.0},
+                            "dummy": {"summary": {"mae": st(2.5e-6), "rmse": st(0.0), "r2": st(0.0)},
+                                      "wall_seconds": 0.0}}}
+    header, *rows = results_table(summary).splitlines()
+    assert header.split() == ["predictor", "MAE", "RMSE", "R2", "time"]
+    big = rows[0].split()
+    assert big[:4] == ["crossmat", "80090", "±", "8009.0028"] and big[4:7] == ["1.1913e+05", "±", "11913"]
+    assert rows[1].split()[1:4] == ["2.5e-06", "±", "2.5e-07"] and rows[1].split()[4] == "0.0000"
+    assert len({len(line) for line in (header, *rows)}) == 1  # columns line up
