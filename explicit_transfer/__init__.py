@@ -4,7 +4,8 @@ Generators share one interface, ``generate(formulas, n_candidates) -> Generation
 ``list[list[Candidate]]`` with ``.failures``): :class:`PrototypeGenerator` (template substitution) and
 :class:`CIFLanguageModelGenerator` (a GPT-2 CIF language model, CrystaLLM-style prompts). Candidates are ranked
 by :func:`rank_candidates` (generator similarity, potential energy, or the learned :class:`SiteRanker`);
-:func:`distinct_first` and :func:`novel_first` reorder them (one per distinct structure, structures not yet known).
+:func:`distinct_first`, :func:`novel_first` and :func:`written_order_first` reorder them (one per distinct structure,
+structures not yet known, the A-site cation a perovskite formula names first).
 Importing this package registers :class:`StructurePropertyPredictor` with the transformers Auto classes.
 """
 
@@ -21,6 +22,8 @@ from .ranking import (
     novel_first,
     rank_candidates,
     structure_classes,
+    written_order_first,
+    written_site_order,
 )
 from .site_ranker import SiteRanker, SiteRankerConfig, make_decoys, train_site_ranker
 
@@ -51,4 +54,6 @@ __all__ = [
     "structure_classes",
     "train_site_ranker",
     "train_structure_predictor",
+    "written_order_first",
+    "written_site_order",
 ]

@@ -143,7 +143,8 @@ def cmd_generate(a: argparse.Namespace) -> None:
         shard = (state.process_index, state.num_processes)
         output = f"{a.output}.part{state.process_index}-of-{state.num_processes}"
     stats = generate_to_jsonl(gen, formulas, output, n_candidates=a.n, rank=rank, relax_steps=a.relax_steps, ids=ids,
-                              potential=potential, ranker=ranker, distinct=a.distinct, known=known, shard=shard)
+                              potential=potential, ranker=ranker, distinct=a.distinct, known=known, shard=shard,
+                              site_order=a.site_order)
     print(json.dumps(stats))
 
 
@@ -292,6 +293,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="structures you already have (tables with a CIF column, .cif files or folders of them): "
                         "candidates that reproduce one of their composition (StructureMatcher, the CSP settings) go "
                         "after the others, flagged metadata.known_as (applied before --distinct)")
+    g.add_argument("--site-order", choices=["composition", "written"], default="composition",
+                   help="written: for a formula written A B X3 (the perovskite convention, A-site cation first: "
+                        "SrTiO3), candidates with that cation on the A site go first, the others after, flagged "
+                        "metadata.written_order=false (after --known, before --distinct); composition: the written "
+                        "order is ignored")
     g.add_argument("--output", required=True, help="JSON-lines output (resumes if it exists)")
     g.set_defaults(func=cmd_generate)
 

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from .base import GenerationBatch, StructureGenerator
 from .potentials import POTENTIALS
-from .ranking import KnownStructures, distinct_first, known_index, novel_first, rank_candidates
+from .ranking import KnownStructures, distinct_first, known_index, novel_first, rank_candidates, written_order_first
 from .site_ranker import SiteRanker
 
 __all__ = ["generate_to_jsonl", "read_jsonl"]
@@ -45,6 +45,7 @@ def generate_to_jsonl(
     chunk_size: int = 64, rank: str | None = None, relax_steps: int = 0, ids: Sequence[object] | None = None,
     progress: bool = True, shard: tuple[int, int] | None = None, potential: str = "chgnet",
     ranker: SiteRanker | str | Path | None = None, distinct: bool = False, known: KnownStructures | None = None,
+    site_order: str = "composition",
 ) -> dict[str, int]:
     """Generate (and optionally rank) in chunks, appending records
 
@@ -55,10 +56,15 @@ def generate_to_jsonl(
     candidate per distinct structure first, repeats after (:func:`distinct_first`). ``known``: structures the user
     already has; candidates that reproduce one of them go after the others, flagged ``metadata.known_as``
     (:func:`novel_first`, applied before ``distinct``); the returned counts then include ``only_known_candidates``,
-    the formulas for which every candidate reproduces a known structure.
+    the formulas for which every candidate reproduces a known structure. ``site_order="written"``: for formulas
+    written A B X3 (the perovskite convention), candidates with the first written cation on the A site go first
+    (:func:`written_order_first`, after ``known`` and before ``distinct``); ``"composition"`` ignores the written
+    order.
     Rows already in ``output`` are skipped, so an interrupted job resumes where it stopped.
     ``shard=(index, count)``: this process handles rows ``index::count`` (one output file per process).
     """
+    if site_order not in ("composition", "written"):
+        raise ValueError(f"site_order must be 'composition' or 'written', not {site_order!r}")
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     done_records = read_jsonl(out)
@@ -81,6 +87,8 @@ def generate_to_jsonl(
         if index is not None:
             batch = novel_first(batch, index)
             stats["only_known_candidates"] += sum(bool(c) and "known_as" in c[0].metadata for c in batch)
+        if site_order == "written":
+            batch = written_order_first(batch, [formulas[i] for i in rows])
         if distinct:
             batch = distinct_first(batch)
         with out.open("a") as f:

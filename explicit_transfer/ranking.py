@@ -3,6 +3,7 @@ by a learned site-arrangement ranker, or both."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -16,8 +17,9 @@ from .csp_metrics import csp_matcher
 from .potentials import predict_energies, relax, unsupported_elements
 from .site_ranker import SiteRanker, unscorable_species
 
-__all__ = ["RANK_METHODS", "KnownIndex", "KnownStructures", "distinct_first", "distinct_order", "known_index",
-           "known_matches", "novel_first", "rank_candidates", "structure_classes"]
+__all__ = ["RANK_METHODS", "KnownIndex", "KnownStructures", "a_site_species", "distinct_first", "distinct_order",
+           "known_index", "known_matches", "novel_first", "rank_candidates", "structure_classes",
+           "written_order_first", "written_site_order"]
 
 RANK_METHODS = ("similarity", "energy", "learned", "learned+energy")
 
@@ -156,6 +158,62 @@ def novel_first(batch: GenerationBatch, known: KnownStructures | KnownIndex,
                 c.metadata["known_as"] = hit
         out[row] = [c for c, h in zip(cands, hits, strict=True) if h is None] + \
                    [c for c, h in zip(cands, hits, strict=True) if h is not None]
+    return out
+
+
+_WRITTEN = re.compile(r"([A-Z][a-z]?)(\d*)")
+
+
+def written_site_order(formula: object) -> tuple[str, str] | None:
+    """``(A, B)`` for a formula written in the ABX3 perovskite convention, A-site cation first, then B, then three
+    anions (``"SrTiO3"``, ``"AgAsON2"``: Ag on A, As on B); ``None`` for any other formula, or when A and B are
+    the same element (then the order says nothing)."""
+    text = str(formula).strip()
+    tokens = _WRITTEN.findall(text)
+    if not tokens or "".join(el + n for el, n in tokens) != text:  # brackets, fractions, spaces, ...
+        return None
+    counts = [int(n) if n else 1 for _, n in tokens]
+    if len(tokens) < 3 or counts[0] != 1 or counts[1] != 1 or sum(counts[2:]) != 3 or tokens[0][0] == tokens[1][0]:
+        return None
+    return tokens[0][0], tokens[1][0]
+
+
+def a_site_species(structure: Structure, a: str, b: str) -> str | None:
+    """Which of the two cations ``a`` / ``b`` holds the A site of ``structure``: the one whose site has the larger
+    nearest-neighbour distance (the 12-coordinated cavity of a perovskite, against the octahedral B site).
+    ``None`` when the structure lacks one of them."""
+    symbols = [site.specie.symbol for site in structure]
+    cation_sites = [i for i, el in enumerate(symbols) if el in (a, b)]
+    if not {a, b} <= {symbols[i] for i in cation_sites}:
+        return None
+    d = structure.distance_matrix
+    np.fill_diagonal(d, np.inf)
+    return symbols[max(cation_sites, key=lambda i: float(d[i].min()))]
+
+
+def written_order_first(batch: GenerationBatch, formulas: Sequence[object]) -> GenerationBatch:
+    """Reorder each formula's (ranked) candidates: those that put the formula's first written cation on the A
+    site first, in their order, then the others, flagged ``metadata["written_order"] = False``.
+
+    Chemists write perovskites A-site first (SrTiO3), and so do the perov_5 val and test formulas (every structure
+    of theirs that matches an ideal cubic cell matches the written order, none the swapped one;
+    benchmarks/explicit_transfer/perov5_written_order.py). A composition cannot say which cation sits where; the
+    written formula can. Formulas not written A B X3 (:func:`written_site_order`) keep their order. Apply after
+    ranking and before :func:`distinct_first`.
+    """
+    if len(formulas) != len(batch):
+        raise ValueError(f"{len(formulas)} formulas for {len(batch)} rows of candidates")
+    out = GenerationBatch([[] for _ in batch], batch.failures)
+    for row, (cands, formula) in enumerate(zip(batch, formulas, strict=True)):
+        order = written_site_order(formula)
+        if order is None:
+            out[row] = list(cands)
+            continue
+        agree = [a_site_species(c.structure, *order) == order[0] for c in cands]
+        for c, ok in zip(cands, agree, strict=True):
+            c.metadata["written_order"] = ok
+        out[row] = [c for c, ok in zip(cands, agree, strict=True) if ok] + \
+                   [c for c, ok in zip(cands, agree, strict=True) if not ok]
     return out
 
 

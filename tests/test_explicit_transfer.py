@@ -29,6 +29,7 @@ from crossmat.explicit_transfer.convert_crystallm import convert_crystallm_check
 from crossmat.explicit_transfer.csp_metrics import csp_metrics, match_rms
 from crossmat.explicit_transfer.data import load_perov5
 from crossmat.explicit_transfer.pipeline import generate_to_jsonl, read_jsonl
+from crossmat.explicit_transfer.ranking import a_site_species
 
 warnings.filterwarnings("ignore")
 
@@ -263,6 +264,44 @@ def test_novel_first_puts_structures_you_do_not_have_first(perov, same_and_swapp
     assert flags[0] is None and "SrTiO3_a.cif" in flags
     with pytest.raises(SystemExit, match="no such .cif file"):
         main(["generate", "SrTiO3", "--known", str(tmp_path / "nope.cif"), "--output", str(tmp_path / "n.jsonl")])
+
+
+def test_written_order_first_puts_the_first_written_cation_on_the_a_site(perov, tmp_path):
+    """perov_5 val formulas are written A-site cation first; the real structure and its site-swapped decoy differ
+    only in that, so the written order alone picks the real one. Other formulas keep their order."""
+    from crossmat.explicit_transfer.__main__ import main
+
+    val = perov[0]
+    real = val.structure[0]
+    a, b = et.written_site_order(val.formula[0])
+    decoy = real.copy()
+    decoy.replace_species({a: b, b: a})  # the other site order of the same composition
+    assert match_rms(decoy, real) is None
+    assert et.written_site_order(b + a + val.formula[0][len(a) + len(b):]) == (b, a)
+    assert a_site_species(real, a, b) == a and a_site_species(decoy, a, b) == b
+    # every val structure of the fixture: the first written cation holds the larger cavity (the A site)
+    written = [(s, et.written_site_order(f)) for s, f in zip(val.structure, val.formula, strict=True)]
+    assert sum(o is not None for _, o in written) >= 30
+    assert all(a_site_species(s, *o) == o[0] for s, o in written if o is not None)
+    for f in ("Fe2O3", "(NH4)2SO4", "CuCuO2S", "Li0.5CoO2", "SrTi O3"):
+        assert et.written_site_order(f) is None, f
+    cands = [et.Candidate(s, score=-k, source="test") for k, s in enumerate([decoy, real])]
+    out = et.written_order_first(et.GenerationBatch([cands, list(cands)]), [val.formula[0], "Fe2O3"])
+    assert [c.structure for c in out[0]] == [real, decoy]
+    assert [c.metadata["written_order"] for c in out[0]] == [True, False]
+    assert [c.structure for c in out[1]] == [decoy, real]  # not written A B X3: unchanged
+    with pytest.raises(ValueError, match="2 formulas for 1 rows"):
+        et.written_order_first(et.GenerationBatch([cands]), ["SrTiO3", "BaTiO3"])
+    # the command line: written TiSrO3 puts Ti on the A site first, SrTiO3 Sr; without the flag both are the same
+    for formula, first in (("SrTiO3", "Sr"), ("TiSrO3", "Ti")):
+        main(["generate", formula, "-n", "6", "--site-order", "written", "--output", str(tmp_path / f"{formula}.jsonl")])
+        rec = read_jsonl(tmp_path / f"{formula}.jsonl")[0]["candidates"]
+        top = Structure.from_str(rec[0]["cif"], fmt="cif")
+        assert a_site_species(top, "Sr", "Ti") == first and rec[0]["metadata"]["written_order"] is True
+        assert [c["metadata"]["written_order"] for c in rec] == sorted((c["metadata"]["written_order"] for c in rec),
+                                                                       reverse=True)
+    with pytest.raises(ValueError, match="site_order must be"):
+        generate_to_jsonl(None, ["SrTiO3"], tmp_path / "x.jsonl", site_order="alphabetical")
 
 
 # ---------------------------------------------------------------- CIF validation

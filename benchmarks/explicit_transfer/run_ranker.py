@@ -11,6 +11,9 @@
     # the same, plus novel-first: candidates that reproduce a known structure (perov_5 train + val, every
     # structure that is not a test entry) go last (explicit_transfer.novel_first): results_ranker_known.json
     PYTHONPATH=. python benchmarks/explicit_transfer/run_ranker.py --stage known --distinct-subset 0
+    # each ranking as is and written-order-first (explicit_transfer.written_order_first: candidates with the formula's
+    # first written cation on the A site first, the perovskite convention): results_ranker_written.json
+    PYTHONPATH=. python benchmarks/explicit_transfer/run_ranker.py --stage written --distinct-subset 0
 
 Pool: top-20 similarity-ranked template substitutions (AFLOW + perov_5 train, same-composition templates
 excluded) for every test formula (and a seeded val subset used only to choose the energy mixing weight).
@@ -52,7 +55,13 @@ from crossmat.explicit_transfer import (  # noqa: E402
 from crossmat.explicit_transfer.csp_metrics import CSP_MATCHER_KWARGS, csp_matcher, match_rms  # noqa: E402
 from crossmat.explicit_transfer.data import composition_key  # noqa: E402
 from crossmat.explicit_transfer.potentials import predict_energies  # noqa: E402
-from crossmat.explicit_transfer.ranking import distinct_order, known_index, known_matches  # noqa: E402
+from crossmat.explicit_transfer.ranking import (  # noqa: E402
+    a_site_species,
+    distinct_order,
+    known_index,
+    known_matches,
+    written_site_order,
+)
 from crossmat.explicit_transfer.site_ranker import decoy_accuracy  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -216,7 +225,10 @@ def run_distinct(args: argparse.Namespace, test: pd.DataFrame, batch: Generation
     computed once per formula in the generator's order; a ranking's distinct-first order lists the best-ranked
     member of each class first, in rank order, then the repeats. ``--stage known`` adds novel-first (the flags of
     :func:`known_matches`, with every perov_5 train and val structure as the known set, then distinct-first, as
-    ``crossmat generate --known ... --distinct`` does) and reports it by where the composition's twin is."""
+    ``crossmat generate --known ... --distinct`` does) and reports it by where the composition's twin is.
+    ``--stage written`` instead compares each ranking as is with written-order-first (the candidates with the
+    formula's first written cation on the A site first, in rank order; ``crossmat generate --site-order written``),
+    by where the twin is."""
     n = args.distinct_subset or len(test)
     rows = np.sort(np.random.default_rng(args.seed).choice(len(test), n, replace=False)) if n < len(test) else \
         np.arange(len(test))
@@ -227,7 +239,9 @@ def run_distinct(args: argparse.Namespace, test: pd.DataFrame, batch: Generation
     st = {"similarity": -np.tile(np.arange(K, dtype=float), (len(df), 1)), "energy": energy, "learned": learned,
           "learned+energy": learned + ranker.config.energy_weight * energy}
     t = time.time()
-    classes = np.array([structure_classes([c.structure for c in row[:K]]) for row in sub])
+    written = args.stage == "written"
+    classes = np.zeros((len(df), K), dtype=int) if written else \
+        np.array([structure_classes([c.structure for c in row[:K]]) for row in sub])
     class_s = time.time() - t
     matches = LazyMatches(sub, df.structure.tolist(), f"test-distinct-{len(df)}")
     train = load("train")
@@ -250,11 +264,28 @@ def run_distinct(args: argparse.Namespace, test: pd.DataFrame, batch: Generation
                    known_candidates_per_formula=float(known.sum(1).mean()),
                    formulas_with_a_known_candidate=float(known.any(1).mean()),
                    twin_group_sizes={g: int((twins == g).sum()) for g in TWIN_GROUPS})
+    agree = np.ones((len(df), K), dtype=bool)
+    if written:
+        t = time.time()
+        twins = twin_location(df, train, load("val"))
+        for i, (row, formula) in enumerate(zip(sub, df.formula, strict=True)):
+            order = written_site_order(formula)
+            if order is not None:  # the flags written_order_first sets, per candidate in the generator's order
+                agree[i] = [a_site_species(c.structure, *order) == order[0] for c in row[:K]]
+        out.update(written_seconds=time.time() - t,
+                   formulas_written_abx3=int(sum(written_site_order(f) is not None for f in df.formula)),
+                   written_order_candidates_per_formula=float(agree.sum(1).mean()),
+                   formulas_with_a_written_order_candidate=float(agree.any(1).mean()),
+                   twin_group_sizes={g: int((twins == g).sum()) for g in TWIN_GROUPS})
     for name, sc in st.items():
-        variants = {"as_ranked": sc, "distinct_first": None} | ({"novel_first": None} if args.stage == "known" else {})
+        variants = {"as_ranked": sc} | ({"written_first": None} if written else {"distinct_first": None}) | \
+            ({"novel_first": None} if args.stage == "known" else {})
         for variant in list(variants)[1:]:
             position = np.empty_like(sc)  # score = minus the candidate's position in the reordered list
             for i, order in enumerate(order_by(sc)):
+                if variant == "written_first":
+                    position[i, np.concatenate([order[agree[i, order]], order[~agree[i, order]]])] = -np.arange(K)
+                    continue
                 if variant == "novel_first":
                     order = np.concatenate([order[~known[i, order]], order[known[i, order]]])
                 position[i, order[distinct_order(classes[i, order].tolist())]] = -np.arange(K)
@@ -264,6 +295,9 @@ def run_distinct(args: argparse.Namespace, test: pd.DataFrame, batch: Generation
             top = order_by(sc)[:, 0]
             out["metrics"][name]["as_ranked_top1_is_known"] = float(known[np.arange(len(df)), top].mean())
             for v in ("distinct_first", "novel_first"):
+                out["metrics"][name][f"{v}_by_twin"] = by_group(matches.hits(variants[v], ks), twins, ks, TWIN_GROUPS)
+        if written:
+            for v in variants:
                 out["metrics"][name][f"{v}_by_twin"] = by_group(matches.hits(variants[v], ks), twins, ks, TWIN_GROUPS)
         print(f"{name}:", {v: out["metrics"][name][v]["all"] for v in variants}, flush=True)
     return out
@@ -460,6 +494,25 @@ def update_headline_known(d: dict) -> None:
     merge_headline(keys)
 
 
+def update_headline_written(d: dict) -> None:
+    """Add match@k of written-order-first (``written_order_*``; the same rankings as ranked beside them)."""
+    m = d["metrics"]
+    keys: dict = {"written_order_n_targets": d["n_formulas"], "written_order_formulas_abx3": d["formulas_written_abx3"]}
+    for name, tag in (("similarity", "similarity"), ("learned", "learned"), ("energy", "chgnet"),
+                      ("learned+energy", "learned_energy")):
+        for k in (1, 5):
+            keys[f"written_order_{tag}_match_at_{k}"] = m[name]["written_first"]["all"][f"match_rate@{k}"]
+        keys[f"written_order_{tag}_as_ranked_match_at_1"] = m[name]["as_ranked"]["all"]["match_rate@1"]
+    keys["written_order_source"] = (
+        "results_ranker_written.json (run_ranker.py --stage written): the template top-20 of the test formulas (same-"
+        "composition templates excluded), each ranking with the candidates that put the formula's first written "
+        "cation on the A site first (explicit_transfer.written_order_first, crossmat generate --site-order written). "
+        "It reads the site order from the formula as written (A-site cation first, the perovskite convention; the "
+        "perov_5 val and test formulas follow it, perov5_written_order.py); the issue's match_at_1 and "
+        "template_match_at_1 read the composition only")
+    merge_headline(keys)
+
+
 def update_headline_lm(union: dict, source: str, prefix: str) -> None:
     """Add the template + CIF-LM pool numbers (seeded test subset: ``union_*``, every test formula:
     ``union_full_*``) to headline.json."""
@@ -478,7 +531,7 @@ def update_headline_lm(union: dict, source: str, prefix: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--stage", choices=["energy", "rank", "lm", "distinct", "known"], required=True)
+    ap.add_argument("--stage", choices=["energy", "rank", "lm", "distinct", "known", "written"], required=True)
     ap.add_argument("--distinct-subset", type=int, default=300,
                     help="seeded test formulas for --stage distinct / known (0: all)")
     ap.add_argument("--val-subset", type=int, default=600, help="seeded val formulas for the energy weight")
@@ -500,7 +553,7 @@ def main() -> None:
     gen = PrototypeGenerator.from_perov5("train", frame=train, exclude_same_formula=True)
     print(f"generator: {gen.n_templates} templates in {time.time() - t0:.0f}s", flush=True)
     pools = {}
-    for split in ("test",) if args.stage in ("distinct", "known") else ("val", "test"):
+    for split in ("test",) if args.stage in ("distinct", "known", "written") else ("val", "test"):
         df = pool_frame(args, split)
         t = time.time()
         pools[split] = (df, generate_pool(gen, df))
@@ -512,11 +565,12 @@ def main() -> None:
     res: dict = {"hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared with "
                              "other jobs), no GPU", "matcher": CSP_MATCHER_KWARGS, "args": vars(args),
                  "pool": f"top-{K} similarity-ranked template substitutions, same-composition templates excluded"}
-    if args.stage in ("distinct", "known"):
+    if args.stage in ("distinct", "known", "written"):
         res[args.stage] = run_distinct(args, *pools["test"])
         res["total_s"] = time.time() - t0
         Path(args.out, f"results_ranker_{args.stage}.json").write_text(json.dumps(res, indent=2))
-        (update_headline_distinct if args.stage == "distinct" else update_headline_known)(res[args.stage])
+        {"distinct": update_headline_distinct, "known": update_headline_known,
+         "written": update_headline_written}[args.stage](res[args.stage])
         return
     if args.stage == "lm":
         res["union"] = run_lm(args, train, pools)
