@@ -15,6 +15,7 @@ from .prototypes import PrototypeGenerator, load_aflow_prototypes
 from .ranking import (
     RANK_METHODS,
     KnownIndex,
+    a_site_species,
     distinct_first,
     distinct_order,
     known_index,
@@ -31,6 +32,7 @@ register()
 
 __all__ = [
     "Candidate",
+    "a_site_species",
     "GenerationBatch",
     "GenerationFailure",
     "KnownIndex",
