@@ -57,13 +57,13 @@ HERE = Path(__file__).parent
 WORK = HERE.parent / "_work" / "exkt_perov5_twin"
 
 
-def cached(name: str, fn):
+def cached(name: str, fn, work: Path = WORK):
     """An expensive array (CHGNet features, energy scans) stored once in the work folder (npy: no code runs)."""
-    path = WORK / f"{name}.npy"
+    path = work / f"{name}.npy"
     if path.exists():
         return np.load(path)
     value = np.asarray(fn())
-    WORK.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
     np.save(path, value)
     return value
 

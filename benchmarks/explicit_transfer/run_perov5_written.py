@@ -61,16 +61,13 @@ def first_structures(gen: PrototypeGenerator, formulas: list[str]) -> tuple[list
 def main() -> None:
     torch.set_num_threads(1)
     t0 = time.time()
-    import run_perov5_twin
-
-    run_perov5_twin.WORK = WORK  # its cache helper writes into this script's work folder
     train, val, test = load("train"), load("val"), load("test")
     gen = PrototypeGenerator.from_perov5("train", frame=train, exclude_same_formula=True)
     val_ranked, val_written = first_structures(gen, val.formula.tolist())
     test_ranked, test_written = first_structures(gen, test.formula.tolist())
     timing = {"load_and_generate_s": time.time() - t0}
     t = time.time()
-    f = {name: cached(name, lambda s=s: chgnet_features(s)) for name, s in (
+    f = {name: cached(name, lambda s=s: chgnet_features(s), WORK) for name, s in (
         ("val_real", val.structure.tolist()), ("test_real", test.structure.tolist()),
         ("val_written", val_written), ("test_written", test_written),
         ("val_ranked", val_ranked), ("test_ranked", test_ranked))}
