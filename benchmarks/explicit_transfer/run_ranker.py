@@ -238,19 +238,20 @@ def run_distinct(args: argparse.Namespace, test: pd.DataFrame, batch: Generation
     learned = learned_scores(ranker, sub)
     st = {"similarity": -np.tile(np.arange(K, dtype=float), (len(df), 1)), "energy": energy, "learned": learned,
           "learned+energy": learned + ranker.config.energy_weight * energy}
-    t = time.time()
     written = args.stage == "written"
-    classes = np.zeros((len(df), K), dtype=int) if written else \
-        np.array([structure_classes([c.structure for c in row[:K]]) for row in sub])
-    class_s = time.time() - t
+    out: dict = {"n_formulas": len(df), "subset_seed": args.seed, "energy_weight": ranker.config.energy_weight,
+                 "metrics": {}}
+    if not written:  # structure classes feed distinct-first only
+        t = time.time()
+        classes = np.array([structure_classes([c.structure for c in row[:K]]) for row in sub])
+        out["classes_seconds"] = time.time() - t
+        out["distinct_structures_per_formula"] = {"mean": float((classes.max(1) + 1).mean()),
+                                                  "min": int(classes.max(1).min() + 1),
+                                                  "max": int(classes.max(1).max() + 1)}
     matches = LazyMatches(sub, df.structure.tolist(), f"test-distinct-{len(df)}")
     train = load("train")
     groups = train_relation(df.formula, train)
     ks = (1, 2, 5, 20)
-    out: dict = {"n_formulas": len(df), "subset_seed": args.seed, "energy_weight": ranker.config.energy_weight,
-                 "classes_seconds": class_s, "distinct_structures_per_formula": {
-                     "mean": float((classes.max(1) + 1).mean()), "min": int(classes.max(1).min() + 1),
-                     "max": int(classes.max(1).max() + 1)}, "metrics": {}}
     known = np.zeros((len(df), K), dtype=bool)
     if args.stage == "known":
         val = load("val")
