@@ -28,6 +28,8 @@ formula student could carry over: its headroom bounds what aligning to it can ad
     (the same for part 1 and for --encoder descriptors, output descriptors_part<k>)
     PYTHONPATH=. python benchmarks/imkt/teacher_headroom.py measure --tasks ... --records mlm42=ROOT@ROOT_SEED7 ...
     python benchmarks/imkt/teacher_headroom.py summary
+    (the DFT-transport teacher needs no structures: ``measure --teachers transport --features mat2vec_formula
+    mlm_formula transport mlm_formula+transport``, from matminer's MP transport database)
 """
 
 from __future__ import annotations
@@ -81,9 +83,28 @@ def structures(args: argparse.Namespace) -> None:
                   f"--encoder {encoder} --output-dir {WORK}/{name}_part{part} --num-threads 1 --on-bad report")
 
 
+TRANSPORT_LOG = ("sigma_p", "sigma_n", "kappa_p", "kappa_n", "PF_p", "PF_n", "m_p", "m_n")
+
+
+def _transport_table() -> pd.DataFrame:
+    """The DFT-transport teacher: canonical formula -> 10 BoltzTraP quantities of matminer's MP transport database
+    (log10 of the eight positive ones, the two Seebeck coefficients / 1000), averaged over the formula's entries."""
+    from crossmat.dataset_builders.corpus import transport_formulas
+
+    raw = transport_formulas()
+    features = pd.DataFrame({c: np.log10(raw[c].to_numpy(np.float64)) for c in TRANSPORT_LOG})
+    features["S_p"], features["S_n"] = raw["S_p"] / 1000, raw["S_n"] / 1000
+    features["key"] = _canonical(raw["formula"]).to_numpy()
+    table = features.groupby("key").mean()
+    return pd.DataFrame({"formula": table.index, "embedding": list(table.to_numpy())}, index=table.index)
+
+
 def _teacher_table(name: str) -> pd.DataFrame:
-    """canonical formula -> embedding: ``chgnet`` from the MP ground states of the alignment build, any other
-    teacher (``tensornet``, ``descriptors``) from the parts the ``structures`` step's commands embedded."""
+    """canonical formula -> embedding: ``chgnet`` from the MP ground states of the alignment build, ``transport``
+    from matminer's MP transport database (no structure needed), any other teacher (``tensornet``,
+    ``descriptors``) from the parts the ``structures`` step's commands embedded."""
+    if name == "transport":
+        return _transport_table()
     if name == "chgnet":
         table = pd.read_parquet(CHGNET_PER_FORMULA, columns=["formula", "embedding"])
     else:
