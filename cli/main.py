@@ -120,7 +120,20 @@ def _help(name: str, cmd: Command) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point of ``crossmat``."""
+    """Console entry point of ``crossmat``. A reader that closes the pipe early (``crossmat generate --help | head``)
+    ends the command quietly with the shell's SIGPIPE status, 141, instead of a traceback."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # inside the try: a pipe closed early fails here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # Python flushes stdout again at exit, which would raise once more: point it at /dev/null first
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if not argv or argv[0] in ("-h", "--help"):

@@ -42,6 +42,20 @@ def test_python_dash_m_crossmat_is_the_command(tmp_path):
     assert "crossmat evaluate " in proc.stdout and "crossmat train " in proc.stdout
 
 
+def test_a_reader_that_closes_the_pipe_early_gets_no_traceback(tmp_path):
+    """`crossmat generate --help | head` once ended in a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "crossmat", "generate", "--help"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the command writes its first line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err[-2000:]
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err[-2000:]
+
+
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_each_subcommand_help_has_examples(name, capsys):
     assert main([name, "--help"]) == 0
