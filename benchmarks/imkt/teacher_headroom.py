@@ -28,7 +28,8 @@ formula student could carry over: its headroom bounds what aligning to it can ad
     (the same for part 1 and for --encoder descriptors, output descriptors_part<k>)
     PYTHONPATH=. python benchmarks/imkt/teacher_headroom.py measure --tasks ... --records mlm42=ROOT@ROOT_SEED7 ...
     python benchmarks/imkt/teacher_headroom.py summary
-    (the DFT-transport teacher needs no structures: ``measure --teachers transport --features mat2vec_formula
+    (CHGNet's own predictions as a teacher: ``chgnet-predictions --tasks ... --part K --parts N`` per process, then
+    ``measure --teachers chgnet_predictions``; the DFT-transport teacher needs no structures: ``measure --teachers transport --features mat2vec_formula
     mlm_formula transport mlm_formula+transport``, from matminer's MP transport database)
 """
 
@@ -99,12 +100,90 @@ def _transport_table() -> pd.DataFrame:
     return pd.DataFrame({"formula": table.index, "embedding": list(table.to_numpy())}, index=table.index)
 
 
+def chgnet_predictions(args: argparse.Namespace) -> None:
+    """CHGNet's own predictions (energy per atom, site magnetic moments) for part ``--part`` of ``--parts`` of every
+    MP structure whose formula is a formula of the given tasks; one parquet per chunk of 256 structures, so a rerun
+    resumes after the last finished chunk."""
+    import torch
+    from chgnet.model import CHGNet
+    from pymatgen.core import Structure
+
+    from crossmat.dataset_builders.matbench import load_task_frame
+    from crossmat.dataset_builders.paths import data_dir
+
+    torch.set_num_threads(1)
+    folder = WORK / f"chgnet_predictions_part{args.part}"
+    folder.mkdir(parents=True, exist_ok=True)
+    wanted: set[str] = set()
+    for task in args.tasks:
+        wanted |= set(_canonical(load_task_frame(task)["formula"]))
+    mp = pd.read_csv(data_dir() / "mp_structures" / "structures.csv.gz", usecols=["material_id", "formula", "cif"])
+    mp = mp[_canonical(mp["formula"]).isin(wanted).to_numpy()].copy()
+    mp["_sites"] = mp["cif"].str.count("\n")
+    mp = mp.sort_values("_sites", kind="stable").iloc[args.part :: args.parts].reset_index(drop=True)
+    print(f"part {args.part}/{args.parts}: {len(mp)} MP structures of {len(wanted)} task formulas", flush=True)
+    model = CHGNet.load(verbose=False)
+    failed, t0 = 0, time.time()
+    for start in range(0, len(mp), 256):
+        out = folder / f"chunk_{start:06d}.parquet"
+        if out.exists():
+            continue
+        chunk = mp.iloc[start : start + 256]
+        structs = [Structure.from_str(c, fmt="cif") for c in chunk["cif"]]
+        # large cells make large graphs: keep a batch to about 1,500 CIF lines (sites) so that memory stays bounded
+        batch = max(1, min(32, 1500 // int(chunk["_sites"].max())))
+        try:
+            preds = model.predict_structure(structs, task="em", batch_size=batch)
+        except Exception:  # noqa: BLE001 - one structure CHGNet cannot graph fails the batch: retry one by one
+            preds = []
+            for mid, st in zip(chunk["material_id"], structs, strict=True):
+                try:
+                    preds.append(model.predict_structure(st, task="em"))
+                except Exception as exc:  # noqa: BLE001 - reported, never dropped silently
+                    print(f"  {mid}: CHGNet failed: {exc}", flush=True)
+                    failed += 1
+                    preds.append(None)
+        rows = []
+        for (mid, formula), pred in zip(chunk[["material_id", "formula"]].itertuples(index=False), preds, strict=True):
+            if pred is None:
+                continue
+            m = np.abs(np.asarray(pred["m"], dtype=np.float64).ravel())
+            rows.append({"material_id": mid, "formula": formula, "energy_per_atom": float(pred["e"]),
+                         "abs_magmom_mean": float(m.mean()), "abs_magmom_max": float(m.max()),
+                         "abs_magmom_std": float(m.std()), "magnetic_site_fraction": float((m > 0.5).mean())})
+        pd.DataFrame(rows).to_parquet(out)
+        print(f"  {start + len(chunk)}/{len(mp)} structures, {time.time() - t0:.0f} s", flush=True)
+    print(f"part {args.part} done under {folder}: {failed} structure(s) failed this run")
+
+
+def _predictions_table() -> pd.DataFrame:
+    """The CHGNet-predictions teacher: per formula, its lowest-energy MP polymorph's energy per atom, that energy minus
+    elemental references fitted by least squares on element fractions (a formation-energy proxy) and four statistics
+    of |site magnetic moment|."""
+    from pymatgen.core import Composition
+
+    paths = sorted(WORK.glob("chgnet_predictions_part*/chunk_*.parquet"))
+    if not paths:
+        raise SystemExit(f"no CHGNet predictions under {WORK}: run the chgnet-predictions stage first")
+    frame = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    frame["key"] = _canonical(frame["formula"]).to_numpy()
+    ground = frame.sort_values(["key", "energy_per_atom", "material_id"]).drop_duplicates("key").set_index("key")
+    fractions = pd.DataFrame([Composition(k).fractional_composition.get_el_amt_dict() for k in ground.index]).fillna(0.0)
+    refs, *_ = np.linalg.lstsq(fractions.to_numpy(), ground["energy_per_atom"].to_numpy(), rcond=None)
+    ground["formation_proxy"] = ground["energy_per_atom"].to_numpy() - fractions.to_numpy() @ refs
+    columns = ["energy_per_atom", "formation_proxy", "abs_magmom_mean", "abs_magmom_max", "abs_magmom_std",
+               "magnetic_site_fraction"]
+    return pd.DataFrame({"formula": ground.index, "embedding": list(ground[columns].to_numpy())}, index=ground.index)
+
+
 def _teacher_table(name: str) -> pd.DataFrame:
     """canonical formula -> embedding: ``chgnet`` from the MP ground states of the alignment build, ``transport``
     from matminer's MP transport database (no structure needed), any other teacher (``tensornet``,
     ``descriptors``) from the parts the ``structures`` step's commands embedded."""
     if name == "transport":
         return _transport_table()
+    if name == "chgnet_predictions":
+        return _predictions_table()
     if name == "chgnet":
         table = pd.read_parquet(CHGNET_PER_FORMULA, columns=["formula", "embedding"])
     else:
@@ -344,6 +423,10 @@ def main() -> None:
     s = sub.add_parser("structures")
     s.add_argument("--tasks", nargs="+", required=True)
     s.add_argument("--parts", type=int, default=2)
+    c = sub.add_parser("chgnet-predictions")
+    c.add_argument("--tasks", nargs="+", required=True)
+    c.add_argument("--part", type=int, default=0)
+    c.add_argument("--parts", type=int, default=1)
     m = sub.add_parser("measure")
     m.add_argument("--records", nargs="+", required=True, help="LABEL=ROOT[@CONTROL]: the record ROOT/<task>/<record>/fold_*/; CONTROL, another record "
                    "of the same tasks whose predictions are a positive-control feature")
@@ -362,7 +445,8 @@ def main() -> None:
                    help="record-label prefixes whose records (seeds) are averaged; the first is the reading's reference")
     t.add_argument("--output", default="benchmarks/imkt/teacher_headroom_summary.txt")
     args = ap.parse_args()
-    {"structures": structures, "measure": measure, "summary": summary}[args.stage](args)
+    {"structures": structures, "chgnet-predictions": chgnet_predictions, "measure": measure,
+     "summary": summary}[args.stage](args)
 
 
 if __name__ == "__main__":
