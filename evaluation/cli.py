@@ -55,10 +55,13 @@ def build_parser(prog: str = "evaluate.py") -> argparse.ArgumentParser:
                      "threshold) and their metrics are "
                      "reported (default: a --validation-fraction of --train is held out)")
     own.add_argument("--test", type=Path, help="test rows, scored once at the end")
-    own.add_argument("--target", help="target column (numbers: regression; 0/1 or true/false: classification)")
+    own.add_argument("--target", help="target column (numbers: regression; 0/1, true/false or two text labels: classification)")
     own.add_argument("--formula-column", default="formula")
     own.add_argument("--id-column", default=None, help="row id column (default: split-row number)")
     own.add_argument("--task-type", default="auto", choices=list(TASK_TYPES))
+    own.add_argument("--positive-label", default=None, help="a target column of two text labels (metal / insulator) "
+                     "is a classification task: this label is class 1, whose probability is predicted (default: the "
+                     "label that sorts last)")
     own.add_argument("--unit", default=None, help="unit of the target (carried into the model config and card)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", type=Path, help="CrossMat model folder (pretrained encoder or property model) to fine-tune per fold")
@@ -245,7 +248,8 @@ def main(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
             parser.error(f"your own data needs {' '.join(missing)}")
         own_data = {"train": args.train, "validation": args.validation, "test": args.test, "target": args.target,
                     "formula_column": args.formula_column, "id_column": args.id_column,
-                    "task_type": args.task_type, "unit": args.unit}
+                    "task_type": args.task_type, "unit": args.unit,
+                    "positive_label": args.positive_label}
         args.task = args.task or args.target
     elif args.train or args.test or args.validation:
         parser.error(f"--train/--validation/--test are for your own data, not --benchmark {args.benchmark}")

@@ -122,6 +122,8 @@ class CrossMatPredictor:
         card = dict(stage.get("card") or {})  # the fold model's card says what it was trained on
         if task.unit and not card.get("property_unit"):  # unit into the fold model's config and card
             card["property_unit"] = task.unit
+        if task.labels and not card.get("class_labels"):  # text class names into the config's id2label
+            card["class_labels"] = list(task.labels)
         card.setdefault("training_data", f"{task.benchmark} task {task.name}, fold {data.fold}: {len(train)} "
                         f"training rows; {len(validation)} validation rows for early stopping.")
         if task.benchmark in ("matbench", "llm4mat"):

@@ -165,6 +165,9 @@ def run_benchmark(
             raise ValueError("benchmark 'csv' needs own_data={'train': ..., 'test': ..., 'target': ...}")
         task, frames, rejected = load_own_data(**{"name": task_name, **own_data},
                                                validation_fraction=validation_fraction, seed=seed)
+        if task.labels:
+            logger.warning("target %r holds two text labels: %r is class 0, %r is class 1, the positive class whose "
+                           "probability is predicted (--positive-label chooses it)", task.target, *task.labels)
         folds = [0]
         fold_data = [FoldData(0, frames["train"], frames["validation"], frames["test"])]
         all_rows = pd.concat(frames.values(), ignore_index=True)
@@ -212,6 +215,7 @@ def run_benchmark(
     metric = task.metric
     summary: dict[str, Any] = {
         "benchmark": benchmark, "task": task_name, "task_type": task.task_type, "metric": metric,
+        **({"class_labels": list(task.labels)} if task.labels else {}),
         "folds": folds, "n_test": [len(fd.test) for fd in fold_data], "n_train": [len(fd.train) for fd in fold_data],
         "n_validation": [len(fd.validation) for fd in fold_data], "validation_fraction": validation_fraction,
         "max_train_rows": max_train_rows, "seed": seed, "rejected_rows": len(rejected), "hardware": hardware(),

@@ -33,6 +33,7 @@ class TaskInfo:
     input_type: str = "composition"
     n: int | None = None
     mad: float | None = None
+    labels: tuple[str, str] | None = None  # text class labels (class 0, class 1) of a two-label classification target
 
     @property
     def metric(self) -> str:

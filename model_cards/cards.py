@@ -43,6 +43,7 @@ EXTRA_KEYS = frozenset(
         "usage",
         "property_name",
         "property_unit",
+        "class_labels",  # [class 0, class 1] of a classifier with text labels; the config's id2label carries them
         "benchmark",
     }
 )
@@ -374,6 +375,9 @@ def build_model_card(
         prop = f"{prop_name} ({prop_unit})" if prop_unit else prop_name
         if kind != "structure-predictor":
             prop += " — regression" if regression else " — classification"
+            classes = [str(v) for _, v in sorted((int(k), v) for k, v in (config.get("id2label") or {}).items())]
+            if not regression and len(classes) == 2 and classes != ["0", "1"]:
+                prop += f" (class 1: {classes[1]}, class 0: {classes[0]})"
 
     eval_results = _eval_results(metrics)
     metrics_rows = [

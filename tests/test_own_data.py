@@ -3,6 +3,7 @@ CrossMat and baseline metrics in one table; nothing is written outside the outpu
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -157,3 +158,39 @@ def test_console_table_keeps_large_and_tiny_metrics_apart():
     assert big[:4] == ["crossmat", "80090", "±", "8009.0028"] and big[4:7] == ["1.1913e+05", "±", "11913"]
     assert rows[1].split()[1:4] == ["2.5e-06", "±", "2.5e-07"] and rows[1].split()[4] == "0.0000"
     assert len({len(line) for line in (header, *rows)}) == 1  # columns line up
+
+
+def test_two_text_labels_make_a_classifier_with_named_classes(own_csvs: Path, tmp_path: Path):
+    """A target column of two text labels (metal / insulator) is a classification task: the label that sorts last
+    is class 1 unless --positive-label says otherwise, and the names reach the summary, config, card and pipeline."""
+    from transformers import pipeline
+
+    df = pd.read_csv(own_csvs / "train.csv")
+    df["kind"] = (df["band_gap"] == 0).map({True: "metal", False: "insulator"})
+    df.iloc[:180].to_csv(tmp_path / "a.csv", index=False)
+    df.iloc[180:].to_csv(tmp_path / "b.csv", index=False)
+    rc = main(["--train", str(tmp_path / "a.csv"), "--test", str(tmp_path / "b.csv"), "--target", "kind",
+               "--output-dir", str(tmp_path / "o"), "--baselines", "dummy", *FAST])
+    assert rc == 0
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["task_type"] == "classification" and summary["class_labels"] == ["insulator", "metal"]
+    model = tmp_path / "o" / "crossmat" / "fold_0" / "model"
+    assert json.loads((model / "config.json").read_text())["id2label"] == {"0": "insulator", "1": "metal"}
+    assert "kind — classification (class 1: metal, class 0: insulator)" in (model / "README.md").read_text()
+    out = pipeline("composition-property-prediction", model=str(model), trust_remote_code=True)(["Cu", "NaCl"])
+    assert {o["label"] for o in out} <= {"metal", "insulator"} and set(out[0]["probabilities"]) == {"metal", "insulator"}
+
+    task, frames, _ = load_own_data(tmp_path / "a.csv", tmp_path / "b.csv", "kind", positive_label="insulator")
+    assert task.labels == ("metal", "insulator")
+    assert (frames["test"]["target"].to_numpy() == (df.iloc[180:]["band_gap"] > 0).to_numpy()).all()
+
+
+def test_text_label_errors_say_what_the_column_holds(tmp_path: Path):
+    pd.DataFrame({"formula": ["NaCl", "Cu", "KBr"], "y": ["insulator", "metal", "insulator"]}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(FileNotFoundError, match=r"--positive-label 'conductor': .* holds 'insulator', 'metal'"):
+        load_own_data(tmp_path / "t.csv", tmp_path / "t.csv", "y", positive_label="conductor")
+    with pytest.raises(FileNotFoundError, match=r"--task-type regression: target column 'y' holds the text labels"):
+        load_own_data(tmp_path / "t.csv", tmp_path / "t.csv", "y", task_type="regression")
+    pd.DataFrame({"formula": ["NaCl", "Cu", "Fe"], "y": ["insulator", "metal", "magnet"]}).to_csv(tmp_path / "u.csv", index=False)
+    with pytest.raises(FileNotFoundError, match=r"target column 'y' is not numeric \(row 0 holds 'insulator'\)"):
+        load_own_data(tmp_path / "u.csv", tmp_path / "u.csv", "y")  # three labels: not a binary task
