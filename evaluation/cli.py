@@ -170,7 +170,8 @@ def held_out_report(summary: dict) -> list[str]:
                 msg += (f"; they set the probability temperature {cal['temperature']:.3g} (log loss "
                         f"{cal['log_loss_before_temperature']:.3g} -> {cal['log_loss_after_temperature']:.3g})")
             if "decision_threshold" in cal:
-                msg += f"; they set the decision threshold P(1) >= {cal['decision_threshold']:.3f}"
+                positive = (summary.get("class_labels") or ["0", "1"])[1]  # the class named by --positive-label
+                msg += f"; they set the decision threshold P({positive}) >= {cal['decision_threshold']:.3f}"
             blend = held.get("forest_blend")
             if blend and "skipped" not in blend:  # a skipped blend (e.g. a regression model) said why in training
                 msg += (f"; they chose CrossMat's weight {blend['weight']:.1f} in the blend with a {blend['features']} "

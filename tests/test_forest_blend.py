@@ -264,3 +264,6 @@ def test_console_report_says_what_the_temperature_did():
                                "variants": {"crossmat": {"validation": [{"validation": {"roc_auc": 0.9},
                                                                           "calibration": cal}]}}})
     assert "probability temperature 2.5 (log loss 0.61 -> 0.32)" in line and "P(1) >= 0.410" in line
+    (named,) = held_out_report({"folds": [0], "n_validation": [40], "class_labels": ["insulator", "metal"],
+                                "variants": {"crossmat": {"validation": [{"calibration": cal}]}}})
+    assert "P(metal) >= 0.410" in named
