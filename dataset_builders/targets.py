@@ -2,8 +2,8 @@
 and ``evaluate --benchmark csv``).
 
 Numbers are regression targets; a single column holding only 0/1, booleans or the words ``true``/``false``,
-``yes``/``no`` (any case) is a binary classification target. Missing cells (NaN, :data:`NA_VALUES`) stay
-missing. Anything else raises :class:`TaskTypeError` naming the column, the first bad row and example values.
+``yes``/``no`` (any case) is a binary classification target, and so is a column of exactly two text labels
+(:func:`two_labels`). Missing cells (NaN, :data:`NA_VALUES`) stay missing. Anything else raises :class:`TaskTypeError` naming the column, the first bad row and example values.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pandas as pd
 
 from .tables import NA_VALUES
 
-__all__ = ["BINARY_WORDS", "TASK_TYPES", "TaskTypeError", "decide_task_type", "target_values"]
+__all__ = ["BINARY_WORDS", "TASK_TYPES", "TaskTypeError", "decide_task_type", "apply_labels", "target_values", "two_labels"]
 
 TASK_TYPES = ("auto", "regression", "classification")
 BINARY_WORDS = {"true": 1.0, "false": 0.0, "yes": 1.0, "no": 0.0}
@@ -109,3 +109,37 @@ def decide_task_type(
             "regression needs numbers" if requested == "regression" else
             "a classification target needs exactly one target column"))
     return task_type, y
+
+
+def two_labels(columns: list[pd.Series], target: str, positive_label: str | None = None,
+               option: str = "--positive-label") -> dict[str, float] | None:
+    """``{label: 0.0 | 1.0}`` when the target column (all its splits) holds exactly two distinct text labels
+    (``metal`` / ``insulator``), else ``None`` and the column is read as before (numbers, 0/1, true/false, yes/no).
+    The positive class (1) is ``positive_label``, or the label that sorts last. Raises :class:`TaskTypeError` when
+    ``positive_label`` is given but the column does not hold exactly two text labels, one of them that one
+    (``option`` names the setting in the message)."""
+    values = pd.concat(columns, ignore_index=True)
+    values = values[values.notna()]
+    text = values.astype(str).str.strip()
+    text = text[~text.isin(NA_VALUES)]
+    if values.dtype == bool or pd.api.types.is_numeric_dtype(values):
+        other = text.iloc[:0]
+    else:
+        plain = pd.to_numeric(text, errors="coerce").notna() | text.str.lower().isin(BINARY_WORDS)
+        other = text[~plain]
+        if plain.any() and not other.empty and positive_label is None:
+            return None  # numbers or true/false mixed with text: target_values names the first bad row
+    labels = sorted(set(other))
+    if positive_label is None:
+        return {label: float(label == labels[1]) for label in labels} if len(labels) == 2 and len(other) == len(text) else None
+    if len(labels) != 2 or len(other) != len(text) or positive_label not in labels:
+        shown = ", ".join(map(repr, labels[:5])) or "no text labels"
+        raise TaskTypeError(f"{option} {positive_label!r}: target column {target!r} must hold exactly two text labels, "
+                            f"one of them {positive_label!r}; it holds {shown}"
+                            + ("" if len(other) == len(text) else " and numbers or true/false values"))
+    return {label: float(label == positive_label) for label in labels}
+
+
+def apply_labels(values: pd.Series, mapping: dict[str, float]) -> pd.Series:
+    """``values`` with each text label replaced by its class (0.0 / 1.0); other cells unchanged."""
+    return values.map(lambda v: mapping.get(str(v).strip(), v) if isinstance(v, str) else v)

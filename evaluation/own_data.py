@@ -12,13 +12,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from crossmat.dataset_builders.tables import NA_VALUES, TableError, read_table
-from crossmat.dataset_builders.targets import BINARY_WORDS, TASK_TYPES, TaskTypeError, decide_task_type, target_values
+from crossmat.dataset_builders.tables import TableError, read_table
+from crossmat.dataset_builders.targets import (
+    TASK_TYPES,
+    TaskTypeError,
+    apply_labels,
+    decide_task_type,
+    target_values,
+    two_labels,
+)
 
 from .tasks import BenchmarkDataError, TaskInfo, carve_validation
 
 CSV = "csv"
-__all__ = ["CSV", "TASK_TYPES", "load_own_data", "score_own", "two_labels", "unreadable_formulas"]
+__all__ = ["CSV", "TASK_TYPES", "load_own_data", "score_own", "unreadable_formulas"]
 
 
 def _read(path: Path, what: str) -> pd.DataFrame:
@@ -45,33 +52,6 @@ def unreadable_formulas(formulas: pd.Series, skip: np.ndarray | None = None) -> 
     return why
 
 
-def two_labels(columns: list[pd.Series], target: str, positive_label: str | None = None) -> dict[str, float] | None:
-    """``{label: 0.0 | 1.0}`` when the target column holds exactly two distinct text labels (``metal`` /
-    ``insulator``), else ``None`` and the column is read as before (numbers, 0/1, true/false, yes/no). The positive
-    class (1) is ``positive_label``, or the label that sorts last. Raises when ``positive_label`` is given but the
-    column does not hold exactly two text labels, one of them that one."""
-    values = pd.concat(columns, ignore_index=True)
-    values = values[values.notna()]
-    text = values.astype(str).str.strip()
-    text = text[~text.isin(NA_VALUES)]
-    if values.dtype == bool or pd.api.types.is_numeric_dtype(values):
-        other = text.iloc[:0]
-    else:
-        plain = pd.to_numeric(text, errors="coerce").notna() | text.str.lower().isin(BINARY_WORDS)
-        other = text[~plain]
-        if plain.any() and not other.empty and positive_label is None:
-            return None  # numbers or true/false mixed with text: the usual error names the row
-    labels = sorted(set(other))
-    if positive_label is None:
-        return {label: float(label == labels[1]) for label in labels} if len(labels) == 2 and len(other) == len(text) else None
-    if len(labels) != 2 or len(other) != len(text) or positive_label not in labels:
-        shown = ", ".join(map(repr, labels[:5])) or "no text labels"
-        raise BenchmarkDataError(f"--positive-label {positive_label!r}: target column {target!r} must hold exactly two "
-                                 f"text labels, one of them {positive_label!r}; it holds {shown}"
-                                 + ("" if len(other) == len(text) else " and numbers or true/false values"))
-    return {label: float(label == positive_label) for label in labels}
-
-
 def load_own_data(
     train: Path,
     test: Path,
@@ -91,7 +71,8 @@ def load_own_data(
 
     Without ``validation`` a seeded ``validation_fraction`` of the training rows (stratified for
     classification) is held out for model selection. ``task_type='auto'``: 0/1 or boolean targets are
-    classification, anything else regression; so is a column of exactly two text labels (:func:`two_labels`:
+    classification, anything else regression; so is a column of exactly two text labels
+    (:func:`dataset_builders.targets.two_labels`:
     ``positive_label`` is class 1, default the label that sorts last; ``TaskInfo.labels`` names both)."""
     if task_type not in TASK_TYPES:
         raise ValueError(f"task type must be one of {TASK_TYPES}, got {task_type!r}")
@@ -105,7 +86,10 @@ def load_own_data(
             if col not in raw.columns:
                 raise BenchmarkDataError(f"{path}: no column {col!r}; columns are {list(raw.columns)}")
         raws[split] = raw
-    mapping = two_labels([raw[target] for raw in raws.values()], target, positive_label)
+    try:
+        mapping = two_labels([raw[target] for raw in raws.values()], target, positive_label)
+    except TaskTypeError as err:
+        raise BenchmarkDataError(str(err)) from None
     if mapping is not None and task_type == "regression":
         raise BenchmarkDataError(f"--task-type regression: target column {target!r} holds the text labels "
                                  f"{', '.join(map(repr, mapping))}, not numbers")
@@ -115,7 +99,7 @@ def load_own_data(
     for split, raw in raws.items():
         path = files[split]
         if mapping is not None:
-            raw = raw.assign(**{target: raw[target].map(lambda v: mapping.get(str(v).strip(), v) if isinstance(v, str) else v)})
+            raw = raw.assign(**{target: apply_labels(raw[target], mapping)})
         ids = raw[id_column].astype(str) if id_column else pd.Series([f"{split}-{i}" for i in range(len(raw))])
         try:
             values, _ = target_values(raw[target], target, f"{path}: ")

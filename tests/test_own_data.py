@@ -194,3 +194,25 @@ def test_text_label_errors_say_what_the_column_holds(tmp_path: Path):
     pd.DataFrame({"formula": ["NaCl", "Cu", "Fe"], "y": ["insulator", "metal", "magnet"]}).to_csv(tmp_path / "u.csv", index=False)
     with pytest.raises(FileNotFoundError, match=r"target column 'y' is not numeric \(row 0 holds 'insulator'\)"):
         load_own_data(tmp_path / "u.csv", tmp_path / "u.csv", "y")  # three labels: not a binary task
+
+
+def test_recipe_route_reads_two_text_labels_too(tmp_path: Path):
+    """`crossmat train` recipes: the same two-label rule, data.positive_label, the names into id2label."""
+    from crossmat.tokenization import CrossMatTokenizerFast
+    from crossmat.training.data import DataError, prepare_stage_data
+    from crossmat.training.recipe import resolve_stage
+
+    formulas = ["NaCl", "Cu", "KBr", "Fe", "LiF", "Al", "MgO", "Ag", "CaO", "Au"]
+    pd.DataFrame({"formula": formulas, "kind": ["insulator", "metal"] * 5}).to_csv(tmp_path / "t.csv", index=False)
+    base = {"train": str(tmp_path / "t.csv"), "target_column": "kind", "validation_fraction": 0}
+    recipe = resolve_stage({"stage": "finetune", "data": base})
+    data = prepare_stage_data(recipe, CrossMatTokenizerFast())
+    assert data.info["task"] == "classification" and data.info["class_labels"] == ["insulator", "metal"]
+    assert data.train.tensors["labels"].tolist() == [0, 1] * 5
+    cfg = recipe.kind.model_config(recipe, data)
+    assert cfg["id2label"] == {0: "insulator", 1: "metal"}
+    flipped = resolve_stage({"stage": "finetune", "data": {**base, "positive_label": "insulator"}})
+    assert prepare_stage_data(flipped, CrossMatTokenizerFast()).train.tensors["labels"].tolist() == [1, 0] * 5
+    with pytest.raises(DataError, match="data.task=regression: target column 'kind' holds the text labels"):
+        prepare_stage_data(resolve_stage({"stage": "finetune", "data": {**base, "task": "regression"}}),
+                           CrossMatTokenizerFast())

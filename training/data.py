@@ -25,6 +25,7 @@ import torch
 
 from crossmat.dataset_builders.paths import cache_dir
 from crossmat.dataset_builders.tables import TableError, read_table
+from crossmat.dataset_builders.targets import TaskTypeError, apply_labels, two_labels
 from crossmat.tokenization import CrossMatTokenizerFast, FormulaError, canonical_formula
 
 from .recipe import DataSection, RecipeError, StageRecipe, resolve_stage
@@ -304,6 +305,28 @@ def _frame_to_split(
     return TensorSplit(tensors, list(formulas[keep]), weights, targets, source, ids), part.task
 
 
+def _text_class_labels(frames: dict[str, pd.DataFrame], target_columns: list[str], target_key: str | None,
+                       data: DataSection) -> list[str] | None:
+    """A property target of exactly two text labels (``metal`` / ``insulator``, read over every split) becomes 0/1
+    in place: ``data.positive_label`` is class 1, default the label that sorts last. Returns ``[class 0, class 1]``
+    (the model's ``id2label``), or ``None`` when the column is not such a column."""
+    if target_key != "target_column" or len(target_columns) != 1:
+        return None
+    col = target_columns[0]
+    try:
+        mapping = two_labels([f[col] for f in frames.values()], col, data.positive_label, "data.positive_label")
+    except TaskTypeError as err:
+        raise DataError(str(err)) from None
+    if mapping is None:
+        return None
+    if data.task == "regression":
+        raise DataError(f"data.task=regression: target column {col!r} holds the text labels "
+                        f"{', '.join(map(repr, mapping))}, not numbers")
+    for name, frame in frames.items():
+        frames[name] = frame.assign(**{col: apply_labels(frame[col], mapping)})
+    return sorted(mapping, key=mapping.__getitem__)
+
+
 def prepare_stage_data(recipe: StageRecipe | Mapping[str, Any], tokenizer: CrossMatTokenizerFast) -> StageData:
     """Load, validate, split and tokenize the data of one stage (fails before training on bad input); what
     the stage adds (targets, structure embeddings) comes from its stage object (``recipe.kind``)."""
@@ -348,6 +371,7 @@ def prepare_stage_data(recipe: StageRecipe | Mapping[str, Any], tokenizer: Cross
     frames["train"] = train_df[remaining].reset_index(drop=True)
     if data.max_train_rows:
         frames["train"] = frames["train"].iloc[: int(data.max_train_rows)]
+    class_labels = _text_class_labels(frames, target_columns, kind.target_key, data)
     rejects = Rejects()
     task = data.task
     splits: dict[str, TensorSplit] = {}
@@ -364,6 +388,7 @@ def prepare_stage_data(recipe: StageRecipe | Mapping[str, Any], tokenizer: Cross
         "task": task if target_columns else None,
         "target_columns": target_columns,
         "formula_column": data.formula_column,
+        **({"class_labels": class_labels} if class_labels else {}),
         **extra,
     }
     rejected = pd.DataFrame(rejects.rows) if rejects.rows else None

@@ -94,6 +94,7 @@ class DataSection:
     structure_targets: Source = None  # fine-tune: formula -> structure vector table (train.structure_aux_weight)
     id_column: str | None = None
     task: str = "auto"
+    positive_label: str | None = None  # a target of two text labels: this one is class 1 (default: sorts last)
     target_transform: str | None = None
     validation_fraction: float = 0.1
     test_fraction: float = 0.0

@@ -278,7 +278,8 @@ class FinetuneStage(Stage):
             cfg.update(num_labels=len(targets), problem_type="regression", target_mean=data.info["target_mean"],
                        target_std=data.info["target_std"], target_names=targets)
         else:
-            names = [str(n) for n in recipe.card.get("class_labels") or ("0", "1")]  # card.class_labels: [class 0, class 1]
+            # [class 0, class 1]: a recipe's card.class_labels, else a text-label target's own labels, else 0 / 1
+            names = [str(n) for n in recipe.card.get("class_labels") or data.info.get("class_labels") or ("0", "1")]
             if len(names) != 2 or names[0] == names[1]:
                 raise RecipeError(f"stage {recipe.name!r}: card.class_labels must name two different classes, got {names}")
             cfg.update(num_labels=2, problem_type="single_label_classification", target_names=targets,
