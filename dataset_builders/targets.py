@@ -3,7 +3,8 @@ and ``evaluate --benchmark csv``).
 
 Numbers are regression targets; a single column holding only 0/1, booleans or the words ``true``/``false``,
 ``yes``/``no`` (any case) is a binary classification target, and so is a column of exactly two text labels
-(:func:`two_labels`). Missing cells (NaN, :data:`NA_VALUES`) stay missing. Anything else raises :class:`TaskTypeError` naming the column, the first bad row and example values.
+(:func:`two_labels`). Missing cells (NaN, :data:`NA_VALUES`) stay missing. Anything else raises
+:class:`TaskTypeError` naming the column, the first bad row and example values.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pandas as pd
 
 from .tables import NA_VALUES
 
-__all__ = ["BINARY_WORDS", "TASK_TYPES", "TaskTypeError", "decide_task_type", "apply_labels", "target_values", "two_labels"]
+__all__ = ["BINARY_WORDS", "TASK_TYPES", "TaskTypeError", "apply_labels", "decide_task_type", "target_values", "two_labels"]
 
 TASK_TYPES = ("auto", "regression", "classification")
 BINARY_WORDS = {"true": 1.0, "false": 0.0, "yes": 1.0, "no": 0.0}
