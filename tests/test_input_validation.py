@@ -310,6 +310,15 @@ def test_non_ascii_digits_are_refused_by_the_fast_path_too(text: str) -> None:
     assert "unexpected character" in check_formula(text)
 
 
+@pytest.mark.parametrize(("written", "plain"), [("Fe₂O₃", "Fe2O3"), ("LiFePO₄", "LiFePO4"), ("CuSO₄·5H₂O", "CuSO4·5H2O"),
+                                               ("Ba(Ti₀.₈Zr₀.₂)O₃", "Ba(Ti0.8Zr0.2)O3")])
+def test_subscript_digits_copied_from_papers_read_as_digits(written: str, plain: str) -> None:
+    assert CrossMatTokenizerFast.prepare_formula(written) == CrossMatTokenizerFast.prepare_formula(plain)
+    assert CrossMatBaseTokenizerFast.prepare_formula(written) == CrossMatBaseTokenizerFast.prepare_formula(plain)
+    assert check_formula(written) == ""
+    assert "unexpected character" in check_formula("Fe³⁺")  # superscripts (charges) stay refused
+
+
 def test_grammar_refuses_tiny_amounts_pymatgen_would_drop() -> None:
     with pytest.raises(FormulaError, match="below 1e-08"):
         CrossMatTokenizerFast.prepare_formula("Fe0.0000000001O")

@@ -6,7 +6,8 @@ training data loader, interpretability and the app). A string is accepted when i
 leading/trailing whitespace:
 
 * at most :data:`MAX_FORMULA_CHARS` characters of ``A-Z a-z 0-9 . ( ) [ ] { }`` and the hydrate/adduct
-  separators ``·`` ``•`` ``∙`` ``*`` (whitespace is allowed only next to those separators);
+  separators ``·`` ``•`` ``∙`` ``*`` (whitespace is allowed only next to those separators); subscript digits
+  ``₀``-``₉``, as formulas copied from papers and web pages write them (``Fe₂O₃``), read as ``0``-``9``;
 * one or more parts joined by separators. A ``.`` is a separator when it is not between two digits
   (``CuSO4.H2O``) or when it follows a digit and precedes a letter or bracket; a ``.`` between digits is
   always a decimal point, so ``CuSO4.5H2O`` is ``Cu S O4.5 H2 O`` (write ``CuSO4·5H2O``);
@@ -51,6 +52,7 @@ ELEMENT_SYMBOLS: tuple[str, ...] = tuple(
 _SYMBOL_MAP = {s: s for s in ELEMENT_SYMBOLS} | {"D": "H", "T": "H"}  # isotopes of hydrogen
 
 _SEPARATORS = "·•∙*"
+_SUBSCRIPT_DIGITS = str.maketrans("₀₁₂₃₄₅₆₇₈₉", "0123456789")  # Fe₂O₃ -> Fe2O3
 _ALLOWED = re.compile(r"[A-Za-z0-9.()\[\]{}\s" + _SEPARATORS + "]")
 _SPACED_SEP = re.compile(r"\s*([" + _SEPARATORS + r"])\s*")
 _HYDRATE_SEP = re.compile(r"[" + _SEPARATORS + r"]|(?<!\d)\.(?!\d)|(?<=\d)\.(?=[A-Za-z(\[{])")
@@ -151,7 +153,7 @@ def parse_amounts(formula: object, max_chars: int = MAX_FORMULA_CHARS) -> dict[s
     of first appearance, or :class:`FormulaError` with the reason (see the module docstring)."""
     if not isinstance(formula, str):
         raise FormulaError(formula, f"expected a string, got {type(formula).__name__}")
-    text = formula.strip()
+    text = formula.strip().translate(_SUBSCRIPT_DIGITS)
     if not text:
         raise FormulaError(formula, "empty string")
     if len(text) > max_chars:
