@@ -112,8 +112,10 @@ def table_format(path: str | Path) -> str:
             break
     fmt = _FORMATS.get(Path(name).suffix)
     if fmt is None or (fmt == "parquet" and name != Path(path).name.lower()):
+        sheet = Path(name).suffix in (".xlsx", ".xls", ".xlsm", ".ods", ".numbers")
         raise TableError(f"{path}: unknown file type; use .csv, .tsv, .jsonl or .json (optionally .gz/.bz2/.xz/.zst) "
-                         "or .parquet")
+                         "or .parquet" + ("; a spreadsheet is not read directly: save the sheet as CSV (UTF-8) "
+                                          "from your spreadsheet program" if sheet else ""))
     return fmt
 
 

@@ -83,8 +83,10 @@ def test_non_utf8_and_bad_json_lines_are_bad_rows(tmp_path: Path) -> None:
 def test_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(TableError, match="does not exist"):
         read_table(tmp_path / "missing.csv")
-    with pytest.raises(TableError, match="unknown file type"):
+    with pytest.raises(TableError, match="unknown file type.*save the sheet as CSV"):
         read_table(_write(tmp_path / "x.xlsx", b""))
+    with pytest.raises(TableError, match=r"unknown file type; use .*\.parquet$"):
+        read_table(_write(tmp_path / "x.txt", b""))
     with pytest.raises(TableError, match=r"e\.csv is empty \(no header row\)"):
         read_table(_write(tmp_path / "e.csv", b""))
     with pytest.raises(TableError, match="column 'formula' not found"):
