@@ -87,6 +87,8 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
         read_table(_write(tmp_path / "x.xlsx", b""))
     with pytest.raises(TableError, match=r"unknown file type; use .*\.parquet$"):
         read_table(_write(tmp_path / "x.txt", b""))
+    with pytest.raises(TableError, match=r"s\.csv line 1 \(the header\) 'formula;gap' is separated by semicolons"):
+        read_table(_write(tmp_path / "s.csv", b"formula;gap\nNaCl;8,5\n"))
     with pytest.raises(TableError, match=r"e\.csv is empty \(no header row\)"):
         read_table(_write(tmp_path / "e.csv", b""))
     with pytest.raises(TableError, match="column 'formula' not found"):
