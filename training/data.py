@@ -324,7 +324,10 @@ def _text_class_labels(frames: dict[str, pd.DataFrame], target_columns: list[str
                         f"{', '.join(map(repr, mapping))}, not numbers")
     for name, frame in frames.items():
         frames[name] = frame.assign(**{col: apply_labels(frame[col], mapping)})
-    return sorted(mapping, key=mapping.__getitem__)
+    names = sorted(mapping, key=mapping.__getitem__)
+    print(f"[crossmat] data: target {col!r} holds two text labels: {names[0]!r} is class 0, {names[1]!r} is class 1, "
+          "the class whose probability is predicted (data.positive_label chooses it)")
+    return names
 
 
 def prepare_stage_data(recipe: StageRecipe | Mapping[str, Any], tokenizer: CrossMatTokenizerFast) -> StageData:
