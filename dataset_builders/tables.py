@@ -199,7 +199,7 @@ class _Rows:
                 raise TableError(f"{self.path} is empty (no header row)")
             if _bad_bytes(header):
                 raise TableError(f"{self.path} line 1 (the header) is not UTF-8 text; save the file as UTF-8")
-            if self.fmt == "csv" and len(header) == 1 and header[0].count(";") >= 1:
+            if self.fmt == "csv" and len(header) == 1 and ";" in header[0]:
                 raise TableError(f"{self.path} line 1 (the header) {header[0][:60]!r} is separated by semicolons, as "
                                  "some spreadsheet programs write CSV; save it with commas as separators (and '.' as "
                                  "the decimal point)")

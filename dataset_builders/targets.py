@@ -113,12 +113,12 @@ def decide_task_type(
 
 
 def two_labels(columns: list[pd.Series], target: str, positive_label: str | None = None,
-               option: str = "--positive-label") -> dict[str, float] | None:
-    """``{label: 0.0 | 1.0}`` when the target column (all its splits) holds exactly two distinct text labels
+               option: str = "--positive-label", task_type: str = "auto") -> tuple[str, str] | None:
+    """``(class 0, class 1)`` when the target column (all its splits) holds exactly two distinct text labels
     (``metal`` / ``insulator``), else ``None`` and the column is read as before (numbers, 0/1, true/false, yes/no).
-    The positive class (1) is ``positive_label``, or the label that sorts last. Raises :class:`TaskTypeError` when
-    ``positive_label`` is given but the column does not hold exactly two text labels, one of them that one
-    (``option`` names the setting in the message)."""
+    Class 1 is ``positive_label``, or the label that sorts last. Raises :class:`TaskTypeError` when
+    ``positive_label`` is given but the column does not hold exactly two text labels, one of them that one, and
+    when ``task_type`` is ``regression`` for such a column (``option`` names the setting in the message)."""
     values = pd.concat(columns, ignore_index=True)
     values = values[values.notna()]
     text = values.astype(str).str.strip()
@@ -128,19 +128,24 @@ def two_labels(columns: list[pd.Series], target: str, positive_label: str | None
     else:
         plain = pd.to_numeric(text, errors="coerce").notna() | text.str.lower().isin(BINARY_WORDS)
         other = text[~plain]
-        if plain.any() and not other.empty and positive_label is None:
-            return None  # numbers or true/false mixed with text: target_values names the first bad row
     labels = sorted(set(other))
-    if positive_label is None:
-        return {label: float(label == labels[1]) for label in labels} if len(labels) == 2 and len(other) == len(text) else None
-    if len(labels) != 2 or len(other) != len(text) or positive_label not in labels:
+    if len(labels) != 2 or len(other) != len(text) or (positive_label is not None and positive_label not in labels):
+        if positive_label is None:
+            return None  # not two text labels: target_values reads the column or names its first bad row
         shown = ", ".join(map(repr, labels[:5])) or "no text labels"
         raise TaskTypeError(f"{option} {positive_label!r}: target column {target!r} must hold exactly two text labels, "
                             f"one of them {positive_label!r}; it holds {shown}"
                             + ("" if len(other) == len(text) else " and numbers or true/false values"))
-    return {label: float(label == positive_label) for label in labels}
+    if task_type == "regression":
+        raise TaskTypeError(f"task type regression: target column {target!r} holds the text labels "
+                            f"{labels[0]!r}, {labels[1]!r}, not numbers")
+    if positive_label == labels[0]:
+        labels.reverse()
+    return labels[0], labels[1]
 
 
-def apply_labels(values: pd.Series, mapping: dict[str, float]) -> pd.Series:
-    """``values`` with each text label replaced by its class (0.0 / 1.0); other cells unchanged."""
-    return values.map(lambda v: mapping.get(str(v).strip(), v) if isinstance(v, str) else v)
+def apply_labels(values: pd.Series, labels: tuple[str, str]) -> pd.Series:
+    """``values`` with each of the two text labels replaced by its class (``labels[0]`` -> 0.0, ``labels[1]`` -> 1.0);
+    other cells unchanged."""
+    classes = {labels[0]: 0.0, labels[1]: 1.0}
+    return values.map(lambda v: classes.get(v.strip(), v) if isinstance(v, str) else v)

@@ -87,19 +87,16 @@ def load_own_data(
                 raise BenchmarkDataError(f"{path}: no column {col!r}; columns are {list(raw.columns)}")
         raws[split] = raw
     try:
-        mapping = two_labels([raw[target] for raw in raws.values()], target, positive_label)
+        labels = two_labels([raw[target] for raw in raws.values()], target, positive_label, task_type=task_type)
     except TaskTypeError as err:
         raise BenchmarkDataError(str(err)) from None
-    if mapping is not None and task_type == "regression":
-        raise BenchmarkDataError(f"--task-type regression: target column {target!r} holds the text labels "
-                                 f"{', '.join(map(repr, mapping))}, not numbers")
     frames: dict[str, pd.DataFrame] = {}
     rejected: list[str] = []
     raw_targets: list[pd.Series] = []
     for split, raw in raws.items():
         path = files[split]
-        if mapping is not None:
-            raw = raw.assign(**{target: apply_labels(raw[target], mapping)})
+        if labels is not None:
+            raw = raw.assign(**{target: apply_labels(raw[target], labels)})
         ids = raw[id_column].astype(str) if id_column else pd.Series([f"{split}-{i}" for i in range(len(raw))])
         try:
             values, _ = target_values(raw[target], target, f"{path}: ")
@@ -128,7 +125,6 @@ def load_own_data(
         strat = train_df["target"].to_numpy() if task_type == "classification" else None
         fit, val = carve_validation(np.arange(len(train_df)), validation_fraction, seed, strat)
         frames["train"], frames["validation"] = train_df.iloc[fit].reset_index(drop=True), train_df.iloc[val].reset_index(drop=True)
-    labels = tuple(sorted(mapping, key=mapping.__getitem__)) if mapping else None
     info = TaskInfo(CSV, name or target, task_type, target, unit, n=sum(len(f) for f in frames.values()), labels=labels)
     return info, {k: frames[k] for k in ("train", "validation", "test")}, rejected
 

@@ -189,7 +189,7 @@ def test_text_label_errors_say_what_the_column_holds(tmp_path: Path):
     pd.DataFrame({"formula": ["NaCl", "Cu", "KBr"], "y": ["insulator", "metal", "insulator"]}).to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(FileNotFoundError, match=r"--positive-label 'conductor': .* holds 'insulator', 'metal'"):
         load_own_data(tmp_path / "t.csv", tmp_path / "t.csv", "y", positive_label="conductor")
-    with pytest.raises(FileNotFoundError, match=r"--task-type regression: target column 'y' holds the text labels"):
+    with pytest.raises(FileNotFoundError, match=r"task type regression: target column 'y' holds the text labels 'insulator', 'metal'"):
         load_own_data(tmp_path / "t.csv", tmp_path / "t.csv", "y", task_type="regression")
     pd.DataFrame({"formula": ["NaCl", "Cu", "Fe"], "y": ["insulator", "metal", "magnet"]}).to_csv(tmp_path / "u.csv", index=False)
     with pytest.raises(FileNotFoundError, match=r"target column 'y' is not numeric \(row 0 holds 'insulator'\)"):
@@ -213,6 +213,6 @@ def test_recipe_route_reads_two_text_labels_too(tmp_path: Path):
     assert cfg["id2label"] == {0: "insulator", 1: "metal"}
     flipped = resolve_stage({"stage": "finetune", "data": {**base, "positive_label": "insulator"}})
     assert prepare_stage_data(flipped, CrossMatTokenizerFast()).train.tensors["labels"].tolist() == [1, 0] * 5
-    with pytest.raises(DataError, match="data.task=regression: target column 'kind' holds the text labels"):
+    with pytest.raises(DataError, match="task type regression: target column 'kind' holds the text labels"):
         prepare_stage_data(resolve_stage({"stage": "finetune", "data": {**base, "task": "regression"}}),
                            CrossMatTokenizerFast())

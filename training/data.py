@@ -314,20 +314,16 @@ def _text_class_labels(frames: dict[str, pd.DataFrame], target_columns: list[str
         return None
     col = target_columns[0]
     try:
-        mapping = two_labels([f[col] for f in frames.values()], col, data.positive_label, "data.positive_label")
+        labels = two_labels([f[col] for f in frames.values()], col, data.positive_label, "data.positive_label", data.task)
     except TaskTypeError as err:
         raise DataError(str(err)) from None
-    if mapping is None:
+    if labels is None:
         return None
-    if data.task == "regression":
-        raise DataError(f"data.task=regression: target column {col!r} holds the text labels "
-                        f"{', '.join(map(repr, mapping))}, not numbers")
     for name, frame in frames.items():
-        frames[name] = frame.assign(**{col: apply_labels(frame[col], mapping)})
-    names = sorted(mapping, key=mapping.__getitem__)
-    print(f"[crossmat] data: target {col!r} holds two text labels: {names[0]!r} is class 0, {names[1]!r} is class 1, "
+        frames[name] = frame.assign(**{col: apply_labels(frame[col], labels)})
+    print(f"[crossmat] data: target {col!r} holds two text labels: {labels[0]!r} is class 0, {labels[1]!r} is class 1, "
           "the class whose probability is predicted (data.positive_label chooses it)")
-    return names
+    return list(labels)
 
 
 def prepare_stage_data(recipe: StageRecipe | Mapping[str, Any], tokenizer: CrossMatTokenizerFast) -> StageData:

@@ -63,6 +63,7 @@ def main() -> None:
         entry: dict[str, object] = {"rows": len(frame), "covered_rows": int(covered.sum())}
         for size in ("validation", "all_other_folds"):
             changes = {k: [] for k in ("all_vs_raw", "all_vs_recalibrated", "covered_vs_raw", "covered_vs_recalibrated")}
+            fit_sizes: list[int] = []
             for draw in range(args.draws if size == "validation" else 1):
                 rng = np.random.default_rng(draw)
                 per = {k: [] for k in changes}
@@ -71,6 +72,7 @@ def main() -> None:
                     if size == "validation":  # the carve-out of fold i's training rows: 10% of them
                         others = rng.choice(others, size=round(0.1 * len(others)), replace=False)
                     fit = others[covered[others]]
+                    fit_sizes.append(len(fit))
                     apply = test & covered
                     with_teacher, recal = np.abs(r[test]), np.abs(r[test])
                     idx = np.flatnonzero(test)
@@ -90,8 +92,7 @@ def main() -> None:
                 folds_mean = np.mean(np.array(v), axis=0)  # per fold, averaged over draws
                 cell[k] = {"change_pct": float(folds_mean.mean()), "se_pct": float(folds_mean.std(ddof=1) / np.sqrt(5)),
                            "per_fold_pct": [round(float(c), 3) for c in folds_mean]}
-            cell["fitting_rows_with_entry_per_fold"] = int(round(0.1 * covered.sum() * 0.8)) if size == "validation" \
-                else int(round(covered.sum() * 0.8))
+            cell["fitting_rows_with_entry_per_fold"] = int(round(np.mean(fit_sizes)))  # over folds and draws
             entry[size] = cell
             line = (f"{task:20s} fit on {size:16s} (about {cell['fitting_rows_with_entry_per_fold']:5d} rows with an entry): "
                     + "  ".join(f"{k} {c['change_pct']:+.1f}% ± {c['se_pct']:.1f}" for k, c in cell.items()
