@@ -58,13 +58,17 @@ def _canonical(formulas: pd.Series) -> pd.Series:
     return formulas.map(canonical_formula)
 
 
-def structures(args: argparse.Namespace) -> None:
+def _task_formulas(tasks: list[str]) -> set[str]:
+    """The canonical formulas of every row of the given MatBench tasks (no target read)."""
     from crossmat.dataset_builders.matbench import load_task_frame
+
+    return set().union(*(set(_canonical(load_task_frame(task)["formula"])) for task in tasks))
+
+
+def structures(args: argparse.Namespace) -> None:
     from crossmat.dataset_builders.paths import data_dir
 
-    wanted: set[str] = set()
-    for task in args.tasks:
-        wanted |= set(_canonical(load_task_frame(task)["formula"]))
+    wanted = _task_formulas(args.tasks)
     ground = pd.read_parquet(CHGNET_PER_FORMULA, columns=["id", "formula"])
     ground = ground[_canonical(ground["formula"]).isin(wanted)]
     mp = pd.read_csv(data_dir() / "mp_structures" / "structures.csv.gz", usecols=["material_id", "formula", "cif"])
@@ -108,15 +112,12 @@ def chgnet_predictions(args: argparse.Namespace) -> None:
     from chgnet.model import CHGNet
     from pymatgen.core import Structure
 
-    from crossmat.dataset_builders.matbench import load_task_frame
     from crossmat.dataset_builders.paths import data_dir
 
     torch.set_num_threads(1)
     folder = WORK / f"chgnet_predictions_part{args.part}"
     folder.mkdir(parents=True, exist_ok=True)
-    wanted: set[str] = set()
-    for task in args.tasks:
-        wanted |= set(_canonical(load_task_frame(task)["formula"]))
+    wanted = _task_formulas(args.tasks)
     mp = pd.read_csv(data_dir() / "mp_structures" / "structures.csv.gz", usecols=["material_id", "formula", "cif"])
     mp = mp[_canonical(mp["formula"]).isin(wanted).to_numpy()].copy()
     mp["_sites"] = mp["cif"].str.count("\n")
