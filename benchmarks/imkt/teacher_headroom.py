@@ -69,10 +69,14 @@ def structures(args: argparse.Namespace) -> None:
     from crossmat.dataset_builders.paths import data_dir
 
     wanted = _task_formulas(args.tasks)
-    ground = pd.read_parquet(CHGNET_PER_FORMULA, columns=["id", "formula"])
-    ground = ground[_canonical(ground["formula"]).isin(wanted)]
+    if CHGNET_PER_FORMULA.exists():
+        ground = pd.read_parquet(CHGNET_PER_FORMULA, columns=["id", "formula"])
+        ids = set(ground.loc[_canonical(ground["formula"]).isin(wanted).to_numpy(), "id"])
+    else:  # the same rule (lowest CHGNet energy per atom) from the chgnet-predictions stage's energies
+        ids = set(_ground_predictions()["material_id"])
+        print(f"{CHGNET_PER_FORMULA} absent: ground states from the chgnet-predictions stage ({len(ids)} formulas)")
     mp = pd.read_csv(data_dir() / "mp_structures" / "structures.csv.gz", usecols=["material_id", "formula", "cif"])
-    chosen = mp[mp["material_id"].isin(set(ground["id"]))].copy()
+    chosen = mp[mp["material_id"].isin(ids) & _canonical(mp["formula"]).isin(wanted).to_numpy()].copy()
     # balance the parts by cell size (embedding time grows with the number of sites)
     chosen["_sites"] = chosen["cif"].str.count("\n")
     chosen = chosen.sort_values("_sites", kind="stable").reset_index(drop=True)
@@ -157,18 +161,23 @@ def chgnet_predictions(args: argparse.Namespace) -> None:
     print(f"part {args.part} done under {folder}: {failed} structure(s) failed this run")
 
 
+def _ground_predictions() -> pd.DataFrame:
+    """The chgnet-predictions stage's rows, one per canonical formula (``key``): its lowest-energy MP polymorph."""
+    paths = sorted(WORK.glob("chgnet_predictions_part*/chunk_*.parquet"))
+    if not paths:
+        raise SystemExit(f"no CHGNet predictions under {WORK}: run the chgnet-predictions stage first")
+    frame = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    frame["key"] = _canonical(frame["formula"]).to_numpy()
+    return frame.sort_values(["key", "energy_per_atom", "material_id"]).drop_duplicates("key")
+
+
 def _predictions_table() -> pd.DataFrame:
     """The CHGNet-predictions teacher: per formula, its lowest-energy MP polymorph's energy per atom, that energy minus
     elemental references fitted by least squares on element fractions (a formation-energy proxy) and four statistics
     of |site magnetic moment|."""
     from pymatgen.core import Composition
 
-    paths = sorted(WORK.glob("chgnet_predictions_part*/chunk_*.parquet"))
-    if not paths:
-        raise SystemExit(f"no CHGNet predictions under {WORK}: run the chgnet-predictions stage first")
-    frame = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
-    frame["key"] = _canonical(frame["formula"]).to_numpy()
-    ground = frame.sort_values(["key", "energy_per_atom", "material_id"]).drop_duplicates("key").set_index("key")
+    ground = _ground_predictions().set_index("key")
     fractions = pd.DataFrame([Composition(k).fractional_composition.get_el_amt_dict() for k in ground.index]).fillna(0.0)
     refs, *_ = np.linalg.lstsq(fractions.to_numpy(), ground["energy_per_atom"].to_numpy(), rcond=None)
     ground["formation_proxy"] = ground["energy_per_atom"].to_numpy() - fractions.to_numpy() @ refs
