@@ -88,18 +88,19 @@ class StructureLookup(torch.nn.Module):
         from crossmat.tokenization import CrossMatTokenizerFast
 
         self.config = config
-        self.multipliers = key_multipliers(config.num_elements)
-        tok = CrossMatTokenizerFast()
-        ids = torch.as_tensor(tok(list(frame["formula"]), padding=True)["input_ids"])
-        keys = composition_keys(ids, self.multipliers, config)
-        order = torch.argsort(keys)
-        feats = torch.as_tensor(np.stack(frame["embedding"].to_numpy()), dtype=torch.float32)
-        if feats.shape[1] > config.hidden_size:
-            raise SystemExit(f"{feats.shape[1]} oracle features do not fit the hidden size {config.hidden_size}")
-        padded = torch.zeros(len(feats) + 1, config.hidden_size)  # the last row: a formula with no structure
-        padded[: len(feats), : feats.shape[1]] = feats[order]
-        self.register_buffer("keys", keys[order], persistent=False)
-        self.register_buffer("features", padded, persistent=False)
+        # real CPU tensors even while from_pretrained builds the model on the meta device; plain attributes, not
+        # buffers, so that checkpoints neither hold nor expect them
+        with torch.device("cpu"):
+            self.multipliers = key_multipliers(config.num_elements)
+            ids = torch.as_tensor(CrossMatTokenizerFast()(list(frame["formula"]), padding=True)["input_ids"])
+            keys = composition_keys(ids, self.multipliers, config)
+            order = torch.argsort(keys)
+            feats = torch.as_tensor(np.stack(frame["embedding"].to_numpy()), dtype=torch.float32)
+            if feats.shape[1] > config.hidden_size:
+                raise SystemExit(f"{feats.shape[1]} oracle features do not fit the hidden size {config.hidden_size}")
+            self.features = torch.zeros(len(feats) + 1, config.hidden_size)  # last row: a formula with no structure
+            self.features[: len(feats), : feats.shape[1]] = feats[order]
+            self.keys = keys[order]
 
     def load_state_dict(self, *args, **kwargs):  # training/model.py copies the encoder into the branch: nothing to copy
         return None
@@ -107,13 +108,16 @@ class StructureLookup(torch.nn.Module):
     def forward(self, input_ids, attention_mask=None, **kwargs):
         from crossmat.modeling.modeling_crossmat import composition_keys
 
-        keys = composition_keys(input_ids, self.multipliers, self.config)
+        keys = composition_keys(input_ids.cpu(), self.multipliers, self.config)
         pos = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
         hit = self.keys[pos] == keys
         StructureLookup.hits[0] += int(hit.sum())
         StructureLookup.hits[1] += int(hit.numel())
         rows = torch.where(hit, pos, torch.full_like(pos, len(self.keys)))
         return SimpleNamespace(pooler_output=self.features[rows].to(input_ids.device))
+
+    def _apply(self, fn, recurse=True):  # .to(device) / .float(): the lookup stays on the CPU, moved per batch
+        return self
 
 
 def run(args: argparse.Namespace, rest: list[str]) -> None:
