@@ -234,8 +234,8 @@ def test_predict_csv_keeps_cell_text_and_rejects_nul_and_ragged_rows(model_dir: 
         assert out["formula"].tolist() == ["Fe2O3", "Fe\x00O", "NA", "", "None", "NaCl", "LiCoO2", "Fe2O3 LiCoO2", "Fe1e3O"]
         err = dict(zip(out["id"], out["error"], strict=True))
         assert err["1"] == "" and err["7"] == "", chunk
-        assert "NUL" in err["2"] and err["3"] == "unknown element 'A'"
-        assert err["4"] == "empty string" and "unknown element" in err["5"]
+        assert "NUL" in err["2"] and err["3"] == "'NA' is a missing-value marker, not a formula"
+        assert err["4"] == "empty string" and "missing-value marker" in err["5"]
         assert "3 fields, the header 2" in err["6"], (chunk, err)
         assert "whitespace" in err["8"] and "scientific" in err["9"]
 
@@ -317,6 +317,21 @@ def test_subscript_digits_copied_from_papers_read_as_digits(written: str, plain:
     assert CrossMatBaseTokenizerFast.prepare_formula(written) == CrossMatBaseTokenizerFast.prepare_formula(plain)
     assert check_formula(written) == ""
     assert "unexpected character" in check_formula("Fe³⁺")  # superscripts (charges) stay refused
+
+
+@pytest.mark.parametrize(("written", "hint"), [("FE2O3", "'Fe', not 'FE'"), ("NaCL", "'Cl', not 'CL'"),
+                                              ("XE", "'Xe', not 'XE'"), ("LIFEPO4", "'Li', not 'LI'")])
+def test_wrong_case_symbols_get_the_symbol_they_spell(written: str, hint: str) -> None:
+    assert check_formula(written).endswith(f"(symbols are case-sensitive: {hint}?)")
+    assert "capitalised" in check_formula("fe2o3")
+    assert check_formula("QQ") == "unknown element 'Q'"  # no symbol to suggest
+    assert check_formula("Na") == "" and check_formula("CO") == ""  # carbon monoxide stays what it says
+
+
+def test_missing_value_markers_are_named_as_such() -> None:
+    for marker in ("NA", "N/A", "nan", "None", "NULL", "#N/A"):
+        assert check_formula(marker) == f"{marker!r} is a missing-value marker, not a formula"
+    assert check_formula("Na") == "" and check_formula("NaN") == ""  # sodium and a sodium nitride formula stay valid
 
 
 def test_grammar_refuses_tiny_amounts_pymatgen_would_drop() -> None:

@@ -105,7 +105,7 @@ def _parse_part(part: str, formula: object) -> dict[str, float]:
         if kind == "el":
             symbol = _SYMBOL_MAP.get(text)
             if symbol is None:
-                raise FormulaError(formula, f"unknown element {text!r}")
+                raise FormulaError(formula, f"unknown element {text!r}{_case_hint(part, tok.start(), text)}")
             flush()
             pending = {symbol: 1.0}
         elif kind == "num":
@@ -128,7 +128,7 @@ def _parse_part(part: str, formula: object) -> dict[str, float]:
         elif text.islower():
             raise FormulaError(
                 formula,
-                "a formula starts with an element symbol or a bracket"
+                "a formula starts with an element symbol (capitalised, like 'Fe') or a bracket"
                 if tok.start() == 0
                 else "lower-case letters outside an element symbol (symbols are written like 'Fe', 'O')",
             )
@@ -141,6 +141,25 @@ def _parse_part(part: str, formula: object) -> dict[str, float]:
     if not amounts:
         raise FormulaError(formula, "no elements")
     return {k: v * mult for k, v in amounts.items()}
+
+
+# what spreadsheets and pandas write for an empty cell; none of them is a formula ('Na' and 'NaN' are, and parse)
+_MISSING_MARKERS = frozenset({"NA", "na", "N/A", "n/a", "nan", "NAN", "None", "none", "NONE", "null", "NULL", "Null",
+                              "nil", "missing", "?", "#N/A"})
+
+
+def _case_hint(part: str, start: int, text: str) -> str:
+    """For an unknown one-letter symbol after a capital (``FE2O3``, ``NaCL``): the two-letter symbol it spells in the
+    right case, since element symbols are case-sensitive."""
+    if len(text) != 1:
+        return ""
+    spans = [part[start - 1 : start + 1]] if start > 0 and part[start - 1].isupper() else []
+    spans += [part[start : start + 2]] if part[start + 1 : start + 2].isupper() else []
+    for span in spans:
+        guess = span[0] + span[1].lower()
+        if guess in _SYMBOL_MAP:
+            return f" (symbols are case-sensitive: {guess!r}, not {span!r}?)"
+    return ""
 
 
 def _merge(into: dict[str, float], new: dict[str, float]) -> None:
@@ -156,6 +175,8 @@ def parse_amounts(formula: object, max_chars: int = MAX_FORMULA_CHARS) -> dict[s
     text = formula.strip().translate(_SUBSCRIPT_DIGITS)
     if not text:
         raise FormulaError(formula, "empty string")
+    if text in _MISSING_MARKERS:
+        raise FormulaError(formula, f"{text!r} is a missing-value marker, not a formula")
     if len(text) > max_chars:
         raise FormulaError(formula, f"{len(text)} characters long; the limit is {max_chars}")
     if "\n" in text or "\r" in text:
