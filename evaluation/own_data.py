@@ -25,7 +25,7 @@ from crossmat.dataset_builders.targets import (
 from .tasks import BenchmarkDataError, TaskInfo, carve_validation
 
 CSV = "csv"
-__all__ = ["CSV", "TASK_TYPES", "load_own_data", "score_own", "unreadable_formulas"]
+__all__ = ["CSV", "TASK_TYPES", "load_own_data", "score_own", "seen_compositions", "unreadable_formulas"]
 
 
 def _read(path: Path, what: str) -> pd.DataFrame:
@@ -50,6 +50,25 @@ def unreadable_formulas(formulas: pd.Series, skip: np.ndarray | None = None) -> 
             except FormulaError as err:
                 why[i] = f"formula {f!r}: {err.reason}"
     return why
+
+
+def _composition_keys(formulas: pd.Series) -> pd.Series:
+    """Per row, its composition as element fractions (Fe2O3 = Fe4O6 = Fe0.4O0.6), each unique formula parsed once."""
+    from crossmat.tokenization.formula import parse_formula
+
+    unique = pd.unique(formulas.astype(str))
+    keys = {f: tuple(sorted((el.symbol, round(float(a), 6)) for el, a in parse_formula(f).fractional_composition.items()))
+            for f in unique}
+    return formulas.astype(str).map(keys)
+
+
+def seen_compositions(test: pd.Series, seen: pd.Series) -> tuple[int, int]:
+    """``(rows, compositions)``: how many test rows, and distinct compositions, are also among ``seen``'s (the
+    training and validation rows). Their errors measure how well the model recalls a known compound more than how
+    it predicts a new one."""
+    test_keys = _composition_keys(test)
+    hit = test_keys.isin(set(_composition_keys(seen)))
+    return int(hit.sum()), int(test_keys[hit].nunique())
 
 
 def load_own_data(

@@ -23,7 +23,7 @@ from crossmat.modeling.configuration_crossmat import INTERVAL_TAGS
 
 from . import matbench_json
 from .baselines import FoldData, FoldPrediction
-from .own_data import CSV, load_own_data, score_own, unreadable_formulas
+from .own_data import CSV, load_own_data, score_own, seen_compositions, unreadable_formulas
 from .records import hardware, write_record
 from .scores import fold_summary, score
 from .tasks import (
@@ -171,6 +171,13 @@ def run_benchmark(
         folds = [0]
         fold_data = [FoldData(0, frames["train"], frames["validation"], frames["test"])]
         all_rows = pd.concat(frames.values(), ignore_index=True)
+        seen = seen_compositions(frames["test"]["formula"],
+                                 pd.concat([frames["train"]["formula"], frames["validation"]["formula"]]))
+        if seen[0]:
+            logger.warning("%d of %d test rows (%d distinct composition(s)) have a composition that is also among the training or "
+                           "validation rows: their errors measure recall of known compounds more than prediction of "
+                           "new ones (to measure new compounds, split the files by composition)", seen[0],
+                           len(frames["test"]), seen[1])
     else:
         raise ValueError(f"unknown benchmark {benchmark!r}; choose 'matbench', 'llm4mat' or 'csv'")
     bad = _validate_tokens(all_rows)
@@ -218,7 +225,8 @@ def run_benchmark(
         **({"class_labels": list(task.labels)} if task.labels else {}),
         "folds": folds, "n_test": [len(fd.test) for fd in fold_data], "n_train": [len(fd.train) for fd in fold_data],
         "n_validation": [len(fd.validation) for fd in fold_data], "validation_fraction": validation_fraction,
-        "max_train_rows": max_train_rows, "seed": seed, "rejected_rows": len(rejected), "hardware": hardware(),
+        "max_train_rows": max_train_rows, "seed": seed, "rejected_rows": len(rejected),
+        **({"test_rows_with_a_training_composition": seen[0]} if benchmark == CSV else {}), "hardware": hardware(),
         "command": command, "notes": notes, "variants": {},
     }
     table = []

@@ -216,3 +216,20 @@ def test_recipe_route_reads_two_text_labels_too(tmp_path: Path):
     with pytest.raises(DataError, match="task type regression: target column 'kind' holds the text labels"):
         prepare_stage_data(resolve_stage({"stage": "finetune", "data": {**base, "task": "regression"}}),
                            CrossMatTokenizerFast())
+
+
+def test_test_rows_whose_composition_was_trained_on_are_counted(tmp_path: Path, caplog):
+    """A test row whose composition is also a training row's (Fe4O6 after Fe2O3) is counted and named: its error
+    measures recall of a known compound, which a user comparing models should know."""
+    from crossmat.evaluation.own_data import seen_compositions
+
+    formulas = ["Fe2O3", "NaCl", "KBr", "LiF", "CuO"] * 4
+    pd.DataFrame({"formula": formulas, "y": [float(i) for i in range(20)]}).to_csv(tmp_path / "a.csv", index=False)
+    pd.DataFrame({"formula": ["Fe4O6", "Fe0.4O0.6", "MgO", "CaO", "ZnS"], "y": [1.0, 2.0, 3.0, 4.0, 5.0]}).to_csv(
+        tmp_path / "b.csv", index=False)
+    rc = main(["--train", str(tmp_path / "a.csv"), "--test", str(tmp_path / "b.csv"), "--target", "y",
+               "--output-dir", str(tmp_path / "o"), "--baselines-only", "--baselines", "dummy"])
+    assert rc == 0
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["test_rows_with_a_training_composition"] == 2
+    assert "2 of 5 test rows (1 distinct composition(s)) have a composition that is also among the training" in caplog.text
+    assert seen_compositions(pd.Series(["MgO", "ZnS"]), pd.Series(["Fe2O3"])) == (0, 0)
