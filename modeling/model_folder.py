@@ -129,6 +129,21 @@ def load_lora_model(path: str | Path, merge: bool = False) -> PreTrainedModel:
     return model.merge_and_unload() if merge else model
 
 
+def _local_name(path: str | Path) -> str | Path:
+    """A shipped short name (``crossmat-imkt-mp-small``) as its packaged folder; a name that is neither a folder nor
+    a Hub id (``owner/name``) fails at once, instead of after the Hub client's retries."""
+    from .pretrained import _HUB_ID, SHIPPED, shipped_path
+
+    if Path(path).is_dir():
+        return path
+    if str(path) in SHIPPED:
+        return shipped_path(str(path))
+    if not _HUB_ID.match(str(path)):
+        raise ModelFolderError(f"{str(path)!r} is not a model folder, a shipped model ({', '.join(sorted(SHIPPED))}) "
+                               "or a Hub id (owner/name)")
+    return path
+
+
 def load_model(path: str | Path, *, merge: bool = True, output_loading_info: bool = False) -> Any:
     """A saved property model (full folder, LoRA folder or Hub id), in eval mode.
 
@@ -137,6 +152,7 @@ def load_model(path: str | Path, *, merge: bool = True, output_loading_info: boo
     """
     from transformers import AutoModelForSequenceClassification
 
+    path = _local_name(path)
     local = Path(path).is_dir()
     if local:
         check_folder(path)
@@ -188,12 +204,15 @@ def load_property_model(path: str | Path, device: str | torch.device = "cpu") ->
     Refuses checkpoints without a trained property head: ``AutoModelForSequenceClassification`` would
     silently attach a *random* head to an MLM or imKT checkpoint.
     """
+    given, path = str(path), _local_name(path)
     if Path(path).is_dir():
         raw = read_config(path)
         if not is_property_config(raw):
             raise NotAPropertyModelError(
-                f"{str(path)!r} is not a property model: it holds {raw.get('architectures') or 'an unknown architecture'}, "
-                f"not a {PROPERTY_ARCHITECTURE}, so it has no trained property head (fine-tune it first, see docs/training.md)")
+                f"{given!r} is not a property model: it holds {raw.get('architectures') or 'an unknown architecture'}, "
+                f"not a {PROPERTY_ARCHITECTURE}, so it has no trained property head: fine-tune it on your data first "
+                "(crossmat evaluate --train ... --test ... --target ..., docs/your_own_data.md; or crossmat train, "
+                "docs/training.md)")
     model, missing = load_model(path, output_loading_info=True)
     untrained = sorted(k for k in missing if k.startswith("head."))
     if untrained or not is_property_config(model.config):

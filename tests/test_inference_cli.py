@@ -127,7 +127,7 @@ def test_bad_files_and_arguments(tmp_path: Path, model_dir: Path, capsys) -> Non
     assert main(["--model", str(mlm), "--input", str(bad), "--output", str(tmp_path / "m.csv"), "--no-progress"]) == 2
     assert "is not a property model" in capsys.readouterr().err
     assert main([*args, "--input", str(bad), "--model", str(tmp_path / "no-such-model")]) == 2
-    assert "cannot load a CrossMat model" in capsys.readouterr().err
+    assert "no-such-model' is not a model folder, a shipped model" in capsys.readouterr().err
 
 
 def test_console_script(tmp_path: Path, model_dir: Path) -> None:

@@ -166,3 +166,17 @@ def test_crossmat_load_model_takes_every_kind_of_name(run: Path) -> None:
     assert type(shipped).__name__ == "CrossMatForStructureAlignment" and not shipped.training
     with pytest.raises(PretrainedNotFoundError, match="not a model folder, a shipped backbone"):
         crossmat.load_model("no such model")
+
+
+def test_predicting_with_the_shipped_backbone_says_to_fine_tune_it_and_a_typo_fails_at_once() -> None:
+    """``crossmat.predict("crossmat-imkt-mp-small", ...)`` used to go to the Hub (a minute of retries offline) and end
+    with a connection error; the shipped name now resolves to its folder and the error says what to do. A name that is
+    neither a folder nor a Hub id fails without any network request."""
+    import time
+
+    with pytest.raises(NotAPropertyModelError, match=r"'crossmat-imkt-mp-small' is not a property model.*crossmat evaluate"):
+        load_property_model("crossmat-imkt-mp-small")
+    start = time.monotonic()
+    with pytest.raises(ModelFolderError, match="'my-gap-modle' is not a model folder, a shipped model"):
+        load_model("my-gap-modle")
+    assert time.monotonic() - start < 5
