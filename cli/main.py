@@ -95,9 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="crossmat {" + ",".join(COMMANDS) + "} [options]",
     )
+    p.add_argument("-V", "--version", action="store_true", help="print the installed version and exit")
     p.add_argument("command", choices=list(COMMANDS), metavar="COMMAND")
     p.add_argument("args", nargs=argparse.REMAINDER)
     return p
+
+
+def _version() -> str:
+    """The installed distribution's version (an editable install reports its pyproject version too)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("crossmat")
+    except PackageNotFoundError:
+        return "unknown (not installed: run from a source checkout)"
 
 
 def _target(cmd: Command) -> Callable[..., int | None]:
@@ -139,6 +150,9 @@ def _main(argv: Sequence[str] | None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(f"crossmat {_version()}")
+        return 0
     args = parser.parse_args(argv)
     cmd = COMMANDS[args.command]
     if args.args in (["-h"], ["--help"]):

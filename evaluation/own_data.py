@@ -25,6 +25,7 @@ from crossmat.dataset_builders.targets import (
 from .tasks import BenchmarkDataError, TaskInfo, carve_validation
 
 CSV = "csv"
+MIN_TRAINING_ROWS = 16
 __all__ = ["CSV", "TASK_TYPES", "load_own_data", "score_own", "seen_compositions", "unreadable_formulas"]
 
 
@@ -144,8 +145,25 @@ def load_own_data(
         strat = train_df["target"].to_numpy() if task_type == "classification" else None
         fit, val = carve_validation(np.arange(len(train_df)), validation_fraction, seed, strat)
         frames["train"], frames["validation"] = train_df.iloc[fit].reset_index(drop=True), train_df.iloc[val].reset_index(drop=True)
+    _check_training_rows(frames, train, task_type, labels)
     info = TaskInfo(CSV, name or target, task_type, target, unit, n=sum(len(f) for f in frames.values()), labels=labels)
     return info, {k: frames[k] for k in ("train", "validation", "test")}, rejected
+
+
+def _check_training_rows(frames: dict[str, pd.DataFrame], train: Path, task_type: str,
+                         labels: tuple[str, str] | None) -> None:
+    """Enough training rows to fit anything, and both classes of a classification task among them."""
+    fit = frames["train"]
+    if len(fit) < MIN_TRAINING_ROWS:
+        raise BenchmarkDataError(
+            f"{train}: {len(fit)} usable training row(s) after the validation rows were set aside; at least "
+            f"{MIN_TRAINING_ROWS} are needed (CrossMat's default recipe takes batches of 16)")
+    if task_type == "classification":
+        present = sorted(set(fit["target"].tolist()))
+        if len(present) < 2:
+            name = labels[present[0]] if labels else present[0]
+            raise BenchmarkDataError(f"{train}: every training row is of class {name!r}; a classifier needs rows of "
+                                     "both classes")
 
 
 def score_own(task_type: str, predictions, references) -> dict[str, float]:

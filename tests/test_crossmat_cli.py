@@ -32,6 +32,14 @@ def test_help_lists_every_capability(capsys):
     assert scripts["crossmat"] == "crossmat.cli.main:main"
 
 
+def test_version_is_the_installed_distributions(capsys):
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0 and main(["-V"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"crossmat {version('crossmat')}"] * 2
+    assert main(["--help"]) == 0 and "--version" in capsys.readouterr().out
+
+
 def test_python_dash_m_crossmat_is_the_command(tmp_path):
     import subprocess
     import sys
