@@ -50,7 +50,8 @@ COMMANDS: dict[str, Command] = {
     "predict": Command(
         "predict a property for every formula of a CSV/Parquet file (streams; bad rows reported)",
         "crossmat.inference.predict:main",
-        ("crossmat predict --model outputs/my_gap --input candidates.csv --output predictions.csv",),
+        ("crossmat predict --model outputs/my_gap --input candidates.csv --output predictions.csv",
+         "crossmat predict --model outputs/my_gap --formula LiCoO2 --formula Fe2O3"),
     ),
     "explain": Command(
         "element attributions and interactions for formulas (captum + shapiq); 'explain aggregate' for a dataset",

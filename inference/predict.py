@@ -14,6 +14,7 @@ import csv
 import io
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,10 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict a property for every formula in a CSV/Parquet file with a CrossMat model. "
         "Output: the input rows plus prediction columns and an 'error' column (reason for rows not predicted).",
     )
-    p.add_argument("--model", required=True, help="model folder or Hub id (a CrossMat property model)")
-    p.add_argument("--input", required=True, type=Path,
+    p.add_argument("--model", required=True, help="model folder, shipped name or Hub id (a CrossMat property model)")
+    p.add_argument("--input", type=Path,
                    help=".csv[.gz/.bz2/.xz/.zst], .tsv, .jsonl or .parquet with a formula column")
-    p.add_argument("--output", required=True, type=Path, help=".csv or .parquet (the format follows the suffix)")
+    p.add_argument("--output", type=Path, help=".csv or .parquet (the format follows the suffix); needed with --input")
+    p.add_argument("--formula", action="append", metavar="FORMULA",
+                   help="a formula to predict instead of --input (repeatable); the table goes to stdout unless "
+                   "--output names a file")
     p.add_argument("--formula-column", default="formula", help="name of the formula column (default: formula)")
     p.add_argument("--chunk-size", type=int, default=50_000, help="rows read and written at a time (bounds memory)")
     p.add_argument("--batch-size", type=int, default=2048, help="formulas per model call")
@@ -304,29 +308,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point; returns 0 on success, 2 on bad input/arguments, 3 with --strict and invalid rows."""
-    args = build_parser().parse_args(argv)
-    try:
-        summary = predict_file(
-            args.model,
-            args.input,
-            args.output,
-            formula_column=args.formula_column,
-            chunk_size=args.chunk_size,
-            batch_size=args.batch_size,
-            resume=args.resume,
-            max_chars=args.max_chars,
-            progress=not args.no_progress,
-            device=args.device,
-            precision=args.precision,
-        )
-    except (InputError, OSError, ValueError) as err:  # bad file, arguments or model: one line, no traceback
-        print(f"crossmat-predict: error: {err}", file=sys.stderr)
-        return 2
-    except MissingExtraError as err:  # a Parquet file without pyarrow, a LoRA folder without peft
-        print(f"crossmat-predict: error: {err}", file=sys.stderr)
-        return 1
-    print(summary.report(), file=sys.stderr)
+    """Console entry point; returns 0 on success, 2 on bad input/arguments, 3 with --strict and invalid rows.
+
+    ``--formula`` (repeatable) goes through :func:`predict_file` as a one-column table (the same columns, checks and
+    errors as a file) and the table is printed as CSV unless ``--output`` names a file."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.input is None) == (args.formula is None):
+        parser.error("give either --input FILE (with --output) or one or more --formula FORMULA")
+    if args.input is not None and args.output is None:
+        parser.error("--output is required with --input")
+    with tempfile.TemporaryDirectory(prefix="crossmat-predict-") as tmp:
+        source, target, column = args.input, args.output, args.formula_column
+        if args.formula is not None:
+            source, column = Path(tmp) / "formulas.csv", "formula"
+            pd.DataFrame({"formula": args.formula}).to_csv(source, index=False)
+            target = args.output or Path(tmp) / "predictions.csv"
+        try:
+            summary = predict_file(
+                args.model,
+                source,
+                target,
+                formula_column=column,
+                chunk_size=args.chunk_size,
+                batch_size=args.batch_size,
+                resume=args.resume,
+                max_chars=args.max_chars,
+                progress=not args.no_progress and args.formula is None,
+                device=args.device,
+                precision=args.precision,
+            )
+        except (InputError, OSError, ValueError) as err:  # bad file, arguments or model: one line, no traceback
+            print(f"crossmat-predict: error: {err}", file=sys.stderr)
+            return 2
+        except MissingExtraError as err:  # a Parquet file without pyarrow, a LoRA folder without peft
+            print(f"crossmat-predict: error: {err}", file=sys.stderr)
+            return 1
+        if args.formula is not None and args.output is None:
+            sys.stdout.write(target.read_text())
+        else:
+            print(summary.report(), file=sys.stderr)
     return 3 if (args.strict and summary.invalid) else 0
 
 

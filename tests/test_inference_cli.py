@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
 from pathlib import Path
@@ -143,3 +144,25 @@ def test_console_script(tmp_path: Path, model_dir: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "1 predicted, 1 invalid" in proc.stderr and "unknown element 'Xx'" in proc.stderr
+
+
+def test_formulas_on_the_command_line(tmp_path: Path, model_dir: Path, predictor: FormulaPredictor, capsys) -> None:
+    """``--formula`` (repeatable) predicts without a file: the same columns and per-row errors as a file, printed as
+    CSV to stdout (pipeable) or written to ``--output``; ``--input`` and ``--formula`` exclude each other."""
+    assert main(["--model", str(model_dir), "--formula", "Fe2O3", "--formula", "Xx2O", "--formula", "Li0.5CoO2"]) == 0
+    out = pd.read_csv(io.StringIO(capsys.readouterr().out), keep_default_na=False)
+    assert out["formula"].tolist() == ["Fe2O3", "Xx2O", "Li0.5CoO2"]
+    assert out["error"].tolist() == ["", "unknown element 'Xx'", ""]
+    expected = predictor.predict(["Fe2O3", "Li0.5CoO2"]).values[:, 0]
+    np.testing.assert_allclose(out.loc[[0, 2], predictor.output_columns()[0]].astype(float), expected, rtol=1e-5)
+    assert main(["--model", str(model_dir), "--formula", "NaCl", "--output", str(tmp_path / "o.csv")]) == 0
+    assert pd.read_csv(tmp_path / "o.csv")["formula"].tolist() == ["NaCl"]
+    assert main(["--model", str(model_dir), "--formula", "Xx", "--strict"]) == 3
+    for argv in (["--model", str(model_dir)], ["--model", str(model_dir), "--formula", "NaCl", "--input", "a.csv"],
+                 ["--model", str(model_dir), "--input", "a.csv"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "give either --input FILE (with --output) or one or more --formula" in err
+    assert "--output is required with --input" in err
