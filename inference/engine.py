@@ -225,8 +225,11 @@ class FormulaPredictor:
         return scores_from_logits(logits, self.problem_type)
 
     @torch.inference_mode()
-    def predict(self, formulas: Sequence[object]) -> Predictions:
-        """Predict every valid formula (sorted by length into batches); invalid rows get NaN + reason."""
+    def predict(self, formulas: Sequence[object] | str) -> Predictions:
+        """Predict every valid formula (sorted by length into batches); invalid rows get NaN + reason. A single
+        string is one formula (one row), not a sequence of one-character formulas."""
+        if isinstance(formulas, str):
+            formulas = [formulas]
         ids, errors = self.encode(formulas)
         n_out = len(self.output_columns())
         values = np.full((len(formulas), n_out), np.nan, dtype=np.float64)

@@ -166,3 +166,10 @@ def test_formulas_on_the_command_line(tmp_path: Path, model_dir: Path, predictor
     err = capsys.readouterr().err
     assert "give either --input FILE (with --output) or one or more --formula" in err
     assert "--output is required with --input" in err
+
+
+def test_a_single_string_is_one_formula(predictor: FormulaPredictor) -> None:
+    """``predict("Fe2O3")`` used to iterate the string: five one-character 'formulas', 'F' predicted as fluorine."""
+    one = predictor.predict("Fe2O3")
+    assert one.values.shape[0] == 1 and one.errors == [None]
+    np.testing.assert_array_equal(one.values, predictor.predict(["Fe2O3"]).values)
