@@ -78,15 +78,20 @@ def parse_target(formula: object) -> Composition:
 GENERATION_ERRORS: tuple[type[Exception], ...] = (ValueError, LookupError, RuntimeError, ArithmeticError)
 
 
+def formula_rows(formulas: Sequence[object] | str) -> Sequence[object]:
+    """The rows to generate for: a single string is one formula, not a sequence of one-character formulas."""
+    return [formulas] if isinstance(formulas, str) else formulas
+
+
 class StructureGenerator(ABC):
     """Base class: subclasses implement :meth:`_generate_one` or override :meth:`generate` for batching."""
 
     name: str = "generator"
 
-    def generate(self, formulas: Sequence[object], n_candidates: int = 1) -> GenerationBatch:
+    def generate(self, formulas: Sequence[object] | str, n_candidates: int = 1) -> GenerationBatch:
         """Return up to ``n_candidates`` ranked candidates per formula; failures are recorded, never raised."""
         out = GenerationBatch()
-        for row, formula in enumerate(formulas):
+        for row, formula in enumerate(formula_rows(formulas)):
             try:
                 comp = parse_target(formula)
                 cands = self._generate_one(comp, n_candidates)

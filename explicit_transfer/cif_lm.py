@@ -49,6 +49,7 @@ from .base import (
     GenerationBatch,
     GenerationFailure,
     StructureGenerator,
+    formula_rows,
     parse_target,
 )
 from .cif_validation import validate_cif
@@ -187,10 +188,11 @@ class CIFLanguageModelGenerator(StructureGenerator):
         cands.sort(key=lambda c: -c.score)
         return cands[:n_candidates]
 
-    def generate(self, formulas: Sequence[object], n_candidates: int = 1) -> GenerationBatch:
+    def generate(self, formulas: Sequence[object] | str, n_candidates: int = 1) -> GenerationBatch:
         """As :meth:`StructureGenerator.generate`; with ``batch_formulas > 1`` the prompts of up to that many
         formulas (grouped by prompt length) share one ``generate`` call (seeded once per call, so a formula's
         samples depend on its batch-mates)."""
+        formulas = formula_rows(formulas)
         if self.batch_formulas <= 1:
             return super().generate(formulas, n_candidates)
         out = GenerationBatch([[] for _ in formulas])

@@ -9,7 +9,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .base import GenerationBatch, StructureGenerator
+from .base import GenerationBatch, StructureGenerator, formula_rows
 from .potentials import POTENTIALS
 from .ranking import KnownStructures, distinct_first, known_index, novel_first, rank_candidates, written_order_first
 from .site_ranker import SiteRanker
@@ -41,7 +41,7 @@ def read_jsonl(path: str | Path, bad: list[tuple[int, str]] | None = None) -> li
 
 
 def generate_to_jsonl(
-    generator: StructureGenerator, formulas: Sequence[object], output: str | Path, n_candidates: int = 5,
+    generator: StructureGenerator, formulas: Sequence[object] | str, output: str | Path, n_candidates: int = 5,
     chunk_size: int = 64, rank: str | None = None, relax_steps: int = 0, ids: Sequence[object] | None = None,
     progress: bool = True, shard: tuple[int, int] | None = None, potential: str = "chgnet",
     ranker: SiteRanker | str | Path | None = None, distinct: bool = False, known: KnownStructures | None = None,
@@ -71,6 +71,7 @@ def generate_to_jsonl(
     if done_records and out.read_text() and not out.read_text().endswith("\n"):  # drop a torn last line
         out.write_text("".join(json.dumps(r) + "\n" for r in done_records))
     done = {r["row"] for r in done_records}
+    formulas = formula_rows(formulas)
     mine = range(len(formulas)) if shard is None else range(shard[0], len(formulas), shard[1])
     todo = [i for i in mine if i not in done]
     stats = {"skipped_done": len(done), "generated": 0, "failed": 0}

@@ -65,6 +65,8 @@ def test_prototype_generator_on_perov5(perov, proto):
     assert "no template with stoichiometry ABCD4" in fails[5]
     assert "unknown element 'Xx'" in fails[6]
     assert "fractional" in fails[7]
+    one = proto.generate(test.formula.iloc[0], n_candidates=2)  # a single string is one formula, not its characters
+    assert len(one) == 1 and not one.failures
 
 
 def test_prototype_substitution_recovers_known_structure(perov):
