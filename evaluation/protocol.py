@@ -54,17 +54,38 @@ def _validate_tokens(frame: pd.DataFrame) -> list[str]:
     return [f"{rid}: {w}" for rid, w in zip(frame["id"], why, strict=True) if w]
 
 
+def data_fingerprint(data: FoldData, task: TaskInfo) -> str:
+    """Hash of what a fold learns from and is scored on: the task (target, type) and the id, formula and target of
+    every training, validation and test row (vectorised, ``pandas.util.hash_pandas_object``)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{task.benchmark}|{task.name}|{task.target}|{task.task_type}".encode())
+    for frame in (data.train, data.validation, data.test):
+        rows = frame[["id", "formula", "target"]].astype({"id": str, "formula": str, "target": np.float64})
+        digest.update(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()[:16]
+
+
 def _run_fold(pred: Predictor, data: FoldData, task: TaskInfo, out: Path, seed: int) -> tuple[FoldPrediction, float]:
     """Run or resume one (predictor, fold); returns predictions and the seconds the fold took. A finished
-    fold is reused only when its test ids and the predictor's ``signature()`` (settings) are unchanged."""
+    fold is reused only when the predictor's ``signature()`` (settings) and the fold's data (``data_fingerprint``:
+    every training, validation and test row, the target and task type) are unchanged. A fold written before data
+    fingerprints were recorded is reused for a MatBench task (fixed data, checked by its test ids) but not for a
+    user's own files, which may have changed under the same row count."""
     fold_dir = out / pred.name / f"fold_{data.fold}"
     pred_path = fold_dir / "predictions.csv"
     meta_path = fold_dir / "fold.json"
     signature = pred.signature() if hasattr(pred, "signature") else None
+    fingerprint = data_fingerprint(data, task)
     if pred_path.is_file() and meta_path.is_file():
         done = read_table(pred_path, text_columns=("id",)).frame
         meta = json.loads(meta_path.read_text())
-        same = meta.get("signature", signature) == signature
+        same = meta.get("signature", signature) == signature and (
+            meta["data"] == fingerprint if "data" in meta else task.benchmark != CSV)
+        if not same:
+            logger.info("%s fold %d: settings or data changed since the finished run in %s: retraining", pred.name,
+                        data.fold, fold_dir)
         if same and done["id"].astype(str).tolist() == data.test["id"].astype(str).tolist():
             logger.info("resume: %s fold %d already done", pred.name, data.fold)
             unc = done["uncertainty"].to_numpy(np.float64) if "uncertainty" in done else None
@@ -83,7 +104,7 @@ def _run_fold(pred: Predictor, data: FoldData, task: TaskInfo, out: Path, seed: 
         frame["uncertainty"] = np.asarray(result.uncertainty, dtype=np.float64).reshape(len(p))
     frame.to_csv(pred_path, index=False)
     meta_path.write_text(json.dumps({"params": matbench_json._jsonable(result.params), "seconds": seconds,
-                                      "signature": signature}, indent=1))
+                                      "signature": signature, "data": fingerprint}, indent=1))
     return FoldPrediction(p, result.params, result.uncertainty), seconds
 
 

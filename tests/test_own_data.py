@@ -251,3 +251,27 @@ def test_too_few_training_rows_or_one_class_fail_before_any_model(tmp_path: Path
     frame.assign(kind="metal").to_csv(tmp_path / "train.csv", index=False)
     with pytest.raises(Exception, match="every training row is of class 'metal'"):
         load_own_data(tmp_path / "train.csv", tmp_path / "test.csv", "kind")
+
+
+def test_a_rerun_reuses_a_fold_only_when_its_data_is_unchanged(tmp_path: Path, caplog):
+    """Rerunning into the same --output-dir used to reuse a finished fold whenever the settings and the test ids
+    matched; the ids of files without an id column are row numbers, so corrected training targets, or a different
+    --target, silently returned the old predictions. The fold's data is now part of the check."""
+    import logging
+
+    formulas = ["Fe2O3", "NaCl", "KBr", "LiF", "CuO", "MgO"] * 4
+    test = pd.DataFrame({"formula": ["ZnS", "CaO"], "y": [1.0, 2.0], "z": [3.0, 4.0]})
+    test.to_csv(tmp_path / "test.csv", index=False)
+    argv = ["--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"), "--output-dir",
+            str(tmp_path / "o"), "--baselines-only", "--baselines", "dummy"]
+
+    def dummy_predictions(target: str, y: list[float]) -> list[float]:
+        pd.DataFrame({"formula": formulas, "y": y, "z": [10.0] * 24}).to_csv(tmp_path / "train.csv", index=False)
+        assert main([*argv, "--target", target]) == 0
+        return pd.read_csv(tmp_path / "o" / "dummy" / "fold_0" / "predictions.csv")["prediction"].tolist()
+
+    first = dummy_predictions("y", [1.0] * 24)
+    with caplog.at_level(logging.INFO):
+        assert dummy_predictions("y", [1.0] * 24) == first and "already done" in caplog.text  # unchanged: reused
+    assert dummy_predictions("y", [5.0] * 24) == [5.0, 5.0]  # corrected training targets: retrained
+    assert dummy_predictions("z", [5.0] * 24) == [10.0, 10.0]  # another target column: retrained
