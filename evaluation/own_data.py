@@ -132,7 +132,10 @@ def load_own_data(
                      for i in np.flatnonzero(drop)]
         frames[split] = frame[~drop].reset_index(drop=True)
         if frames[split].empty:
-            raise BenchmarkDataError(f"{path}: no rows with both a formula and a target")
+            hint = ("; test rows are scored, so they need targets: to predict rows without one, run this on files "
+                    "with targets, then crossmat predict --model <output-dir>/crossmat/fold_0/model --input "
+                    f"{Path(path).name} --output predictions.csv") if split == "test" else ""
+            raise BenchmarkDataError(f"{path}: no rows with both a formula and a target{hint}")
     try:
         task_type, _ = decide_task_type({target: pd.concat(raw_targets, ignore_index=True)}, task_type)
     except TaskTypeError as err:

@@ -251,6 +251,10 @@ def test_too_few_training_rows_or_one_class_fail_before_any_model(tmp_path: Path
     frame.assign(kind="metal").to_csv(tmp_path / "train.csv", index=False)
     with pytest.raises(Exception, match="every training row is of class 'metal'"):
         load_own_data(tmp_path / "train.csv", tmp_path / "test.csv", "kind")
+    pd.DataFrame({"formula": ["Fe2O3", "NaCl", "KBr", "LiF"] * 6, "y": [0.5] * 24}).to_csv(tmp_path / "n.csv", index=False)
+    pd.DataFrame({"formula": ["ZnS", "CaO"], "y": [None, None]}).to_csv(tmp_path / "unlabelled.csv", index=False)
+    with pytest.raises(Exception, match="no rows with both a formula and a target; test rows are scored.*crossmat predict"):
+        load_own_data(tmp_path / "n.csv", tmp_path / "unlabelled.csv", "y")
 
 
 def test_a_rerun_reuses_a_fold_only_when_its_data_is_unchanged(tmp_path: Path, caplog):
