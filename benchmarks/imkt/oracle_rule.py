@@ -30,11 +30,11 @@ def _predictions(folder: Path) -> pd.DataFrame | None:
     return pd.concat([pd.read_csv(f).assign(fold=int(f.parent.name.split("_")[1])) for f in files], ignore_index=True)
 
 
-def _by_coverage(task: str, arm: str, keys: set[str]) -> dict | None:
+def _by_coverage(task: str, arm: str, keys: set[str], suffix: str = "oracle") -> dict | None:
     """Per-fold relative MAE change on the rows with an MP structure and on those without."""
     from crossmat.tokenization import canonical_formula
 
-    oracle = _predictions(RUNS / "oracle" / arm / task / f"crossmat_default_from_{arm}_oracle")
+    oracle = _predictions(RUNS / suffix / arm / task / f"crossmat_default_from_{arm}_{suffix}")
     control = _predictions(RUNS / "keep_rerun" / arm / task / f"crossmat_default_from_{arm}_rerun")
     if oracle is None or control is None:
         return None
@@ -51,30 +51,33 @@ def _by_coverage(task: str, arm: str, keys: set[str]) -> dict | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arm", default="mlm")
+    ap.add_argument("--suffix", default="oracle", help="the arm's record: crossmat_default_from_<arm>_<suffix> "
+                    "(oracle_student: the formula student's predicted features)")
+    ap.add_argument("--tasks", nargs="+", default=TASKS)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     keys = set(pd.read_parquet(TABLE, columns=["formula"])["formula"]) if TABLE.is_file() else set()
     out: dict = {"tasks": {}}
     passes = 0
-    for task in TASKS:
-        a, b = errors(task, f"{args.arm}_oracle"), errors(task, f"{args.arm}_rerun")
+    for task in args.tasks:
+        a, b = errors(task, f"{args.arm}_{args.suffix}"), errors(task, f"{args.arm}_rerun")
         if a is None or b is None:
             print(f"{task:22s} not both records yet")
             continue
         cell = paired(a[0], b[0])
         cell["passes"] = bool(cell["mean_pct"] <= -3.0 and cell["verdict"] == "better")
         passes += cell["passes"]
-        cell["by_coverage"] = _by_coverage(task, args.arm, keys) if keys else None
+        cell["by_coverage"] = _by_coverage(task, args.arm, keys, args.suffix) if keys else None
         out["tasks"][task] = cell
         extra = ""
         for name, c in (cell["by_coverage"] or {}).items():
             if c:
                 extra += f"  | {name} ({c['rows']} rows) {c['mean_pct']:+.1f} ± {c['se_pct']:.1f}"
-        print(f"{task:22s} oracle {a[0].mean():.4g} vs control {b[0].mean():.4g}: {cell['mean_pct']:+.1f} ± "
+        print(f"{task:22s} {args.suffix} {a[0].mean():.4g} vs control {b[0].mean():.4g}: {cell['mean_pct']:+.1f} ± "
               f"{cell['se_pct']:.1f} ({cell['verdict']}){' PASSES' if cell['passes'] else ''}{extra}")
     done = len(out["tasks"])
     out["passes"], out["tasks_read"] = passes, done
-    if done == len(TASKS):
+    if args.suffix == "oracle" and done == len(TASKS):
         out["reading"] = ("the structure-teacher route is finished: the bar is for the owner to restate" if passes <= 1
                           else "undecided: repeat from the seed-7 MLM-only backbone" if passes == 2
                           else "the headroom read-out underestimated the teachers: pre-register the structure head")
