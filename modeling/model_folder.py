@@ -132,13 +132,13 @@ def load_lora_model(path: str | Path, merge: bool = False) -> PreTrainedModel:
 def _local_name(path: str | Path) -> str | Path:
     """A shipped short name (``crossmat-imkt-mp-small``) as its packaged folder; a name that is neither a folder nor
     a Hub id (``owner/name``) fails at once, instead of after the Hub client's retries."""
-    from .pretrained import _HUB_ID, SHIPPED, shipped_path
+    from .pretrained import SHIPPED, is_hub_id, shipped_path
 
     if Path(path).is_dir():
         return path
     if str(path) in SHIPPED:
         return shipped_path(str(path))
-    if not _HUB_ID.match(str(path)):
+    if not is_hub_id(str(path)):
         raise ModelFolderError(f"{str(path)!r} is not a model folder, a shipped model ({', '.join(sorted(SHIPPED))}) "
                                "or a Hub id (owner/name)")
     return path

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-__all__ = ["SHIPPED", "PretrainedNotFoundError", "resolve_model_path", "shipped_path"]
+__all__ = ["SHIPPED", "PretrainedNotFoundError", "is_hub_id", "resolve_model_path", "shipped_path"]
 
 _HERE = Path(__file__).resolve().parent / "pretrained_models"
 
@@ -29,6 +29,11 @@ SHIPPED: dict[str, tuple[str, str]] = {
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # model files only: weights as safetensors, configs, tokenizer and card; never pickles or code
 _ALLOW = ["*.safetensors", "*.json", "*.md", "*.txt"]
+
+
+def is_hub_id(text: str) -> bool:
+    """Whether ``text`` has the form of a Hugging Face Hub model id (``owner/name``)."""
+    return bool(_HUB_ID.match(text))
 
 
 class PretrainedNotFoundError(ValueError):
