@@ -92,6 +92,11 @@ def _subsample(rec: dict) -> int | None:
     return rec.get("protocol", {}).get("max_train_rows")
 
 
+def _reads_structures(variant: str) -> bool:
+    """Issue 23's same-learner ceiling (``*_oracle``) looks each compound's structure up: never a CrossMat result."""
+    return variant.endswith("_oracle")
+
+
 def summary_table(tasks: dict[str, dict[str, dict]], published: dict) -> list[str]:
     """One row per task: the default recipe, the forest of the default's run, the best other CrossMat variant,
     and the cited bars (composition-only best, structure-based best)."""
@@ -132,7 +137,8 @@ def summary_table(tasks: dict[str, dict[str, dict]], published: dict) -> list[st
         d = recs.get("crossmat_default")
         rf = (d or {}).get("baseline_same_run", {}).get("rf_magpie")
         route_name = next((r for r in (ROUTE_BLEND, ROUTE_INTERVALS, ROUTE_GUARD, ROUTE_SAME, ROUTE_TEMPERED) if r in recs), ROUTE)
-        earlier = [v for v in recs if v not in BASELINES and v not in ("crossmat_default", route_name)]
+        earlier = [v for v in recs if v not in BASELINES and v not in ("crossmat_default", route_name)
+                   and not _reads_structures(v)]
         route = recs.get(route_name)
         if route:
             am = route.get("all_metrics", {})
@@ -183,7 +189,9 @@ def task_table(benchmark: str, task: str, recs: dict[str, dict], published: list
     run_id = {cmd: i + 1 for i, cmd in enumerate(runs)}
     for v in _order(list(recs)):
         r = recs[v]
-        kind = "baseline, this machine" if v in BASELINES else "CrossMat, this machine"
+        kind = ("baseline, this machine" if v in BASELINES else
+                "structure oracle (reads each compound's MP structure; not composition-only), this machine"
+                if _reads_structures(v) else "CrossMat, this machine")
         folds = ", ".join(_fmt(x) for x in r["folds"]) or "not recorded"
         other = ", ".join(f"{k} {_fmt(x)}" for k, x in sorted(r.get("all_metrics", {}).items()) if k != metric)
         lines.append(f"| {v} | {kind} | {_pm(r['mean'], r['std'])} | {folds} | {other} | {_per_fold_wall(r)} | "
@@ -253,7 +261,7 @@ def transfer_table(records: dict[str, dict[str, dict]]) -> list[str]:
     """Pretraining arms fine-tuned with the unchanged default recipe (``crossmat_default_from_<arm>``) against
     the default recipe from scratch (``crossmat_default``), per task and on average; paired over folds."""
     arms = sorted({v[len(TRANSFER_PREFIX):] for recs in records.values() for v in recs
-                   if v.startswith(TRANSFER_PREFIX)} - {"scratch"})  # fmt: skip
+                   if v.startswith(TRANSFER_PREFIX) and not _reads_structures(v)} - {"scratch"})  # fmt: skip
     if not arms:
         return ["No pretrained-backbone runs recorded yet.", ""]
     head = ["| task | metric | scratch | " + " | ".join(arms) + " | " + " | ".join(f"{a} vs scratch" for a in arms)
