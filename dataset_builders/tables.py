@@ -39,7 +39,7 @@ from typing import IO, Any, Literal
 import numpy as np
 import pandas as pd
 
-__all__ = ["NA_VALUES", "ON_BAD", "BadRow", "Chunk", "Table", "TableError", "count_rows", "iter_table", "read_header", "read_table", "table_format"]
+__all__ = ["NA_VALUES", "ON_BAD", "BadRow", "Chunk", "Table", "TableError", "count_rows", "iter_table", "read_header", "read_table", "similar_column", "table_format"]
 
 NA_VALUES: frozenset[str] = frozenset(
     ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
@@ -302,12 +302,26 @@ def _apply_na(frame: pd.DataFrame, text: set[str]) -> pd.DataFrame:
     return frame
 
 
+def similar_column(wanted: str, names: Sequence[str]) -> str:
+    """`` (did you mean 'X'?)`` for a column that differs from ``wanted`` only in case, spaces or underscores, or is
+    a close spelling (``difflib``); else ``""``."""
+    import difflib
+
+    def norm(name: object) -> str:
+        return "".join(ch for ch in str(name).casefold() if ch not in " _-")
+
+    same = [n for n in names if norm(n) == norm(wanted)]
+    close = same or difflib.get_close_matches(str(wanted), [str(n) for n in names], n=1, cutoff=0.8)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _check_columns(path: Path, names: Sequence[str], required: Sequence[str], hint: str) -> None:
     missing = [c for c in required if c not in names]
     if missing:
         noun = "column" if len(missing) == 1 else "columns"
         shown = missing[0] if len(missing) == 1 else missing
-        raise TableError(f"{noun} {shown!r} not found in {path}; columns are {list(names)}{hint}")
+        raise TableError(f"{noun} {shown!r} not found in {path}{similar_column(missing[0], names)}; columns are "
+                         f"{list(names)}{hint}")
 
 
 def _checked_path(path: str | Path) -> tuple[Path, str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from crossmat.dataset_builders.tables import TableError, read_table
+from crossmat.dataset_builders.tables import TableError, read_table, similar_column
 from crossmat.dataset_builders.targets import (
     TASK_TYPES,
     TaskTypeError,
@@ -104,7 +104,8 @@ def load_own_data(
         raw = _read(path, split)
         for col in (formula_column, target, *([id_column] if id_column else [])):
             if col not in raw.columns:
-                raise BenchmarkDataError(f"{path}: no column {col!r}; columns are {list(raw.columns)}")
+                raise BenchmarkDataError(f"{path}: no column {col!r}{similar_column(col, list(raw.columns))}; "
+                                         f"columns are {list(raw.columns)}")
         raws[split] = raw
     try:
         labels = two_labels([raw[target] for raw in raws.values()], target, positive_label, task_type=task_type)

@@ -93,6 +93,17 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
         read_table(_write(tmp_path / "e.csv", b""))
     with pytest.raises(TableError, match="column 'formula' not found"):
         read_table(_write(tmp_path / "c.csv", b"a\n1\n"), required=["formula"])
+    with pytest.raises(TableError, match=r"column 'formula' not found in \S+ \(did you mean 'Formula '\?\); columns"):
+        read_table(_write(tmp_path / "d.csv", b"Formula ,gap\nNaCl,8.5\n"), required=["formula"])
+
+
+def test_a_missing_column_names_the_one_that_is_nearly_it() -> None:
+    from crossmat.dataset_builders.tables import similar_column
+
+    assert similar_column("band_gap", ["id", "formula", "band_gap "]) == " (did you mean 'band_gap '?)"
+    assert similar_column("band_gap", ["Band Gap"]) == " (did you mean 'Band Gap'?)"
+    assert similar_column("formula", ["id", "formla"]) == " (did you mean 'formla'?)"
+    assert similar_column("y", ["a", "b"]) == ""
 
 
 def test_chunked_reading_is_the_same_parser(tmp_path: Path) -> None:
