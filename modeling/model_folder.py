@@ -130,18 +130,18 @@ def load_lora_model(path: str | Path, merge: bool = False) -> PreTrainedModel:
 
 
 def _local_name(path: str | Path) -> str | Path:
-    """A shipped short name (``crossmat-imkt-mp-small``) as its packaged folder; a name that is neither a folder nor
-    a Hub id (``owner/name``) fails at once, instead of after the Hub client's retries."""
-    from .pretrained import SHIPPED, is_hub_id, shipped_path
+    """A local folder for what a user names: a folder is itself, a shipped short name (``crossmat-imkt-mp-small``)
+    its packaged folder, a Hub id (``owner/name``) the model files downloaded by ``resolve_model_path`` (weights,
+    configs, tokenizer and card; no code, no pickles; offline it fails at once with a message that says so). A name
+    that is none of these fails at once too."""
+    from .pretrained import SHIPPED, is_hub_id, resolve_model_path
 
     if Path(path).is_dir():
         return path
-    if str(path) in SHIPPED:
-        return shipped_path(str(path))
-    if not is_hub_id(str(path)):
-        raise ModelFolderError(f"{str(path)!r} is not a model folder, a shipped model ({', '.join(sorted(SHIPPED))}) "
-                               "or a Hub id (owner/name)")
-    return path
+    if str(path) in SHIPPED or is_hub_id(str(path)):
+        return resolve_model_path(str(path))
+    raise ModelFolderError(f"{str(path)!r} is not a model folder, a shipped model ({', '.join(sorted(SHIPPED))}) "
+                           "or a Hub id (owner/name)")
 
 
 def load_model(path: str | Path, *, merge: bool = True, output_loading_info: bool = False) -> Any:

@@ -93,3 +93,30 @@ def test_shipped_backbone_loads_offline_by_name_and_fine_tunes_through_accelerat
     assert proc.returncode == 0, proc.stderr[-2000:]
     info = (tmp_path / "ft" / "training_info.json").read_text()
     assert "pretrained_models/crossmat-imkt-mp-small" in info and '"mae"' in info
+
+
+def test_a_property_model_by_hub_id_predicts_from_model_files_only(tmp_path):
+    """``crossmat.predict("owner/name", ...)`` downloads the model files (weights, configs, tokenizer, card: no code,
+    no pickles) through the same resolver as the backbones, real HTTP against a local Hub stand-in, and predicts as the
+    local folder does; offline it fails at once with the resolver's message."""
+    from crossmat.inference import FormulaPredictor
+    from tests.test_inference_support import make_property_model
+
+    folder = make_property_model(tmp_path / "gap-model")
+    (folder / "evil.py").write_text("raise SystemExit('executed')")
+    expected = float(FormulaPredictor(folder).predict(["Fe2O3"]).values[0, 0])
+    code = "import crossmat\nprint(float(crossmat.predict('someone/gap-model', ['Fe2O3']).values[0, 0]))"
+    env = dict(os.environ, HF_HOME=str(tmp_path / "home"))
+    env.pop("HF_HUB_OFFLINE", None)
+    server, requested = serve_model_repo(folder, "someone/gap-model")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False,
+                              env={**env, "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}"})
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert abs(float(proc.stdout.splitlines()[-1]) - expected) < 1e-5
+    assert not any(r.endswith(".py") or ".py?" in r for r in requested if "/resolve/" in r)
+    offline = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False,
+                             env={**env, "HF_HOME": str(tmp_path / "empty"), "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"})
+    assert offline.returncode == 1 and "cannot download 'someone/gap-model' from the Hugging Face Hub" in offline.stderr
