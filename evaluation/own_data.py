@@ -25,7 +25,7 @@ from crossmat.dataset_builders.targets import (
 from .tasks import BenchmarkDataError, TaskInfo, carve_validation
 
 CSV = "csv"
-MIN_TRAINING_ROWS = 16
+MIN_TRAINING_ROWS = 2  # one row leaves nothing to learn from once a validation row is set aside
 __all__ = ["CSV", "TASK_TYPES", "load_own_data", "score_own", "seen_compositions", "unreadable_formulas"]
 
 
@@ -161,7 +161,7 @@ def _check_training_rows(frames: dict[str, pd.DataFrame], train: Path, task_type
     if len(fit) < MIN_TRAINING_ROWS:
         raise BenchmarkDataError(
             f"{train}: {len(fit)} usable training row(s) after the validation rows were set aside; at least "
-            f"{MIN_TRAINING_ROWS} are needed (CrossMat's default recipe takes batches of 16)")
+            f"{MIN_TRAINING_ROWS} are needed")
     if task_type == "classification":
         present = sorted(set(fit["target"].tolist()))
         if len(present) < 2:

@@ -105,11 +105,10 @@ def test_own_data_errors_name_file_and_row(tmp_path: Path, capsys):
 def test_rows_with_unreadable_formulas_or_missing_targets_are_left_out_and_reported(tmp_path: Path):
     """A formula the tokenizer cannot read (unknown element, stray character) does not stop the run: the row is
     left out with the file, row, id and reason, as a row without a target is."""
-    filler = ["MgO", "CaO", "ZnS", "CuO"] * 4  # enough usable training rows (MIN_TRAINING_ROWS)
-    pd.DataFrame({"formula": ["NaCl", "Xx2O3", "KBr", "LiF", "H2O+", *filler], "y": [1.0, 2.0, None, 3.0, 4.0] + [5.0] * 16}
+    pd.DataFrame({"formula": ["NaCl", "Xx2O3", "KBr", "LiF", "H2O+"], "y": [1.0, 2.0, None, 3.0, 4.0]}
                  ).to_csv(tmp_path / "t.csv", index=False)
     _, frames, rejected = load_own_data(tmp_path / "t.csv", tmp_path / "t.csv", "y", tmp_path / "t.csv")
-    assert frames["test"]["formula"].tolist() == ["NaCl", "LiF", *filler]
+    assert frames["test"]["formula"].tolist() == ["NaCl", "LiF"]
     assert rejected[:3] == ["t.csv row 1 (train-1): formula 'Xx2O3': unknown element 'Xx'",
                             "t.csv row 2 (train-2): missing formula or target",
                             "t.csv row 4 (train-4): formula 'H2O+': unexpected character(s) '+'"]
@@ -237,10 +236,10 @@ def test_test_rows_whose_composition_was_trained_on_are_counted(tmp_path: Path, 
 
 
 def test_too_few_training_rows_or_one_class_fail_before_any_model(tmp_path: Path):
-    """One usable training row used to end in an IndexError traceback from the forest; a 0/1 column holding only 1s
-    made a one-class 'classifier'. Both now fail at loading, naming the file and the reason."""
+    """A training file whose only usable row went to validation, or whose 0/1 column held only 1s (a one-class
+    'classifier': the forest's IndexError traceback), now fails at loading, naming the file and the reason."""
     pd.DataFrame({"formula": ["Fe2O3", "Xx2O"], "y": [1.5, 2.0]}).to_csv(tmp_path / "one.csv", index=False)
-    with pytest.raises(Exception, match=r"one.csv: 0 usable training row\(s\) after the validation rows were set aside; at least 16"):
+    with pytest.raises(Exception, match=r"one.csv: 0 usable training row\(s\) after the validation rows were set aside; at least 2 are needed"):
         load_own_data(tmp_path / "one.csv", tmp_path / "one.csv", "y")
     pd.DataFrame({"formula": ["Fe2O3", "NaCl", "KBr", "LiF"] * 6, "y": [1] * 24}).to_csv(tmp_path / "c.csv", index=False)
     with pytest.raises(Exception, match="every training row is of class 1; a classifier needs rows of both classes"):
