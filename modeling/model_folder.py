@@ -152,20 +152,16 @@ def load_model(path: str | Path, *, merge: bool = True, output_loading_info: boo
     """
     from transformers import AutoModelForSequenceClassification
 
-    path = _local_name(path)
-    local = Path(path).is_dir()
-    if local:
-        check_folder(path)
-    if local and is_lora_folder(path):
+    path = _local_name(path)  # a local folder from here on (a Hub id is downloaded first)
+    check_folder(path)
+    if is_lora_folder(path):
         model, missing = load_lora_model(path, merge=merge), []
     else:
         try:
             model, info = AutoModelForSequenceClassification.from_pretrained(str(path), output_loading_info=True,
                                                                              use_safetensors=True)
         except OSError as exc:
-            raise OSError(f"cannot load a CrossMat model from {str(path)!r}: {exc}. Pass a local model folder "
-                          "(with config.json and model.safetensors or a LoRA adapter) or a Hub id reachable "
-                          "from this machine.") from exc
+            raise OSError(f"cannot load a CrossMat model from {str(path)!r}: {exc}") from exc
         missing = list(info.get("missing_keys", ()))
     model.eval()
     return (model, missing) if output_loading_info else model
@@ -205,18 +201,17 @@ def load_property_model(path: str | Path, device: str | torch.device = "cpu") ->
     silently attach a *random* head to an MLM or imKT checkpoint.
     """
     given, path = str(path), _local_name(path)
-    if Path(path).is_dir():
-        raw = read_config(path)
-        if not is_property_config(raw):
-            raise NotAPropertyModelError(
-                f"{given!r} is not a property model: it holds {raw.get('architectures') or 'an unknown architecture'}, "
-                f"not a {PROPERTY_ARCHITECTURE}, so it has no trained property head: fine-tune it on your data first "
-                "(crossmat evaluate --train ... --test ... --target ..., docs/your_own_data.md; or crossmat train, "
-                "docs/training.md)")
+    raw = read_config(path)
+    if not is_property_config(raw):
+        raise NotAPropertyModelError(
+            f"{given!r} is not a property model: it holds {raw.get('architectures') or 'an unknown architecture'}, "
+            f"not a {PROPERTY_ARCHITECTURE}, so it has no trained property head: fine-tune it on your data first "
+            "(crossmat evaluate --train ... --test ... --target ..., docs/your_own_data.md; or crossmat train, "
+            "docs/training.md)")
     model, missing = load_model(path, output_loading_info=True)
     untrained = sorted(k for k in missing if k.startswith("head."))
     if untrained or not is_property_config(model.config):
         raise NotAPropertyModelError(
-            f"{str(path)!r} is not a property model: its checkpoint has no trained property head"
+            f"{given!r} is not a property model: its checkpoint has no trained property head"
             + (f" (missing {untrained[:2]})" if untrained else "") + "; fine-tune it first (see docs/training.md)")
     return model.to(device), load_tokenizer(path)

@@ -71,7 +71,7 @@ def table(args: argparse.Namespace) -> None:
         names.append(f"{name} {mat.shape[1]} ({int(np.isfinite(mat).all(1).sum())} formulas)")
     features = np.concatenate(columns + [np.ones((len(keys), 1))], 1).astype(np.float32)
     out = pd.DataFrame({"formula": keys, "embedding": list(features)})
-    TABLE.parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     out.to_parquet(args.output)
     print(f"{args.output}: {len(out)} formulas x {features.shape[1]} features: {', '.join(names)}, indicator 1")
 
