@@ -9,6 +9,7 @@ Numbers are regression targets; a single column holding only 0/1, booleans or th
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,23 @@ __all__ = ["BINARY_WORDS", "TASK_TYPES", "TaskTypeError", "apply_labels", "decid
 TASK_TYPES = ("auto", "regression", "classification")
 BINARY_WORDS = {"true": 1.0, "false": 0.0, "yes": 1.0, "no": 0.0}
 _NEEDS = "regression needs numbers, classification needs 0/1, true/false or yes/no labels"
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_HINTS = (  # (pattern every bad cell matches, what it most likely is)
+    (r"[-+]?\d+,\d+", "commas in the numbers? write 2.709 (or 2709), not 2,709"),
+    (rf"{_NUMBER}\s*[^\d\s.,+-].*", "units in the cells? keep only the number, and name the unit with --unit"),
+    (rf"[<>≤≥~]=?\s*{_NUMBER}", "bounds or approximations ('<0.1') are not values: drop those rows or give a number"),
+)
+
+
+def _hint(bad: list[Any]) -> str:
+    """What the bad target cells most likely are, when they all look alike; else empty."""
+    cells = [v.strip() for v in bad if isinstance(v, str)]
+    if len(cells) < len(bad):
+        return ""
+    for pattern, hint in _HINTS:
+        if all(re.fullmatch(pattern, c) for c in cells):
+            return f" ({hint})"
+    return ""
 
 
 class TaskTypeError(ValueError):
@@ -64,7 +82,7 @@ def target_values(values: Any, column: str, where: str = "") -> tuple[np.ndarray
         first = next(iter(bad))
         examples = list(dict.fromkeys(map(repr, bad.values())))[:5]
         raise TaskTypeError(f"{where}target column {column!r} is not numeric (row {first} holds {bad[first]!r}); "
-                            f"{len(bad)} such row(s), e.g. {', '.join(examples)}: {_NEEDS}")
+                            f"{len(bad)} such row(s), e.g. {', '.join(examples)}{_hint(list(bad.values()))}: {_NEEDS}")
     return num, words
 
 

@@ -125,11 +125,13 @@ def load_own_data(
             raise BenchmarkDataError(str(err)) from None
         frame = pd.DataFrame({"id": ids.to_numpy(), "formula": raw[formula_column].to_numpy(),
                               "target": values})
-        missing = (frame["formula"].isna() | ~np.isfinite(frame["target"])).to_numpy()
-        unreadable = unreadable_formulas(frame["formula"], missing)
-        drop = missing | (unreadable != "")
+        no_formula = frame["formula"].isna().to_numpy()
+        no_target = ~np.isfinite(frame["target"].to_numpy())
+        unreadable = unreadable_formulas(frame["formula"], no_formula | no_target)
+        drop = no_formula | no_target | (unreadable != "")
         raw_targets.append(raw[target][~drop])
-        rejected += [f"{Path(path).name} row {i} ({frame['id'].iloc[i]}): {unreadable[i] or 'missing formula or target'}"
+        rejected += [f"{Path(path).name} row {i} ({frame['id'].iloc[i]}): "
+                     f"{unreadable[i] or _missing_reason(no_formula[i], frame['target'].iloc[i])}"
                      for i in np.flatnonzero(drop)]
         frames[split] = frame[~drop].reset_index(drop=True)
         if frames[split].empty:
@@ -152,6 +154,16 @@ def load_own_data(
     _check_training_rows(frames, train, task_type, labels)
     info = TaskInfo(CSV, name or target, task_type, target, unit, n=sum(len(f) for f in frames.values()), labels=labels)
     return info, {k: frames[k] for k in ("train", "validation", "test")}, rejected
+
+
+def _missing_reason(no_formula: bool, target: float) -> str:
+    """Why a row without a readable formula/target pair is left out."""
+    reasons = ["missing formula"] if no_formula else []
+    if np.isnan(target):
+        reasons.append("missing target")
+    elif not np.isfinite(target):
+        reasons.append(f"target is {target} (not a finite number)")
+    return " and ".join(reasons)
 
 
 def _check_training_rows(frames: dict[str, pd.DataFrame], train: Path, task_type: str,

@@ -178,6 +178,12 @@ def run_benchmark(
         all_rows = frame
     elif benchmark == LLM4MAT:
         task, frames, rejected = load_llm4mat(task_name, data_root)
+        for split in ("validation", "test"):
+            classes = frames[split]["target"].unique() if task.task_type == "classification" else ()
+            if len(classes) == 1:
+                name = task.labels[int(classes[0])] if task.labels else int(classes[0])
+                logger.warning("every %s row is of class %r: ROC-AUC is undefined there (nan) and balanced accuracy is "
+                               "that class's recall; %s rows of both classes measure a classifier", split, name, split)
         folds = [0]
         fold_data = [FoldData(0, frames["train"], frames["validation"], frames["test"])]
         all_rows = pd.concat(frames.values(), ignore_index=True)
@@ -189,6 +195,12 @@ def run_benchmark(
         if task.labels:
             logger.warning("target %r holds two text labels: %r is class 0, %r is class 1, the positive class whose "
                            "probability is predicted (--positive-label chooses it)", task.target, *task.labels)
+        for split in ("validation", "test"):
+            classes = frames[split]["target"].unique() if task.task_type == "classification" else ()
+            if len(classes) == 1:
+                name = task.labels[int(classes[0])] if task.labels else int(classes[0])
+                logger.warning("every %s row is of class %r: ROC-AUC is undefined there (nan) and balanced accuracy is "
+                               "that class's recall; %s rows of both classes measure a classifier", split, name, split)
         folds = [0]
         fold_data = [FoldData(0, frames["train"], frames["validation"], frames["test"])]
         all_rows = pd.concat(frames.values(), ignore_index=True)

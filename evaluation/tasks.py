@@ -110,7 +110,8 @@ def fold_indices(test_fold: np.ndarray | pd.Series, fold: int) -> tuple[np.ndarr
 
 def carve_validation(train: np.ndarray, fraction: float, seed: int, labels: np.ndarray | None = None):
     """Split training positions into ``(fit, validation)``: a seeded random ``fraction`` (stratified by
-    ``labels`` when given) goes to validation. Test rows are never touched."""
+    ``labels`` when given; every class of at least two rows keeps one in each part, so the validation rows that
+    calibrate a classifier hold both classes) goes to validation. Test rows are never touched."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
     if fraction == 0.0:
@@ -124,6 +125,8 @@ def carve_validation(train: np.ndarray, fraction: float, seed: int, labels: np.n
     for cls in np.unique(labels):
         members = np.flatnonzero(labels == cls)
         n_val = round(fraction * len(members))
+        if len(members) >= 2:
+            n_val = min(max(n_val, 1), len(members) - 1)
         val_parts.append(rng.choice(members, size=n_val, replace=False))
     val_pos = np.concatenate(val_parts) if val_parts else np.array([], dtype=int)
     mask = np.zeros(len(train), dtype=bool)

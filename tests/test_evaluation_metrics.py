@@ -85,6 +85,18 @@ def test_validation_is_carved_from_training_rows_only():
     assert (val == val2).all()  # seeded
 
 
+def test_a_rare_class_keeps_a_row_on_each_side_of_the_validation_carve():
+    """4 positives in 60 rows at 10%: round(0.4) would give validation no positive, so the classifier's
+    temperature and threshold would be calibrated on one class. Each class of two or more rows keeps one in each part."""
+    labels = np.array([1] * 4 + [0] * 56)
+    fit, val = carve_validation(np.arange(60), 0.1, seed=0, labels=labels)
+    assert sorted(set(labels[val])) == [0, 1] and sorted(set(labels[fit])) == [0, 1]
+    assert (labels[val] == 1).sum() == 1 and len(val) == 7
+    single = np.array([1] + [0] * 59)  # a class of one row stays in training
+    fit, val = carve_validation(np.arange(60), 0.1, seed=0, labels=single)
+    assert 0 in fit and set(single[val]) == {0}
+
+
 def _fake_results(frame, task_type):
     ids, preds, scores = [], [], []
     for k in range(5):

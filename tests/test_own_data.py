@@ -4,6 +4,7 @@ CrossMat and baseline metrics in one table; nothing is written outside the outpu
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -105,14 +106,16 @@ def test_own_data_errors_name_file_and_row(tmp_path: Path, capsys):
 def test_rows_with_unreadable_formulas_or_missing_targets_are_left_out_and_reported(tmp_path: Path):
     """A formula the tokenizer cannot read (unknown element, stray character) does not stop the run: the row is
     left out with the file, row, id and reason, as a row without a target is."""
-    pd.DataFrame({"formula": ["NaCl", "Xx2O3", "KBr", "LiF", "H2O+"], "y": [1.0, 2.0, None, 3.0, 4.0]}
-                 ).to_csv(tmp_path / "t.csv", index=False)
+    pd.DataFrame({"formula": ["NaCl", "Xx2O3", "KBr", "LiF", "H2O+", "CsI", None],
+                  "y": [1.0, 2.0, None, 3.0, 4.0, float("inf"), 5.0]}).to_csv(tmp_path / "t.csv", index=False)
     _, frames, rejected = load_own_data(tmp_path / "t.csv", tmp_path / "t.csv", "y", tmp_path / "t.csv")
     assert frames["test"]["formula"].tolist() == ["NaCl", "LiF"]
-    assert rejected[:3] == ["t.csv row 1 (train-1): formula 'Xx2O3': unknown element 'Xx'",
-                            "t.csv row 2 (train-2): missing formula or target",
-                            "t.csv row 4 (train-4): formula 'H2O+': unexpected character(s) '+'"]
-    assert len(rejected) == 9  # the same three rows of each of the three files
+    assert rejected[:5] == ["t.csv row 1 (train-1): formula 'Xx2O3': unknown element 'Xx'",
+                            "t.csv row 2 (train-2): missing target",
+                            "t.csv row 4 (train-4): formula 'H2O+': unexpected character(s) '+'",
+                            "t.csv row 5 (train-5): target is inf (not a finite number)",
+                            "t.csv row 6 (train-6): missing formula"]
+    assert len(rejected) == 15  # the same five rows of each of the three files
 
 
 def test_results_dir_defaults_to_none():
@@ -233,6 +236,22 @@ def test_test_rows_whose_composition_was_trained_on_are_counted(tmp_path: Path, 
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["test_rows_with_a_training_composition"] == 2
     assert "2 of 5 test rows (1 distinct composition(s)) have a composition that is also among the training" in caplog.text
     assert seen_compositions(pd.Series(["MgO", "ZnS"]), pd.Series(["Fe2O3"])) == (0, 0)
+
+
+def test_test_rows_of_one_class_are_named_and_scored_without_sklearn_noise(tmp_path: Path, caplog, recwarn):
+    """A test file of one class cannot measure a classifier (ROC-AUC undefined): the run says so once, in words,
+    instead of scikit-learn's per-metric warnings, and still scores what is defined."""
+    train = ["NaCl", "KBr", "LiF", "CuO", "MgO", "CaO", "ZnS", "FeO", "NiO", "CoO"] * 2
+    pd.DataFrame({"formula": train, "y": ["metal", "insulator"] * 10}).to_csv(tmp_path / "a.csv", index=False)
+    pd.DataFrame({"formula": ["SrO", "BaO", "CdS"], "y": ["metal"] * 3}).to_csv(tmp_path / "b.csv", index=False)
+    rc = main(["--train", str(tmp_path / "a.csv"), "--test", str(tmp_path / "b.csv"), "--target", "y",
+               "--output-dir", str(tmp_path / "o"), "--baselines-only", "--baselines", "dummy"])
+    assert rc == 0
+    assert "every test row is of class 'metal': ROC-AUC is undefined there" in caplog.text
+    assert "every validation row" not in caplog.text  # the carve keeps both classes in validation
+    assert not [w for w in recwarn if "single label" in str(w.message) or "not in y_true" in str(w.message)]
+    dummy = json.loads((tmp_path / "o" / "summary.json").read_text())["variants"]["dummy"]["per_fold"][0]
+    assert math.isnan(dummy["rocauc"]) and dummy["accuracy"] in (0.0, 1.0)
 
 
 def test_too_few_training_rows_or_one_class_fail_before_any_model(tmp_path: Path):

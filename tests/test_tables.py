@@ -222,3 +222,18 @@ def test_old_spellings_still_parse_with_a_notice(capsys) -> None:
     finally:
         exkt.cmd_convert = monkey
     assert parsed["output_dir"] == "hf"
+
+
+@pytest.mark.parametrize(("cells", "hint"), [
+    (["2,709", "1,5"], "commas in the numbers"),
+    (["2.7 eV", "310 K", "1e3 MPa"], "units in the cells"),
+    (["<0.1", ">= 5", "~3"], "bounds or approximations"),
+])
+def test_bad_target_cells_that_look_alike_say_what_they_probably_are(cells: list[str], hint: str) -> None:
+    """A spreadsheet export with decimal commas, units or bounds in the target cells gets the likely cause, and a
+    mixed bag of bad cells gets none (the message does not guess)."""
+    with pytest.raises(TaskTypeError, match=hint):
+        decide_task_type({"y": pd.Series([1.0, *cells], dtype=object)})
+    with pytest.raises(TaskTypeError) as err:
+        decide_task_type({"y": pd.Series([1.0, *cells, "metallic"], dtype=object)})
+    assert hint not in str(err.value)
