@@ -39,7 +39,7 @@ from typing import IO, Any, Literal
 import numpy as np
 import pandas as pd
 
-__all__ = ["NA_VALUES", "ON_BAD", "BadRow", "Chunk", "Table", "TableError", "count_rows", "iter_table", "read_header", "read_table", "similar_column", "table_format"]
+__all__ = ["NA_VALUES", "ON_BAD", "BadRow", "Chunk", "Table", "TableError", "count_rows", "iter_table", "formula_column_hint", "read_header", "read_table", "sample_rows", "similar_column", "table_format"]
 
 NA_VALUES: frozenset[str] = frozenset(
     ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
@@ -313,6 +313,30 @@ def similar_column(wanted: str, names: Sequence[str]) -> str:
     same = [n for n in names if norm(n) == norm(wanted)]
     close = same or difflib.get_close_matches(str(wanted), [str(n) for n in names], n=1, cutoff=0.8)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def formula_column_hint(frame: pd.DataFrame, wrong: str, option: str = "--formula-column {}") -> str:
+    """`` (column 'X' holds formulas: --formula-column X)`` for the first other text column whose first 20 values
+    mostly read as formulas (tables that name theirs ``formula_pretty`` or ``composition``); else ``""``.
+    ``option`` is how the caller's user names the column (a recipe: ``data.formula_column={}``)."""
+    from crossmat.tokenization.formula_grammar import check_formula
+
+    for col in frame.columns:
+        values = frame[col].dropna().head(20).tolist()
+        if col == wrong or not values or not all(isinstance(v, str) for v in values):
+            continue
+        if sum(check_formula(v) == "" for v in values) >= 0.8 * len(values):
+            return f" (column {col!r} holds formulas: {option.format(col)})"
+    return ""
+
+
+def sample_rows(path: str | Path, n: int = 20) -> pd.DataFrame:
+    """The first ``n`` rows of a table as text (streamed: a large file is not read), or an empty frame."""
+    try:
+        return next((chunk.frame for chunk in iter_table(path, chunk_size=n, text_columns="all", on_bad="keep")),
+                    pd.DataFrame())
+    except TableError:
+        return pd.DataFrame()
 
 
 def _check_columns(path: Path, names: Sequence[str], required: Sequence[str], hint: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from crossmat.dataset_builders.tables import TableError, read_table, similar_column
+from crossmat.dataset_builders.tables import TableError, formula_column_hint, read_table, similar_column
 from crossmat.dataset_builders.targets import (
     TASK_TYPES,
     TaskTypeError,
@@ -43,14 +43,24 @@ def unreadable_formulas(formulas: pd.Series, skip: np.ndarray | None = None) -> 
     """Per row, why the tokenizer rejects its formula ("" when it reads it or the row is skipped anyway)."""
     from crossmat.tokenization import CrossMatTokenizerFast, FormulaError
 
+    check = np.ones(len(formulas), dtype=bool) if skip is None else ~np.asarray(skip, dtype=bool)
+    values = formulas.to_numpy(dtype=object)[check]
+    _, first, inverse = np.unique(values.astype(str), return_index=True, return_inverse=True)  # each formula once
+    reasons = np.full(len(first), "", dtype=object)
+    for k, formula in enumerate(values[first]):
+        try:
+            CrossMatTokenizerFast.prepare_formula(formula)
+        except FormulaError as err:
+            reasons[k] = f"formula {_shown(formula)}: {err.reason}"
     why = np.full(len(formulas), "", dtype=object)
-    for i, f in enumerate(formulas.tolist()):
-        if skip is None or not skip[i]:
-            try:
-                CrossMatTokenizerFast.prepare_formula(f)
-            except FormulaError as err:
-                why[i] = f"formula {f!r}: {err.reason}"
+    why[check] = reasons[inverse]
     return why
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    """``repr`` of a cell, cut to ``limit`` characters (a CIF or JSON structure in the formula column is pages long)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def _composition_keys(formulas: pd.Series) -> pd.Series:
@@ -104,8 +114,10 @@ def load_own_data(
         raw = _read(path, split)
         for col in (formula_column, target, *([id_column] if id_column else [])):
             if col not in raw.columns:
-                raise BenchmarkDataError(f"{path}: no column {col!r}{similar_column(col, list(raw.columns))}; "
-                                         f"columns are {list(raw.columns)}")
+                hint = similar_column(col, list(raw.columns))
+                if not hint and col == formula_column:
+                    hint = formula_column_hint(raw, col)
+                raise BenchmarkDataError(f"{path}: no column {col!r}{hint}; columns are {list(raw.columns)}")
         raws[split] = raw
     try:
         labels = two_labels([raw[target] for raw in raws.values()], target, positive_label, task_type=task_type)
@@ -135,10 +147,7 @@ def load_own_data(
                      for i in np.flatnonzero(drop)]
         frames[split] = frame[~drop].reset_index(drop=True)
         if frames[split].empty:
-            hint = ("; test rows are scored, so they need targets: to predict rows without one, run this on files "
-                    "with targets, then crossmat predict --model <output-dir>/crossmat/fold_0/model --input "
-                    f"{Path(path).name} --output predictions.csv") if split == "test" else ""
-            raise BenchmarkDataError(f"{path}: no rows with both a formula and a target{hint}")
+            raise BenchmarkDataError(_no_usable_rows(path, split, raw, formula_column, no_target, unreadable))
     try:
         task_type, _ = decide_task_type({target: pd.concat(raw_targets, ignore_index=True)}, task_type)
     except TaskTypeError as err:
@@ -154,6 +163,20 @@ def load_own_data(
     _check_training_rows(frames, train, task_type, labels)
     info = TaskInfo(CSV, name or target, task_type, target, unit, n=sum(len(f) for f in frames.values()), labels=labels)
     return info, {k: frames[k] for k in ("train", "validation", "test")}, rejected
+
+
+def _no_usable_rows(path: Path, split: str, raw: pd.DataFrame, formula_column: str, no_target: np.ndarray,
+                    unreadable: np.ndarray) -> str:
+    """Why every row of a file was left out, and what would fix it."""
+    bad_formula = unreadable != ""
+    if len(raw) and bad_formula.all():  # the formula column does not hold formulas
+        return (f"{path}: no row of column {formula_column!r} reads as a formula (row 0: {unreadable[0]})"
+                f"{formula_column_hint(raw, formula_column)}")
+    hint = ("; test rows are scored, so they need targets: to predict rows without one, run this on files with "
+            "targets, then crossmat predict --model <output-dir>/crossmat/fold_0/model --input "
+            f"{Path(path).name} --output predictions.csv") if split == "test" and no_target.all() else ""
+    return (f"{path}: no rows with both a formula and a target ({len(raw)} row(s): {int(no_target.sum())} without a "
+            f"target, {int(bad_formula.sum())} with a formula CrossMat cannot read){hint}")
 
 
 def _missing_reason(no_formula: bool, target: float) -> str:

@@ -25,7 +25,16 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from crossmat._extras import MissingExtraError, needs_extra
-from crossmat.dataset_builders.tables import Chunk, TableError, count_rows, iter_table, read_header, table_format
+from crossmat.dataset_builders.tables import (
+    Chunk,
+    TableError,
+    count_rows,
+    formula_column_hint,
+    iter_table,
+    read_header,
+    sample_rows,
+    table_format,
+)
 
 from .engine import DEFAULT_MAX_CHARS, PRECISIONS, FormulaPredictor
 
@@ -99,7 +108,8 @@ def _read_chunks(path: Path, column: str, chunk_size: int, skip: int) -> Iterato
         yield from iter_table(path, chunk_size=chunk_size, skip=skip, text_columns="all", required=[column],
                               on_bad="keep", hint="; pass --formula-column")
     except TableError as err:
-        raise InputError(str(err)) from None
+        hint = formula_column_hint(sample_rows(path), column) if f"column {column!r} not found" in str(err) else ""
+        raise InputError(f"{err}{hint}") from None
 
 
 def _count_csv_rows(path: Path) -> int:

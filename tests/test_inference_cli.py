@@ -108,6 +108,9 @@ def test_bad_files_and_arguments(tmp_path: Path, model_dir: Path, capsys) -> Non
     args = ["--model", str(model_dir), "--output", str(tmp_path / "o.csv"), "--no-progress"]
     assert main([*args, "--input", str(src)]) == 2
     assert "column 'formula' not found" in capsys.readouterr().err
+    src.write_text("id,composition\n1,Fe2O3\n2,LiCoO2\n")  # a header of another name: the column that reads as formulas
+    assert main([*args, "--input", str(src)]) == 2
+    assert "(column 'composition' holds formulas: --formula-column composition)" in capsys.readouterr().err
     empty = tmp_path / "empty.csv"
     empty.write_text("")
     assert main([*args, "--input", str(empty)]) == 2

@@ -271,8 +271,30 @@ def test_too_few_training_rows_or_one_class_fail_before_any_model(tmp_path: Path
         load_own_data(tmp_path / "train.csv", tmp_path / "test.csv", "kind")
     pd.DataFrame({"formula": ["Fe2O3", "NaCl", "KBr", "LiF"] * 6, "y": [0.5] * 24}).to_csv(tmp_path / "n.csv", index=False)
     pd.DataFrame({"formula": ["ZnS", "CaO"], "y": [None, None]}).to_csv(tmp_path / "unlabelled.csv", index=False)
-    with pytest.raises(Exception, match="no rows with both a formula and a target; test rows are scored.*crossmat predict"):
+    with pytest.raises(Exception, match=r"no rows with both a formula and a target \(2 row\(s\): 2 without a target, 0 "
+                                        r"with a formula CrossMat cannot read\); test rows are scored.*crossmat predict"):
         load_own_data(tmp_path / "n.csv", tmp_path / "unlabelled.csv", "y")
+
+
+def test_a_formula_column_that_holds_no_formulas_names_the_one_that_does(data_dir: Path):
+    """The LLM4Mat-Bench layout names its formulas ``formula_pretty`` and also has ``material_id``, a CIF column and
+    a pymatgen-JSON column. A missing ``formula`` column, or a formula column of ids or structures, used to end in
+    "no column" or "no rows with both a formula and a target"; now the error says which column holds formulas,
+    and a pages-long CIF is shown cut."""
+    files = data_dir / "llm4mat_bench_mp_sample"
+    with pytest.raises(Exception, match=r"no column 'formula' \(column 'formula_pretty' holds formulas: "
+                                        r"--formula-column formula_pretty\)"):
+        load_own_data(files / "train.csv", files / "test.csv", "band_gap")
+    for column, why in (("material_id", "'mp-"), ("cif_structure", "# generated using pymatgen")):
+        with pytest.raises(Exception) as err:
+            load_own_data(files / "train.csv", files / "test.csv", "band_gap", formula_column=column)
+        message = str(err.value)
+        assert f"no row of column {column!r} reads as a formula (row 0: formula " in message and why in message
+        assert message.endswith("(column 'formula_pretty' holds formulas: --formula-column formula_pretty)")
+        assert len(message) < 400
+    _, frames, rejected = load_own_data(files / "train.csv", files / "test.csv", "band_gap",
+                                        formula_column="formula_pretty")
+    assert len(frames["train"]) + len(frames["validation"]) == 10 and not rejected
 
 
 def test_a_rerun_reuses_a_fold_only_when_its_data_is_unchanged(tmp_path: Path, caplog):

@@ -89,6 +89,10 @@ def test_bad_input_fails_before_training(gap_csv, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(RecipeError, match=r"column\(s\) \['band_gap'\] not found"):
         run_recipe(_stage(gap_csv, **{"data.target_column": "band_gap"}), out)
+    pd.read_csv(gap_csv).rename(columns={"formula": "composition"}).to_csv(tmp_path / "renamed.csv", index=False)
+    with pytest.raises(RecipeError, match=r"\['formula'\] not found \(column 'composition' holds formulas: "
+                                          r"data.formula_column=composition\)"):
+        run_recipe(_stage(gap_csv, **{"data.train": str(tmp_path / "renamed.csv")}), out)
     bad = pd.read_csv(gap_csv)
     bad["gap"] = bad["gap"].astype(object)
     bad.loc[5, "gap"] = "metallic"

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from crossmat.dataset_builders.paths import cache_dir
-from crossmat.dataset_builders.tables import TableError, read_table
+from crossmat.dataset_builders.tables import TableError, formula_column_hint, read_table, similar_column
 from crossmat.dataset_builders.targets import TaskTypeError, apply_labels, two_labels
 from crossmat.tokenization import CrossMatTokenizerFast, FormulaError, canonical_formula
 
@@ -269,10 +269,13 @@ def _tokenize(tokenizer: CrossMatTokenizerFast, formulas: np.ndarray) -> tuple[t
     return enc["input_ids"][idx], enc["attention_mask"][idx]
 
 
-def _require_columns(df: pd.DataFrame, columns: list[str], what: str) -> None:
+def _require_columns(df: pd.DataFrame, columns: list[str], what: str, formula_column: str | None = None) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise DataError(f"{what}: column(s) {missing} not found; available columns: {list(df.columns)}")
+        hint = similar_column(missing[0], list(df.columns))
+        if not hint and missing[0] == formula_column:
+            hint = formula_column_hint(df, formula_column, "data.formula_column={}")
+        raise DataError(f"{what}: column(s) {missing} not found{hint}; available columns: {list(df.columns)}")
 
 
 def _frame_to_split(
@@ -338,7 +341,7 @@ def prepare_stage_data(recipe: StageRecipe | Mapping[str, Any], tokenizer: Cross
     needed += [data.id_column] if data.id_column else []
     if data.stability_bias != "none":
         needed.append(data.stability_column)
-    _require_columns(train_df, needed, f"data.train ({train_desc})")
+    _require_columns(train_df, needed, f"data.train ({train_desc})", data.formula_column)
     frames: dict[str, pd.DataFrame] = {}
     descs = {"train": train_desc}
     groups = (
@@ -353,7 +356,7 @@ def prepare_stage_data(recipe: StageRecipe | Mapping[str, Any], tokenizer: Cross
     in_test = np.zeros(len(train_df), dtype=bool)
     if data.test is not None:
         frames["test"], descs["test"] = load_source(data.test, "data.test", data.formula_column)
-        _require_columns(frames["test"], needed, f"data.test ({descs['test']})")
+        _require_columns(frames["test"], needed, f"data.test ({descs['test']})", data.formula_column)
     elif data.test_fraction > 0:
         in_test = split_buckets(groups, float(data.test_fraction), f"test|{salt}")
         frames["test"] = train_df[in_test].reset_index(drop=True)
@@ -361,7 +364,8 @@ def prepare_stage_data(recipe: StageRecipe | Mapping[str, Any], tokenizer: Cross
     remaining = ~in_test
     if data.validation is not None:
         frames["validation"], descs["validation"] = load_source(data.validation, "data.validation", data.formula_column)
-        _require_columns(frames["validation"], needed, f"data.validation ({descs['validation']})")
+        _require_columns(frames["validation"], needed, f"data.validation ({descs['validation']})",
+                         data.formula_column)
     elif data.validation_fraction > 0:
         in_val = split_buckets(groups, float(data.validation_fraction), f"validation|{salt}") & remaining
         frames["validation"] = train_df[in_val].reset_index(drop=True)
