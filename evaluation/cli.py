@@ -295,6 +295,10 @@ def main(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
     except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished folds are kept in {args.output_dir}; rerun the same command to continue (a fold "
+              "that was training resumes from its newest checkpoint)", file=sys.stderr)
+        return 130
     where = f"{len(summary['folds'])} folds, mean ± std" if len(summary["folds"]) > 1 else f"{summary['n_test'][0]} test rows"
     print(f"\n{args.benchmark} {args.task} ({summary['task_type']}; {where}; headline metric {summary['metric']}):")
     print(results_table(summary))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -159,11 +160,20 @@ class CrossMatPredictor:
 
         validate_recipe(apply_overrides(self.fold_recipe(data, task, 0), self.overrides))
 
-    def fit_predict(self, data: FoldData, task: TaskInfo, workdir: Path, seed: int) -> FoldPrediction:
+    resumable = True  # an interrupted fold continues from its newest checkpoint (evaluation.protocol)
+
+    def fit_predict(self, data: FoldData, task: TaskInfo, workdir: Path, seed: int, resume: bool = False
+                    ) -> FoldPrediction:
+        """Train the fold model in ``workdir/model`` and predict the test rows. ``resume``: the same settings and
+        data began training there before; continue from the newest checkpoint (else any old one is removed)."""
         from crossmat.training import train_recipe
 
         recipe = self.fold_recipe(data, task, seed)
-        run = train_recipe(recipe, workdir / "model", overrides=self.overrides or None)  # the final stage
+        if not resume and (workdir / "model").is_dir():  # another run's checkpoints (any stage): never resumed by this one
+            for old in [p for p in (workdir / "model").rglob("checkpoints") if p.is_dir()]:
+                shutil.rmtree(old)
+        overrides = [*self.overrides, *(["train.resume=auto"] if resume else [])]
+        run = train_recipe(recipe, workdir / "model", overrides=overrides or None)  # the final stage
         predictor = fold_predictor(run, self.predict_batch_size)
         formulas = data.test["formula"].tolist()
         preds, unc = predict_with(predictor, formulas, task.task_type, return_uncertainty=True)

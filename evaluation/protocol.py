@@ -42,7 +42,13 @@ logger = logging.getLogger(__name__)
 BASELINE_NAMES = ("dummy", "rf_magpie")
 
 
+STARTED_FILE = "fold_started.json"  # the settings and data a fold's training began with (in-fold resume)
+
+
 class Predictor(Protocol):
+    """A model under evaluation. One that sets ``resumable = True`` takes ``resume=True`` when an interrupted fold
+    with the same settings and data is rerun, and continues from its newest checkpoint in ``workdir``."""
+
     name: str
 
     def fit_predict(self, data: FoldData, task: TaskInfo, workdir: Path, seed: int) -> FoldPrediction: ...
@@ -92,7 +98,17 @@ def _run_fold(pred: Predictor, data: FoldData, task: TaskInfo, out: Path, seed: 
             return FoldPrediction(done["prediction"].to_numpy(np.float64), meta["params"], unc), float(meta["seconds"])
     fold_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    result = pred.fit_predict(data, task, fold_dir, seed)
+    resume = False
+    if getattr(pred, "resumable", False):
+        started = fold_dir / STARTED_FILE
+        marker = {"signature": signature, "data": fingerprint}
+        resume = started.is_file() and json.loads(started.read_text()) == marker
+        if resume:
+            logger.info("%s fold %d: continuing the interrupted training in %s", pred.name, data.fold, fold_dir)
+        started.write_text(json.dumps(marker))
+        result = pred.fit_predict(data, task, fold_dir, seed, resume=resume)
+    else:
+        result = pred.fit_predict(data, task, fold_dir, seed)
     seconds = time.perf_counter() - t0
     p = np.asarray(result.predictions, dtype=np.float64)
     if p.shape != (len(data.test),):
@@ -104,7 +120,8 @@ def _run_fold(pred: Predictor, data: FoldData, task: TaskInfo, out: Path, seed: 
         frame["uncertainty"] = np.asarray(result.uncertainty, dtype=np.float64).reshape(len(p))
     frame.to_csv(pred_path, index=False)
     meta_path.write_text(json.dumps({"params": matbench_json._jsonable(result.params), "seconds": seconds,
-                                      "signature": signature, "data": fingerprint}, indent=1))
+                                      "signature": signature, "data": fingerprint,
+                                      **({"resumed": True} if resume else {})}, indent=1))
     return FoldPrediction(p, result.params, result.uncertainty), seconds
 
 

@@ -319,3 +319,54 @@ def test_a_rerun_reuses_a_fold_only_when_its_data_is_unchanged(tmp_path: Path, c
         assert dummy_predictions("y", [1.0] * 24) == first and "already done" in caplog.text  # unchanged: reused
     assert dummy_predictions("y", [5.0] * 24) == [5.0, 5.0]  # corrected training targets: retrained
     assert dummy_predictions("z", [5.0] * 24) == [10.0, 10.0]  # another target column: retrained
+
+
+def test_an_interrupted_fold_resumes_from_its_checkpoint_to_the_same_predictions(tmp_path: Path, monkeypatch, capsys,
+                                                                                    caplog):
+    """A fold killed mid-training used to start again from step 0 on the rerun (a default-recipe fold of a large
+    file is hours). Now the rerun continues from the fold's newest checkpoint and gives exactly the predictions of
+    an uninterrupted run; Ctrl-C says how to continue; changed data never resumes another run's checkpoint."""
+    import logging
+    import os
+
+    from crossmat.training.loop import FAULT_ENV
+
+    recipe = REPO / "benchmarks" / "matbench" / "recipes" / "tiny_scratch.yaml"
+    rows = pd.read_csv(Path(os.environ.get("CROSSMAT_DATA_DIR", REPO.parent / "shared" / "data")) / "matbench_v0.1"
+                       / "matbench_expt_gap.csv.gz").iloc[:120]
+    rows.iloc[:100].to_csv(tmp_path / "train.csv", index=False)
+    rows.iloc[100:].to_csv(tmp_path / "test.csv", index=False)
+
+    def run(out: str) -> int:
+        return main(["--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"), "--target",
+                     "gap expt", "--config", str(recipe), "--set", "train.max_steps=6", "--set", "train.batch_size=16",
+                     "--set", "train.checkpoint_every=2", "--baselines", "none", "--output-dir", str(tmp_path / out)])
+
+    def predictions(out: str) -> list[float]:
+        return pd.read_csv(tmp_path / out / "tiny_scratch" / "fold_0" / "predictions.csv")["prediction"].tolist()
+
+    assert run("clean") == 0
+
+    def interrupt(pid: int, sig: int) -> None:  # the training loop's fault hook, as a Ctrl-C
+        raise KeyboardInterrupt
+
+    def cut(out: str) -> None:
+        with monkeypatch.context() as m:
+            m.setenv(FAULT_ENV, "5")
+            m.setattr(os, "kill", interrupt)
+            assert run(out) == 130
+        assert "interrupted: finished folds are kept in" in capsys.readouterr().err
+
+    cut("cut")
+    with caplog.at_level(logging.INFO):
+        assert run("cut") == 0
+    assert "continuing the interrupted training" in caplog.text
+    assert "resumed from" in capsys.readouterr().out
+    assert predictions("cut") == predictions("clean")
+    assert json.loads((tmp_path / "cut" / "tiny_scratch" / "fold_0" / "fold.json").read_text())["resumed"] is True
+    cut("changed")  # interrupted, then the training targets are corrected: a fresh start, not the old checkpoint
+    caplog.clear()
+    rows.iloc[:100].assign(**{"gap expt": rows["gap expt"].iloc[:100] + 1.0}).to_csv(tmp_path / "train.csv", index=False)
+    with caplog.at_level(logging.INFO):
+        assert run("changed") == 0
+    assert "continuing" not in caplog.text and "resumed from" not in capsys.readouterr().out
