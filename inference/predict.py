@@ -354,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
         except MissingExtraError as err:  # a Parquet file without pyarrow, a LoRA folder without peft
             print(f"crossmat-predict: error: {err}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            kept = (f"; the rows already written to {args.output} are kept: rerun the same command with --resume to "
+                    "continue (an uncompressed CSV output)") if args.input is not None else ""
+            print(f"\ncrossmat-predict: interrupted{kept}", file=sys.stderr)
+            return 130
         if args.formula is not None and args.output is None:
             sys.stdout.write(target.read_text())
         else:

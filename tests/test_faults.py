@@ -154,6 +154,30 @@ def test_train_disk_full_keeps_finished_stage_and_resumes(tmp_path, small_csv, c
     assert (out / "b" / "model.safetensors").is_file()
 
 
+def test_train_ctrl_c_says_how_to_continue_and_resume_finishes(tmp_path, small_csv, capsys, monkeypatch):
+    """Ctrl-C during training used to end in a KeyboardInterrupt traceback: now one line says what is kept and
+    that ``--resume`` continues, and it does, from the newest checkpoint."""
+    from crossmat.training.cli import main
+    from crossmat.training.loop import FAULT_ENV
+
+    recipe = _recipe(small_csv, 0.0)
+    recipe["train"].update(max_steps=6, checkpoint_every=2)
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(yaml.safe_dump(recipe))
+
+    def ctrl_c(pid: int, sig: int) -> None:  # the loop's fault hook, as a keyboard interrupt
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setenv(FAULT_ENV, "5")
+        m.setattr(os, "kill", ctrl_c)
+        assert main(["--config", str(cfg), "--output-dir", str(tmp_path / "out")]) == 130
+    line = _one_line_error(capsys, "train.py: interrupted.")
+    assert "rerun the same command with --resume to continue" in line
+    assert main(["--config", str(cfg), "--output-dir", str(tmp_path / "out"), "--resume"]) == 0
+    assert "step_000000004 at step 4" in capsys.readouterr().out
+
+
 def test_train_full_tmpfs(tmp_path, small_csv, capsys):
     """The real thing where a small tmpfs can be mounted (root): torch's 'iostream error' becomes 'disk is full'."""
     from crossmat.training.cli import main

@@ -176,3 +176,22 @@ def test_a_single_string_is_one_formula(predictor: FormulaPredictor) -> None:
     one = predictor.predict("Fe2O3")
     assert one.values.shape[0] == 1 and one.errors == [None]
     np.testing.assert_array_equal(one.values, predictor.predict(["Fe2O3"]).values)
+
+
+def test_ctrl_c_says_the_written_rows_are_kept_and_resume_continues(tmp_path: Path, model_dir: Path, capsys,
+                                                                    monkeypatch) -> None:
+    """Ctrl-C used to end in a traceback; now one line says what is kept and how to continue."""
+    import crossmat.inference.predict as predict_module
+
+    src = tmp_path / "in.csv"
+    src.write_text("formula\nFe2O3\nNaCl\n")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict_module, "predict_file", interrupted)
+    rc = main(["--model", str(model_dir), "--input", str(src), "--output", str(tmp_path / "o.csv"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 130 and "Traceback" not in err
+    assert err.strip().endswith(f"interrupted; the rows already written to {tmp_path / 'o.csv'} are kept: rerun the "
+                                "same command with --resume to continue (an uncompressed CSV output)")

@@ -94,5 +94,9 @@ def _main(argv: list[str] | None) -> int:
         print(f"train.py: error: {msg}. Finished stages and complete checkpoints under {output_dir} are kept: "
               "free space (or fix the folder) and rerun with --resume", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ntrain.py: interrupted. Finished stages and complete checkpoints under {output_dir} are kept: rerun "
+              "the same command with --resume to continue", file=sys.stderr)
+        return 130
     print(f"[crossmat] all outputs under {output_dir}; final model: {out}")
     return 0
