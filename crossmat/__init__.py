@@ -63,12 +63,13 @@ def load_model(name_or_path: str, *, merge: bool = True) -> Any:
     return load_any_model(name_or_path, merge=merge)
 
 
-def predict(model: str, formulas: list[str], **kwargs: Any) -> Any:
+def predict(model: str, formulas: list[str] | str, **kwargs: Any) -> Any:
     """Predict a property for formulas with a property model (name, folder or Hub id); see
     ``crossmat.inference.FormulaPredictor`` for the options and the returned fields."""
-    from crossmat.inference.engine import FormulaPredictor
+    from crossmat.inference.engine import FormulaPredictor, formula_list
 
-    return FormulaPredictor(model, **kwargs).predict(formulas)
+    rows = formula_list(formulas)  # a table or a file name is refused before the model loads
+    return FormulaPredictor(model, **kwargs).predict(rows)
 
 
 def __getattr__(name: str) -> Any:  # crossmat.modeling, crossmat.training, ... on first use

@@ -44,6 +44,29 @@ class Predictions:
         return sum(e is not None for e in self.errors)
 
 
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl", ".json", ".gz", ".bz2", ".xz", ".zst")
+
+
+def formula_list(formulas: object) -> list[object]:
+    """The rows of a ``predict`` call: a single string is one formula; any iterable of cells (list, tuple, numpy
+    array, pandas Series, generator) is one row per cell. A table or a file name is refused with what to pass."""
+    if isinstance(formulas, Path) or (isinstance(formulas, str) and formulas.lower().endswith(TABLE_SUFFIXES)
+                                      and Path(formulas).is_file()):
+        raise ValueError(f"{formulas} is a file, not a formula: predict a file with crossmat predict --model ... "
+                         f"--input {formulas} --output predictions.csv, or crossmat.inference.predict_file")
+    if isinstance(formulas, str):
+        return [formulas]
+    if hasattr(formulas, "columns"):  # a DataFrame iterates over its column names
+        raise TypeError(f"got a table with columns {list(formulas.columns)}; pass its formula column "
+                        "(e.g. df['formula']) or a list of formulas")
+    if isinstance(formulas, dict):
+        raise TypeError("got a dict; pass a list of formulas")
+    try:
+        return list(formulas)
+    except TypeError:
+        raise TypeError(f"formulas must be a string or a list of strings, got {type(formulas).__name__}") from None
+
+
 class FormulaPredictor:
     """Load a CrossMat property model (folder or Hub id) and predict batches of formulas."""
 
@@ -228,8 +251,7 @@ class FormulaPredictor:
     def predict(self, formulas: Sequence[object] | str) -> Predictions:
         """Predict every valid formula (sorted by length into batches); invalid rows get NaN + reason. A single
         string is one formula (one row), not a sequence of one-character formulas."""
-        if isinstance(formulas, str):
-            formulas = [formulas]
+        formulas = formula_list(formulas)
         ids, errors = self.encode(formulas)
         n_out = len(self.output_columns())
         values = np.full((len(formulas), n_out), np.nan, dtype=np.float64)

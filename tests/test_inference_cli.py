@@ -178,6 +178,23 @@ def test_a_single_string_is_one_formula(predictor: FormulaPredictor) -> None:
     np.testing.assert_array_equal(one.values, predictor.predict(["Fe2O3"]).values)
 
 
+def test_tables_and_file_names_are_refused_with_what_to_pass(predictor: FormulaPredictor, tmp_path: Path) -> None:
+    """A DataFrame used to be iterated over its column names ('formula' predicted as a row of NaN), and a CSV's
+    name read as a formula; any other iterable of cells (Series, array, generator) is one row per cell."""
+    frame = pd.DataFrame({"formula": ["Fe2O3", "NaCl"]})
+    with pytest.raises(TypeError, match=r"columns \['formula'\]; pass its formula column \(e.g. df\['formula'\]\)"):
+        predictor.predict(frame)
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    for name in (tmp_path / "rows.csv", str(tmp_path / "rows.csv")):
+        with pytest.raises(ValueError, match="is a file, not a formula: predict a file with crossmat predict"):
+            predictor.predict(name)
+    with pytest.raises(TypeError, match="got int"):
+        predictor.predict(5)
+    expected = predictor.predict(["Fe2O3", "NaCl"]).values
+    for rows in (frame["formula"], frame["formula"].to_numpy(), (f for f in ["Fe2O3", "NaCl"])):
+        np.testing.assert_array_equal(predictor.predict(rows).values, expected)
+
+
 def test_ctrl_c_says_the_written_rows_are_kept_and_resume_continues(tmp_path: Path, model_dir: Path, capsys,
                                                                     monkeypatch) -> None:
     """Ctrl-C used to end in a traceback; now one line says what is kept and how to continue."""
