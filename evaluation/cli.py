@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .baselines import DummyBaseline, MagpieRandomForest
-from .own_data import CSV, TASK_TYPES
+from .own_data import CSV, TARGET_TRANSFORMS, TASK_TYPES
 from .records import update_model_index
 from .tasks import LLM4MAT, MATBENCH
 
@@ -63,6 +63,10 @@ def build_parser(prog: str = "evaluate.py") -> argparse.ArgumentParser:
                      "is a classification task: this label is class 1, whose probability is predicted (default: the "
                      "label that sorts last)")
     own.add_argument("--unit", default=None, help="unit of the target (carried into the model config and card)")
+    own.add_argument("--target-transform", choices=TARGET_TRANSFORMS, default=None,
+                     help="model and score log10(target) (log10_abs: log10(|target|)) for every predictor, for a "
+                          "target spanning orders of magnitude (conductivities, lifetimes); rows where it is "
+                          "undefined are left out and reported")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", type=Path, help="CrossMat model folder (pretrained encoder or property model) to fine-tune per fold")
     src.add_argument("--config", help=f"training recipe YAML (finetune stage, or pipeline ending in one); "
@@ -250,8 +254,10 @@ def main(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
         own_data = {"train": args.train, "validation": args.validation, "test": args.test, "target": args.target,
                     "formula_column": args.formula_column, "id_column": args.id_column,
                     "task_type": args.task_type, "unit": args.unit,
-                    "positive_label": args.positive_label}
-        args.task = args.task or args.target
+                    "positive_label": args.positive_label, "target_transform": args.target_transform}
+        args.task = args.task or (f"{args.target_transform}({args.target})" if args.target_transform else args.target)
+    elif args.target_transform:
+        parser.error(f"--target-transform is for your own data; --benchmark {args.benchmark} scores its official target")
     elif args.train or args.test or args.validation:
         parser.error(f"--train/--validation/--test are for your own data, not --benchmark {args.benchmark}")
     elif not args.task:

@@ -158,7 +158,12 @@ class CrossMatPredictor:
             check_model_folder(self.model_dir, task)
         from crossmat.training.recipe import apply_overrides, validate_recipe
 
-        validate_recipe(apply_overrides(self.fold_recipe(data, task, 0), self.overrides))
+        stages = validate_recipe(apply_overrides(self.fold_recipe(data, task, 0), self.overrides))
+        transform = stages[-1].data.target_transform
+        if transform:  # the fold model would predict log10(y), scored against y beside baselines that predict y
+            raise ValueError(f"data.target_transform={transform} in the CrossMat recipe would score {transform}-scale "
+                             f"predictions against the raw targets; for your own files use --target-transform "
+                             f"{transform}, which puts every predictor and every score on that scale")
 
     resumable = True  # an interrupted fold continues from its newest checkpoint (evaluation.protocol)
 

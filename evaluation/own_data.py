@@ -26,7 +26,7 @@ from .tasks import BenchmarkDataError, TaskInfo, carve_validation
 
 CSV = "csv"
 MIN_TRAINING_ROWS = 2  # one row leaves nothing to learn from once a validation row is set aside
-__all__ = ["CSV", "TASK_TYPES", "load_own_data", "score_own", "seen_compositions", "unreadable_formulas"]
+__all__ = ["CSV", "TARGET_TRANSFORMS", "TASK_TYPES", "load_own_data", "score_own", "seen_compositions", "unreadable_formulas"]
 
 
 def _read(path: Path, what: str) -> pd.DataFrame:
@@ -73,6 +73,23 @@ def _composition_keys(formulas: pd.Series) -> pd.Series:
     return formulas.astype(str).map(keys)
 
 
+TARGET_TRANSFORMS = ("log10", "log10_abs")  # the same names as a recipe's data.target_transform
+
+
+def transform_targets(values: np.ndarray, transform: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(transformed values, rows where the transform is undefined)``: log10 of positive values, log10(|y|) of
+    non-zero ones; missing values stay missing and are not counted as undefined."""
+    if transform is None:
+        return values, np.zeros(len(values), dtype=bool)
+    if transform not in TARGET_TRANSFORMS:
+        raise ValueError(f"target transform must be one of {TARGET_TRANSFORMS}, got {transform!r}")
+    ok = (values > 0) if transform == "log10" else (values != 0)
+    finite = np.isfinite(values)
+    out = np.full(len(values), np.nan)
+    out[ok & finite] = np.log10(np.abs(values[ok & finite]))
+    return out, finite & ~ok
+
+
 def seen_compositions(test: pd.Series, seen: pd.Series) -> tuple[int, int]:
     """``(rows, compositions)``: how many test rows, and distinct compositions, are also among ``seen``'s (the
     training and validation rows). Their errors measure how well the model recalls a known compound more than how
@@ -96,6 +113,7 @@ def load_own_data(
     validation_fraction: float = 0.1,
     seed: int = 0,
     positive_label: str | None = None,
+    target_transform: str | None = None,
 ) -> tuple[TaskInfo, dict[str, pd.DataFrame], list[str]]:
     """``(task, {"train","validation","test"} frames with columns id, formula, target, rejected-row messages)``.
 
@@ -103,7 +121,10 @@ def load_own_data(
     classification) is held out for model selection. ``task_type='auto'``: 0/1 or boolean targets are
     classification, anything else regression; so is a column of exactly two text labels
     (:func:`dataset_builders.targets.two_labels`:
-    ``positive_label`` is class 1, default the label that sorts last; ``TaskInfo.labels`` names both)."""
+    ``positive_label`` is class 1, default the label that sorts last; ``TaskInfo.labels`` names both).
+    ``target_transform`` (``log10``, ``log10_abs``): every split's target is transformed, so every predictor is
+    trained and scored on that scale; ``TaskInfo.target`` becomes ``log10(<column>)``; rows where it is undefined
+    are left out and reported."""
     if task_type not in TASK_TYPES:
         raise ValueError(f"task type must be one of {TASK_TYPES}, got {task_type!r}")
     files = {"train": train, "validation": validation, "test": test}
@@ -135,12 +156,14 @@ def load_own_data(
             values, _ = target_values(raw[target], target, f"{path}: ")
         except TaskTypeError as err:
             raise BenchmarkDataError(str(err)) from None
+        values, undefined = transform_targets(values, target_transform)
         frame = pd.DataFrame({"id": ids.to_numpy(), "formula": raw[formula_column].to_numpy(),
                               "target": values})
         no_formula = frame["formula"].isna().to_numpy()
-        no_target = ~np.isfinite(frame["target"].to_numpy())
-        unreadable = unreadable_formulas(frame["formula"], no_formula | no_target)
-        drop = no_formula | no_target | (unreadable != "")
+        no_target = ~np.isfinite(frame["target"].to_numpy()) & ~undefined
+        unreadable = unreadable_formulas(frame["formula"], no_formula | no_target | undefined)
+        unreadable[undefined & ~no_formula] = f"target {'<= 0' if target_transform == 'log10' else '0'} has no {target_transform}"
+        drop = no_formula | no_target | undefined | (unreadable != "")
         raw_targets.append(raw[target][~drop])
         rejected += [f"{Path(path).name} row {i} ({frame['id'].iloc[i]}): "
                      f"{unreadable[i] or _missing_reason(no_formula[i], frame['target'].iloc[i])}"
@@ -153,6 +176,9 @@ def load_own_data(
     except TaskTypeError as err:
         raise BenchmarkDataError(str(err)) from None
     if task_type == "classification":
+        if target_transform:
+            raise BenchmarkDataError(f"{train}: --target-transform {target_transform} applies to a numeric target, and "
+                                     f"{target!r} is a classification target")
         for f in frames.values():
             f["target"] = f["target"].astype(np.int64)
     if "validation" not in frames:
@@ -161,6 +187,8 @@ def load_own_data(
         fit, val = carve_validation(np.arange(len(train_df)), validation_fraction, seed, strat)
         frames["train"], frames["validation"] = train_df.iloc[fit].reset_index(drop=True), train_df.iloc[val].reset_index(drop=True)
     _check_training_rows(frames, train, task_type, labels)
+    if target_transform:  # the model, its card and every score are on this scale, and say so
+        target, unit = f"{target_transform}({target})", unit and f"{target_transform}({unit})"
     info = TaskInfo(CSV, name or target, task_type, target, unit, n=sum(len(f) for f in frames.values()), labels=labels)
     return info, {k: frames[k] for k in ("train", "validation", "test")}, rejected
 
