@@ -162,15 +162,17 @@ def load_own_data(
         no_formula = frame["formula"].isna().to_numpy()
         no_target = ~np.isfinite(frame["target"].to_numpy()) & ~undefined
         unreadable = unreadable_formulas(frame["formula"], no_formula | no_target | undefined)
-        unreadable[undefined & ~no_formula] = f"target {'<= 0' if target_transform == 'log10' else '0'} has no {target_transform}"
         drop = no_formula | no_target | undefined | (unreadable != "")
         raw_targets.append(raw[target][~drop])
-        rejected += [f"{Path(path).name} row {i} ({frame['id'].iloc[i]}): "
-                     f"{unreadable[i] or _missing_reason(no_formula[i], frame['target'].iloc[i])}"
-                     for i in np.flatnonzero(drop)]
+        undefined_reason = f"target {'<= 0' if target_transform == 'log10' else '0'} has no {target_transform}"
+        why = [unreadable[i] or (undefined_reason if undefined[i] and not no_formula[i] else "")
+               or _missing_reason(no_formula[i], frame["target"].iloc[i]) for i in np.flatnonzero(drop)]
+        rejected += [f"{Path(path).name} row {i} ({frame['id'].iloc[i]}): {w}"
+                     for i, w in zip(np.flatnonzero(drop), why, strict=True)]
         frames[split] = frame[~drop].reset_index(drop=True)
         if frames[split].empty:
-            raise BenchmarkDataError(_no_usable_rows(path, split, raw, formula_column, no_target, unreadable))
+            raise BenchmarkDataError(_no_usable_rows(path, split, raw, formula_column, no_target, unreadable,
+                                                     undefined, target_transform))
     try:
         task_type, _ = decide_task_type({target: pd.concat(raw_targets, ignore_index=True)}, task_type)
     except TaskTypeError as err:
@@ -194,7 +196,7 @@ def load_own_data(
 
 
 def _no_usable_rows(path: Path, split: str, raw: pd.DataFrame, formula_column: str, no_target: np.ndarray,
-                    unreadable: np.ndarray) -> str:
+                    unreadable: np.ndarray, undefined: np.ndarray, transform: str | None) -> str:
     """Why every row of a file was left out, and what would fix it."""
     bad_formula = unreadable != ""
     if len(raw) and bad_formula.all():  # the formula column does not hold formulas
@@ -203,8 +205,9 @@ def _no_usable_rows(path: Path, split: str, raw: pd.DataFrame, formula_column: s
     hint = ("; test rows are scored, so they need targets: to predict rows without one, run this on files with "
             "targets, then crossmat predict --model <output-dir>/crossmat/fold_0/model --input "
             f"{Path(path).name} --output predictions.csv") if split == "test" and no_target.all() else ""
-    return (f"{path}: no rows with both a formula and a target ({len(raw)} row(s): {int(no_target.sum())} without a "
-            f"target, {int(bad_formula.sum())} with a formula CrossMat cannot read){hint}")
+    counts = [f"{int(no_target.sum())} without a target", f"{int(bad_formula.sum())} with a formula CrossMat cannot read",
+              *([f"{int(undefined.sum())} whose target has no {transform}"] if transform else [])]
+    return f"{path}: no rows with both a formula and a target ({len(raw)} row(s): {', '.join(counts)}){hint}"
 
 
 def _missing_reason(no_formula: bool, target: float) -> str:

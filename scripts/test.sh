@@ -6,7 +6,9 @@
 #     apt-get (as root, or with password-less sudo), else Playwright's own download where the network allows;
 #  3. finds the benchmark data (CROSSMAT_DATA_DIR, default ../shared/data next to the checkout) or stops
 #     with a message saying what is missing and how to get it;
-#  4. runs `ruff check .` and `python -m pytest -q`.
+#  4. runs `ruff check .` and `python -m pytest -q` on two workers (pytest-xdist, whole files per worker: the
+#     suite's many short subprocesses each spend ~10 s importing torch + transformers, so a second worker halves
+#     the wall time on two cores; CROSSMAT_TEST_WORKERS=0 runs it in one process, and a later `-n N` wins).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"
@@ -17,7 +19,7 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     say "installing CPU torch 2.13.0 (on a CUDA machine install your torch first)"
     "$PY" -m pip install -q torch==2.13.0
 fi
-if ! "$PY" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('transformers', 'datasets', 'accelerate', 'peft', 'evaluate', 'sklearn', 'elementembeddings', 'pyarrow', 'captum', 'shapiq', 'matgl', 'chgnet', 'matminer', 'gradio', 'pytest', 'playwright', 'hypothesis')))" \
+if ! "$PY" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('transformers', 'datasets', 'accelerate', 'peft', 'evaluate', 'sklearn', 'elementembeddings', 'pyarrow', 'captum', 'shapiq', 'matgl', 'chgnet', 'matminer', 'gradio', 'pytest', 'xdist', 'playwright', 'hypothesis')))" \
         || ! "$PY" -m ruff --version >/dev/null 2>&1; then
     say "installing the package with its dev extra (pip install -e '.[dev]')"
     "$PY" -m pip install -q -e ".[dev]"
@@ -73,4 +75,4 @@ say "data: $CROSSMAT_DATA_DIR"
 
 # 4. lint and tests
 "$PY" -m ruff check .
-exec "$PY" -m pytest -q "$@"
+exec "$PY" -m pytest -q -n "${CROSSMAT_TEST_WORKERS:-2}" --dist loadfile "$@"
