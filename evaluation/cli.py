@@ -155,10 +155,14 @@ def describe_predictors(predictors: list, args: argparse.Namespace) -> list[str]
 
 
 def held_out_report(summary: dict) -> list[str]:
-    """What the held-out validation rows did for each CrossMat row: their metrics and the calibration."""
+    """What the held-out validation rows did for each CrossMat row: their metrics and the calibration (or that
+    there were none)."""
+    from .protocol import BASELINE_NAMES
+
     lines = []
     for name, v in summary["variants"].items():
-        for fold, held in zip(summary["folds"], v.get("validation", []), strict=False):
+        held_rows = v.get("validation") or ([{}] * len(summary["folds"]) if name not in BASELINE_NAMES else [])
+        for fold, held in zip(summary["folds"], held_rows, strict=False):
             val = held.get("validation", {})
             cal = held.get("calibration", {})
             keys = [k for k in ("mae", "rmse", "r2", "roc_auc", "accuracy", "coverage_1sigma", "coverage_2sigma") if k in val]
@@ -193,8 +197,16 @@ def held_out_report(summary: dict) -> list[str]:
                 msg += (f"; {same['validation_rows_with_composition']} of them share their composition with a training "
                         "row: no same-composition correction")
             prefix = f"fold {fold} " if len(summary["folds"]) > 1 else ""
-            lines.append(f"{name} {prefix}validation ({summary['n_validation'][summary['folds'].index(fold)]} held-out "
-                         f"rows, never trained on): {msg}")
+            n_held = summary["n_validation"][summary["folds"].index(fold)]
+            if not n_held:
+                lines.append(f"{name} {prefix}had no held-out validation rows (--validation-fraction 0 and no "
+                             "--validation file): nothing calibrated its uncertainty or guarded its final weights")
+                continue
+            if not held:  # a recipe that reports nothing about its validation rows
+                continue
+            if summary["task_type"] == "regression" and "rows" in cal and "scale" not in cal:
+                msg += "; they were too few to calibrate the standard deviation (the coverage columns use the raw spread)"
+            lines.append(f"{name} {prefix}validation ({n_held} held-out rows, never trained on): {msg}")
     return lines
 
 

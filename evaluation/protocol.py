@@ -141,6 +141,25 @@ def uncertainty_calibration(uncertainty: Sequence[np.ndarray | None], prediction
             "spearman_sigma_error": float(spearmanr(sigma, err).statistic)}
 
 
+def _one_split(task: TaskInfo, frames: dict[str, pd.DataFrame], seed: int, max_train_rows: int | None
+               ) -> tuple[list[FoldData], pd.DataFrame]:
+    """The one fold of a task with fixed train / validation / test rows (LLM4Mat-Bench, your own files): the
+    training rows optionally subsampled (``max_train_rows``, seeded), a warning for a split of one class."""
+    train = frames["train"]
+    if max_train_rows is not None and len(train) > max_train_rows:
+        keep = np.sort(np.random.default_rng(seed).choice(len(train), size=max_train_rows, replace=False))
+        logger.warning("training on %d of the %d training rows (--max-train-rows)", max_train_rows, len(train))
+        train = train.iloc[keep].reset_index(drop=True)
+    for split in ("validation", "test"):
+        classes = frames[split]["target"].unique() if task.task_type == "classification" else ()
+        if len(classes) == 1:
+            name = task.labels[int(classes[0])] if task.labels else int(classes[0])
+            logger.warning("every %s row is of class %r: ROC-AUC is undefined there (nan) and balanced accuracy is "
+                           "that class's recall; %s rows of both classes measure a classifier", split, name, split)
+    return [FoldData(0, train, frames["validation"], frames["test"])], pd.concat([train, frames["validation"],
+                                                                                frames["test"]], ignore_index=True)
+
+
 def matbench_folds(task: TaskInfo, frame: pd.DataFrame, folds: Sequence[int], validation_fraction: float,
                    seed: int, max_train_rows: int | None = None) -> list[FoldData]:
     """Official folds; validation carved from each fold's training rows (stratified for classification);
@@ -184,6 +203,11 @@ def run_benchmark(
         raise ValueError(f"predictor names must be unique, got {names}")
     # ---- everything that can fail before training ----
     rejected: list[str] = []
+    if benchmark != MATBENCH:
+        if folds is not None and [int(f) for f in folds] != [0]:
+            raise ValueError(f"folds {list(folds)} asked for, but {benchmark} task {task_name!r} has one fixed split "
+                             "(fold 0); --folds selects among MatBench's 5 official folds")
+        folds = [0]
     if benchmark == MATBENCH:
         task = matbench_task(task_name)
         frame = load_matbench_frame(task_name, data_root)
@@ -195,15 +219,7 @@ def run_benchmark(
         all_rows = frame
     elif benchmark == LLM4MAT:
         task, frames, rejected = load_llm4mat(task_name, data_root)
-        for split in ("validation", "test"):
-            classes = frames[split]["target"].unique() if task.task_type == "classification" else ()
-            if len(classes) == 1:
-                name = task.labels[int(classes[0])] if task.labels else int(classes[0])
-                logger.warning("every %s row is of class %r: ROC-AUC is undefined there (nan) and balanced accuracy is "
-                               "that class's recall; %s rows of both classes measure a classifier", split, name, split)
-        folds = [0]
-        fold_data = [FoldData(0, frames["train"], frames["validation"], frames["test"])]
-        all_rows = pd.concat(frames.values(), ignore_index=True)
+        fold_data, all_rows = _one_split(task, frames, seed, max_train_rows)
     elif benchmark == CSV:
         if not own_data:
             raise ValueError("benchmark 'csv' needs own_data={'train': ..., 'test': ..., 'target': ...}")
@@ -212,17 +228,9 @@ def run_benchmark(
         if task.labels:
             logger.warning("target %r holds two text labels: %r is class 0, %r is class 1, the positive class whose "
                            "probability is predicted (--positive-label chooses it)", task.target, *task.labels)
-        for split in ("validation", "test"):
-            classes = frames[split]["target"].unique() if task.task_type == "classification" else ()
-            if len(classes) == 1:
-                name = task.labels[int(classes[0])] if task.labels else int(classes[0])
-                logger.warning("every %s row is of class %r: ROC-AUC is undefined there (nan) and balanced accuracy is "
-                               "that class's recall; %s rows of both classes measure a classifier", split, name, split)
-        folds = [0]
-        fold_data = [FoldData(0, frames["train"], frames["validation"], frames["test"])]
-        all_rows = pd.concat(frames.values(), ignore_index=True)
+        fold_data, all_rows = _one_split(task, frames, seed, max_train_rows)
         seen = seen_compositions(frames["test"]["formula"],
-                                 pd.concat([frames["train"]["formula"], frames["validation"]["formula"]]))
+                                 pd.concat([fold_data[0].train["formula"], frames["validation"]["formula"]]))
         if seen[0]:
             logger.warning("%d of %d test rows (%d distinct composition(s)) have a composition that is also among the training or "
                            "validation rows: their errors measure recall of known compounds more than prediction of "

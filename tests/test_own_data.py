@@ -394,3 +394,25 @@ def test_a_log_target_is_modelled_and_scored_on_one_scale_for_every_predictor(tm
     assert "a.csv row 24 (train-24): target <= 0 has no log10" in (tmp_path / "o" / "rejected_rows.txt").read_text()
     info, _, _ = load_own_data(tmp_path / "a.csv", tmp_path / "b.csv", "sigma", unit="S/m", target_transform="log10")
     assert (info.target, info.unit) == ("log10(sigma)", "log10(S/m)")
+
+
+def test_fold_and_row_options_do_what_they_say_on_your_own_files(tmp_path: Path, capsys, caplog):
+    """``--folds 3`` and ``--max-train-rows 10`` were silently ignored on your own files (one fixed split), and
+    ``--validation-fraction 0`` printed an empty validation line. Now: an error, a seeded subsample the summary
+    counts, and a line saying nothing calibrated the model."""
+    formulas = ["Fe2O3", "NaCl", "KBr", "LiF", "CuO", "MgO", "ZnS", "CaO"] * 5
+    pd.DataFrame({"formula": formulas, "y": [float(i) for i in range(40)]}).to_csv(tmp_path / "a.csv", index=False)
+    pd.DataFrame({"formula": ["SrO", "BaO"], "y": [1.0, 2.0]}).to_csv(tmp_path / "b.csv", index=False)
+    files = ["--train", str(tmp_path / "a.csv"), "--test", str(tmp_path / "b.csv"), "--target", "y"]
+    dummy = ["--baselines-only", "--baselines", "dummy"]
+    assert main([*files, *dummy, "--folds", "3", "--output-dir", str(tmp_path / "f")]) == 2
+    assert "has one fixed split (fold 0); --folds selects among MatBench's 5 official folds" in capsys.readouterr().err
+    assert main([*files, *dummy, "--max-train-rows", "10", "--output-dir", str(tmp_path / "m")]) == 0
+    assert json.loads((tmp_path / "m" / "summary.json").read_text())["n_train"] == [10]
+    assert "training on 10 of the 36 training rows (--max-train-rows)" in caplog.text
+    recipe = str(REPO / "benchmarks" / "matbench" / "recipes" / "tiny_scratch.yaml")
+    capsys.readouterr()
+    assert main([*files, "--config", recipe, "--set", "train.batch_size=16", "--baselines", "none",
+                 "--validation-fraction", "0", "--output-dir", str(tmp_path / "v")]) == 0
+    assert ("tiny_scratch had no held-out validation rows (--validation-fraction 0 and no --validation file): nothing "
+            "calibrated its uncertainty") in capsys.readouterr().out
