@@ -25,9 +25,14 @@ def _read_table(path: str, text_column: str | None = None) -> pd.DataFrame:
         sys.exit(f"error: {err}")
 
 
-def _column(df: pd.DataFrame, name: str, path: str) -> list:
+def _column(df: pd.DataFrame, name: str, path: str, formulas: bool = False) -> list:
+    """The cells of column ``name``; a missing one exits naming the near miss, or (``formulas``) the column that
+    holds formulas."""
+    from crossmat.dataset_builders.tables import formula_column_hint, similar_column
+
     if name not in df.columns:
-        sys.exit(f"error: column {name!r} not in {path} (columns: {list(df.columns)})")
+        hint = similar_column(name, list(df.columns)) or (formula_column_hint(df, name) if formulas else "")
+        sys.exit(f"error: column {name!r} not in {path}{hint} (columns: {list(df.columns)})")
     return df[name].tolist()
 
 
@@ -89,7 +94,7 @@ def cmd_generate(a: argparse.Namespace) -> None:
 
     if a.input:
         df = _read_table(a.input, a.formula_column)
-        formulas = _column(df, a.formula_column, a.input)
+        formulas = _column(df, a.formula_column, a.input, formulas=True)
         ids = df[a.id_column].tolist() if a.id_column in df.columns else None
     else:
         formulas, ids = a.formulas, None

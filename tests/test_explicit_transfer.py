@@ -580,3 +580,13 @@ loop_
 """
     res = validate_cif(cif, Composition("SrTiO3"), exact_cell=True)
     assert not res.valid and "disordered sites (partial occupancy)" in res.reasons
+
+
+def test_generate_from_a_table_without_a_formula_column_names_the_one_that_holds_formulas(tmp_path, data_dir):
+    """The LLM4Mat-Bench layout (``formula_pretty``) used to get only the list of columns."""
+    from crossmat.explicit_transfer.__main__ import main
+
+    with pytest.raises(SystemExit, match=r"column 'formula' not in .*test\.csv \(column 'formula_pretty' holds formulas: "
+                                         r"--formula-column formula_pretty\)"):
+        main(["generate", "--input", str(data_dir / "llm4mat_bench_mp_sample" / "test.csv"),
+              "--output", str(tmp_path / "g.jsonl")])
