@@ -30,7 +30,7 @@ import io
 import json
 import lzma
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
@@ -339,13 +339,18 @@ def sample_rows(path: str | Path, n: int = 20) -> pd.DataFrame:
         return pd.DataFrame()
 
 
-def _check_columns(path: Path, names: Sequence[str], required: Sequence[str], hint: str) -> None:
+def _check_columns(path: Path, names: Sequence[str], required: Sequence[str], hint: str,
+                   formula_column: str | None = None, sample: Callable[[], pd.DataFrame] | None = None) -> None:
+    """Raise naming the missing columns, the near miss, or (a missing ``formula_column``) the column of ``sample()``
+    (the first rows) that holds formulas."""
     missing = [c for c in required if c not in names]
     if missing:
         noun = "column" if len(missing) == 1 else "columns"
         shown = missing[0] if len(missing) == 1 else missing
-        raise TableError(f"{noun} {shown!r} not found in {path}{similar_column(missing[0], names)}; columns are "
-                         f"{list(names)}{hint}")
+        near = similar_column(missing[0], names)
+        if not near and missing[0] == formula_column and sample is not None:
+            near = formula_column_hint(sample(), formula_column)
+        raise TableError(f"{noun} {shown!r} not found in {path}{near}; columns are {list(names)}{hint}")
 
 
 def _checked_path(path: str | Path) -> tuple[Path, str]:
@@ -380,10 +385,12 @@ def read_table(
     columns: Sequence[str] | None = None,
     required: Sequence[str] = (),
     on_bad: OnBad = "error",
+    formula_column: str | None = None,
 ) -> Table:
     """Read a whole table (see the module docstring for the rules). ``columns``: keep only these (all must
-    exist); ``required``: columns that must exist; ``path`` may be a binary file object, ``name`` (its file
-    name) then gives the format. Raises :class:`TableError` (file, line, row, reason)."""
+    exist); ``required``: columns that must exist (a missing ``formula_column`` among them names the column that
+    holds formulas); ``path`` may be a binary file object, ``name`` (its file name) then gives the format. Raises
+    :class:`TableError` (file, line, row, reason)."""
     fileobj: IO[bytes] | None = None
     if hasattr(path, "read"):
         fileobj = path  # type: ignore[assignment]
@@ -406,7 +413,7 @@ def read_table(
         except (OSError, lzma.LZMAError) as err:
             raise TableError(f"cannot read {p} ({type(err).__name__}: {err})") from None
         names = rows.names if fmt in ("csv", "tsv") else list(frame.columns)
-    _check_columns(p, names, [*(columns or ()), *required], "")
+    _check_columns(p, names, [*(columns or ()), *required], "", formula_column, lambda: frame.head(20))
     if columns is not None:
         frame = frame[list(columns)]
     return Table(frame if fmt == "parquet" else frame.reset_index(drop=True), str(p), rows.rejected)
@@ -465,22 +472,24 @@ def iter_table(
     required: Sequence[str] = (),
     on_bad: OnBad = "error",
     hint: str = "",
+    formula_column: str | None = None,
 ) -> Iterator[Chunk]:
     """Stream a table in chunks of ``chunk_size`` rows (bounded memory), after ``skip`` data rows; the same
     parser and rules as :func:`read_table`. A chunk's dtypes are inferred per chunk (use ``text_columns='all'``
     for stable ones). ``required`` columns are checked before the first chunk (``hint`` is appended to that
-    error)."""
+    error; a missing ``formula_column`` names the column that holds formulas, from the first 20 rows)."""
     p, fmt = _checked_path(path)
     if chunk_size < 1:
         raise ValueError("chunk_size must be positive")
     if fmt == "parquet":
-        yield from _parquet_chunks(p, chunk_size, skip, required, hint, text_columns)
+        yield from _parquet_chunks(p, chunk_size, skip, required, hint, text_columns, formula_column)
         return
     rows = _Rows(p, fmt, on_bad)
     with _open_text(p) as fh:
         source = rows.rows(fh)
         first = next(source, None)
-        _check_columns(p, rows.names if fmt in ("csv", "tsv") else list(first[1] if first else ()), required, hint)
+        _check_columns(p, rows.names if fmt in ("csv", "tsv") else list(first[1] if first else ()), required, hint,
+                       formula_column, lambda: sample_rows(p))
         wanted = (pair for pair in chain([] if first is None else [first], source) if pair[0] >= skip)
         while True:
             with _gc_paused():
@@ -494,7 +503,7 @@ def iter_table(
 
 
 def _parquet_chunks(path: Path, chunk_size: int, skip: int, required: Sequence[str], hint: str,
-                    text_columns: TextColumns) -> Iterator[Chunk]:
+                    text_columns: TextColumns, formula_column: str | None = None) -> Iterator[Chunk]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -503,7 +512,8 @@ def _parquet_chunks(path: Path, chunk_size: int, skip: int, required: Sequence[s
     except (pa.ArrowInvalid, OSError) as err:
         raise TableError(f"{path} is not a readable Parquet file: {err}") from None
     names = pf.schema_arrow.names
-    _check_columns(path, names, required, hint)
+    _check_columns(path, names, required, hint, formula_column, lambda: pf.read_row_group(0).slice(0, 20).to_pandas()
+                   if pf.num_row_groups else pd.DataFrame())
     seen = 0
     for batch in pf.iter_batches(batch_size=chunk_size):
         if seen + batch.num_rows <= skip:

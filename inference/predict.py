@@ -29,10 +29,8 @@ from crossmat.dataset_builders.tables import (
     Chunk,
     TableError,
     count_rows,
-    formula_column_hint,
     iter_table,
     read_header,
-    sample_rows,
     table_format,
 )
 
@@ -106,10 +104,9 @@ def _read_chunks(path: Path, column: str, chunk_size: int, skip: int) -> Iterato
     kept as written (no NA / number guessing), bad rows (ragged, not UTF-8) kept and reported per chunk."""
     try:
         yield from iter_table(path, chunk_size=chunk_size, skip=skip, text_columns="all", required=[column],
-                              on_bad="keep", hint="; pass --formula-column")
+                              on_bad="keep", hint="; pass --formula-column", formula_column=column)
     except TableError as err:
-        hint = formula_column_hint(sample_rows(path), column) if f"column {column!r} not found" in str(err) else ""
-        raise InputError(f"{err}{hint}") from None
+        raise InputError(str(err)) from None
 
 
 def _count_csv_rows(path: Path) -> int:

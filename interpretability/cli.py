@@ -24,7 +24,7 @@ from .players import STRATEGIES
 def _read_formula_csv(path: str, column: str) -> pd.DataFrame:
     """A table (the one reader, ``dataset_builders.tables``) whose formula column is kept as written
     (``NA``/empty cells stay text, a NUL byte stays in the cell and is refused by the formula grammar)."""
-    return read_table(path, text_columns=[column], required=[column]).frame
+    return read_table(path, text_columns=[column], required=[column], formula_column=column).frame
 
 
 # the old spellings, still accepted (hidden; a notice on stderr): --out was the folder, --output the scalar

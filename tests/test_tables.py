@@ -8,6 +8,7 @@ import bz2
 import gzip
 import json
 import lzma
+import re
 from pathlib import Path
 
 import numpy as np
@@ -237,3 +238,20 @@ def test_bad_target_cells_that_look_alike_say_what_they_probably_are(cells: list
     with pytest.raises(TaskTypeError) as err:
         decide_task_type({"y": pd.Series([1.0, *cells, "metallic"], dtype=object)})
     assert hint not in str(err.value)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_missing_formula_column_names_the_column_that_holds_formulas(tmp_path: Path, suffix: str) -> None:
+    """Every reader that is told which column holds formulas (crossmat predict streams, crossmat explain reads
+    whole) names the one that does when it is missing, from the first rows; other columns are not guessed."""
+    frame = pd.DataFrame({"material_id": ["mp-1", "mp-2"], "formula_pretty": ["Fe2O3", "LiCoO2"], "y": [1.0, 2.0]})
+    path = tmp_path / f"t{suffix}"
+    frame.to_parquet(path) if suffix == ".parquet" else frame.to_csv(path, index=False)
+    hint = "(column 'formula_pretty' holds formulas: --formula-column formula_pretty)"
+    with pytest.raises(TableError, match=re.escape(hint)):
+        read_table(path, required=["formula"], formula_column="formula")
+    with pytest.raises(TableError, match=re.escape(hint)):
+        next(iter_table(path, required=["formula"], formula_column="formula"))
+    with pytest.raises(TableError) as err:
+        read_table(path, required=["target"], formula_column="formula")
+    assert "holds formulas" not in str(err.value)
