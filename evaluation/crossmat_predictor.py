@@ -27,11 +27,22 @@ WITHOUT_FOREST_FILE = "predictions_without_forest.csv"
 WITHOUT_SAME_COMPOSITION_FILE = "predictions_without_same_composition.csv"
 
 # Fine-tuning used with ``--model DIR`` when no recipe is given (sized for CPU; override with --set).
-DEFAULT_FINETUNE: dict[str, Any] = {
-    "stage": "finetune",
-    "train": {"epochs": 30, "batch_size": 128, "learning_rate": 5e-4, "warmup_ratio": 0.05,
-              "early_stopping_patience": 5, "progress_bar": False, "checkpoint_every": 100000},
-}
+# what the default recipe's model.config adds when it fine-tunes another folder: the ensemble and the training-time
+# fraction jitter; the size, pooling and element features are the folder's own
+TRAINING_MODEL_KEYS = ("ensemble_size", "fraction_jitter")
+
+
+def model_folder_recipe() -> dict[str, Any]:
+    """The recipe for fine-tuning a given model folder (``--model DIR``: a backbone the user pretrained, or a property
+    model to fine-tune further): the shipped default recipe (the same training, calibration and corrections the
+    shipped backbone gets), its model.config cut to :data:`TRAINING_MODEL_KEYS`."""
+    from crossmat.dataset_builders.paths import resolve_recipe
+    from crossmat.training.recipe import load_recipe
+
+    recipe = load_recipe(resolve_recipe("default"))
+    model = recipe.setdefault("model", {})
+    model["config"] = {k: v for k, v in (model.get("config") or {}).items() if k in TRAINING_MODEL_KEYS}
+    return recipe
 
 
 class ModelTaskMismatch(ValueError):
@@ -100,7 +111,7 @@ class CrossMatPredictor:
             raise ValueError("CrossMatPredictor needs a recipe or a model folder")
         self.name = name
         self.model_dir = Path(model_dir) if model_dir is not None else None
-        self.recipe = copy.deepcopy(dict(recipe)) if recipe is not None else copy.deepcopy(DEFAULT_FINETUNE)
+        self.recipe = copy.deepcopy(dict(recipe)) if recipe is not None else model_folder_recipe()
         stage = _finetune_stage(self.recipe)
         if self.model_dir is not None:
             stage.setdefault("model", {})["init_from"] = str(self.model_dir)

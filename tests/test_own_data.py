@@ -416,3 +416,34 @@ def test_fold_and_row_options_do_what_they_say_on_your_own_files(tmp_path: Path,
                  "--validation-fraction", "0", "--output-dir", str(tmp_path / "v")]) == 0
     assert ("tiny_scratch had no held-out validation rows (--validation-fraction 0 and no --validation file): nothing "
             "calibrated its uncertainty") in capsys.readouterr().out
+
+
+def test_a_model_folder_is_fine_tuned_with_the_default_recipe_and_its_card_gets_the_scores(tmp_path: Path, capsys):
+    """``--model DIR`` (a backbone you pretrained, or a property model) used an old recipe (30 epochs, batch 128: 40
+    rows failed with 'fewer than one optimizer step'), ignored --quick, and a finished run ended in a traceback when
+    writing DIR's model card (huggingface_hub refuses a source name without a URL). Now it gets the default recipe
+    (the folder's own size and features), and the card its scores."""
+    import yaml
+
+    import crossmat.modeling as modeling
+    from crossmat.tokenization import CrossMatTokenizerFast
+
+    cfg = modeling.CrossMatConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                  num_labels=1, problem_type="regression", target_mean=[0.0], target_std=[1.0])
+    folder = tmp_path / "mine"
+    modeling.CrossMatForPropertyPrediction(cfg).save_pretrained(folder)
+    CrossMatTokenizerFast().save_pretrained(folder)
+    formulas = ["Fe2O3", "NaCl", "KBr", "LiF", "CuO", "MgO", "ZnS", "CaO"] * 5
+    pd.DataFrame({"formula": formulas, "y": [float(i % 7) for i in range(40)]}).to_csv(tmp_path / "a.csv", index=False)
+    pd.DataFrame({"formula": ["SrO", "BaO"], "y": [1.0, 2.0]}).to_csv(tmp_path / "b.csv", index=False)
+    rc = main(["--train", str(tmp_path / "a.csv"), "--test", str(tmp_path / "b.csv"), "--target", "y", "--model",
+               str(folder), "--quick", "--baselines", "none", "--output-dir", str(tmp_path / "o")])
+    out = capsys.readouterr()
+    assert rc == 0, out.err[-2000:]
+    assert f"model-index updated: {folder / 'README.md'}" in out.out and "Traceback" not in out.err
+    assert "metric_value" not in (folder / "README.md").read_text() and "value:" in (folder / "README.md").read_text()
+    fold_model = tmp_path / "o" / "mine_quick" / "fold_0" / "model"
+    used = yaml.safe_load((fold_model / "recipe.yaml").read_text())
+    assert used["train"]["epochs"] == 10 and used["train"]["calibrate"] and used["train"]["same_composition"]
+    config = json.loads((fold_model / "config.json").read_text())
+    assert config["ensemble_size"] == 2 and config["hidden_size"] == 32  # the recipe's ensemble, the folder's size
