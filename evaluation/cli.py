@@ -208,7 +208,7 @@ def held_out_report(summary: dict) -> list[str]:
                 continue
             if not held:  # a recipe that reports nothing about its validation rows
                 continue
-            if summary["task_type"] == "regression" and "rows" in cal and "scale" not in cal:
+            if summary.get("task_type") == "regression" and "rows" in cal and "scale" not in cal:
                 msg += "; they were too few to calibrate the standard deviation (the coverage columns use the raw spread)"
             lines.append(f"{name} {prefix}validation ({n_held} held-out rows, never trained on): {msg}")
     return lines
