@@ -39,7 +39,7 @@ from typing import IO, Any, Literal
 import numpy as np
 import pandas as pd
 
-__all__ = ["NA_VALUES", "ON_BAD", "BadRow", "Chunk", "Table", "TableError", "count_rows", "iter_table", "formula_column_hint", "read_header", "read_table", "sample_rows", "similar_column", "table_format"]
+__all__ = ["NA_VALUES", "ON_BAD", "BadRow", "Chunk", "Table", "TableError", "count_rows", "iter_table", "formula_column_hint", "missing_column_hint", "read_header", "read_table", "similar_column", "table_format"]
 
 NA_VALUES: frozenset[str] = frozenset(
     ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
@@ -330,7 +330,19 @@ def formula_column_hint(frame: pd.DataFrame, wrong: str, option: str = "--formul
     return ""
 
 
-def sample_rows(path: str | Path, n: int = 20) -> pd.DataFrame:
+def missing_column_hint(wanted: str, names: Sequence[str], formula_column: str | None = None,
+                        sample: pd.DataFrame | Callable[[], pd.DataFrame] | None = None,
+                        option: str = "--formula-column {}") -> str:
+    """What to say about a missing column ``wanted``: the near miss among ``names`` (:func:`similar_column`), else,
+    when it is the ``formula_column``, the column of ``sample`` (the first rows, or a function giving them, called
+    only then) that holds formulas (:func:`formula_column_hint`); else ``""``."""
+    near = similar_column(wanted, names)
+    if near or wanted != formula_column or sample is None:
+        return near
+    return formula_column_hint(sample() if callable(sample) else sample, wanted, option)
+
+
+def _sample_rows(path: str | Path, n: int = 20) -> pd.DataFrame:
     """The first ``n`` rows of a table as text (streamed: a large file is not read), or an empty frame."""
     try:
         return next((chunk.frame for chunk in iter_table(path, chunk_size=n, text_columns="all", on_bad="keep")),
@@ -347,9 +359,7 @@ def _check_columns(path: Path, names: Sequence[str], required: Sequence[str], hi
     if missing:
         noun = "column" if len(missing) == 1 else "columns"
         shown = missing[0] if len(missing) == 1 else missing
-        near = similar_column(missing[0], names)
-        if not near and missing[0] == formula_column and sample is not None:
-            near = formula_column_hint(sample(), formula_column)
+        near = missing_column_hint(missing[0], names, formula_column, sample)
         raise TableError(f"{noun} {shown!r} not found in {path}{near}; columns are {list(names)}{hint}")
 
 
@@ -489,7 +499,7 @@ def iter_table(
         source = rows.rows(fh)
         first = next(source, None)
         _check_columns(p, rows.names if fmt in ("csv", "tsv") else list(first[1] if first else ()), required, hint,
-                       formula_column, lambda: sample_rows(p))
+                       formula_column, lambda: _sample_rows(p))
         wanted = (pair for pair in chain([] if first is None else [first], source) if pair[0] >= skip)
         while True:
             with _gc_paused():

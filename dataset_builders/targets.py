@@ -18,9 +18,11 @@ import pandas as pd
 
 from .tables import NA_VALUES
 
-__all__ = ["BINARY_WORDS", "TASK_TYPES", "TaskTypeError", "apply_labels", "decide_task_type", "target_values", "two_labels"]
+__all__ = ["BINARY_WORDS", "TARGET_TRANSFORMS", "TASK_TYPES", "TaskTypeError", "apply_labels", "decide_task_type", "target_values",
+           "transform_targets", "two_labels"]
 
 TASK_TYPES = ("auto", "regression", "classification")
+TARGET_TRANSFORMS = ("log10", "log10_abs")  # a recipe's data.target_transform, evaluate's --target-transform
 BINARY_WORDS = {"true": 1.0, "false": 0.0, "yes": 1.0, "no": 0.0}
 _NEEDS = "regression needs numbers, classification needs 0/1, true/false or yes/no labels"
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -40,6 +42,22 @@ def _hint(bad: list[Any]) -> str:
         if all(re.fullmatch(pattern, c) for c in cells):
             return f" ({hint})"
     return ""
+
+
+def transform_targets(values: np.ndarray, transform: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(transformed values, cells where the transform is undefined)`` of a regression target array (any shape):
+    ``log10`` of positive values, ``log10_abs`` of non-zero ones; undefined cells become NaN, missing ones stay NaN
+    and are not counted as undefined."""
+    values = np.asarray(values, dtype=np.float64)
+    if transform is None:
+        return values, np.zeros(values.shape, dtype=bool)
+    if transform not in TARGET_TRANSFORMS:
+        raise ValueError(f"target transform must be one of {TARGET_TRANSFORMS}, got {transform!r}")
+    finite = np.isfinite(values)
+    defined = finite & ((values > 0) if transform == "log10" else (values != 0))
+    out = np.full(values.shape, np.nan)
+    out[defined] = np.log10(np.abs(values[defined]))
+    return out, finite & ~defined
 
 
 class TaskTypeError(ValueError):

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 WITHOUT_FOREST_FILE = "predictions_without_forest.csv"
 WITHOUT_SAME_COMPOSITION_FILE = "predictions_without_same_composition.csv"
 
-# Fine-tuning used with ``--model DIR`` when no recipe is given (sized for CPU; override with --set).
 # what the default recipe's model.config adds when it fine-tunes another folder: the ensemble and the training-time
 # fraction jitter; the size, pooling and element features are the folder's own
 TRAINING_MODEL_KEYS = ("ensemble_size", "fraction_jitter")

@@ -12,13 +12,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from crossmat.dataset_builders.tables import TableError, formula_column_hint, read_table, similar_column
+from crossmat.dataset_builders.tables import TableError, formula_column_hint, missing_column_hint, read_table
 from crossmat.dataset_builders.targets import (
+    TARGET_TRANSFORMS,
     TASK_TYPES,
     TaskTypeError,
     apply_labels,
     decide_task_type,
     target_values,
+    transform_targets,
     two_labels,
 )
 
@@ -73,23 +75,6 @@ def _composition_keys(formulas: pd.Series) -> pd.Series:
     return formulas.astype(str).map(keys)
 
 
-TARGET_TRANSFORMS = ("log10", "log10_abs")  # the same names as a recipe's data.target_transform
-
-
-def transform_targets(values: np.ndarray, transform: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """``(transformed values, rows where the transform is undefined)``: log10 of positive values, log10(|y|) of
-    non-zero ones; missing values stay missing and are not counted as undefined."""
-    if transform is None:
-        return values, np.zeros(len(values), dtype=bool)
-    if transform not in TARGET_TRANSFORMS:
-        raise ValueError(f"target transform must be one of {TARGET_TRANSFORMS}, got {transform!r}")
-    ok = (values > 0) if transform == "log10" else (values != 0)
-    finite = np.isfinite(values)
-    out = np.full(len(values), np.nan)
-    out[ok & finite] = np.log10(np.abs(values[ok & finite]))
-    return out, finite & ~ok
-
-
 def seen_compositions(test: pd.Series, seen: pd.Series) -> tuple[int, int]:
     """``(rows, compositions)``: how many test rows, and distinct compositions, are also among ``seen``'s (the
     training and validation rows). Their errors measure how well the model recalls a known compound more than how
@@ -135,9 +120,7 @@ def load_own_data(
         raw = _read(path, split)
         for col in (formula_column, target, *([id_column] if id_column else [])):
             if col not in raw.columns:
-                hint = similar_column(col, list(raw.columns))
-                if not hint and col == formula_column:
-                    hint = formula_column_hint(raw, col)
+                hint = missing_column_hint(col, list(raw.columns), formula_column, raw)
                 raise BenchmarkDataError(f"{path}: no column {col!r}{hint}; columns are {list(raw.columns)}")
         raws[split] = raw
     try:

@@ -28,10 +28,10 @@ def _read_table(path: str, text_column: str | None = None) -> pd.DataFrame:
 def _column(df: pd.DataFrame, name: str, path: str, formulas: bool = False) -> list:
     """The cells of column ``name``; a missing one exits naming the near miss, or (``formulas``) the column that
     holds formulas."""
-    from crossmat.dataset_builders.tables import formula_column_hint, similar_column
+    from crossmat.dataset_builders.tables import missing_column_hint
 
     if name not in df.columns:
-        hint = similar_column(name, list(df.columns)) or (formula_column_hint(df, name) if formulas else "")
+        hint = missing_column_hint(name, list(df.columns), name if formulas else None, df)
         sys.exit(f"error: column {name!r} not in {path}{hint} (columns: {list(df.columns)})")
     return df[name].tolist()
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from crossmat.dataset_builders.tables import TableError, table_format
 from crossmat.modeling.configuration_crossmat import INTERVAL_NAMES, INTERVAL_TAGS, prediction_intervals
 from crossmat.modeling.model_folder import is_property_config, load_property_model, output_info, scores_from_logits
 from crossmat.modeling.pipeline_crossmat import DEFAULT_MAX_CHARS, label_indices
@@ -44,14 +45,19 @@ class Predictions:
         return sum(e is not None for e in self.errors)
 
 
-TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl", ".json", ".gz", ".bz2", ".xz", ".zst")
+def _is_table_file(text: str) -> bool:
+    """Whether ``text`` names an existing file of a table format the readers know (``tables.table_format``)."""
+    try:
+        table_format(text)
+    except TableError:
+        return False
+    return Path(text).is_file()
 
 
 def formula_list(formulas: object) -> list[object]:
     """The rows of a ``predict`` call: a single string is one formula; any iterable of cells (list, tuple, numpy
     array, pandas Series, generator) is one row per cell. A table or a file name is refused with what to pass."""
-    if isinstance(formulas, Path) or (isinstance(formulas, str) and formulas.lower().endswith(TABLE_SUFFIXES)
-                                      and Path(formulas).is_file()):
+    if isinstance(formulas, Path) or (isinstance(formulas, str) and _is_table_file(formulas)):
         raise ValueError(f"{formulas} is a file, not a formula: predict a file with crossmat predict --model ... "
                          f"--input {formulas} --output predictions.csv, or crossmat.inference.predict_file")
     if isinstance(formulas, str):

@@ -25,14 +25,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from crossmat._extras import MissingExtraError, needs_extra
-from crossmat.dataset_builders.tables import (
-    Chunk,
-    TableError,
-    count_rows,
-    iter_table,
-    read_header,
-    table_format,
-)
+from crossmat.dataset_builders.tables import Chunk, TableError, count_rows, iter_table, read_header, table_format
 
 from .engine import DEFAULT_MAX_CHARS, PRECISIONS, FormulaPredictor
 

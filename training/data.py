@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from crossmat.dataset_builders.paths import cache_dir
-from crossmat.dataset_builders.tables import TableError, formula_column_hint, read_table, similar_column
+from crossmat.dataset_builders.tables import TableError, missing_column_hint, read_table
 from crossmat.dataset_builders.targets import TaskTypeError, apply_labels, two_labels
 from crossmat.tokenization import CrossMatTokenizerFast, FormulaError, canonical_formula
 
@@ -272,9 +272,7 @@ def _tokenize(tokenizer: CrossMatTokenizerFast, formulas: np.ndarray) -> tuple[t
 def _require_columns(df: pd.DataFrame, columns: list[str], what: str, formula_column: str | None = None) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        hint = similar_column(missing[0], list(df.columns))
-        if not hint and missing[0] == formula_column:
-            hint = formula_column_hint(df, formula_column, "data.formula_column={}")
+        hint = missing_column_hint(missing[0], list(df.columns), formula_column, df, "data.formula_column={}")
         raise DataError(f"{what}: column(s) {missing} not found{hint}; available columns: {list(df.columns)}")
 
 

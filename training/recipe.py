@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from crossmat.dataset_builders.paths import data_dir
+from crossmat.dataset_builders.targets import TARGET_TRANSFORMS
 
 __all__ = [
     "PIPELINE_KEYS",
@@ -225,7 +226,7 @@ STAGE_DEFAULTS: dict[str, Any] = _defaults(StageRecipe)
 PIPELINE_KEYS = {"pipeline", "name", "description", "seed"}
 _CHOICES = {
     "data.task": ("auto", "regression", "classification"),
-    "data.target_transform": (None, "log10", "log10_abs"),
+    "data.target_transform": (None, *TARGET_TRANSFORMS),
     "data.on_invalid": ("error", "skip"),
     "data.missing_embeddings": ("error", "mlm_only"),
     "data.clip_predictions": ("none", "auto"),

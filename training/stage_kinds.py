@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from transformers import GPT2LMHeadModel
 
 from crossmat.dataset_builders.cif_text import CIF_FORMS
-from crossmat.dataset_builders.targets import TaskTypeError, decide_task_type
+from crossmat.dataset_builders.targets import TaskTypeError, decide_task_type, transform_targets
 from crossmat.modeling import CrossMatForMaskedLM, CrossMatForPropertyPrediction, CrossMatForStructureAlignment
 from crossmat.modeling.calibration import coverage_metrics
 from crossmat.modeling.model_folder import scores_from_logits
@@ -379,11 +379,10 @@ def _target_matrix(df: pd.DataFrame, columns: list[str], task: str, transform: s
         task, y = decide_task_type({c: df[c] for c in columns}, task, f"{what}: ")
     except TaskTypeError as err:
         raise DataError(str(err)) from None
-    if transform in ("log10", "log10_abs"):
+    if transform:
         if task != "regression":
             raise DataError(f"{what}: target_transform {transform!r} only applies to regression")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            y = np.log10(np.abs(y) if transform == "log10_abs" else np.where(y > 0, y, np.nan))
+        y, _ = transform_targets(y, transform)
     return y, task
 
 
