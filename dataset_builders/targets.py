@@ -2,9 +2,11 @@
 and ``evaluate --benchmark csv``).
 
 Numbers are regression targets; a single column holding only 0/1, booleans or the words ``true``/``false``,
-``yes``/``no`` (any case) is a binary classification target, and so is a column of exactly two text labels
-(:func:`two_labels`). Missing cells (NaN, :data:`NA_VALUES`) stay missing. Anything else raises
-:class:`TaskTypeError` naming the column, the first bad row and example values.
+``yes``/``no`` (any case) is a binary classification target, and a column of text labels (``metal`` /
+``insulator``; ``cubic`` / ``hexagonal`` / ... for several classes) is a classification target of that many
+classes (:func:`class_labels`); so are whole numbers when classification is asked for. Missing cells (NaN,
+:data:`NA_VALUES`) stay missing. Anything else raises :class:`TaskTypeError` naming the column, the first bad row
+and example values.
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ import pandas as pd
 
 from .tables import NA_VALUES
 
-__all__ = ["BINARY_WORDS", "TARGET_TRANSFORMS", "TASK_TYPES", "TaskTypeError", "apply_labels", "decide_task_type", "target_values",
-           "transform_targets", "two_labels"]
+__all__ = ["BINARY_WORDS", "MAX_CLASSES", "TARGET_TRANSFORMS", "TASK_TYPES", "TaskTypeError", "apply_labels", "class_labels",
+           "decide_task_type", "target_values", "transform_targets"]
 
 TASK_TYPES = ("auto", "regression", "classification")
 TARGET_TRANSFORMS = ("log10", "log10_abs")  # a recipe's data.target_transform, evaluate's --target-transform
 BINARY_WORDS = {"true": 1.0, "false": 0.0, "yes": 1.0, "no": 0.0}
-_NEEDS = "regression needs numbers, classification needs 0/1, true/false or yes/no labels"
+MAX_CLASSES = 250  # the most classes a classification target may have (the 230 space groups fit)
+_NEEDS = ("regression needs numbers, classification needs class labels (0/1, true/false, yes/no, or text labels that "
+          "repeat, such as metal / insulator)")
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _HINTS = (  # (pattern every bad cell matches, what it most likely is)
     (r"[-+]?\d+,\d+", "commas in the numbers? write 2.709 (or 2709), not 2,709"),
@@ -61,7 +65,7 @@ def transform_targets(values: np.ndarray, transform: str | None) -> tuple[np.nda
 
 
 class TaskTypeError(ValueError):
-    """Target values that fit neither regression nor (binary) classification, or not the requested one."""
+    """Target values that fit neither regression nor classification, or not the requested one."""
 
 
 def target_values(values: Any, column: str, where: str = "") -> tuple[np.ndarray, bool]:
@@ -111,7 +115,8 @@ def decide_task_type(
 
     ``auto``: one column of only 0/1 (or true/false, yes/no, booleans) is classification, numbers are
     regression; word labels mixed with other numbers, or in several columns, raise. An explicit
-    ``task_type`` is checked against the values."""
+    ``task_type`` is checked against the values: classification takes class indices (whole numbers >= 0; text
+    labels and other whole numbers become indices first, :func:`class_labels`)."""
     if task_type not in TASK_TYPES:
         raise ValueError(f"task type must be one of {TASK_TYPES}, got {task_type!r}")
     if not columns:
@@ -125,6 +130,7 @@ def decide_task_type(
     y = np.stack(arrays, axis=1)
     finite = np.unique(y[np.isfinite(y)])
     binary = bool(finite.size) and set(finite.tolist()) <= {0.0, 1.0}
+    indices = bool(finite.size) and bool(np.all((finite >= 0) & (finite == np.round(finite))))
     requested = task_type
     if task_type == "auto":
         task_type = "classification" if len(columns) == 1 and binary else "regression"
@@ -132,10 +138,10 @@ def decide_task_type(
     if task_type == "classification":
         if len(columns) != 1:
             raise TaskTypeError(f"{where}classification needs one target column, got {list(columns)}")
-        if not binary:
-            others = [float(v) for v in finite.tolist() if v not in (0.0, 1.0)][:5]
-            raise TaskTypeError(f"{where}classification needs 0/1, true/false or yes/no labels in target column "
-                                f"{name!r}; it holds {others}" if others else
+        if not indices:
+            others = [float(v) for v in finite.tolist() if v < 0 or v != round(v)][:5]
+            raise TaskTypeError(f"{where}classification needs class labels in target column {name!r} (0/1, "
+                                f"true/false, yes/no, text labels or whole numbers); it holds {others}" if others else
                                 f"{where}target column {name!r} holds no labels")
     elif word_columns:
         col = word_columns[0]
@@ -148,40 +154,65 @@ def decide_task_type(
     return task_type, y
 
 
-def two_labels(columns: list[pd.Series], target: str, positive_label: str | None = None,
-               option: str = "--positive-label", task_type: str = "auto") -> tuple[str, str] | None:
-    """``(class 0, class 1)`` when the target column (all its splits) holds exactly two distinct text labels
-    (``metal`` / ``insulator``), else ``None`` and the column is read as before (numbers, 0/1, true/false, yes/no).
-    Class 1 is ``positive_label``, or the label that sorts last. Raises :class:`TaskTypeError` when
-    ``positive_label`` is given but the column does not hold exactly two text labels, one of them that one, and
-    when ``task_type`` is ``regression`` for such a column (``option`` names the setting in the message)."""
+def class_labels(columns: list[pd.Series], target: str, positive_label: str | None = None,
+                 option: str = "--positive-label", task_type: str = "auto") -> tuple[str, ...] | None:
+    """The class names, in class order, of a classification target that is not already 0/1, read over all its
+    splits (``columns``); ``None`` when the column is read as it is (numbers, 0/1, true/false, yes/no).
+
+    * Text labels: every non-missing cell is a label that is not a number or true/false/yes/no, with 2 to
+      :data:`MAX_CLASSES` distinct labels (three or more must repeat, on average at least twice, and must not look
+      like numbers with units or bounds). Classes are the labels in sorted order; of two, ``positive_label`` is
+      class 1, default the label that sorts last.
+    * Whole numbers other than 0/1 (``1`` .. ``7``) when ``task_type`` is ``classification``: classes are the
+      numbers in increasing order, named as written.
+
+    Raises :class:`TaskTypeError` when ``positive_label`` is given but the column does not hold two labels, one of
+    them that one, and when ``task_type`` is ``regression`` for a column of text labels (``option`` names the
+    setting in the message)."""
     values = pd.concat(columns, ignore_index=True)
     values = values[values.notna()]
     text = values.astype(str).str.strip()
     text = text[~text.isin(NA_VALUES)]
+    numbers = pd.to_numeric(text, errors="coerce")
     if values.dtype == bool or pd.api.types.is_numeric_dtype(values):
         other = text.iloc[:0]
     else:
-        plain = pd.to_numeric(text, errors="coerce").notna() | text.str.lower().isin(BINARY_WORDS)
-        other = text[~plain]
-    labels = sorted(set(other))
-    if len(labels) != 2 or len(other) != len(text) or (positive_label is not None and positive_label not in labels):
-        if positive_label is None:
-            return None  # not two text labels: target_values reads the column or names its first bad row
-        shown = ", ".join(map(repr, labels[:5])) or "no text labels"
-        raise TaskTypeError(f"{option} {positive_label!r}: target column {target!r} must hold exactly two text labels, "
-                            f"one of them {positive_label!r}; it holds {shown}"
-                            + ("" if len(other) == len(text) else " and numbers or true/false values"))
-    if task_type == "regression":
+        other = text[numbers.isna() & ~text.str.lower().isin(BINARY_WORDS)]
+    labels: list[str] = sorted(set(other))
+    if len(other) != len(text) or not 2 <= len(labels) <= MAX_CLASSES or (
+            len(labels) > 2 and (2 * len(labels) > len(text) or _hint(list(labels)))):
+        labels = []
+    if labels and task_type == "regression":
         raise TaskTypeError(f"task type regression: target column {target!r} holds the text labels "
-                            f"{labels[0]!r}, {labels[1]!r}, not numbers")
+                            f"{', '.join(map(repr, labels[:5]))}, not numbers")
+    if not labels and task_type == "classification" and values.dtype != bool and numbers.notna().all():
+        whole = np.unique(numbers.to_numpy(dtype=np.float64))
+        if (np.all(whole == np.round(whole)) and not set(whole.tolist()) <= {0.0, 1.0}
+                and 2 <= len(whole) <= MAX_CLASSES):
+            labels = [str(int(v)) for v in whole]
+    if positive_label is not None and (len(labels) != 2 or positive_label not in labels):
+        shown = ", ".join(map(repr, labels[:5])) or "no text labels"
+        raise TaskTypeError(f"{option} {positive_label!r}: target column {target!r} must hold exactly two labels, "
+                            f"one of them {positive_label!r}; it holds {shown}"
+                            + ("" if len(other) == len(text) or labels else " and numbers or true/false values"))
+    if not labels:
+        return None  # target_values reads the column or names its first bad row
     if positive_label == labels[0]:
         labels.reverse()
-    return labels[0], labels[1]
+    return tuple(labels)
 
 
-def apply_labels(values: pd.Series, labels: tuple[str, str]) -> pd.Series:
-    """``values`` with each of the two text labels replaced by its class (``labels[0]`` -> 0.0, ``labels[1]`` -> 1.0);
-    other cells unchanged."""
-    classes = {labels[0]: 0.0, labels[1]: 1.0}
-    return values.map(lambda v: classes.get(v.strip(), v) if isinstance(v, str) else v)
+def apply_labels(values: pd.Series, labels: tuple[str, ...]) -> pd.Series:
+    """``values`` with each class name replaced by its class index (``labels[i]`` -> ``float(i)``; a whole number
+    is matched by how it is written, ``3.0`` as ``'3'``); other cells unchanged."""
+    index = {label: float(i) for i, label in enumerate(labels)}
+
+    def one(v: Any) -> Any:
+        if isinstance(v, str):
+            return index.get(v.strip(), v)
+        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) \
+                and np.isfinite(v) and float(v) == round(float(v)):
+            return index.get(str(int(v)), v)
+        return v
+
+    return values.map(one)

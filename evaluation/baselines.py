@@ -32,7 +32,8 @@ class FoldData:
 
 @dataclass
 class FoldPrediction:
-    """Test predictions (values, or positive-class probabilities), free-form parameters and, for models
+    """Test predictions (values, positive-class probabilities, or rows x classes probabilities of a task of three
+    classes or more), free-form parameters and, for models
     that estimate it (ensembles), a per-row uncertainty (std of the members, same units as predictions)."""
 
     predictions: np.ndarray
@@ -41,12 +42,17 @@ class FoldPrediction:
 
 
 class DummyBaseline:
-    """Predicts the training mean (regression) or the training positive rate (classification)."""
+    """Predicts the training mean (regression), the training positive rate (binary classification) or the training
+    class frequencies (a task of more classes)."""
 
     name = "dummy"
 
     def fit_predict(self, data: FoldData, task: TaskInfo, workdir: Path, seed: int) -> FoldPrediction:
         y = pd.concat([data.train["target"], data.validation["target"]]).to_numpy(dtype=np.float64)
+        if task.task_type == "classification" and task.num_classes > 2:
+            freq = np.bincount(y.astype(np.int64), minlength=task.num_classes) / len(y)
+            return FoldPrediction(np.tile(freq, (len(data.test), 1)), {"strategy": "class_frequencies",
+                                                                       "value": freq.tolist()})
         value = float(y.mean())
         strategy = "mean" if task.task_type == "regression" else "positive_rate"
         return FoldPrediction(np.full(len(data.test), value), {"strategy": strategy, "value": value})
@@ -132,6 +138,11 @@ class MagpieRandomForest:
         model = cls(n_estimators=self.n_estimators, n_jobs=self.n_jobs, random_state=seed)
         y = train["target"].to_numpy()[keep]
         model.fit(X[keep], y if task.task_type == "regression" else y.astype(int))
-        pred = model.predict(Xt) if task.task_type == "regression" else model.predict_proba(Xt)[:, 1]
+        if task.task_type == "regression":
+            pred = model.predict(Xt)
+        else:  # P(class 1), or every class's probability (a class without training rows gets 0)
+            prob = np.zeros((len(Xt), task.num_classes))
+            prob[:, model.classes_.astype(int)] = model.predict_proba(Xt)
+            pred = prob[:, 1] if task.num_classes == 2 else prob
         params = {"n_estimators": self.n_estimators, "features": "magpie", "rejected_train_rows": len(rej)}
         return FoldPrediction(np.asarray(pred, dtype=np.float64), params)

@@ -128,12 +128,16 @@ class CrossMatPredictor:
         # `crossmat predict` columns say "yield_strength", not "target"
         name = task.target if task.target and task.target not in ("id", "formula") else "target"
         train, validation = (f[cols].rename(columns={"target": name}) for f in (data.train, data.validation))
+        if task.task_type == "classification" and task.num_classes > 2 and task.labels:
+            # the class names, which card.class_labels below orders, so a class without training rows keeps its index
+            train, validation = (f.assign(**{name: np.asarray(task.labels, dtype=object)[f[name].to_numpy(np.int64)]})
+                                 for f in (train, validation))
         if given.get("validation_fraction") == 0:  # the recipe trains on every training row, no carve-out
             train, validation = pd.concat([train, validation]), validation.iloc[:0]
         card = dict(stage.get("card") or {})  # the fold model's card says what it was trained on
         if task.unit and not card.get("property_unit"):  # unit into the fold model's config and card
             card["property_unit"] = task.unit
-        if task.labels and not card.get("class_labels"):  # text class names into the config's id2label
+        if task.labels and not card.get("class_labels"):  # class names into the config's id2label
             card["class_labels"] = list(task.labels)
         card.setdefault("training_data", f"{task.benchmark} task {task.name}, fold {data.fold}: {len(train)} "
                         f"training rows; {len(validation)} validation rows for early stopping.")
@@ -204,7 +208,10 @@ class CrossMatPredictor:
                 alone = predict_with(predictor, formulas, task.task_type)
             finally:
                 setattr(model.config, key, value)
-            pd.DataFrame({"id": data.test["id"].to_numpy(), "prediction": alone}).to_csv(workdir / name, index=False)
+            columns = {"prediction": alone} if alone.ndim == 1 else {  # three classes or more: as predictions.csv
+                "prediction": alone.argmax(1), **{f"probability_{label}": alone[:, i] for i, label in
+                                                  enumerate(task.labels or range(alone.shape[1]))}}
+            pd.DataFrame({"id": data.test["id"].to_numpy(), **columns}).to_csv(workdir / name, index=False)
         params: dict[str, Any] = {"model_dir": str(run.folder), "overrides": self.overrides}
         info_file = run.folder / "training_info.json"  # what the held-out validation rows did (training.stages)
         if info_file.is_file():
@@ -229,7 +236,8 @@ def fold_predictor(run: StageRun, batch_size: int = 1024) -> FormulaPredictor:
 def predict_folder(model_dir: Path, formulas: list[str], task_type: str, batch_size: int = 1024,
                    return_uncertainty: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
     """Predictions of a saved CrossMat property model (full or LoRA folder) through the predictor users
-    run (:class:`inference.FormulaPredictor`): values (regression) or P(class 1); every formula must be valid.
+    run (:class:`inference.FormulaPredictor`): values (regression), P(class 1) or, for three classes or more, rows x
+    classes probabilities; every formula must be valid.
     With ``return_uncertainty`` also the ensemble spread of those values (``None`` for a single model)."""
     from crossmat.inference.engine import FormulaPredictor
 
@@ -256,6 +264,8 @@ def predict_with(predictor: FormulaPredictor, formulas: list[str], task_type: st
     if bad:
         i, f, e = bad[0]
         raise ValueError(f"{where}: {len(bad)} test formula(s) cannot be predicted; row {i}: {f!r}: {e}")
+    if task_type != "regression" and pred.values.shape[1] > 2:  # every class's probability
+        return (pred.values, None) if return_uncertainty else pred.values
     col = 0 if task_type == "regression" or pred.values.shape[1] == 1 else 1
     values = pred.values[:, col]
     threshold = getattr(predictor, "decision_threshold", None)

@@ -18,10 +18,10 @@ from crossmat.dataset_builders.targets import (
     TASK_TYPES,
     TaskTypeError,
     apply_labels,
+    class_labels,
     decide_task_type,
     target_values,
     transform_targets,
-    two_labels,
 )
 
 from .tasks import BenchmarkDataError, TaskInfo, carve_validation
@@ -104,9 +104,9 @@ def load_own_data(
 
     Without ``validation`` a seeded ``validation_fraction`` of the training rows (stratified for
     classification) is held out for model selection. ``task_type='auto'``: 0/1 or boolean targets are
-    classification, anything else regression; so is a column of exactly two text labels
-    (:func:`dataset_builders.targets.two_labels`:
-    ``positive_label`` is class 1, default the label that sorts last; ``TaskInfo.labels`` names both).
+    classification, anything else regression; so is a column of text labels, and whole numbers with
+    ``task_type='classification'`` (:func:`dataset_builders.targets.class_labels`: of two labels ``positive_label``
+    is class 1, default the label that sorts last; ``TaskInfo.labels`` names the classes in order).
     ``target_transform`` (``log10``, ``log10_abs``): every split's target is transformed, so every predictor is
     trained and scored on that scale; ``TaskInfo.target`` becomes ``log10(<column>)``; rows where it is undefined
     are left out and reported."""
@@ -124,7 +124,7 @@ def load_own_data(
                 raise BenchmarkDataError(f"{path}: no column {col!r}{hint}; columns are {list(raw.columns)}")
         raws[split] = raw
     try:
-        labels = two_labels([raw[target] for raw in raws.values()], target, positive_label, task_type=task_type)
+        labels = class_labels([raw[target] for raw in raws.values()], target, positive_label, task_type=task_type)
     except TaskTypeError as err:
         raise BenchmarkDataError(str(err)) from None
     frames: dict[str, pd.DataFrame] = {}
@@ -157,7 +157,8 @@ def load_own_data(
             raise BenchmarkDataError(_no_usable_rows(path, split, raw, formula_column, no_target, unreadable,
                                                      undefined, target_transform))
     try:
-        task_type, _ = decide_task_type({target: pd.concat(raw_targets, ignore_index=True)}, task_type)
+        task_type, _ = decide_task_type({target: pd.concat(raw_targets, ignore_index=True)},
+                                        "classification" if labels else task_type)
     except TaskTypeError as err:
         raise BenchmarkDataError(str(err)) from None
     if task_type == "classification":
@@ -204,8 +205,8 @@ def _missing_reason(no_formula: bool, target: float) -> str:
 
 
 def _check_training_rows(frames: dict[str, pd.DataFrame], train: Path, task_type: str,
-                         labels: tuple[str, str] | None) -> None:
-    """Enough training rows to fit anything, and both classes of a classification task among them."""
+                         labels: tuple[str, ...] | None) -> None:
+    """Enough training rows to fit anything, and two classes or more of a classification task among them."""
     fit = frames["train"]
     if len(fit) < MIN_TRAINING_ROWS:
         raise BenchmarkDataError(
@@ -216,15 +217,17 @@ def _check_training_rows(frames: dict[str, pd.DataFrame], train: Path, task_type
         if len(present) < 2:
             name = labels[present[0]] if labels else present[0]
             raise BenchmarkDataError(f"{train}: every training row is of class {name!r}; a classifier needs rows of "
-                                     "both classes")
+                                     "two classes or more")
 
 
 def score_own(task_type: str, predictions, references) -> dict[str, float]:
     """MAE, RMSE, R², max error (regression) or balanced accuracy, ROC-AUC, accuracy, F1 (classification;
-    predictions are P(class 1)), through the harness's ``evaluate`` metric modules plus R²."""
+    predictions are P(class 1) of a binary task, the rows x classes probabilities of a task of more classes),
+    through the harness's ``evaluate`` metric modules plus R²."""
     from .scores import score
 
-    out = score("matbench", task_type, predictions, references)
+    multiclass = task_type == "classification" and np.ndim(predictions) == 2
+    out = score(CSV if multiclass else "matbench", task_type, predictions, references)
     if task_type == "regression":
         y = np.asarray(references, dtype=np.float64)
         p = np.asarray(predictions, dtype=np.float64)

@@ -95,7 +95,10 @@ def _run_fold(pred: Predictor, data: FoldData, task: TaskInfo, out: Path, seed: 
         if same and done["id"].astype(str).tolist() == data.test["id"].astype(str).tolist():
             logger.info("resume: %s fold %d already done", pred.name, data.fold)
             unc = done["uncertainty"].to_numpy(np.float64) if "uncertainty" in done else None
-            return FoldPrediction(done["prediction"].to_numpy(np.float64), meta["params"], unc), float(meta["seconds"])
+            columns = probability_columns(task)
+            if all(c in done for c in columns):
+                values = done[columns or ["prediction"]].to_numpy(np.float64)
+                return FoldPrediction(values if columns else values[:, 0], meta["params"], unc), float(meta["seconds"])
     fold_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     resume = False
@@ -111,11 +114,17 @@ def _run_fold(pred: Predictor, data: FoldData, task: TaskInfo, out: Path, seed: 
         result = pred.fit_predict(data, task, fold_dir, seed)
     seconds = time.perf_counter() - t0
     p = np.asarray(result.predictions, dtype=np.float64)
-    if p.shape != (len(data.test),):
-        raise ValueError(f"{pred.name} fold {data.fold}: {p.shape} predictions for {len(data.test)} test rows")
+    columns = probability_columns(task)
+    shape = (len(data.test), len(columns)) if columns else (len(data.test),)
+    if p.shape != shape:
+        raise ValueError(f"{pred.name} fold {data.fold}: predictions of shape {p.shape} for {len(data.test)} test rows"
+                         + (f" of {len(columns)} classes" if columns else ""))
     if not np.isfinite(p).all():
         raise ValueError(f"{pred.name} fold {data.fold}: {int((~np.isfinite(p)).sum())} non-finite predictions")
-    frame = data.test[["id", "formula", "target"]].assign(prediction=p)
+    # a task of three classes or more: the predicted class, then every class's probability
+    frame = data.test[["id", "formula", "target"]].assign(prediction=p.argmax(1) if columns else p)
+    for i, column in enumerate(columns):
+        frame[column] = p[:, i]
     if result.uncertainty is not None:
         frame["uncertainty"] = np.asarray(result.uncertainty, dtype=np.float64).reshape(len(p))
     frame.to_csv(pred_path, index=False)
@@ -123,6 +132,15 @@ def _run_fold(pred: Predictor, data: FoldData, task: TaskInfo, out: Path, seed: 
                                       "signature": signature, "data": fingerprint,
                                       **({"resumed": True} if resume else {})}, indent=1))
     return FoldPrediction(p, result.params, result.uncertainty), seconds
+
+
+def probability_columns(task: TaskInfo) -> list[str]:
+    """The per-class probability columns of a fold's ``predictions.csv`` for a task of three classes or more
+    (``probability_<class>``, as ``crossmat predict`` names them); none for regression and binary tasks, whose
+    ``prediction`` column holds the value or P(class 1)."""
+    if task.task_type != "classification" or task.num_classes <= 2:
+        return []
+    return [f"probability_{label}" for label in task.labels or ()]
 
 
 def uncertainty_calibration(uncertainty: Sequence[np.ndarray | None], predictions: Sequence[np.ndarray],
@@ -155,7 +173,14 @@ def _one_split(task: TaskInfo, frames: dict[str, pd.DataFrame], seed: int, max_t
         if len(classes) == 1:
             name = task.labels[int(classes[0])] if task.labels else int(classes[0])
             logger.warning("every %s row is of class %r: ROC-AUC is undefined there (nan) and balanced accuracy is "
-                           "that class's recall; %s rows of both classes measure a classifier", split, name, split)
+                           "that class's recall; %s rows of two classes or more measure a classifier", split, name,
+                           split)
+    if task.task_type == "classification" and task.num_classes > 2:
+        seen = set(pd.concat([train["target"], frames["validation"]["target"]]).astype(int).tolist())
+        unseen = [label for i, label in enumerate(task.labels or ()) if i not in seen]
+        if unseen:
+            logger.warning("class(es) %s have no training or validation row: no model can learn them, and test rows "
+                           "of them count as errors", ", ".join(map(repr, unseen)))
     return [FoldData(0, train, frames["validation"], frames["test"])], pd.concat([train, frames["validation"],
                                                                                 frames["test"]], ignore_index=True)
 
@@ -225,9 +250,12 @@ def run_benchmark(
             raise ValueError("benchmark 'csv' needs own_data={'train': ..., 'test': ..., 'target': ...}")
         task, frames, rejected = load_own_data(**{"name": task_name, **own_data},
                                                validation_fraction=validation_fraction, seed=seed)
-        if task.labels:
-            logger.warning("target %r holds two text labels: %r is class 0, %r is class 1, the positive class whose "
+        if task.labels and task.num_classes == 2:
+            logger.warning("target %r holds two labels: %r is class 0, %r is class 1, the positive class whose "
                            "probability is predicted (--positive-label chooses it)", task.target, *task.labels)
+        elif task.labels:
+            logger.warning("target %r holds %d classes: %s; every class's probability is predicted", task.target,
+                           task.num_classes, ", ".join(f"{i} = {label!r}" for i, label in enumerate(task.labels)))
         fold_data, all_rows = _one_split(task, frames, seed, max_train_rows)
         seen = seen_compositions(frames["test"]["formula"],
                                  pd.concat([fold_data[0].train["formula"], frames["validation"]["formula"]]))

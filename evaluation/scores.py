@@ -14,6 +14,7 @@ MODULES = {
     ("matbench", "classification"): "matbench_classification",
     ("llm4mat", "regression"): "llm4mat_regression",
     ("llm4mat", "classification"): "llm4mat_classification",
+    ("csv", "classification"): "multiclass_classification",  # your own files of three classes or more
 }
 
 
@@ -29,14 +30,18 @@ def load_metric(name: str):
 
 
 def score(benchmark: str, task_type: str, predictions, references) -> dict[str, float]:
-    """All metrics of ``benchmark`` for one set of test predictions (probabilities for classification)."""
+    """All metrics of ``benchmark`` for one set of test predictions (probabilities for classification: P(class 1), or
+    rows x classes for a task of more classes)."""
     key = (benchmark, task_type)
     if key not in MODULES:
         raise ValueError(f"no metrics for benchmark {benchmark!r} with task type {task_type!r}")
     preds = np.asarray(predictions, dtype=np.float64)
     refs = np.asarray(references)
-    if preds.shape != refs.shape:
+    if preds.shape[:1] != refs.shape:
         raise ValueError(f"{preds.shape[0]} predictions for {refs.shape[0]} references")
+    if preds.ndim != (2 if MODULES[key] == "multiclass_classification" else 1):
+        raise ValueError(f"predictions of shape {preds.shape}: {key} takes "
+                         + ("one row of class probabilities per reference" if preds.ndim == 1 else "one value per reference"))
     if task_type == "classification":
         refs = refs.astype(np.int64)
     else:

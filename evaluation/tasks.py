@@ -33,7 +33,12 @@ class TaskInfo:
     input_type: str = "composition"
     n: int | None = None
     mad: float | None = None
-    labels: tuple[str, str] | None = None  # text class labels (class 0, class 1) of a two-label classification target
+    labels: tuple[str, ...] | None = None  # class names in class order (text labels, or whole numbers other than 0/1)
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of a classification task (2 unless ``labels`` names more)."""
+        return len(self.labels) if self.labels else 2
 
     @property
     def metric(self) -> str:

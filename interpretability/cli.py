@@ -41,7 +41,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--explained-output", default="auto", choices=["auto", "value", "probability", "logit"],
                    help="explained scalar: regression value (target units) or class probability/logit "
                    "(was --output)")
-    p.add_argument("--target", type=int, default=None, help="target column (regression) or class index")
+    p.add_argument("--target", default=None, help="which target (regression) or class is explained, by index or name "
+                   "(--target metal); default: class 1 of a binary classifier, else the first")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (1 is much faster for small models on busy/shared CPUs)")

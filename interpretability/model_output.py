@@ -28,11 +28,12 @@ class ModelOutputSpec:
     """Which scalar is explained and in what unit.
 
     ``output``: ``"auto"`` (regression value, or the probability of ``target`` for classifiers),
-    ``"value"``, ``"probability"`` or ``"logit"``; ``target``: label index (regression target column or class).
+    ``"value"``, ``"probability"`` or ``"logit"``; ``target``: which regression target or class, by index or by name
+    (``"metal"``, ``"band_gap"``; default: class 1 of a binary classifier, else the first).
     """
 
     output: str = "auto"
-    target: int | None = None
+    target: int | str | None = None
 
     def resolve(self, model) -> tuple[str, int, str, str]:
         """``(kind, index, name, unit)`` for ``model``; raises on an impossible choice."""
@@ -49,7 +50,8 @@ class ModelOutputSpec:
         if kind != "value" and problem == "regression":
             raise ValueError(f"output {kind!r} needs a classifier, this model is a regression model")
         n = info["num_labels"]
-        index = self.target if self.target is not None else (1 if problem == "single_label_classification" and n == 2 else 0)
+        index = self._index(info) if self.target is not None else (
+            1 if problem == "single_label_classification" and n == 2 else 0)
         if not 0 <= index < n:
             raise ValueError(f"target index {index} out of range for {n} label(s)")
         if problem == "regression":
@@ -59,6 +61,17 @@ class ModelOutputSpec:
             name = f"P({label})" if kind == "probability" else f"logit({label})"
             unit = "probability" if kind == "probability" else "logit"
         return kind, index, name, unit
+
+    def _index(self, info: dict) -> int:
+        """``target`` as an index: a number, or a class / target name of the model."""
+        target = self.target
+        if isinstance(target, int) or str(target).strip().lstrip("-").isdigit():
+            return int(target)  # type: ignore[arg-type]
+        names = [str(v) for v in (info["names"] if info["problem_type"] == "regression" else info["labels"])]
+        if str(target) not in names:
+            what = "targets" if info["problem_type"] == "regression" else "classes"
+            raise ValueError(f"target {target!r} is not one of the model's {what}: {', '.join(map(repr, names))}")
+        return names.index(str(target))
 
 
 def select_output(logits: torch.Tensor, kind: str, index: int, problem: str | None) -> torch.Tensor:

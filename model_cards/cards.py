@@ -378,6 +378,8 @@ def build_model_card(
             classes = [str(v) for _, v in sorted((int(k), v) for k, v in (config.get("id2label") or {}).items())]
             if not regression and len(classes) == 2 and classes != ["0", "1"]:
                 prop += f" (class 1: {classes[1]}, class 0: {classes[0]})"
+            elif not regression and len(classes) > 2:
+                prop += f" ({len(classes)} classes: {', '.join(classes)})"
 
     eval_results = _eval_results(metrics)
     metrics_rows = [

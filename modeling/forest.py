@@ -27,9 +27,10 @@ __all__ = ["WEIGHT_GRID", "fit_forest_blend", "tree_ensemble_from_sklearn"]
 WEIGHT_GRID = tuple(round(0.1 * i, 1) for i in range(11))  # CrossMat's share of the blend
 
 
-def tree_ensemble_from_sklearn(forest: Any) -> TreeEnsemble:
+def tree_ensemble_from_sklearn(forest: Any, num_classes: int | None = None) -> TreeEnsemble:
     """A :class:`TreeEnsemble` that reproduces ``forest.predict`` (regressor) or ``forest.predict_proba``
-    (classifier) of a fitted ``RandomForest*`` / ``ExtraTrees*``."""
+    (classifier) of a fitted ``RandomForest*`` / ``ExtraTrees*``; ``num_classes``: a classifier's outputs are the
+    classes ``0 .. num_classes - 1``, a class the forest never saw with probability 0."""
     trees = [est.tree_ for est in forest.estimators_]
     sizes = np.array([t.node_count for t in trees])
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
@@ -45,6 +46,10 @@ def tree_ensemble_from_sklearn(forest: Any) -> TreeEnsemble:
         v = t.value[:, 0, :] if classifier else t.value[:, :, 0]  # (nodes, classes) / (nodes, outputs)
         if classifier:
             v = v / v.sum(1, keepdims=True)
+            if num_classes is not None:
+                full = np.zeros((len(v), num_classes))
+                full[:, forest.classes_.astype(int)] = v
+                v = full
         value.append(v)
     out = np.concatenate(value)
     ensemble = TreeEnsemble(int(sizes.sum()), len(trees), out.shape[1], max(t.max_depth for t in trees))
@@ -113,11 +118,12 @@ def fit_forest_blend(model: Any, train: dict[str, torch.Tensor], validation: dic
         oob = np.asarray(forest.oob_prediction_, dtype=np.float64).reshape(len(y), -1)
     else:
         y = y.reshape(-1).astype(int)
-        if sorted(set(y.tolist())) != [0, 1]:
-            raise ValueError(f"a forest blend of a binary classifier needs both classes 0 and 1 among the training and "
+        if len(set(y.tolist())) < 2:
+            raise ValueError(f"a forest blend of a classifier needs two classes or more among the training and "
                              f"validation labels, got {sorted(set(y.tolist()))}")
         forest = RandomForestClassifier(**common).fit(x, y)
-        oob = np.asarray(forest.oob_decision_function_, dtype=np.float64)
+        oob = np.zeros((len(y), model.num_labels))  # a class without rows: probability 0
+        oob[:, forest.classes_.astype(int)] = forest.oob_decision_function_
     oob = oob[n_train:]
     if not np.isfinite(oob).all():
         raise ValueError("a validation row has no out-of-bag forest prediction (too few trees: train.forest_trees)")
@@ -125,7 +131,7 @@ def fit_forest_blend(model: Any, train: dict[str, torch.Tensor], validation: dic
     vids, vmask = validation["input_ids"].to(device), validation["attention_mask"].to(device)
     losses = {w: _validation_loss(model, vids, vmask, validation["labels"], oob_t, w) for w in WEIGHT_GRID}
     best = max(WEIGHT_GRID, key=lambda w: (-round(losses[w], 12), w))  # lowest loss, ties to the larger w
-    ensemble = tree_ensemble_from_sklearn(forest)
+    ensemble = tree_ensemble_from_sklearn(forest, None if problem == "regression" else model.num_labels)
     model.config.forest_weight = 1.0
     if best < 1.0:
         model.install_forest(ensemble, table, source, best)

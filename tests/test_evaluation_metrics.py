@@ -29,6 +29,23 @@ def test_matbench_classification_hand_computed():
     assert s["f1"] == pytest.approx(2 / 3)  # precision 1, recall 1/2
 
 
+
+def test_multiclass_classification_hand_computed():
+    """Your own files of three classes: label metrics of the most probable class, macro one-vs-rest ROC-AUC."""
+    probs = [[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.1, 0.6, 0.3], [0.3, 0.3, 0.4], [0.5, 0.1, 0.4]]
+    refs = [0, 1, 2, 2, 0]  # predicted classes 0, 1, 1, 2, 0: 4 of 5 right
+    s = score("csv", "classification", probs, refs)
+    assert s["accuracy"] == pytest.approx(0.8)
+    assert s["balanced_accuracy"] == pytest.approx((1.0 + 1.0 + 0.5) / 3)
+    assert s["f1"] == pytest.approx((1.0 + 2 / 3 + 2 / 3) / 3)
+    # one-vs-rest AUCs: class 0 1.0; class 1 (0.5 vs 0.2, 0.6, 0.3, 0.1) 0.75; class 2 (0.3, 0.4 vs 0.1, 0.3, 0.4) 4/6
+    assert s["rocauc"] == pytest.approx((1.0 + 0.75 + 4 / 6) / 3)
+    with pytest.raises(ValueError, match="class indices 0..2"):
+        score("csv", "classification", probs, [0, 1, 2, 3, 0])
+    with pytest.raises(ValueError, match="shape"):
+        score("csv", "classification", [0.1, 0.9], [0, 1])
+
+
 def test_llm4mat_regression_mad_on_test_targets():
     s = score("llm4mat", "regression", [1, 2, 4, 4], [1, 2, 3, 6])
     assert s["mad"] == pytest.approx(1.5)  # mean |y - 3|

@@ -266,6 +266,20 @@ def test_bad_inputs_raise_clear_errors(gap_model, tok, tmp_path):
         explain_interactions(gap_model, tok, "NaCl", output=ModelOutputSpec("probability"))
 
 
+
+def test_the_explained_class_or_target_can_be_named(gap_model):
+    """`--target metal` / `--target 2`: a class (or regression target) by name or index; an unknown name is refused with
+    the model's names. A classifier of three classes explains its first class unless told."""
+    classes = CrossMatForPropertyPrediction(_tiny_config(num_labels=3, problem_type="single_label_classification",
+                                                         id2label={0: "insulator", 1: "metal", 2: "semiconductor"}))
+    assert ModelOutputSpec().resolve(classes)[1:3] == (0, "P(insulator)")
+    assert ModelOutputSpec(target="semiconductor").resolve(classes)[1:3] == (2, "P(semiconductor)")
+    assert ModelOutputSpec("logit", "1").resolve(classes)[1:3] == (1, "logit(metal)")
+    with pytest.raises(ValueError, match="'superconductor' is not one of the model's classes: 'insulator', 'metal'"):
+        ModelOutputSpec(target="superconductor").resolve(classes)
+    assert ModelOutputSpec(target="gap expt").resolve(gap_model)[1:4] == (0, "gap expt", "eV")
+
+
 def test_cli_and_model_card_section(gap_model, tok, tmp_path, capsys):
     folder = tmp_path / "model"
     gap_model.save_pretrained(folder)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -188,6 +189,51 @@ def test_two_text_labels_make_a_classifier_with_named_classes(own_csvs: Path, tm
     assert (frames["test"]["target"].to_numpy() == (df.iloc[180:]["band_gap"] > 0).to_numpy()).all()
 
 
+
+def test_three_text_labels_make_a_classifier_of_three_classes_and_more(own_csvs: Path, tmp_path: Path, caplog):
+    """A column of three or more text labels is a classifier of that many classes (band gap: metal / semiconductor /
+    insulator; a fourth label only in the test file, which no model can learn, is warned about): every predictor
+    writes each class's probability, the scores are multi-class ones, the names reach the config and the pipeline,
+    and a rerun reuses the finished predictions."""
+    from transformers import pipeline
+
+    def kind(gap: pd.Series) -> pd.Series:
+        return pd.Series(np.where(gap == 0, "metal", np.where(gap < 1.5, "semiconductor", "insulator")))
+
+    df = pd.read_csv(own_csvs / "train.csv")
+    df["kind"] = kind(df["band_gap"])
+    test = df.iloc[180:].copy()
+    test.loc[test.index[:2], "kind"] = "topological"
+    df.iloc[:180].to_csv(tmp_path / "a.csv", index=False)
+    test.to_csv(tmp_path / "b.csv", index=False)
+    args = ["--train", str(tmp_path / "a.csv"), "--test", str(tmp_path / "b.csv"), "--target", "kind",
+            "--output-dir", str(tmp_path / "o"), *FAST]
+    assert main(args) == 0
+    names = ["insulator", "metal", "semiconductor", "topological"]
+    assert "class(es) 'topological' have no training or validation row" in caplog.text
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["task_type"] == "classification" and summary["class_labels"] == names
+    for variant in ("crossmat", "dummy", "rf_magpie"):
+        pred = pd.read_csv(tmp_path / "o" / variant / "fold_0" / "predictions.csv")
+        probs = pred[[f"probability_{n}" for n in names]].to_numpy()
+        assert np.allclose(probs.sum(1), 1.0, atol=1e-5) and (pred["prediction"] == probs.argmax(1)).all()
+        assert (probs[:, 3] == 0).all() or variant == "crossmat"  # a forest or a frequency never gives it a chance
+        scores = summary["variants"][variant]["per_fold"][0]
+        assert set(scores) == {"accuracy", "balanced_accuracy", "f1", "rocauc"}
+    dummy = summary["variants"]["dummy"]["per_fold"][0]
+    assert dummy["rocauc"] == pytest.approx(0.5) and dummy["balanced_accuracy"] == pytest.approx(1 / 4)
+    model = tmp_path / "o" / "crossmat" / "fold_0" / "model"
+    assert json.loads((model / "config.json").read_text())["id2label"] == dict(zip("0123", names, strict=True))
+    out = pipeline("composition-property-prediction", model=str(model), trust_remote_code=True)(["Cu", "NaCl"])
+    assert set(out[0]["probabilities"]) == set(names) and {o["label"] for o in out} <= set(names)
+    fold = tmp_path / "o" / "crossmat" / "fold_0" / "fold.json"
+    written = fold.stat().st_mtime_ns
+    assert main(args) == 0
+    assert fold.stat().st_mtime_ns == written  # read back from predictions.csv, not retrained
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["variants"]["crossmat"]["per_fold"] == \
+        summary["variants"]["crossmat"]["per_fold"]
+
+
 def test_text_label_errors_say_what_the_column_holds(tmp_path: Path):
     pd.DataFrame({"formula": ["NaCl", "Cu", "KBr"], "y": ["insulator", "metal", "insulator"]}).to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(FileNotFoundError, match=r"--positive-label 'conductor': .* holds 'insulator', 'metal'"):
@@ -195,8 +241,9 @@ def test_text_label_errors_say_what_the_column_holds(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match=r"task type regression: target column 'y' holds the text labels 'insulator', 'metal'"):
         load_own_data(tmp_path / "t.csv", tmp_path / "t.csv", "y", task_type="regression")
     pd.DataFrame({"formula": ["NaCl", "Cu", "Fe"], "y": ["insulator", "metal", "magnet"]}).to_csv(tmp_path / "u.csv", index=False)
+    pd.DataFrame({"formula": ["KCl"], "y": ["insulator"]}).to_csv(tmp_path / "v.csv", index=False)
     with pytest.raises(FileNotFoundError, match=r"target column 'y' is not numeric \(row 0 holds 'insulator'\)"):
-        load_own_data(tmp_path / "u.csv", tmp_path / "u.csv", "y")  # three labels: not a binary task
+        load_own_data(tmp_path / "u.csv", tmp_path / "v.csv", "y")  # three labels in four cells: words, not classes
 
 
 def test_recipe_route_reads_two_text_labels_too(tmp_path: Path):
@@ -219,6 +266,36 @@ def test_recipe_route_reads_two_text_labels_too(tmp_path: Path):
     with pytest.raises(DataError, match="task type regression: target column 'kind' holds the text labels"):
         prepare_stage_data(resolve_stage({"stage": "finetune", "data": {**base, "task": "regression"}}),
                            CrossMatTokenizerFast())
+
+
+
+def test_recipe_route_reads_three_classes_and_whole_number_classes(tmp_path: Path):
+    """`crossmat train` recipes: three text labels make three classes (sorted, or in card.class_labels' order), and
+    whole numbers make classes with data.task=classification; a misnamed class list fails before training."""
+    from crossmat.tokenization import CrossMatTokenizerFast
+    from crossmat.training.data import prepare_stage_data
+    from crossmat.training.recipe import RecipeError, resolve_stage
+
+    formulas = ["NaCl", "Cu", "Si", "KBr", "Fe", "GaAs", "LiF", "Al", "Ge"]
+    kinds = ["insulator", "metal", "semiconductor"] * 3
+    pd.DataFrame({"formula": formulas, "kind": kinds, "n": [7, 1, 12] * 3}).to_csv(tmp_path / "t.csv", index=False)
+    base = {"train": str(tmp_path / "t.csv"), "target_column": "kind", "validation_fraction": 0}
+    recipe = resolve_stage({"stage": "finetune", "data": base})
+    data = prepare_stage_data(recipe, CrossMatTokenizerFast())
+    assert data.info["task"] == "classification" and data.train.tensors["labels"].tolist() == [0, 1, 2] * 3
+    cfg = recipe.kind.model_config(recipe, data)
+    assert cfg["num_labels"] == 3 and cfg["id2label"] == {0: "insulator", 1: "metal", 2: "semiconductor"}
+    ordered = resolve_stage({"stage": "finetune", "data": base, "card": {"class_labels": ["metal", "semiconductor",
+                                                                                           "insulator"]}})
+    data = prepare_stage_data(ordered, CrossMatTokenizerFast())
+    assert data.train.tensors["labels"].tolist() == [2, 0, 1] * 3
+    assert ordered.kind.model_config(ordered, data)["id2label"] == {0: "metal", 1: "semiconductor", 2: "insulator"}
+    numbers = resolve_stage({"stage": "finetune", "data": {**base, "target_column": "n", "task": "classification"}})
+    data = prepare_stage_data(numbers, CrossMatTokenizerFast())
+    assert data.train.tensors["labels"].tolist() == [1, 0, 2] * 3 and data.info["class_labels"] == ["1", "7", "12"]
+    wrong = resolve_stage({"stage": "finetune", "data": base, "card": {"class_labels": ["metal", "insulator"]}})
+    with pytest.raises(RecipeError, match="card.class_labels must name the target's 3 classes"):
+        wrong.kind.model_config(wrong, prepare_stage_data(wrong, CrossMatTokenizerFast()))
 
 
 def test_test_rows_whose_composition_was_trained_on_are_counted(tmp_path: Path, caplog):
@@ -261,7 +338,7 @@ def test_too_few_training_rows_or_one_class_fail_before_any_model(tmp_path: Path
     with pytest.raises(Exception, match=r"one.csv: 0 usable training row\(s\) after the validation rows were set aside; at least 2 are needed"):
         load_own_data(tmp_path / "one.csv", tmp_path / "one.csv", "y")
     pd.DataFrame({"formula": ["Fe2O3", "NaCl", "KBr", "LiF"] * 6, "y": [1] * 24}).to_csv(tmp_path / "c.csv", index=False)
-    with pytest.raises(Exception, match="every training row is of class 1; a classifier needs rows of both classes"):
+    with pytest.raises(Exception, match="every training row is of class 1; a classifier needs rows of two classes or more"):
         load_own_data(tmp_path / "c.csv", tmp_path / "c.csv", "y")
     frame = pd.DataFrame({"formula": ["Fe2O3", "NaCl", "KBr", "LiF"] * 6, "kind": ["metal"] * 24})
     frame.loc[0, "kind"] = "insulator"  # two labels, but the only insulator row is the test file's

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from crossmat.dataset_builders.tables import TableError, iter_table, read_header, read_table
-from crossmat.dataset_builders.targets import TaskTypeError, decide_task_type
+from crossmat.dataset_builders.targets import TaskTypeError, apply_labels, class_labels, decide_task_type
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_FOLDERS = ("cli", "dataset_builders", "evaluation", "explicit_transfer", "inference", "interpretability",
@@ -133,10 +133,34 @@ def test_numbers_are_regression_and_bad_values_are_named() -> None:
         decide_task_type({"gap": pd.Series([1.0, "metallic", "high", "metallic"], dtype=object)})
     with pytest.raises(TaskTypeError, match=r"'flag' mixes true/false/yes/no labels with numbers \[2\.5\]"):
         decide_task_type({"flag": pd.Series(["true", 2.5], dtype=object)})
-    with pytest.raises(TaskTypeError, match=r"classification needs 0/1, true/false or yes/no labels .* \[2\.0\]"):
-        decide_task_type({"gap": pd.Series([0.0, 1.0, 2.0])}, "classification")
+    with pytest.raises(TaskTypeError, match=r"classification needs class labels in target column 'gap' .* \[0\.5\]"):
+        decide_task_type({"gap": pd.Series([0.0, 1.0, 0.5])}, "classification")
+    assert decide_task_type({"gap": pd.Series([0.0, 1.0, 2.0])}, "classification")[0] == "classification"  # indices
     with pytest.raises(TaskTypeError, match="regression needs numbers"):
         decide_task_type({"flag": pd.Series(["yes", "no"])}, "regression")
+
+
+
+def test_class_labels_of_text_and_whole_number_targets() -> None:
+    """Text labels that repeat make a classifier of that many classes (sorted names); whole numbers other than 0/1 do
+    when classification is asked for (numeric order, named as written); units, free text and 0/1 columns do not."""
+    systems = pd.Series(["cubic", "hexagonal", "cubic", " tetragonal", "hexagonal", None, "NA", "tetragonal"])
+    labels = class_labels([systems.iloc[:4], systems.iloc[4:]], "system")
+    assert labels == ("cubic", "hexagonal", "tetragonal")
+    assert apply_labels(systems, labels).tolist()[:5] == [0.0, 1.0, 0.0, 2.0, 1.0]
+    numbers = pd.Series([7, 10, 2, 7, 10])  # numeric order: 2 < 7 < 10, not '10' < '2'
+    assert class_labels([numbers], "sg") is None  # auto: numbers are regression
+    assert class_labels([numbers], "sg", task_type="classification") == ("2", "7", "10")
+    assert apply_labels(pd.Series([10.0, 2.0, "7"], dtype=object), ("2", "7", "10")).tolist() == [2.0, 0.0, 1.0]
+    assert class_labels([pd.Series([0, 1, 1])], "y", task_type="classification") is None  # already 0/1
+    assert class_labels([pd.Series(["2.7 eV", "1.1 eV", "2.7 eV", "1.1 eV", "0.5 eV", "0.5 eV"])], "gap") is None
+    assert class_labels([pd.Series(["red", "green", "blue", "cyan"])], "y") is None  # no label repeats
+    assert class_labels([pd.Series(["metal", "insulator"])], "y", positive_label="insulator") == ("metal", "insulator")
+    with pytest.raises(TaskTypeError, match=r"--positive-label 'cubic': .* exactly two labels.*'cubic', 'hexagonal', "
+                                            r"'tetragonal'"):
+        class_labels([systems], "system", positive_label="cubic")
+    with pytest.raises(TaskTypeError, match="task type regression: target column 'system' holds the text labels"):
+        class_labels([systems], "system", task_type="regression")
 
 
 def _package_files() -> list[Path]:

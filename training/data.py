@@ -25,7 +25,7 @@ import torch
 
 from crossmat.dataset_builders.paths import cache_dir
 from crossmat.dataset_builders.tables import TableError, missing_column_hint, read_table
-from crossmat.dataset_builders.targets import TaskTypeError, apply_labels, two_labels
+from crossmat.dataset_builders.targets import TaskTypeError, apply_labels, class_labels
 from crossmat.tokenization import CrossMatTokenizerFast, FormulaError, canonical_formula
 
 from .recipe import DataSection, RecipeError, StageRecipe, resolve_stage
@@ -307,23 +307,34 @@ def _frame_to_split(
 
 
 def _text_class_labels(frames: dict[str, pd.DataFrame], target_columns: list[str], target_key: str | None,
-                       data: DataSection) -> list[str] | None:
-    """A property target of exactly two text labels (``metal`` / ``insulator``, read over every split) becomes 0/1
-    in place: ``data.positive_label`` is class 1, default the label that sorts last. Returns ``[class 0, class 1]``
-    (the model's ``id2label``), or ``None`` when the column is not such a column."""
+                       data: DataSection, named: Any = None) -> list[str] | None:
+    """A property target of text labels (``metal`` / ``insulator``, or three classes or more, read over every split),
+    or of whole numbers other than 0/1 with ``data.task=classification``, becomes class indices in place
+    (:func:`dataset_builders.targets.class_labels`: of two labels ``data.positive_label`` is class 1, default the
+    label that sorts last). ``named``: the recipe's ``card.class_labels``; three names or more fix the classes and
+    their order (a class may then have no row). Returns the class names in class order (the model's
+    ``id2label``), or ``None`` when the column is read as it is."""
     if target_key != "target_column" or len(target_columns) != 1:
         return None
     col = target_columns[0]
     try:
-        labels = two_labels([f[col] for f in frames.values()], col, data.positive_label, "data.positive_label", data.task)
+        if named and len(named) > 2:
+            labels: tuple[str, ...] | None = tuple(str(n) for n in named)
+        else:
+            labels = class_labels([f[col] for f in frames.values()], col, data.positive_label, "data.positive_label",
+                                  data.task)
     except TaskTypeError as err:
         raise DataError(str(err)) from None
     if labels is None:
         return None
     for name, frame in frames.items():
         frames[name] = frame.assign(**{col: apply_labels(frame[col], labels)})
-    print(f"[crossmat] data: target {col!r} holds two text labels: {labels[0]!r} is class 0, {labels[1]!r} is class 1, "
-          "the class whose probability is predicted (data.positive_label chooses it)")
+    if len(labels) == 2:
+        print(f"[crossmat] data: target {col!r} holds two labels: {labels[0]!r} is class 0, {labels[1]!r} is class 1, "
+              "the class whose probability is predicted (data.positive_label chooses it)")
+    else:
+        print(f"[crossmat] data: target {col!r} holds {len(labels)} classes: "
+              + ", ".join(f"{i} = {label!r}" for i, label in enumerate(labels)))
     return list(labels)
 
 
@@ -372,9 +383,9 @@ def prepare_stage_data(recipe: StageRecipe | Mapping[str, Any], tokenizer: Cross
     frames["train"] = train_df[remaining].reset_index(drop=True)
     if data.max_train_rows:
         frames["train"] = frames["train"].iloc[: int(data.max_train_rows)]
-    class_labels = _text_class_labels(frames, target_columns, kind.target_key, data)
+    labels = _text_class_labels(frames, target_columns, kind.target_key, data, recipe.card.get("class_labels"))
     rejects = Rejects()
-    task = data.task
+    task = "classification" if labels else data.task
     splits: dict[str, TensorSplit] = {}
     for name in ("train", "validation", "test"):
         if name in frames and len(frames[name]):
@@ -389,7 +400,7 @@ def prepare_stage_data(recipe: StageRecipe | Mapping[str, Any], tokenizer: Cross
         "task": task if target_columns else None,
         "target_columns": target_columns,
         "formula_column": data.formula_column,
-        **({"class_labels": class_labels} if class_labels else {}),
+        **({"class_labels": labels} if labels else {}),
         **extra,
     }
     rejected = pd.DataFrame(rejects.rows) if rejects.rows else None

@@ -105,10 +105,12 @@ def check_resume_recipe(recipe: StageRecipe, out: Path, checkpoint: Path | None 
 
 
 def prediction_table(split: Any, pred: Mapping[str, np.ndarray], target_names: list[str],
-                     regression: bool, threshold: float | None = None) -> pd.DataFrame:
+                     regression: bool, threshold: float | None = None, class_names: list[str] | None = None
+                     ) -> pd.DataFrame:
     """``[id,] formula, target, prediction`` (+ ``uncertainty`` when the model gives one) at full float64
     precision; several targets get ``target_<name>, prediction_<name>``; classification adds
-    ``probability`` (of class 1) and ``prediction`` is the label."""
+    ``probability`` (of class 1) and ``prediction`` is the label; three classes or more add
+    ``probability_<class name>`` of every class and ``prediction`` is the most probable class."""
     formulas = split.source_formulas if split.source_formulas is not None else split.formulas
     frame = pd.DataFrame({"formula": formulas})
     if split.ids is not None:
@@ -118,8 +120,15 @@ def prediction_table(split: Any, pred: Mapping[str, np.ndarray], target_names: l
     unc = pred.get("uncertainty")
     if not regression:
         problem = "single_label_classification" if logits.shape[-1] > 1 else "multi_label_classification"
-        prob = scores_from_logits(torch.from_numpy(logits), problem)[:, -1].numpy()
+        probs = scores_from_logits(torch.from_numpy(logits), problem).numpy()
         frame["target"] = np.asarray(targets).reshape(len(frame), -1)[:, 0].astype(np.int64)
+        if probs.shape[-1] > 2:
+            frame["prediction"] = probs.argmax(-1)
+            names = class_names if class_names and len(class_names) == probs.shape[-1] else range(probs.shape[-1])
+            for i, name in enumerate(names):
+                frame[f"probability_{name}"] = probs[:, i]
+            return frame
+        prob = probs[:, -1]
         frame["prediction"] = (prob >= (0.5 if threshold is None else threshold)).astype(np.int64)
         frame["probability"] = prob
         return frame
@@ -291,7 +300,8 @@ def save_stage_folder(out: Path, recipe: StageRecipe, data: StageData, model: to
     config = model.get_base_model().config if lora.enabled else model.config
     frame = None if test_pred is None else prediction_table(data.test, test_pred, list(config.target_names or []),
                                                             config.problem_type == "regression",
-                                                            getattr(config, "decision_threshold", None))
+                                                            getattr(config, "decision_threshold", None),
+                                                            [str(config.id2label[i]) for i in range(config.num_labels)])
     for stale in ("model.safetensors", "adapter_model.safetensors", "adapter_config.json"):
         (out / stale).unlink(missing_ok=True)
     if lora.enabled and lora.merge:

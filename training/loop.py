@@ -475,8 +475,8 @@ class StageTrainer:
 
     def forest_blend_skipped(self, validation: TensorSplit | None) -> str | None:
         """Why ``train.forest_blend`` does not act on this model (None: it does): ``train.forest_blend_tasks``
-        names the other task type (a fine-tuned classifier is binary), a LoRA adapter (it cannot carry the trees),
-        or no validation rows to choose the forest's weight on."""
+        names the other task type (a fine-tuned classifier is single-label, of two classes or more), a LoRA adapter
+        (it cannot carry the trees), or no validation rows to choose the forest's weight on."""
         cfg = self.recipe.train
         problem = self.accelerator.unwrap_model(self.model).config.problem_type
         task = "regression" if problem == "regression" else "classification"

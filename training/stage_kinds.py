@@ -278,12 +278,18 @@ class FinetuneStage(Stage):
             cfg.update(num_labels=len(targets), problem_type="regression", target_mean=data.info["target_mean"],
                        target_std=data.info["target_std"], target_names=targets)
         else:
-            # [class 0, class 1]: a recipe's card.class_labels, else a text-label target's own labels, else 0 / 1
-            names = [str(n) for n in recipe.card.get("class_labels") or data.info.get("class_labels") or ("0", "1")]
-            if len(names) != 2 or names[0] == names[1]:
-                raise RecipeError(f"stage {recipe.name!r}: card.class_labels must name two different classes, got {names}")
-            cfg.update(num_labels=2, problem_type="single_label_classification", target_names=targets,
-                       id2label={0: names[0], 1: names[1]}, label2id={names[0]: 0, names[1]: 1})
+            # class names in class order: a recipe's card.class_labels, else the target's own labels, else 0 / 1
+            own = data.info.get("class_labels") or ("0", "1")
+            names = [str(n) for n in recipe.card.get("class_labels") or own]
+            if len(names) != len(own) or len(set(names)) != len(names):
+                raise RecipeError(f"stage {recipe.name!r}: card.class_labels must name the target's {len(own)} classes, "
+                                  f"each once, got {names}")
+            seen = int(data.train.tensors["labels"].max()) + 1
+            if seen > len(names):
+                raise RecipeError(f"stage {recipe.name!r}: the training labels reach class {seen - 1}, but "
+                                  f"{len(names)} classes are named ({names})")
+            cfg.update(num_labels=len(names), problem_type="single_label_classification", target_names=targets,
+                       id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
         tf = recipe.data.target_transform
         if tf:
             cfg["target_names"] = [f"{tf}({t})" for t in targets]
@@ -321,9 +327,15 @@ class FinetuneStage(Stage):
         else:
             from sklearn.metrics import roc_auc_score
 
-            prob = scores_from_logits(torch.from_numpy(logits).double(), "single_label_classification")[:, 1].numpy()
-            out["accuracy"] = float(((prob > 0.5).astype(int) == labels).mean())
-            out["roc_auc"] = float(roc_auc_score(labels, prob)) if len(np.unique(labels)) == 2 else float("nan")
+            probs = scores_from_logits(torch.from_numpy(logits).double(), "single_label_classification").numpy()
+            present = np.unique(labels)
+            if probs.shape[1] == 2:
+                out["accuracy"] = float(((probs[:, 1] > 0.5).astype(int) == labels).mean())
+                out["roc_auc"] = float(roc_auc_score(labels, probs[:, 1])) if len(present) == 2 else float("nan")
+            else:  # the most probable class; ROC-AUC: macro one-vs-rest over the classes present
+                out["accuracy"] = float((probs.argmax(1) == labels).mean())
+                out["roc_auc"] = (float(np.mean([roc_auc_score(labels == c, probs[:, c]) for c in present]))
+                                  if len(present) > 1 else float("nan"))
             out["loss"] = float(F.cross_entropy(torch.from_numpy(logits).double(), torch.from_numpy(labels).long()))
         return out
 
