@@ -39,6 +39,7 @@ class FoldPrediction:
     predictions: np.ndarray
     params: dict[str, Any] = field(default_factory=dict)
     uncertainty: np.ndarray | None = None
+    labels: np.ndarray | None = None  # the predicted class of a task of three classes or more (default: most probable)
 
 
 class DummyBaseline:

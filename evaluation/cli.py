@@ -184,6 +184,11 @@ def held_out_report(summary: dict) -> list[str]:
             if "decision_threshold" in cal:
                 positive = (summary.get("class_labels") or ["0", "1"])[1]  # the class named by --positive-label
                 msg += f"; they set the decision threshold P({positive}) >= {cal['decision_threshold']:.3f}"
+            if "prior_exponent" in cal:  # a classifier of three classes or more
+                alpha = cal["prior_exponent"]
+                msg += ("; they kept the most probable class as the label (balanced accuracy)" if alpha == 0 else
+                        f"; they chose the label rule for balanced accuracy: the largest P(class) / training "
+                        f"frequency{'' if alpha == 1 else f' ** {alpha:g}'}")
             blend = held.get("forest_blend")
             if blend and "skipped" not in blend:  # a skipped blend (e.g. a regression model) said why in training
                 msg += (f"; they chose CrossMat's weight {blend['weight']:.1f} in the blend with a {blend['features']} "

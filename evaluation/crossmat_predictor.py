@@ -196,6 +196,7 @@ class CrossMatPredictor:
         predictor = fold_predictor(run, self.predict_batch_size)
         formulas = data.test["formula"].tolist()
         preds, unc = predict_with(predictor, formulas, task.task_type, return_uncertainty=True)
+        labels = predictor.labels_of(preds) if preds.ndim == 2 else None  # its class decision weights, if any
         model = predictor.model
         # a blended forest / a same-composition correction: keep the test outputs without it too (the same model)
         for key, off, name in (("forest_weight", 1.0, WITHOUT_FOREST_FILE),
@@ -218,7 +219,7 @@ class CrossMatPredictor:
             metrics = json.loads(info_file.read_text()).get("metrics", {})
             params.update({k: metrics[k] for k in ("validation", "calibration", "forest_blend", "same_composition")
                            if k in metrics})
-        return FoldPrediction(preds, params, unc)
+        return FoldPrediction(preds, params, unc, labels)
 
 
 def fold_predictor(run: StageRun, batch_size: int = 1024) -> FormulaPredictor:

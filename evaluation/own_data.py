@@ -220,14 +220,16 @@ def _check_training_rows(frames: dict[str, pd.DataFrame], train: Path, task_type
                                      "two classes or more")
 
 
-def score_own(task_type: str, predictions, references) -> dict[str, float]:
+def score_own(task_type: str, predictions, references, labels=None) -> dict[str, float]:
     """MAE, RMSE, R², max error (regression) or balanced accuracy, ROC-AUC, accuracy, F1 (classification;
-    predictions are P(class 1) of a binary task, the rows x classes probabilities of a task of more classes),
-    through the harness's ``evaluate`` metric modules plus R²."""
+    predictions are P(class 1) of a binary task, the rows x classes probabilities of a task of more classes, whose
+    label metrics score ``labels``, the predicted classes, default the most probable), through the harness's
+    ``evaluate`` metric modules plus R²."""
     from .scores import score
 
     multiclass = task_type == "classification" and np.ndim(predictions) == 2
-    out = score(CSV if multiclass else "matbench", task_type, predictions, references)
+    out = score(CSV if multiclass else "matbench", task_type, predictions, references,
+                **({"labels": labels} if multiclass and labels is not None else {}))
     if task_type == "regression":
         y = np.asarray(references, dtype=np.float64)
         p = np.asarray(predictions, dtype=np.float64)

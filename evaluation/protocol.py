@@ -98,7 +98,9 @@ def _run_fold(pred: Predictor, data: FoldData, task: TaskInfo, out: Path, seed: 
             columns = probability_columns(task)
             if all(c in done for c in columns):
                 values = done[columns or ["prediction"]].to_numpy(np.float64)
-                return FoldPrediction(values if columns else values[:, 0], meta["params"], unc), float(meta["seconds"])
+                labels = done["prediction"].to_numpy(np.int64) if columns else None
+                return (FoldPrediction(values if columns else values[:, 0], meta["params"], unc, labels),
+                        float(meta["seconds"]))
     fold_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     resume = False
@@ -121,8 +123,12 @@ def _run_fold(pred: Predictor, data: FoldData, task: TaskInfo, out: Path, seed: 
                          + (f" of {len(columns)} classes" if columns else ""))
     if not np.isfinite(p).all():
         raise ValueError(f"{pred.name} fold {data.fold}: {int((~np.isfinite(p)).sum())} non-finite predictions")
-    # a task of three classes or more: the predicted class, then every class's probability
-    frame = data.test[["id", "formula", "target"]].assign(prediction=p.argmax(1) if columns else p)
+    # a task of three classes or more: the predicted class (the predictor's, else the most probable), then every
+    # class's probability
+    labels = None
+    if columns:
+        labels = p.argmax(1) if result.labels is None else np.asarray(result.labels, dtype=np.int64).reshape(len(p))
+    frame = data.test[["id", "formula", "target"]].assign(prediction=p if labels is None else labels)
     for i, column in enumerate(columns):
         frame[column] = p[:, i]
     if result.uncertainty is not None:
@@ -131,7 +137,7 @@ def _run_fold(pred: Predictor, data: FoldData, task: TaskInfo, out: Path, seed: 
     meta_path.write_text(json.dumps({"params": matbench_json._jsonable(result.params), "seconds": seconds,
                                       "signature": signature, "data": fingerprint,
                                       **({"resumed": True} if resume else {})}, indent=1))
-    return FoldPrediction(p, result.params, result.uncertainty), seconds
+    return FoldPrediction(p, result.params, result.uncertainty, labels), seconds
 
 
 def probability_columns(task: TaskInfo) -> list[str]:
@@ -287,7 +293,7 @@ def run_benchmark(
             bar.set_postfix_str(f"{p.name} fold {fd.fold}")
             res, s = _run_fold(p, fd, task, out, seed)
             refs = fd.test["target"].to_numpy()
-            rows.append(score_own(task.task_type, res.predictions, refs) if benchmark == CSV
+            rows.append(score_own(task.task_type, res.predictions, refs, res.labels) if benchmark == CSV
                         else score(task.benchmark, task.task_type, res.predictions, refs))
             if res.uncertainty is not None and task.task_type == "regression":  # calibrated sigma: its coverage
                 cal = res.params.get("calibration") or {}  # the fold's interval multipliers, when it has them

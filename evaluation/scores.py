@@ -29,9 +29,10 @@ def load_metric(name: str):
     return evaluate.load(str(path))
 
 
-def score(benchmark: str, task_type: str, predictions, references) -> dict[str, float]:
+def score(benchmark: str, task_type: str, predictions, references, **options) -> dict[str, float]:
     """All metrics of ``benchmark`` for one set of test predictions (probabilities for classification: P(class 1), or
-    rows x classes for a task of more classes)."""
+    rows x classes for a task of more classes); ``options``: the metric module's other inputs (``labels``: the
+    predicted classes of a task of more classes)."""
     key = (benchmark, task_type)
     if key not in MODULES:
         raise ValueError(f"no metrics for benchmark {benchmark!r} with task type {task_type!r}")
@@ -46,7 +47,7 @@ def score(benchmark: str, task_type: str, predictions, references) -> dict[str, 
         refs = refs.astype(np.int64)
     else:
         refs = refs.astype(np.float64)
-    return load_metric(MODULES[key]).compute(predictions=preds.tolist(), references=refs.tolist())
+    return load_metric(MODULES[key]).compute(predictions=preds.tolist(), references=refs.tolist(), **options)
 
 
 def fold_summary(values: list[float]) -> dict[str, float]:

@@ -199,9 +199,11 @@ class FormulaPredictor:
 
     def labels_of(self, values: np.ndarray) -> np.ndarray:
         """Predicted class index per row of class probabilities (the model's decision threshold for a binary
-        classifier, else the most probable class); rows with NaN get -1."""
+        classifier, its class decision weights for one of three classes or more, else the most probable class); rows
+        with NaN get -1."""
         bad = ~np.isfinite(values).all(axis=1)
-        idx = label_indices(torch.from_numpy(np.nan_to_num(values, nan=-1.0)), self.decision_threshold).numpy()
+        idx = label_indices(torch.from_numpy(np.nan_to_num(values, nan=-1.0)), self.decision_threshold,
+                            getattr(self.model.config, "class_decision_weights", None)).numpy()
         idx[bad] = -1
         return idx
 

@@ -42,6 +42,7 @@ _SPREAD_SHARES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # w * mean(spread**2) / m
 _SCALES = np.exp(np.linspace(np.log(0.2), np.log(5.0), 241))
 TEMPERATURE_MIN_ROWS = 20  # held-out rows (with both classes) needed to fit a classifier's temperature
 _TEMPERATURES = np.exp(np.linspace(np.log(0.1), np.log(20.0), 241))
+PRIOR_EXPONENTS = (0.0, 0.5, 1.0)  # alpha of a classifier of 3+ classes: label = argmax P(c) / frequency(c) ** alpha
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Calibration:
     interval_multiplier_68: float | None = None  # the 68.27% prediction interval is value ± this x sigma
     interval_multiplier_95: float | None = None  # the 95.45% one
     decision_threshold: float | None = None
+    prior_exponent: float | None = None
     balanced_accuracy: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -122,6 +124,28 @@ def fit_threshold(prob: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     best = np.flatnonzero(bal >= bal.max() - 1e-12)
     i = best[np.argmin(np.abs(cuts[best] - 0.5))]
     return float(cuts[i]), float(bal[i])
+
+
+def fit_prior_exponent(prob: np.ndarray, labels: np.ndarray, frequencies: np.ndarray
+                       ) -> tuple[float, list[float] | None, float]:
+    """``(alpha, class weights, balanced accuracy)`` of a classifier of three classes or more: the label is the class
+    of the largest ``P(c) * frequency(c) ** -alpha`` (``frequencies``: the training rows' class frequencies), alpha
+    from :data:`PRIOR_EXPONENTS` with the best balanced accuracy on these rows (ties: the smaller alpha; 1 is the
+    Bayes rule for balanced accuracy when the probabilities are calibrated). Weights ``None`` for alpha 0 (the most
+    probable class); ``(0, None, nan)`` when the rows hold one class only."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    prob, labels = np.asarray(prob, dtype=np.float64), np.asarray(labels).astype(int).reshape(-1)
+    if len(np.unique(labels)) < 2:
+        return 0.0, None, float("nan")
+    freq = np.clip(np.asarray(frequencies, dtype=np.float64), 1e-3, None)  # a class without training rows: 0.1%
+    scores = {}
+    for alpha in PRIOR_EXPONENTS:
+        with np.errstate(divide="ignore"):
+            scores[alpha] = balanced_accuracy_score(labels, (prob * freq ** -alpha).argmax(1))
+    alpha = min(PRIOR_EXPONENTS, key=lambda a: (-round(scores[a], 12), a))
+    weights = None if alpha == 0 else (freq ** -alpha / (freq ** -alpha).max()).tolist()
+    return float(alpha), weights, float(scores[alpha])
 
 
 def _log_loss(member_logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
@@ -189,9 +213,12 @@ def _pooled_and_outputs(model: Any, input_ids: torch.Tensor, attention_mask: tor
 
 def calibrate_property_model(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                              targets: np.ndarray, forest_output: torch.Tensor | None = None,
-                             same_composition_target: torch.Tensor | None = None) -> Calibration:
+                             same_composition_target: torch.Tensor | None = None,
+                             class_frequencies: np.ndarray | None = None) -> Calibration:
     """Calibrate ``model`` (a ``CrossMatForPropertyPrediction``, eval mode) in place on held-out rows: the
-    uncertainty of a regression model, the decision threshold of a binary classifier. Returns the choice and
+    uncertainty of a regression model, the decision threshold of a binary classifier, the class decision weights of
+    a classifier of three classes or more (:func:`fit_prior_exponent`; ``class_frequencies``: the training rows'
+    class frequencies, without them the most probable class stays). Returns the choice and
     its leave-one-out coverage on these rows. ``forest_output``: a blended forest's out-of-bag outputs for these
     rows (``modeling.forest``), used instead of the installed forest's, which trained on them;
     ``same_composition_target``: their leave-one-out same-composition targets (``modeling.same_composition``)."""
@@ -206,7 +233,12 @@ def calibrate_property_model(model: Any, input_ids: torch.Tensor, attention_mask
     n = len(targets)
     if model.config.problem_type != "regression":
         if out.shape[-1] != 2:
-            return Calibration(rows=n)
+            if class_frequencies is None or out.shape[-1] != len(class_frequencies):
+                return Calibration(rows=n)
+            probs = scores_from_logits(out.double(), "single_label_classification").numpy()
+            alpha, weights, bal = fit_prior_exponent(probs, targets, class_frequencies)
+            model.config.class_decision_weights = weights
+            return Calibration(rows=n, prior_exponent=alpha, balanced_accuracy=bal)
         prob = scores_from_logits(out.double(), "single_label_classification")[:, 1].numpy()
         threshold, bal = fit_threshold(prob, targets.reshape(-1))
         model.config.decision_threshold = threshold

@@ -57,6 +57,9 @@ class CrossMatConfig(PretrainedConfig):
     rows' log loss is lowest (temperature scaling: the ranking stays, the probabilities become honest; 1 = as
     trained). ``decision_threshold``: a binary
     classifier's label is 1 when P(class 1) reaches it (chosen on held-out rows; ``None`` = the argmax).
+    ``class_decision_weights``: a classifier of three classes or more labels a row with the class of the largest
+    ``probability x weight`` (the weights are training class frequencies to the power ``-alpha``, alpha chosen on
+    held-out rows for balanced accuracy; ``None`` = the most probable class); the probabilities are unchanged.
     ``uncertainty_interval_multipliers``: two numbers ``(m68, m95)``; ``value ± m * std`` is the 68.27% and the
     95.45% prediction interval (split conformal: quantiles of ``|residual| / std`` over the held-out rows, each
     row's std leave-one-out). They differ from 1 and 2 when errors are not Gaussian (heavy tails); ``None``: no
@@ -131,6 +134,7 @@ class CrossMatConfig(PretrainedConfig):
         uncertainty_scale: float = 1.0,
         uncertainty_spread_weight: float = 0.0,
         decision_threshold: float | None = None,
+        class_decision_weights: list[float] | None = None,
         probability_temperature: float = 1.0,
         uncertainty_interval_multipliers: list[float] | None = None,
         structure_branch: bool = False,
@@ -232,6 +236,8 @@ class CrossMatConfig(PretrainedConfig):
         self.uncertainty_scale = float(uncertainty_scale)
         self.uncertainty_spread_weight = float(uncertainty_spread_weight)
         self.decision_threshold = None if decision_threshold is None else float(decision_threshold)
+        self.class_decision_weights = (None if class_decision_weights is None
+                                       else [float(w) for w in class_decision_weights])
         self.probability_temperature = float(probability_temperature)
         self.uncertainty_interval_multipliers = (None if uncertainty_interval_multipliers is None
                                                  else [float(m) for m in uncertainty_interval_multipliers])

@@ -36,11 +36,16 @@ def scores_from_logits(logits: torch.Tensor, problem_type: str) -> torch.Tensor:
     return torch.softmax(logits, dim=-1)
 
 
-def label_indices(scores: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+def label_indices(scores: torch.Tensor, threshold: float | None = None, weights: list[float] | None = None
+                  ) -> torch.Tensor:
     """Predicted class per row from single-label probabilities: class 1 when P(class 1) reaches ``threshold``
-    (a binary model's ``config.decision_threshold``, chosen on held-out rows), else the most probable class."""
+    (a binary model's ``config.decision_threshold``, chosen on held-out rows); with three classes or more the class
+    of the largest ``probability x weight`` (``config.class_decision_weights``, chosen on held-out rows); else the
+    most probable class."""
     if threshold is not None and scores.shape[-1] == 2:
         return (scores[..., 1] >= threshold).long()
+    if weights is not None and scores.shape[-1] == len(weights) > 2:
+        return (scores * scores.new_tensor(weights)).argmax(-1)
     return scores.argmax(-1)
 
 
@@ -170,7 +175,9 @@ class CompositionPropertyPipeline(Pipeline):
                 named = {labels.get(k, f"LABEL_{k}"): v for k, v in enumerate(p)}
                 out[row].update(labels=[k for k, v in named.items() if v >= 0.5], probabilities=named)
         else:
-            best = label_indices(scores, getattr(self.model.config, "decision_threshold", None)).tolist()
+            config = self.model.config
+            best = label_indices(scores, getattr(config, "decision_threshold", None),
+                                 getattr(config, "class_decision_weights", None)).tolist()
             for row, p, b in zip(batch["keep"], scores.tolist(), best, strict=True):
                 out[row].update(
                     label=labels.get(b, f"LABEL_{b}"),

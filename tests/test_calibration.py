@@ -9,7 +9,14 @@ import torch
 
 from crossmat.evaluation.crossmat_predictor import decision_scores
 from crossmat.modeling import CrossMatConfig, CrossMatForPropertyPrediction, calibration
-from crossmat.modeling.calibration import calibrate_property_model, coverage, fit_temperature, fit_threshold
+from crossmat.modeling.calibration import (
+    calibrate_property_model,
+    coverage,
+    fit_prior_exponent,
+    fit_temperature,
+    fit_threshold,
+)
+from crossmat.modeling.pipeline_crossmat import label_indices
 from crossmat.tokenization import CrossMatTokenizerFast
 
 from .test_inference_support import last_json, run_without_package
@@ -216,6 +223,39 @@ def test_binary_classifier_gets_its_threshold(tokenizer, held_out):
     result = calibrate_property_model(model, ids, mask, (noise > 1.0).astype(float))
     assert model.config.decision_threshold == result.decision_threshold
     assert 0.0 <= result.decision_threshold <= 1.0 and result.balanced_accuracy >= 0.5
+
+
+
+def test_prior_exponent_gives_rare_classes_their_recall_for_balanced_accuracy():
+    """Three classes, the third rare (5%) and never the most probable class: dividing each probability by the class's
+    training frequency (alpha 1) recovers its recall; balanced probabilities keep the most probable class (ties go to
+    alpha 0); the weights drive the label everywhere a label is given (label_indices)."""
+    rng = np.random.default_rng(0)
+    labels = rng.choice(3, size=600, p=[0.6, 0.35, 0.05])
+    frequencies = np.bincount(labels, minlength=3) / len(labels)
+    logits = rng.normal(0, 0.3, (600, 3)) + np.log(frequencies) + 0.8 * np.eye(3)[labels]
+    prob = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    assert (prob.argmax(1) == 2).sum() == 0  # the most probable class never names the rare class
+    alpha, weights, bal = fit_prior_exponent(prob, labels, frequencies)
+    assert alpha > 0 and bal > 0.75 and weights is not None and max(weights) == 1.0
+    chosen = label_indices(torch.from_numpy(prob), None, weights).numpy()
+    assert (chosen == 2).sum() > 10 and (chosen == (prob * np.asarray(weights)).argmax(1)).all()
+    assert fit_prior_exponent(np.eye(3)[labels], labels, frequencies)[:2] == (0.0, None)  # already perfect: alpha 0
+    assert fit_prior_exponent(prob, np.zeros(600), frequencies)[:2] == (0.0, None)  # one class: nothing to choose
+    assert (label_indices(torch.from_numpy(prob[:, :2]), 0.3, weights) == torch.from_numpy(prob[:, 1] >= 0.3)).all()
+
+
+def test_a_classifier_of_three_classes_gets_its_decision_weights(tokenizer, held_out):
+    formulas, noise = held_out
+    torch.manual_seed(0)
+    model = CrossMatForPropertyPrediction(CrossMatConfig(**TINY, num_labels=3,
+                                                         problem_type="single_label_classification")).eval()
+    ids, mask = _encode(tokenizer, formulas)
+    targets = np.digitize(noise, [0.5, 1.5]).astype(float)
+    assert calibrate_property_model(model, ids, mask, targets).as_dict() == {"rows": len(formulas)}  # no frequencies
+    result = calibrate_property_model(model, ids, mask, targets, class_frequencies=np.array([0.2, 0.3, 0.5]))
+    assert result.prior_exponent in (0.0, 0.5, 1.0) and 0.0 <= result.balanced_accuracy <= 1.0
+    assert (model.config.class_decision_weights is None) == (result.prior_exponent == 0)
 
 
 def test_coverage_counts_within_one_and_two_sigma():

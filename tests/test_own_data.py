@@ -213,17 +213,22 @@ def test_three_text_labels_make_a_classifier_of_three_classes_and_more(own_csvs:
     assert "class(es) 'topological' have no training or validation row" in caplog.text
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["task_type"] == "classification" and summary["class_labels"] == names
+    model = tmp_path / "o" / "crossmat" / "fold_0" / "model"
+    config = json.loads((model / "config.json").read_text())
+    weights = np.asarray(config["class_decision_weights"] or [1.0] * 4)  # chosen on validation for balanced accuracy
     for variant in ("crossmat", "dummy", "rf_magpie"):
         pred = pd.read_csv(tmp_path / "o" / variant / "fold_0" / "predictions.csv")
         probs = pred[[f"probability_{n}" for n in names]].to_numpy()
-        assert np.allclose(probs.sum(1), 1.0, atol=1e-5) and (pred["prediction"] == probs.argmax(1)).all()
+        label = (probs * (weights if variant == "crossmat" else 1.0)).argmax(1)
+        assert np.allclose(probs.sum(1), 1.0, atol=1e-5) and (pred["prediction"] == label).all()
         assert (probs[:, 3] == 0).all() or variant == "crossmat"  # a forest or a frequency never gives it a chance
         scores = summary["variants"][variant]["per_fold"][0]
         assert set(scores) == {"accuracy", "balanced_accuracy", "f1", "rocauc"}
+        assert scores["accuracy"] == pytest.approx((pred["prediction"] == pred["target"]).mean())  # the labels written
     dummy = summary["variants"]["dummy"]["per_fold"][0]
     assert dummy["rocauc"] == pytest.approx(0.5) and dummy["balanced_accuracy"] == pytest.approx(1 / 4)
-    model = tmp_path / "o" / "crossmat" / "fold_0" / "model"
-    assert json.loads((model / "config.json").read_text())["id2label"] == dict(zip("0123", names, strict=True))
+    assert config["id2label"] == dict(zip("0123", names, strict=True))
+    assert "prior_exponent" in summary["variants"]["crossmat"]["validation"][0]["calibration"]
     out = pipeline("composition-property-prediction", model=str(model), trust_remote_code=True)(["Cu", "NaCl"])
     assert set(out[0]["probabilities"]) == set(names) and {o["label"] for o in out} <= set(names)
     fold = tmp_path / "o" / "crossmat" / "fold_0" / "fold.json"

@@ -22,7 +22,7 @@ import yaml
 
 from crossmat.model_cards import write_model_card
 from crossmat.modeling.model_folder import load_property_model
-from crossmat.modeling.pipeline_crossmat import scores_from_logits
+from crossmat.modeling.pipeline_crossmat import label_indices, scores_from_logits
 from crossmat.modeling.pipeline_files import add_pipeline_to_model_dir
 from crossmat.tokenization import CrossMatTokenizerFast
 
@@ -105,12 +105,13 @@ def check_resume_recipe(recipe: StageRecipe, out: Path, checkpoint: Path | None 
 
 
 def prediction_table(split: Any, pred: Mapping[str, np.ndarray], target_names: list[str],
-                     regression: bool, threshold: float | None = None, class_names: list[str] | None = None
-                     ) -> pd.DataFrame:
+                     regression: bool, threshold: float | None = None, class_names: list[str] | None = None,
+                     class_weights: list[float] | None = None) -> pd.DataFrame:
     """``[id,] formula, target, prediction`` (+ ``uncertainty`` when the model gives one) at full float64
     precision; several targets get ``target_<name>, prediction_<name>``; classification adds
     ``probability`` (of class 1) and ``prediction`` is the label; three classes or more add
-    ``probability_<class name>`` of every class and ``prediction`` is the most probable class."""
+    ``probability_<class name>`` of every class and ``prediction`` is the model's label (the most probable class, or
+    the largest ``probability x class_weights``)."""
     formulas = split.source_formulas if split.source_formulas is not None else split.formulas
     frame = pd.DataFrame({"formula": formulas})
     if split.ids is not None:
@@ -123,7 +124,7 @@ def prediction_table(split: Any, pred: Mapping[str, np.ndarray], target_names: l
         probs = scores_from_logits(torch.from_numpy(logits), problem).numpy()
         frame["target"] = np.asarray(targets).reshape(len(frame), -1)[:, 0].astype(np.int64)
         if probs.shape[-1] > 2:
-            frame["prediction"] = probs.argmax(-1)
+            frame["prediction"] = label_indices(torch.from_numpy(probs), None, class_weights).numpy()
             names = class_names if class_names and len(class_names) == probs.shape[-1] else range(probs.shape[-1])
             for i, name in enumerate(names):
                 frame[f"probability_{name}"] = probs[:, i]
@@ -301,7 +302,8 @@ def save_stage_folder(out: Path, recipe: StageRecipe, data: StageData, model: to
     frame = None if test_pred is None else prediction_table(data.test, test_pred, list(config.target_names or []),
                                                             config.problem_type == "regression",
                                                             getattr(config, "decision_threshold", None),
-                                                            [str(config.id2label[i]) for i in range(config.num_labels)])
+                                                            [str(config.id2label[i]) for i in range(config.num_labels)],
+                                                            getattr(config, "class_decision_weights", None))
     for stale in ("model.safetensors", "adapter_model.safetensors", "adapter_config.json"):
         (out / stale).unlink(missing_ok=True)
     if lora.enabled and lora.merge:

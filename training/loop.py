@@ -548,15 +548,21 @@ class StageTrainer:
 
     def calibrate(self, split: TensorSplit) -> dict[str, float]:
         """Calibrate the trained property model on held-out rows (``modeling.calibration``): a standard deviation
-        for every regression prediction, the decision threshold of a binary classifier (on every process, so the
+        for every regression prediction, the decision threshold of a binary classifier, the class decision weights of
+        one of three classes or more (on every process, so the
         models stay identical). Returns what was chosen."""
         from crossmat.modeling.calibration import calibrate_property_model
 
         model, ids, mask, targets = self._held_out(split)
         forest, same = split.tensors.get("forest_output"), split.tensors.get("same_composition_target")
+        frequencies = None
+        if model.config.problem_type == "single_label_classification" and model.num_labels > 2:
+            train_labels = self.data.train.tensors["labels"].reshape(-1).long()
+            frequencies = (torch.bincount(train_labels, minlength=model.num_labels).double() / len(train_labels)).numpy()
         result = calibrate_property_model(model, ids, mask, targets,
                                           forest_output=None if forest is None else forest.to(ids.device),
-                                          same_composition_target=None if same is None else same.to(ids.device))
+                                          same_composition_target=None if same is None else same.to(ids.device),
+                                          class_frequencies=frequencies)
         chosen = {k: float(v) for k, v in result.as_dict().items()}
         if len(chosen) == 1:
             self.accelerator.print(f"[crossmat] {len(split)} validation rows: too few to calibrate an uncertainty")

@@ -269,7 +269,8 @@ class FinetuneStage(Stage):
     def model_config(self, recipe: StageRecipe, data: StageData) -> dict[str, Any]:
         # what held-out rows set after training (modeling.calibration, modeling.forest) is redone for the new model,
         # never inherited from a fine-tuned model used as init_from
-        cfg: dict[str, Any] = {"uncertainty_rows": 0, "decision_threshold": None, "probability_temperature": 1.0,
+        cfg: dict[str, Any] = {"uncertainty_rows": 0, "decision_threshold": None, "class_decision_weights": None,
+                               "probability_temperature": 1.0,
                                "forest_nodes": 0, "forest_features": None, "forest_features_dim": 0,
                                "forest_weight": 1.0, "same_composition_rows": 0, "same_composition_weight": 0.0}
         targets = data.info["target_columns"]

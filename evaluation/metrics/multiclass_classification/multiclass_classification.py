@@ -2,7 +2,8 @@
 
 ``rocauc`` is the macro average of one-vs-rest ROC-AUCs from the predicted class probabilities, over the classes
 that occur among the references (and not in all of them); ``accuracy``, ``balanced_accuracy`` (the mean recall of
-the classes that occur) and ``f1`` (macro) score the most probable class. Load with
+the classes that occur) and ``f1`` (macro) score the given ``labels`` (a model's decision rule), default the most
+probable class. Load with
 ``evaluate.load("<path>/multiclass_classification")``; self-contained (numpy + scikit-learn).
 """
 
@@ -22,6 +23,8 @@ _KWARGS = """
 Args:
     predictions (list of list of float): predicted probability of every class (rows sum to 1).
     references (list of int): true class indices (0 .. classes - 1).
+    labels (list of int, optional): the predicted classes the label metrics score (a model's own decision rule);
+        default the most probable class of each row.
 Returns:
     dict with accuracy, balanced_accuracy, f1, rocauc (floats).
 """
@@ -40,7 +43,7 @@ class MulticlassClassification(evaluate.Metric):
                                         "references": datasets.Value("int64")}),
         )
 
-    def _compute(self, predictions, references) -> dict[str, float]:
+    def _compute(self, predictions, references, labels=None) -> dict[str, float]:
         y = np.asarray(references, dtype=np.int64)
         p = np.asarray(predictions, dtype=np.float64)
         if p.ndim != 2 or p.shape[1] < 2:
@@ -49,7 +52,7 @@ class MulticlassClassification(evaluate.Metric):
             raise ValueError("classification predictions must be probabilities in [0, 1]")
         if y.size and (y.min() < 0 or y.max() >= p.shape[1]):
             raise ValueError(f"references must be class indices 0..{p.shape[1] - 1}")
-        labels = p.argmax(1)
+        labels = p.argmax(1) if labels is None else np.asarray(labels, dtype=np.int64).reshape(len(y))
         present = np.unique(y)
         aucs = [roc_auc_score(y == c, p[:, c]) for c in present.tolist()] if len(present) > 1 else []
         with warnings.catch_warnings():  # a predicted class that never occurs: recall is undefined, not a bug
