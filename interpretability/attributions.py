@@ -46,6 +46,7 @@ class AttributionResult:
     unit: str
     baseline: str
     n_steps: int
+    held_fixed: str = ""  # parts of the model that read the real formula, not the embeddings (IG cannot move them)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,6 +69,18 @@ def _pad(players: Sequence[FormulaPlayers]) -> tuple[torch.Tensor, torch.Tensor]
         att[i, : len(p.input_ids)] = 1
     return ids, att
 
+
+
+def held_fixed_parts(model) -> str:
+    """What of ``model`` integrated gradients hold at the formula's own value (they move the element embeddings only):
+    a blended random forest and the head's element statistics read the real formula. Empty when nothing is held."""
+    config = model.config
+    parts = []
+    if getattr(model, "forest", None) is not None and getattr(config, "forest_weight", 1.0) < 1.0:
+        parts.append(f"the blended random forest (share {1.0 - config.forest_weight:.2g} of the output)")
+    if getattr(config, "element_statistics_dim", 0):
+        parts.append("the element statistics of the property head")
+    return " and ".join(parts)
 
 def explain_attributions(
     model,
@@ -116,6 +129,7 @@ def explain_attributions(
         return select_output(logits, kind, index, problem)
 
     ig = IntegratedGradients(forward)
+    held = held_fixed_parts(model)
 
     def run(chunk: list[FormulaPlayers], steps: int) -> list[tuple[np.ndarray, float, float, float]]:
         ids, att = _pad(chunk)
@@ -179,6 +193,7 @@ def explain_attributions(
                     unit=unit,
                     baseline=baseline,
                     n_steps=st,
+                    held_fixed=held,
                 )
             )
     return results

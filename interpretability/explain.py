@@ -74,7 +74,7 @@ def format_table(attr: AttributionResult, inter: InteractionResult, top_pairs: i
     first = {r["elements"][0]: r["value"] for r in inter.of_order(1)}
     lines = [
         f"`{attr.formula}` (canonical `{attr.canonical}`): {attr.output_name} = **{attr.prediction:.4g}**{unit}; "
-        f"all elements [MASK]ed: {attr.baseline_prediction:.4g}; "
+        f"all elements [MASK]ed{' in the network' if attr.held_fixed else ''}: {attr.baseline_prediction:.4g}; "
         f"{inter.strategy} empty coalition: {inter.baseline_value:.4g}.",
         "",
         f"| element | fraction | integrated gradients{unit} | {inter.index} order 1 ({inter.strategy}){unit} |",
@@ -89,6 +89,10 @@ def format_table(attr: AttributionResult, inter: InteractionResult, top_pairs: i
         lines += ["", f"| element pair | {inter.index} interaction{unit} |", "|---|---:|"]
         lines += [f"| {' x '.join(r['elements'])} | {r['value']:+.4g} |" for r in pairs]
     lines += ["", f"_{inter.note}; integrated gradients: {attr.n_steps} steps, completeness gap {attr.delta:+.2g}._"]
+    if attr.held_fixed:  # a forest blend: integrated gradients see CrossMat's network only
+        lines += ["", f"_Integrated gradients hold {attr.held_fixed} at this formula's value: they attribute the "
+                      f"network's share of the output only. The {inter.index} values mask the formula for the whole "
+                      "model._"]
     return "\n".join(lines)
 
 

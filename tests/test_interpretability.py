@@ -3,6 +3,7 @@ interaction, approximation switch, bad input, CLI and aggregate outputs (tiny mo
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -278,6 +279,25 @@ def test_the_explained_class_or_target_can_be_named(gap_model):
     with pytest.raises(ValueError, match="'superconductor' is not one of the model's classes: 'insulator', 'metal'"):
         ModelOutputSpec(target="superconductor").resolve(classes)
     assert ModelOutputSpec(target="gap expt").resolve(gap_model)[1:4] == (0, "gap expt", "eV")
+
+
+
+def test_what_integrated_gradients_cannot_move_is_said(gap_model, tok):
+    """A blended forest (and the head's element statistics) read the real formula, so integrated gradients hold them at
+    the formula's value: the explanation says so, with the forest's share, instead of a silent all-zero column."""
+    from crossmat.interpretability.attributions import held_fixed_parts
+    from crossmat.interpretability.explain import format_table
+
+    assert held_fixed_parts(gap_model) == ""
+    (attr,) = explain_attributions(gap_model, tok, ["LiCoO2"], n_steps=8)
+    (inter,) = explain_interactions(gap_model, tok, ["LiCoO2"])
+    assert "hold" not in format_table(attr, inter) and "[MASK]ed: " in format_table(attr, inter)
+    blended = copy.deepcopy(gap_model)
+    blended.forest, blended.config.forest_weight = torch.nn.Identity(), 0.25  # what held_fixed_parts looks at
+    assert held_fixed_parts(blended) == "the blended random forest (share 0.75 of the output)"
+    attr.held_fixed = held_fixed_parts(blended)
+    text = format_table(attr, inter)
+    assert "[MASK]ed in the network: " in text and "hold the blended random forest (share 0.75 of the output)" in text
 
 
 def test_cli_and_model_card_section(gap_model, tok, tmp_path, capsys):
