@@ -1,6 +1,6 @@
 """Which hard label should a classifier of several classes give, when its headline score is balanced accuracy?
 
-Reads a finished `crossmat evaluate` run of the crystal-system task (run.sh) and predicts the validation rows with its
+Reads a finished `crossmat evaluate` run of the crystal-system task (run.sh; or ../gap_class/run.sh) and predicts the validation rows with its
 CrossMat model without its blended forest (the forest trained on the validation rows, so the blend's outputs there are
 in-sample; CrossMat alone never trained on them), then scores three decision rules on those validation rows and on the
 test rows (with and without the forest): the most probable class
@@ -36,9 +36,10 @@ def main() -> None:
     variant = sys.argv[3] if len(sys.argv) > 3 else "crossmat"
     summary = json.loads((run / "summary.json").read_text())
     names = summary["class_labels"]
+    target = summary["task"]  # the target column (crystal_system, gap_class)
     index = {n: i for i, n in enumerate(names)}
     train = pd.read_csv(data / "train.csv")
-    prior = np.bincount(train["crystal_system"].map(index), minlength=len(names)) / len(train)
+    prior = np.bincount(train[target].map(index), minlength=len(names)) / len(train)
     predictor = FormulaPredictor(run / variant / "fold_0" / "model")
     predictor.model.config.forest_weight = 1.0  # CrossMat alone
     val = pd.read_csv(data / "val.csv")
@@ -50,7 +51,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     out = {"variant": variant, "classes": names, "training_frequencies": prior.round(4).tolist(), "rules": {}}
     y_test = test["target"].to_numpy()
-    splits = [("validation_without_forest", val_prob, val["crystal_system"].map(index).to_numpy()),
+    splits = [("validation_without_forest", val_prob, val[target].map(index).to_numpy()),
               ("test", test[columns].to_numpy(), y_test)]
     if test_alone is not None:
         splits.append(("test_without_forest", test_alone, y_test))
