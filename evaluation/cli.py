@@ -55,10 +55,13 @@ def build_parser(prog: str = "evaluate.py") -> argparse.ArgumentParser:
                      "threshold) and their metrics are "
                      "reported (default: a --validation-fraction of --train is held out)")
     own.add_argument("--test", type=Path, help="test rows, scored once at the end")
-    own.add_argument("--target", help="target column (numbers: regression; 0/1, true/false or two text labels: classification)")
+    own.add_argument("--target", help="target column (numbers: regression; 0/1, true/false or text labels such as "
+                     "metal / insulator or cubic / hexagonal / ...: classification)")
     own.add_argument("--formula-column", default="formula")
     own.add_argument("--id-column", default=None, help="row id column (default: split-row number)")
-    own.add_argument("--task-type", default="auto", choices=list(TASK_TYPES))
+    own.add_argument("--task-type", default="auto", choices=list(TASK_TYPES),
+                     help="auto (default): 0/1-like or text labels are classification, numbers regression; "
+                     "classification also makes whole numbers (1..7, space-group numbers) classes")
     own.add_argument("--positive-label", default=None, help="a target column of two text labels (metal / insulator) "
                      "is a classification task: this label is class 1, whose probability is predicted (default: the "
                      "label that sorts last)")
