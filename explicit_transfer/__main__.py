@@ -89,13 +89,36 @@ def _unsupported_species(structure) -> str:
     return ""
 
 
+def _check_generate_output(output: str, given: str | None) -> None:
+    """Exit before any work when ``--output`` is not a JSON-lines name, is the input file, or is an existing file that
+    holds no generate records (generate appends to its output to resume: it would write into that file)."""
+    from .pipeline import read_jsonl
+
+    out = Path(output)
+    if not out.name.endswith(".jsonl"):
+        sys.exit(f"error: --output {output}: generate writes JSON lines (one record per formula, with its candidate "
+                 f"CIFs), so give a .jsonl name, e.g. {out.name.split('.')[0] or 'candidates'}.jsonl; `generate "
+                 "predict --generated <it>` then predicts from the top candidates into a CSV")
+    if given and out.exists() and out.resolve() == Path(given).resolve():
+        sys.exit(f"error: --output {output} is the --input file; give another name (generate appends to its output)")
+    if out.is_file() and out.stat().st_size:
+        bad: list[tuple[int, str]] = []
+        if not read_jsonl(out, bad) and bad:
+            sys.exit(f"error: --output {output} exists and holds no generate records ({bad[0][1]}); "
+                     "generate appends to its output to resume, so give a new name or remove that file")
+
+
 def cmd_generate(a: argparse.Namespace) -> None:
     from .pipeline import generate_to_jsonl
 
+    _check_generate_output(a.output, a.input)
     if a.input:
         df = _read_table(a.input, a.formula_column)
         formulas = _column(df, a.formula_column, a.input, formulas=True)
-        ids = df[a.id_column].tolist() if a.id_column in df.columns else None
+        if a.id_column:  # named: it must be there
+            ids = _column(df, a.id_column, a.input)
+        else:
+            ids = df["id"].tolist() if "id" in df.columns else None
     else:
         formulas, ids = a.formulas, None
     if not formulas:
@@ -261,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("formulas", nargs="*")
     g.add_argument("--input", help="CSV/parquet with a formula column")
     g.add_argument("--formula-column", default="formula")
-    g.add_argument("--id-column", default="id")
+    g.add_argument("--id-column", default=None, help="row id column of --input (default: 'id' when there is one)")
     g.add_argument("--generator", choices=["prototype", "cif-lm"], default="prototype")
     g.add_argument("--templates", nargs="*",
                    help="structures to add to the template library: tables with a CIF column (--cif-column), "

@@ -505,6 +505,31 @@ def test_cli_help_and_generate(tmp_path):
     assert len(recs) == 3 and recs[0]["candidates"] and recs[2]["failure"]
 
 
+def test_generate_refuses_an_output_it_would_misname_or_write_into(tmp_path, capsys):
+    """`--output gen.csv` got JSON lines under a CSV name; `--output` = the input table, or any existing file, got
+    JSON lines appended to it. A named --id-column that is not there was silently ignored."""
+    import pandas as pd
+
+    from crossmat.explicit_transfer.__main__ import main
+
+    table = tmp_path / "formulas.csv"
+    pd.DataFrame({"formula": ["SrTiO3", "NaCl"], "mp_id": ["a", "b"]}).to_csv(table, index=False)
+    before = table.read_text()
+    for output, says in ((tmp_path / "gen.csv", "give a .jsonl name, e.g. gen.jsonl"),
+                         (table, "give a .jsonl name")):
+        with pytest.raises(SystemExit, match=says):
+            main(["generate", "--input", str(table), "-n", "1", "--output", str(output)])
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text("my own notes, not a job file\n")
+    with pytest.raises(SystemExit, match=r"notes.jsonl exists and holds no generate records \(line 1 is not valid JSON"):
+        main(["generate", "NaCl", "-n", "1", "--output", str(notes)])
+    assert table.read_text() == before and notes.read_text() == "my own notes, not a job file\n"
+    with pytest.raises(SystemExit, match=r"column 'id_x' not in .*formulas.csv"):
+        main(["generate", "--input", str(table), "--id-column", "id_x", "-n", "1", "--output", str(tmp_path / "g.jsonl")])
+    main(["generate", "--input", str(table), "--id-column", "mp_id", "-n", "1", "--output", str(tmp_path / "g.jsonl")])
+    assert [r["id"] for r in read_jsonl(tmp_path / "g.jsonl")] == ["a", "b"]
+
+
 def test_bridge_generated_embeddings_flagged(proto, perov, tmp_path):
     import pandas as pd
 
