@@ -278,7 +278,7 @@ def test_recipe_route_reads_three_classes_and_whole_number_classes(tmp_path: Pat
     """`crossmat train` recipes: three text labels make three classes (sorted, or in card.class_labels' order), and
     whole numbers make classes with data.task=classification; a misnamed class list fails before training."""
     from crossmat.tokenization import CrossMatTokenizerFast
-    from crossmat.training.data import prepare_stage_data
+    from crossmat.training.data import DataError, prepare_stage_data
     from crossmat.training.recipe import RecipeError, resolve_stage
 
     formulas = ["NaCl", "Cu", "Si", "KBr", "Fe", "GaAs", "LiF", "Al", "Ge"]
@@ -298,6 +298,9 @@ def test_recipe_route_reads_three_classes_and_whole_number_classes(tmp_path: Pat
     numbers = resolve_stage({"stage": "finetune", "data": {**base, "target_column": "n", "task": "classification"}})
     data = prepare_stage_data(numbers, CrossMatTokenizerFast())
     assert data.train.tensors["labels"].tolist() == [1, 0, 2] * 3 and data.info["class_labels"] == ["1", "7", "12"]
+    misnamed = resolve_stage({"stage": "finetune", "data": base, "card": {"class_labels": ["metal", "semi", "insulator"]}})
+    with pytest.raises(DataError, match=r"train row 2: target 'semiconductor' is not one of the classes card.class_labels"):
+        prepare_stage_data(misnamed, CrossMatTokenizerFast())
     wrong = resolve_stage({"stage": "finetune", "data": base, "card": {"class_labels": ["metal", "insulator"]}})
     with pytest.raises(RecipeError, match="card.class_labels must name the target's 3 classes"):
         wrong.kind.model_config(wrong, prepare_stage_data(wrong, CrossMatTokenizerFast()))

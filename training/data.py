@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from crossmat.dataset_builders.paths import cache_dir
-from crossmat.dataset_builders.tables import TableError, missing_column_hint, read_table
+from crossmat.dataset_builders.tables import NA_VALUES, TableError, missing_column_hint, read_table
 from crossmat.dataset_builders.targets import TaskTypeError, apply_labels, class_labels
 from crossmat.tokenization import CrossMatTokenizerFast, FormulaError, canonical_formula
 
@@ -329,6 +329,12 @@ def _text_class_labels(frames: dict[str, pd.DataFrame], target_columns: list[str
         return None
     for name, frame in frames.items():
         frames[name] = frame.assign(**{col: apply_labels(frame[col], labels)})
+        if named and len(named) > 2:  # every label must be one of the named classes
+            cells = frames[name][col]
+            unknown = cells[cells.map(lambda v: isinstance(v, str) and v.strip() not in NA_VALUES)]
+            if len(unknown):
+                raise DataError(f"{name} row {unknown.index[0]}: target {unknown.iloc[0]!r} is not one of the classes "
+                                f"card.class_labels names ({', '.join(map(repr, labels))})")
     if len(labels) == 2:
         print(f"[crossmat] data: target {col!r} holds two labels: {labels[0]!r} is class 0, {labels[1]!r} is class 1, "
               "the class whose probability is predicted (data.positive_label chooses it)")
