@@ -210,8 +210,7 @@ class CrossMatPredictor:
             finally:
                 setattr(model.config, key, value)
             columns = {"prediction": alone} if alone.ndim == 1 else {  # three classes or more: as predictions.csv
-                "prediction": predictor.labels_of(alone), **{f"probability_{label}": alone[:, i] for i, label in
-                                                  enumerate(task.labels or range(alone.shape[1]))}}
+                "prediction": predictor.labels_of(alone), **dict(zip(task.probability_columns, alone.T, strict=True))}
             pd.DataFrame({"id": data.test["id"].to_numpy(), **columns}).to_csv(workdir / name, index=False)
         params: dict[str, Any] = {"model_dir": str(run.folder), "overrides": self.overrides}
         info_file = run.folder / "training_info.json"  # what the held-out validation rows did (training.stages)

@@ -95,7 +95,7 @@ def _run_fold(pred: Predictor, data: FoldData, task: TaskInfo, out: Path, seed: 
         if same and done["id"].astype(str).tolist() == data.test["id"].astype(str).tolist():
             logger.info("resume: %s fold %d already done", pred.name, data.fold)
             unc = done["uncertainty"].to_numpy(np.float64) if "uncertainty" in done else None
-            columns = probability_columns(task)
+            columns = task.probability_columns
             if all(c in done for c in columns):
                 values = done[columns or ["prediction"]].to_numpy(np.float64)
                 labels = done["prediction"].to_numpy(np.int64) if columns else None
@@ -116,7 +116,7 @@ def _run_fold(pred: Predictor, data: FoldData, task: TaskInfo, out: Path, seed: 
         result = pred.fit_predict(data, task, fold_dir, seed)
     seconds = time.perf_counter() - t0
     p = np.asarray(result.predictions, dtype=np.float64)
-    columns = probability_columns(task)
+    columns = task.probability_columns
     shape = (len(data.test), len(columns)) if columns else (len(data.test),)
     if p.shape != shape:
         raise ValueError(f"{pred.name} fold {data.fold}: predictions of shape {p.shape} for {len(data.test)} test rows"
@@ -138,15 +138,6 @@ def _run_fold(pred: Predictor, data: FoldData, task: TaskInfo, out: Path, seed: 
                                       "signature": signature, "data": fingerprint,
                                       **({"resumed": True} if resume else {})}, indent=1))
     return FoldPrediction(p, result.params, result.uncertainty, labels), seconds
-
-
-def probability_columns(task: TaskInfo) -> list[str]:
-    """The per-class probability columns of a fold's ``predictions.csv`` for a task of three classes or more
-    (``probability_<class>``, as ``crossmat predict`` names them); none for regression and binary tasks, whose
-    ``prediction`` column holds the value or P(class 1)."""
-    if task.task_type != "classification" or task.num_classes <= 2:
-        return []
-    return [f"probability_{label}" for label in task.labels or ()]
 
 
 def uncertainty_calibration(uncertainty: Sequence[np.ndarray | None], predictions: Sequence[np.ndarray],

@@ -41,6 +41,15 @@ class TaskInfo:
         return len(self.labels) if self.labels else 2
 
     @property
+    def probability_columns(self) -> list[str]:
+        """The per-class probability columns of a fold's ``predictions.csv`` for a task of three classes or more
+        (``probability_<class>``, as ``crossmat predict`` names them); none for regression and binary tasks, whose
+        ``prediction`` column holds the value or P(class 1)."""
+        if self.task_type != "classification" or self.num_classes <= 2:
+            return []
+        return [f"probability_{label}" for label in self.labels or ()]
+
+    @property
     def metric(self) -> str:
         """The headline metric of the task. MatBench classification: the balanced accuracy of labels at the
         0.5 threshold, which is what the MatBench leaderboard's "ROC-AUC" column holds (every entry there

@@ -141,8 +141,7 @@ def fit_prior_exponent(prob: np.ndarray, labels: np.ndarray, frequencies: np.nda
     freq = np.clip(np.asarray(frequencies, dtype=np.float64), 1e-3, None)  # a class without training rows: 0.1%
     scores = {}
     for alpha in PRIOR_EXPONENTS:
-        with np.errstate(divide="ignore"):
-            scores[alpha] = balanced_accuracy_score(labels, (prob * freq ** -alpha).argmax(1))
+        scores[alpha] = balanced_accuracy_score(labels, (prob * freq ** -alpha).argmax(1))
     alpha = min(PRIOR_EXPONENTS, key=lambda a: (-round(scores[a], 12), a))
     weights = None if alpha == 0 else (freq ** -alpha / (freq ** -alpha).max()).tolist()
     return float(alpha), weights, float(scores[alpha])

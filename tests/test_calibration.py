@@ -214,12 +214,17 @@ def test_threshold_maximises_balanced_accuracy_and_scores_keep_the_ranking():
     assert fit_threshold(prob, np.zeros(400))[0] == 0.5
 
 
+def _classifier(tokenizer, formulas: list[str], classes: int):
+    """An untrained tiny classifier of ``classes`` classes (seed 0) and the encoded ``formulas``."""
+    torch.manual_seed(0)
+    model = CrossMatForPropertyPrediction(CrossMatConfig(**TINY, num_labels=classes,
+                                                         problem_type="single_label_classification")).eval()
+    return (model, *_encode(tokenizer, formulas))
+
+
 def test_binary_classifier_gets_its_threshold(tokenizer, held_out):
     formulas, noise = held_out
-    torch.manual_seed(0)
-    model = CrossMatForPropertyPrediction(CrossMatConfig(**TINY, num_labels=2,
-                                                         problem_type="single_label_classification")).eval()
-    ids, mask = _encode(tokenizer, formulas)
+    model, ids, mask = _classifier(tokenizer, formulas, 2)
     result = calibrate_property_model(model, ids, mask, (noise > 1.0).astype(float))
     assert model.config.decision_threshold == result.decision_threshold
     assert 0.0 <= result.decision_threshold <= 1.0 and result.balanced_accuracy >= 0.5
@@ -247,10 +252,7 @@ def test_prior_exponent_gives_rare_classes_their_recall_for_balanced_accuracy():
 
 def test_a_classifier_of_three_classes_gets_its_decision_weights(tokenizer, held_out):
     formulas, noise = held_out
-    torch.manual_seed(0)
-    model = CrossMatForPropertyPrediction(CrossMatConfig(**TINY, num_labels=3,
-                                                         problem_type="single_label_classification")).eval()
-    ids, mask = _encode(tokenizer, formulas)
+    model, ids, mask = _classifier(tokenizer, formulas, 3)
     targets = np.digitize(noise, [0.5, 1.5]).astype(float)
     assert calibrate_property_model(model, ids, mask, targets).as_dict() == {"rows": len(formulas)}  # no frequencies
     result = calibrate_property_model(model, ids, mask, targets, class_frequencies=np.array([0.2, 0.3, 0.5]))
